@@ -1,0 +1,53 @@
+"""Plain-text tables and JSON output shared by the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 5, min_total: float = 0.2) -> float:
+    """Fastest of several runs (after one warm-up): the least disturbed by other load."""
+    fn()
+    best = float("inf")
+    spent = 0.0
+    runs = 0
+    while runs < repeat or spent < min_total:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best = min(best, dt)
+        spent += dt
+        runs += 1
+        if runs >= 50:
+            break
+    return best
+
+
+def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:
+    """columns: (key, header, format spec)."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([("" if r.get(k) is None else format(r[k], f)) for k, _, f in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    for n, line in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(path: str, rows: Any) -> None:
+    """Atomic write: a reader never sees half a file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
