@@ -1,0 +1,305 @@
+"""Quantization of the kept weights into q bit-planes plus per-row (or per-group) scales.
+
+Both quantizers see only the kept weights: pruned positions become don't-care bits of
+every plane, which is what makes the XOR code cheap. Scales are stored in float16 (the
+format's usual cost, counted in every figure) unless a scale falls outside float16's
+normal range, in which case float32 is used for that tensor.
+
+Dequantization is one function used both by the reference path and by decompression, so
+"bit-exact" means the codec returned exactly the planes the quantizer produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numba import njit
+
+Quantizer = Literal["bcq", "uniform"]
+FP16_MIN_NORMAL = 6.103515625e-05
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """q bit-planes over the flattened tensor and the scales that give them values."""
+
+    quantizer: str
+    bits: int
+    planes: np.ndarray  # (q, size) uint8, C order of the tensor
+    scales: np.ndarray  # bcq: (rows, groups, q); uniform: (rows, groups, 1 or 2)
+    rows: int
+    cols: int
+    group_size: int  # columns per group; == cols when one group per row
+    symmetric: bool = True
+
+
+def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols): dim 0 is the output dimension of Linear and Conv weights."""
+    size = int(np.prod(shape)) if shape else 1
+    if len(shape) >= 2:
+        return int(shape[0]), size // int(shape[0]) if shape[0] else 0
+    return 1, size
+
+
+def _groups(cols: int, group_size: int | None) -> tuple[int, int]:
+    g = cols if not group_size or group_size >= cols else int(group_size)
+    g = max(g, 1)
+    return g, max(1, -(-cols // g))
+
+
+def _scale_dtype(values: np.ndarray) -> np.dtype:
+    a = np.abs(values[values != 0])
+    if a.size and (a.min() < FP16_MIN_NORMAL or a.max() > FP16_MAX):
+        return np.dtype(np.float32)
+    return np.dtype(np.float16)
+
+
+@njit(cache=True)
+def _solve_small(a, y):
+    """Gaussian elimination with partial pivoting for q <= 4; None-like (ok=False) if singular."""
+    n = a.shape[0]
+    m = a.copy()
+    v = y.copy()
+    for c in range(n):
+        p = c
+        for r in range(c + 1, n):
+            if abs(m[r, c]) > abs(m[p, c]):
+                p = r
+        if abs(m[p, c]) < 1e-12:
+            return v, False
+        if p != c:
+            for k in range(n):
+                m[c, k], m[p, k] = m[p, k], m[c, k]
+            v[c], v[p] = v[p], v[c]
+        for r in range(c + 1, n):
+            f = m[r, c] / m[c, c]
+            for k in range(c, n):
+                m[r, k] -= f * m[c, k]
+            v[r] -= f * v[c]
+    for c in range(n - 1, -1, -1):
+        s = v[c]
+        for k in range(c + 1, n):
+            s -= m[c, k] * v[k]
+        v[c] = s / m[c, c]
+    return v, True
+
+
+@njit(cache=True)
+def _levels(alpha, q):
+    """Value of every sign pattern c (bit i set = +alpha_i), summed in dequantize's order."""
+    levels = np.zeros(1 << q, dtype=np.float32)
+    for c in range(1 << q):
+        acc = np.float32(0.0)
+        for i in range(q):
+            s = np.float32(1.0) if (c >> i) & 1 else np.float32(-1.0)
+            acc += np.float32(alpha[i]) * s
+        levels[c] = acc
+    return levels
+
+
+@njit(cache=True)
+def _nearest(val, levels):
+    best = 0
+    bd = abs(val - levels[0])
+    for c in range(1, levels.shape[0]):
+        d = abs(val - levels[c])
+        if d < bd:
+            bd = d
+            best = c
+    return best
+
+
+@njit(cache=True)
+def _nearest_codes(vals, alpha, q, out_codes):
+    levels = _levels(alpha, q)
+    for n in range(vals.shape[0]):
+        out_codes[n] = _nearest(vals[n], levels)
+
+
+@njit(cache=True)
+def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
+    """Greedy residual BCQ, then alternating least-squares alphas / nearest sign patterns."""
+    rows, cols = w.shape
+    for r in range(rows):
+        for g in range(ngroups):
+            c0 = g * gsize
+            c1 = min(cols, c0 + gsize)
+            idx = np.empty(c1 - c0, dtype=np.int64)
+            n = 0
+            for c in range(c0, c1):
+                if keep[r, c]:
+                    idx[n] = c
+                    n += 1
+            if n == 0:
+                for i in range(q):
+                    alphas[r, g, i] = 0.0
+                continue
+            v = np.empty(n, dtype=np.float64)
+            for k in range(n):
+                v[k] = w[r, idx[k]]
+            # greedy: alpha_i = mean |residual|, b_i = sign(residual)
+            res = v.copy()
+            alpha = np.zeros(q, dtype=np.float64)
+            code = np.zeros(n, dtype=np.int64)
+            for i in range(q):
+                a = 0.0
+                for k in range(n):
+                    a += abs(res[k])
+                a /= n
+                alpha[i] = a
+                for k in range(n):
+                    if res[k] >= 0:
+                        code[k] |= 1 << i
+                        res[k] -= a
+                    else:
+                        res[k] += a
+            # alternating refinement
+            ata = np.zeros((q, q), dtype=np.float64)
+            aty = np.zeros(q, dtype=np.float64)
+            v32 = v.astype(np.float32)
+            for _ in range(iters):
+                ata[:, :] = 0.0
+                aty[:] = 0.0
+                for k in range(n):
+                    for i in range(q):
+                        si = 1.0 if (code[k] >> i) & 1 else -1.0
+                        aty[i] += si * v[k]
+                        for j in range(q):
+                            sj = 1.0 if (code[k] >> j) & 1 else -1.0
+                            ata[i, j] += si * sj
+                sol, ok = _solve_small(ata, aty)
+                if not ok:
+                    break
+                alpha[:] = sol
+                _nearest_codes(v32, alpha, q, code)
+            for i in range(q):
+                alphas[r, g, i] = alpha[i]
+            for k in range(n):
+                codes[r, idx[k]] = code[k]
+
+
+@njit(cache=True)
+def _bcq_reassign(w, keep, q, gsize, alphas, codes):
+    """Best sign patterns for the stored (rounded) alphas."""
+    rows, cols = w.shape
+    for r in range(rows):
+        for g in range(alphas.shape[1]):
+            levels = _levels(alphas[r, g], q)
+            for c in range(g * gsize, min(cols, (g + 1) * gsize)):
+                if keep[r, c]:
+                    codes[r, c] = _nearest(w[r, c], levels)
+
+
+def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
+    flat = codes.reshape(-1)
+    return np.stack([((flat >> i) & 1).astype(np.uint8) for i in range(q)]) if q else np.zeros((0, flat.size), np.uint8)
+
+
+def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
+    codes = np.zeros(planes.shape[1], dtype=np.int64)
+    for i in range(planes.shape[0]):
+        codes |= planes[i].astype(np.int64) << i
+    return codes
+
+
+def _check_bits(quantizer: str, bits: int) -> None:
+    limit = 4 if quantizer == "bcq" else 8
+    if quantizer not in ("bcq", "uniform"):
+        raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= limit:
+        raise ValueError(f"{quantizer} bits must be in 1..{limit}, got {bits}")
+
+
+def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | None = None,
+                 iters: int = 15) -> Quantized:
+    """Binary-coding quantization w ~ sum_i alpha_i b_i over the kept weights."""
+    _check_bits("bcq", bits)
+    rows, cols = row_layout(w.shape)
+    w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
+    k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
+    gsize, ngroups = _groups(cols, group_size)
+    alphas = np.zeros((rows, ngroups, bits), dtype=np.float64)
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
+    sdt = _scale_dtype(alphas)
+    stored = alphas.astype(sdt)
+    _bcq_reassign(w2, k2, bits, gsize, stored.astype(np.float32), codes)
+    return Quantized("bcq", bits, _codes_to_planes(codes, bits), stored, rows, cols, gsize, True)
+
+
+def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool = True,
+                     group_size: int | None = None) -> Quantized:
+    """Integer codes c in [0, 2^q - 1] per row/group.
+
+    symmetric: value = scale * (c - (2^q - 1) / 2), scale = 2 max|w| / (2^q - 1);
+    asymmetric: value = low + scale * c over [min, max] of the kept weights.
+    """
+    _check_bits("uniform", bits)
+    rows, cols = row_layout(w.shape)
+    w2 = np.asarray(w, dtype=np.float32).reshape(rows, cols)
+    k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
+    gsize, ngroups = _groups(cols, group_size)
+    pad = ngroups * gsize - cols
+    wg = np.pad(w2, ((0, 0), (0, pad))).reshape(rows, ngroups, gsize)
+    kg = np.pad(k2, ((0, 0), (0, pad))).reshape(rows, ngroups, gsize)
+    levels = (1 << bits) - 1
+    any_kept = kg.any(axis=2)
+    if symmetric:
+        amax = np.where(kg, np.abs(wg), 0).max(axis=2) if gsize else np.zeros((rows, ngroups), np.float32)
+        scale = (2.0 * amax / levels).astype(np.float32)
+        sdt = _scale_dtype(scale)
+        scales = scale.astype(sdt)[..., None]
+    else:
+        lo = np.where(kg, wg, np.inf).min(axis=2) if gsize else np.zeros((rows, ngroups), np.float32)
+        hi = np.where(kg, wg, -np.inf).max(axis=2) if gsize else np.zeros((rows, ngroups), np.float32)
+        lo = np.where(any_kept, lo, 0).astype(np.float32)
+        hi = np.where(any_kept, hi, 0).astype(np.float32)
+        scale = ((hi - lo) / levels).astype(np.float32)
+        sdt = _scale_dtype(np.concatenate([scale.ravel(), lo.ravel()]))
+        scales = np.stack([scale.astype(sdt), lo.astype(sdt)], axis=-1)
+    s32 = scales.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if symmetric:
+            x = wg / s32[..., 0:1] + levels / 2.0
+        else:
+            x = (wg - s32[..., 1:2]) / s32[..., 0:1]
+    x = np.where(np.isfinite(x), x, 0.0)
+    codes = np.clip(np.rint(x), 0, levels).astype(np.int64)
+    codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
+    return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
+
+
+def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits: int = 2,
+             symmetric: bool = True, group_size: int | None = None, iters: int = 15) -> Quantized:
+    if quantizer == "bcq":
+        return quantize_bcq(w, keep, bits, group_size, iters)
+    if quantizer == "uniform":
+        return quantize_uniform(w, keep, bits, symmetric, group_size)
+    raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+
+
+def dequantize(qz: Quantized, keep: np.ndarray) -> np.ndarray:
+    """Float32 values of shape (rows, cols), exactly zero at pruned positions."""
+    rows, cols, g = qz.rows, qz.cols, qz.group_size
+    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    s = qz.scales.astype(np.float32)
+    gidx = np.arange(cols) // g
+    out = np.zeros((rows, cols), dtype=np.float32)
+    if qz.quantizer == "bcq":
+        for i in range(qz.bits):
+            sign = (((codes >> i) & 1) * 2 - 1).astype(np.float32)
+            out += s[:, gidx, i] * sign
+    elif qz.symmetric:
+        out = s[:, gidx, 0] * (codes.astype(np.float32) - np.float32(((1 << qz.bits) - 1) / 2))
+    else:
+        out = s[:, gidx, 1] + s[:, gidx, 0] * codes.astype(np.float32)
+    return np.where(np.asarray(keep).reshape(rows, cols), out, np.float32(0)).astype(np.float32)
+
+
+def squared_error(w: np.ndarray, keep: np.ndarray, qz: Quantized) -> float:
+    """Sum of squared errors over the kept weights."""
+    d = dequantize(qz, keep).ravel() - np.asarray(w, dtype=np.float32).ravel()
+    return float(np.sum(d[np.asarray(keep).ravel()].astype(np.float64) ** 2))

@@ -1,0 +1,186 @@
+"""One tensor through the whole pipeline: prune, quantize, code the planes and the mask.
+
+`decompress_tensor(compress_tensor(w, cfg))` equals `reference_prune_quantize(w, cfg)` bit
+for bit: both end in the same `quant.dequantize`, and the codec is lossless on care bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .codec import EncodedPlane, decode_plane, encode_plane
+from .maskcode import MaskCode, decode_mask, encode_mask
+from .prune import given_mask, magnitude_mask
+from .quant import Quantized, dequantize, quantize
+from .rates import choose
+from .xornet import DEFAULT_SEED, MAX_WINDOW
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """How to compress: in the spirit of torchao's quantize_(model, config), one object.
+
+    sparsity: fraction of weights to prune by magnitude (existing zeros count as pruned);
+    global_sparsity: one threshold across all selected tensors instead of per tensor;
+    bits / quantizer: q bit-planes from binary coding ('bcq', q <= 4) or integers
+    ('uniform', q <= 8, symmetric or not); group_size: columns per scale (None = per row);
+    max_n_s: longest decoder memory the rate search may use (0 = the paper's network).
+    """
+
+    sparsity: float = 0.9
+    bits: int = 2
+    quantizer: str = "bcq"
+    symmetric: bool = True
+    group_size: int | None = None
+    global_sparsity: bool = False
+    mask_codec: str = "auto"
+    max_n_s: int | None = None
+    seed: int = DEFAULT_SEED
+    bcq_iters: int = 15
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.quantizer not in ("bcq", "uniform"):
+            raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {self.quantizer!r}")
+        limit = 4 if self.quantizer == "bcq" else 8
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= limit:
+            raise ValueError(f"bits must be in 1..{limit} for {self.quantizer}, got {self.bits}")
+        if self.mask_codec not in ("auto", "bitmask", "entropy"):
+            raise ValueError(f"mask_codec must be auto, bitmask or entropy, got {self.mask_codec!r}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.max_n_s is not None and not 0 <= self.max_n_s < MAX_WINDOW:
+            raise ValueError(f"max_n_s must be in 0..{MAX_WINDOW - 1}, got {self.max_n_s}")
+        if self.bcq_iters < 0:
+            raise ValueError(f"bcq_iters must be >= 0, got {self.bcq_iters}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CompressConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class CompressedTensor:
+    shape: tuple[int, ...]
+    dtype: str
+    quant: Quantized  # scales and layout; its planes are empty here (they live in `planes`)
+    mask: MaskCode
+    planes: list[EncodedPlane] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def kept(self) -> int:
+        return self.planes[0].care_bits if self.planes and self.planes[0].care_bits >= 0 else -1
+
+    @property
+    def scale_bits(self) -> int:
+        return self.quant.scales.size * self.quant.scales.dtype.itemsize * 8
+
+    @property
+    def value_bits(self) -> int:
+        """Stream + patch bits of every plane, plus the scales."""
+        return sum(p.value_bits for p in self.planes) + self.scale_bits
+
+    @property
+    def total_bits(self) -> int:
+        return self.value_bits + self.mask.nbits
+
+    @property
+    def patches(self) -> int:
+        return sum(int(p.patches.size) for p in self.planes)
+
+    @property
+    def efficiency(self) -> float:
+        """Care bits over stream + patch bits, all planes (scales and mask excluded)."""
+        coded = sum(p.value_bits for p in self.planes)
+        care = sum(max(p.care_bits, 0) for p in self.planes)
+        return care / coded if coded else 1.0
+
+
+def to_float32(w: Any) -> tuple[np.ndarray, str]:
+    """Accept numpy arrays or torch tensors; numpy has no bfloat16, so that goes via torch."""
+    if hasattr(w, "detach") and hasattr(w, "dtype") and not isinstance(w, np.ndarray):
+        name = str(w.dtype).replace("torch.", "")
+        if name not in FLOAT_DTYPES:
+            raise ValueError(f"unsupported tensor dtype {name}; expected one of {', '.join(FLOAT_DTYPES)}")
+        return w.detach().to("cpu").float().contiguous().numpy(), name
+    a = np.asarray(w)
+    if a.dtype.name not in FLOAT_DTYPES:
+        raise ValueError(f"unsupported tensor dtype {a.dtype}; expected one of {', '.join(FLOAT_DTYPES)}")
+    return a.astype(np.float32), a.dtype.name
+
+
+def from_float32(values: np.ndarray, dtype: str, framework: str | None = None):
+    """Cast to the original dtype: a numpy array, or a torch tensor for bfloat16 (or on request)."""
+    fw = framework or ("torch" if dtype == "bfloat16" else "numpy")
+    if fw == "numpy":
+        if dtype == "bfloat16":
+            raise ValueError("numpy has no bfloat16; ask for framework='torch'")
+        return values.astype(dtype)
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(values)).to(getattr(torch, dtype))
+
+
+def _keep_mask(w32: np.ndarray, config: CompressConfig, keep: Any, name: str) -> np.ndarray:
+    if keep is not None:
+        k = keep.detach().cpu().numpy() if hasattr(keep, "detach") else keep
+        return given_mask(w32, k, name)
+    return magnitude_mask(w32, config.sparsity, name)
+
+
+def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = None,
+                   name: str = "tensor") -> tuple[np.ndarray, Quantized, str]:
+    """(keep mask, quantized planes and scales, original dtype name)."""
+    cfg = config or CompressConfig()
+    w32, dtype = to_float32(w)
+    k = _keep_mask(w32, cfg, keep, name)
+    qz = quantize(w32, k, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters)
+    return k, qz, dtype
+
+
+def reference_prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = None,
+                             name: str = "tensor", framework: str | None = None):
+    """The dense pruned-and-quantized tensor, computed without the codec."""
+    k, qz, dtype = prune_quantize(w, config, keep=keep, name=name)
+    return from_float32(dequantize(qz, k).reshape(np.shape(k)), dtype, framework)
+
+
+def compress_tensor(w: Any, config: CompressConfig | None = None, *, keep: Any = None,
+                    name: str = "tensor", verify: bool = False) -> CompressedTensor:
+    """Prune, quantize and code one tensor; keep= supplies a mask (True = kept) to use as is."""
+    cfg = config or CompressConfig()
+    k, qz, dtype = prune_quantize(w, cfg, keep=keep, name=name)
+    return compress_quantized(k, qz, dtype, cfg, verify=verify)
+
+
+def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: CompressConfig,
+                       verify: bool = False) -> CompressedTensor:
+    care = np.ascontiguousarray(keep.ravel())
+    decoder = choose(qz.planes[0], care, max_n_s=cfg.max_n_s, seed=cfg.seed)
+    planes = [encode_plane(p, care, decoder, verify=verify) for p in qz.planes]
+    mask = encode_mask(care, cfg.mask_codec)
+    stripped = replace(qz, planes=np.zeros((0, 0), np.uint8))
+    return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes)
+
+
+def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
+    """The dense pruned-and-quantized tensor in its original shape and dtype."""
+    keep = decode_mask(ct.mask)
+    if keep.size != ct.numel:
+        raise ValueError(f"mask holds {keep.size} positions, tensor has {ct.numel}")
+    planes = np.stack([decode_plane(p) for p in ct.planes]) if ct.planes else np.zeros((0, ct.numel), np.uint8)
+    qz = replace(ct.quant, planes=planes)
+    return from_float32(dequantize(qz, keep).reshape(ct.shape), ct.dtype, framework)
