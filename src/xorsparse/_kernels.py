@@ -228,3 +228,169 @@ def decode_tables(stream, n_slices, n_in, n_out, n_s, chunk_slices, table, out):
 def flip_bits(words, positions):
     for p in positions:
         words[p >> 6] ^= U64(1) << U64(p & 63)
+
+
+# ---------------------------------------------------------------------------------------
+# Wide windows (W > 128): the same algorithms on rows of NW 64-bit words. Slower per care
+# bit (the work grows about as W^2), but a longer memory absorbs more of the spread of
+# care bits between slices, which is what the last percent of efficiency costs.
+
+
+@njit(inline="always", cache=True)
+def _xor_shifted(r, s, b, nw):
+    """r ^= s << b for multiword values (s spans at most nw words after the shift)."""
+    ws = b >> 6
+    bs = b & 63
+    if bs == 0:
+        for i in range(nw - ws):
+            r[i + ws] ^= s[i]
+    else:
+        carry = U64(0)
+        for i in range(nw - ws):
+            v = s[i]
+            r[i + ws] ^= (v << U64(bs)) | carry
+            carry = v >> U64(64 - bs)
+
+
+@njit(inline="always", cache=True)
+def _store_shifted(dst, r, b, nw):
+    """dst = r >> b."""
+    ws = b >> 6
+    bs = b & 63
+    for i in range(nw):
+        j = i + ws
+        v = U64(0)
+        if j < nw:
+            v = r[j] >> U64(bs)
+            if bs != 0 and j + 1 < nw:
+                v |= r[j + 1] << U64(64 - bs)
+        dst[i] = v
+
+
+@njit(parallel=True, cache=True)
+def encode_elimination_wide(bits, care, g, n_in, n_out, n_s, chunk_slices,
+                            stream, patch_off, patch_buf, patch_cnt):
+    """encode_elimination for windows of up to 64 * g.shape[1] bits."""
+    nw = g.shape[1]
+    length = bits.shape[0]
+    n_slices = (length + n_out - 1) // n_out
+    n_chunks = (n_slices + chunk_slices - 1) // chunk_slices
+    for c in prange(n_chunks):
+        t0 = c * chunk_slices
+        t1 = min(n_slices, t0 + chunk_slices)
+        nv = (t1 - t0) * n_in
+        piv = np.full(nv, -1, dtype=np.int32)
+        rows = np.empty((nv, nw), dtype=np.uint64)
+        rows_rhs = np.empty(nv, dtype=np.uint8)
+        r = np.empty(nw, dtype=np.uint64)
+        nrows = 0
+        npatch = 0
+        base = patch_off[c]
+        for t in range(t0, t1):
+            ws = (t - t0 - n_s) * n_in
+            nbad = -ws if ws < 0 else 0
+            p0 = t * n_out
+            p1 = min(length, p0 + n_out)
+            for p in range(p0, p1):
+                if care[p] == 0:
+                    continue
+                j = p - p0
+                for i in range(nw):
+                    lo_bit = 64 * i
+                    if nbad >= lo_bit + 64:
+                        r[i] = U64(0)
+                    elif nbad > lo_bit:
+                        r[i] = g[j, i] & ~low_mask(nbad - lo_bit)
+                    else:
+                        r[i] = g[j, i]
+                rhs = bits[p]
+                while True:
+                    b = -1
+                    for i in range(nw):
+                        if r[i] != 0:
+                            b = 64 * i + ctz64(r[i])
+                            break
+                    if b < 0:
+                        if rhs != 0:
+                            patch_buf[base + npatch] = p
+                            npatch += 1
+                        break
+                    a = ws + b
+                    q = piv[a]
+                    if q < 0:
+                        _store_shifted(rows[nrows], r, b, nw)
+                        rows_rhs[nrows] = rhs
+                        piv[a] = nrows
+                        nrows += 1
+                        break
+                    _xor_shifted(r, rows[q], b, nw)
+                    rhs ^= rows_rhs[q]
+        patch_cnt[c] = npatch
+        xw = np.zeros(nv // 64 + nw + 2, dtype=np.uint64)
+        for a in range(nv - 1, -1, -1):
+            q = piv[a]
+            if q < 0:
+                continue
+            par = 0
+            for i in range(nw):
+                par ^= popcount64(rows[q, i] & read_bits(xw, a + 64 * i, 64))
+            v = (par & 1) ^ rows_rhs[q]
+            if v != 0:
+                xw[a >> 6] |= U64(1) << U64(a & 63)
+        w0 = (t0 * n_in) >> 6
+        for i in range((nv + 63) // 64):
+            stream[w0 + i] = xw[i]
+
+
+@njit(parallel=True, cache=True)
+def decode_tables_wide(stream, n_slices, n_in, n_out, n_s, chunk_slices, table, out):
+    """decode_tables with the window register held in several words."""
+    window = n_in * (n_s + 1)
+    nreg = (window + 63) // 64
+    nbytes = table.shape[0]
+    nwords = table.shape[2]
+    n_chunks = (n_slices + chunk_slices - 1) // chunk_slices
+    top = window - n_in
+    for c in prange(n_chunks):
+        t0 = c * chunk_slices
+        t1 = min(n_slices, t0 + chunk_slices)
+        y = np.zeros(nwords, dtype=np.uint64)
+        reg = np.zeros(nreg + 1, dtype=np.uint64)
+        wi = (t0 * n_out) >> 6
+        acc = U64(0)
+        nacc = 0
+        for t in range(t0, t1):
+            xt = read_bits(stream, t * n_in, n_in)
+            # reg >>= n_in (n_in <= 64), then x_t enters at bit `top`
+            s = n_in
+            for i in range(nreg):
+                if s == 64:
+                    reg[i] = reg[i + 1]
+                else:
+                    reg[i] = (reg[i] >> U64(s)) | (reg[i + 1] << U64(64 - s))
+            wsh = top >> 6
+            bsh = top & 63
+            reg[wsh] |= xt << U64(bsh)
+            if bsh != 0 and wsh + 1 < nreg:
+                reg[wsh + 1] |= xt >> U64(64 - bsh)
+            for w in range(nwords):
+                y[w] = 0
+            for m in range(nbytes):
+                v = (reg[m >> 3] >> U64(8 * (m & 7))) & U64(255)
+                for w in range(nwords):
+                    y[w] ^= table[m, v, w]
+            remaining = n_out
+            for w in range(nwords):
+                k = 64 if remaining > 64 else remaining
+                remaining -= k
+                val = y[w]
+                acc |= val << U64(nacc)
+                if nacc + k >= 64:
+                    out[wi] = acc
+                    wi += 1
+                    acc = (val >> U64(64 - nacc)) if nacc > 0 else U64(0)
+                    nacc = nacc + k - 64
+                else:
+                    nacc += k
+        if nacc > 0:
+            out[wi] = acc & low_mask(nacc)

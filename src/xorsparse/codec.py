@@ -16,11 +16,12 @@ import numpy as np
 
 from . import _kernels
 from .patches import decode_patches, encode_patches, rice_bits, best_rice_parameter
-from .xornet import DEFAULT_SEED, XorDecoder
+from .xornet import DEFAULT_SEED, NARROW_WINDOW, XorDecoder
 
 Method = Literal["elimination", "exhaustive"]
 EXHAUSTIVE_MAX_N_IN = 24
-CHUNK_TARGET_POSITIONS = 1 << 18
+CHUNK_TARGET_POSITIONS = 1 << 20
+_force_wide = False  # tests set this to cross-check the wide kernels on narrow windows
 
 
 @lru_cache(maxsize=64)
@@ -162,9 +163,12 @@ def encode_plane(
     patch_cnt = np.zeros(n_chunks, dtype=np.int64)
     stream = np.zeros(-(-n_slices * d.n_in // 64) + 1, dtype=np.uint64)
 
-    if method == "elimination":
+    if method == "elimination" and (d.window <= NARROW_WINDOW and not _force_wide):
         _kernels.encode_elimination(b, c, d.g_lo, d.g_hi, d.n_in, d.n_out, d.n_s, cs,
                                     stream, patch_off, patch_buf, patch_cnt)
+    elif method == "elimination":
+        _kernels.encode_elimination_wide(b, c, d.g_words, d.n_in, d.n_out, d.n_s, cs,
+                                         stream, patch_off, patch_buf, patch_cnt)
     else:
         cols = _columns(d)
         _kernels.encode_exhaustive(b, c, cols, d.n_in, d.n_out, cs,
@@ -206,7 +210,9 @@ def decode_plane_packed(enc: EncodedPlane) -> np.ndarray:
     out = np.zeros(-(-n_slices * enc.n_out // 64) + 1, dtype=np.uint64)
     if n_slices:
         table = _tables(enc.n_in, enc.n_out, enc.n_s, enc.seed)
-        _kernels.decode_tables(stream, n_slices, enc.n_in, enc.n_out, enc.n_s, enc.chunk_slices, table, out)
+        kernel = _kernels.decode_tables if enc.n_in * (enc.n_s + 1) <= NARROW_WINDOW and not _force_wide \
+            else _kernels.decode_tables_wide
+        kernel(stream, n_slices, enc.n_in, enc.n_out, enc.n_s, enc.chunk_slices, table, out)
     if enc.patches.size:
         if enc.patches[-1] >= enc.length:
             raise ValueError(f"patch position {int(enc.patches[-1])} beyond plane length {enc.length}")

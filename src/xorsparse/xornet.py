@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MASK64 = (1 << 64) - 1
-MAX_WINDOW = 128  # n_in * (n_s + 1): the encoder keeps a window in two 64-bit words
+MAX_WINDOW = 256  # n_in * (n_s + 1): longest decoder memory, in stream bits
+NARROW_WINDOW = 128  # windows up to this size run on the two-word kernels
 MAX_N_IN = 64
 MAX_N_OUT = 1024
 DEFAULT_SEED = 0x5EED
@@ -82,8 +83,7 @@ class XorDecoder:
     n_s: int = 0
     seed: int = DEFAULT_SEED
     matrices: np.ndarray = field(init=False, repr=False, compare=False)
-    g_lo: np.ndarray = field(init=False, repr=False, compare=False)
-    g_hi: np.ndarray = field(init=False, repr=False, compare=False)
+    g_words: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, (int, np.integer)) or not 0 <= int(self.seed) <= MASK64:
@@ -91,20 +91,22 @@ class XorDecoder:
         mats = generate_matrices(self.n_in, self.n_out, self.n_s, int(self.seed))
         object.__setattr__(self, "matrices", mats)
         g = self.window_matrix()
-        lo = np.zeros(self.n_out, dtype=np.uint64)
-        hi = np.zeros(self.n_out, dtype=np.uint64)
+        words = np.zeros((self.n_out, max(2, -(-self.window // 64))), dtype=np.uint64)
         for b in range(self.window):
-            col = g[:, b].astype(np.uint64)
-            if b < 64:
-                lo |= col << np.uint64(b)
-            else:
-                hi |= col << np.uint64(b - 64)
-        object.__setattr__(self, "g_lo", lo)
-        object.__setattr__(self, "g_hi", hi)
+            words[:, b // 64] |= g[:, b].astype(np.uint64) << np.uint64(b % 64)
+        object.__setattr__(self, "g_words", words)
 
     @property
     def window(self) -> int:
         return self.n_in * (self.n_s + 1)
+
+    @property
+    def g_lo(self) -> np.ndarray:
+        return np.ascontiguousarray(self.g_words[:, 0])
+
+    @property
+    def g_hi(self) -> np.ndarray:
+        return np.ascontiguousarray(self.g_words[:, 1])
 
     @property
     def rate(self) -> float:

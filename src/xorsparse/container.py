@@ -1,0 +1,222 @@
+""".xsp files: a safetensors file of compressed tensors (and untouched ones), with JSON metadata.
+
+Standard safetensors tools list every entry; the JSON under the metadata key "xorsparse"
+says how the entries of each compressed tensor fit together (docs/FORMAT.md, section 2).
+Every entry carries a CRC-32 so corruption is reported with the tensor it hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from . import safetensors_io as st
+from .codec import EncodedPlane
+from .maskcode import MaskCode
+from .quant import Quantized
+from .tensor import CompressConfig, CompressedTensor, decompress_tensor
+
+FORMAT_NAME = "xorsparse"
+FORMAT_VERSION = 1
+META_KEY = "xorsparse"
+SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
+
+
+class XspError(ValueError):
+    """Anything wrong with an .xsp file; the message names the file and the tensor."""
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor stored as it is (biases, norms, embeddings, anything excluded)."""
+
+    dtype: str  # safetensors code: F32, F16, BF16, ...
+    shape: tuple[int, ...]
+    data: Any  # bytes, a numpy array, or a callable returning one (read lazily at write time)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> "RawTensor":
+        e = st.array_entry("_", a)
+        return cls(e.dtype, e.shape, e.data)
+
+
+def _crc(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
+    q = ct.quant
+    parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
+    m = ct.mask
+    parts.append(("mask", m.data))
+    if m.codec == "entropy":
+        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_probs", m.probs.astype("<u2"))]
+    planes = []
+    for i, p in enumerate(ct.planes):
+        data, k, nbits = p.patch_data()
+        parts += [(f"plane{i}.stream", p.stream), (f"plane{i}.patches", np.frombuffer(data, np.uint8))]
+        planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
+                       "chunk_slices": p.chunk_slices, "patches": int(p.patches.size),
+                       "rice_k": k, "patch_nbits": nbits, "care_bits": p.care_bits})
+    entries = [st.array_entry(name + SEP + part, a) for part, a in parts]
+    meta = {
+        "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
+        "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
+        "order": {"kind": "diagonal", "skew": ct.skew},
+        "mask": {"codec": m.codec, "length": m.length, "block": m.block},
+        "planes": planes,
+        "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
+    }
+    return entries, meta
+
+
+def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor],
+              raw: Mapping[str, RawTensor], config: CompressConfig | None = None,
+              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> int:
+    """Write atomically; returns the file size in bytes."""
+    clash = set(compressed) & set(raw)
+    if clash:
+        raise ValueError(f"tensor {sorted(clash)[0]!r} given both compressed and raw")
+    entries: list[st.Entry] = []
+    tmeta: dict[str, Any] = {}
+    for name, ct in compressed.items():
+        if SEP in name:
+            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
+        e, m = _compressed_entries(name, ct)
+        entries += e
+        tmeta[name] = m
+    rmeta: dict[str, Any] = {}
+    for name, r in raw.items():
+        entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
+            "config": config.to_dict() if config else None, "info": dict(info or {})}
+
+    if raw:
+        # checksums must be in the header, which precedes the data: compute them first
+        for name, r in raw.items():
+            data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
+            rmeta[name] = {"crc32": _crc(data)}
+    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+
+
+class XspFile:
+    """Lazy access to an .xsp file: metadata at open, tensors one at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            self._r = st.Reader(self.path)
+        except st.FormatError as e:
+            raise XspError(str(e)) from None
+        raw_meta = self._r.metadata.get(META_KEY)
+        if raw_meta is None:
+            self.close()
+            raise XspError(f"{self.path}: not an xorsparse file (no '{META_KEY}' metadata)")
+        try:
+            meta = json.loads(raw_meta)
+        except json.JSONDecodeError:
+            self.close()
+            raise XspError(f"{self.path}: corrupt xorsparse metadata (not JSON)") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            self.close()
+            raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
+        if meta.get("version") != FORMAT_VERSION:
+            self.close()
+            raise XspError(f"{self.path}: unsupported format version {meta.get('version')!r} "
+                           f"(this xorsparse reads version {FORMAT_VERSION})")
+        self.meta = meta
+        self.tensors: dict[str, dict] = meta.get("tensors", {})
+        self.raw_tensors: dict[str, dict] = meta.get("raw", {})
+        cfg = meta.get("config")
+        self.config = CompressConfig.from_dict(cfg) if cfg else None
+        for name in self.raw_tensors:
+            if name not in self._r.entries:
+                self.close()
+                raise XspError(f"{self.path}: tensor {name!r}: missing entry")
+
+    def names(self) -> list[str]:
+        return list(self.tensors) + list(self.raw_tensors)
+
+    def _part(self, name: str, part: str) -> np.ndarray:
+        entry = name + SEP + part
+        try:
+            data = self._r.read_bytes(entry)
+        except st.FormatError:
+            raise XspError(f"{self.path}: tensor {name!r}: missing entry {entry!r}") from None
+        want = self.tensors[name].get("crc32", {}).get(part)
+        if want is None or _crc(data) != want:
+            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
+        info = self._r.entries[entry]
+        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+
+    def compressed(self, name: str) -> CompressedTensor:
+        if name not in self.tensors:
+            raise XspError(f"{self.path}: no compressed tensor {name!r}")
+        m = self.tensors[name]
+        try:
+            mk = m["mask"]
+            mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
+                            self._part(name, "mask_offsets") if mk["codec"] == "entropy" else None,
+                            self._part(name, "mask_probs") if mk["codec"] == "entropy" else None)
+            planes = []
+            for i, p in enumerate(m["planes"]):
+                planes.append(EncodedPlane.from_patch_data(
+                    data=self._part(name, f"plane{i}.patches").tobytes(), count=int(p["patches"]),
+                    k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
+                    n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
+                    chunk_slices=int(p["chunk_slices"]), stream=self._part(name, f"plane{i}.stream"),
+                    care_bits=int(p.get("care_bits", -1))))
+            q = Quantized(m["quantizer"], int(m["bits"]), np.zeros((0, 0), np.uint8),
+                          self._part(name, "scales"), int(m["rows"]), int(m["cols"]),
+                          int(m["group_size"]), bool(m["symmetric"]))
+            shape = tuple(int(s) for s in m["shape"])
+            dtype = str(m["dtype"])
+            if m["order"]["kind"] != "diagonal":
+                raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
+            skew = int(m["order"]["skew"])
+        except (KeyError, TypeError) as e:
+            raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
+        except ValueError as e:
+            if isinstance(e, XspError):
+                raise
+            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+        return CompressedTensor(shape, dtype, q, mask, planes, skew)
+
+    def raw(self, name: str) -> tuple[np.ndarray, str]:
+        """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""
+        if name not in self.raw_tensors:
+            raise XspError(f"{self.path}: no stored tensor {name!r}")
+        data = self._r.read_bytes(name)
+        if _crc(data) != self.raw_tensors[name].get("crc32"):
+            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch")
+        info = self._r.entries[name]
+        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
+
+    def dense(self, name: str, framework: str | None = None):
+        """The tensor as a model uses it: decoded if compressed, as stored otherwise."""
+        if name in self.tensors:
+            ct = self.compressed(name)
+            try:
+                return decompress_tensor(ct, framework)
+            except ValueError as e:
+                raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+        a, dt = self.raw(name)
+        if dt == "BF16" or framework == "torch":
+            from ._torchconv import st_to_torch
+
+            return st_to_torch(a, dt)
+        return a
+
+    def close(self) -> None:
+        self._r.close()
+
+    def __enter__(self) -> "XspFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
