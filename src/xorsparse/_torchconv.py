@@ -32,5 +32,5 @@ def st_to_torch(a: np.ndarray, code: str):
     import torch
 
     if code == "BF16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
+        return torch.from_numpy(np.asarray(a, order="C").view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.asarray(a, order="C"))

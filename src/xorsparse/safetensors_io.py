@@ -50,12 +50,12 @@ class Entry:
     def payload(self) -> bytes | memoryview:
         d = self.data() if callable(self.data) else self.data
         if isinstance(d, np.ndarray):
-            return memoryview(np.ascontiguousarray(d)).cast("B")
+            return memoryview(np.asarray(d, order="C").reshape(-1)).cast("B")
         return d
 
 
 def array_entry(name: str, a: np.ndarray) -> Entry:
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")  # (ascontiguousarray would turn a 0-d array into 1-d)
     code = NUMPY_TO_ST.get(a.dtype.name)
     if code is None:
         raise TypeError(f"entry {name!r}: dtype {a.dtype} has no safetensors code")

