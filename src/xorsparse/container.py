@@ -67,7 +67,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     meta = {
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
-        "order": {"kind": "diagonal", "skew": ct.skew},
+        "order": {"kind": "diagonal", "row_step": ct.row_step, "skew": ct.skew},
         "mask": {"codec": m.codec, "length": m.length, "block": m.block},
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
@@ -178,14 +178,18 @@ class XspFile:
             dtype = str(m["dtype"])
             if m["order"]["kind"] != "diagonal":
                 raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
-            skew = int(m["order"]["skew"])
+            row_step, skew = int(m["order"]["row_step"]), int(m["order"]["skew"])
+            if not (0 <= row_step < max(q_rows := int(m["rows"]), 1) and 0 <= skew < max(int(m["cols"]), 1)):
+                raise XspError(f"{self.path}: tensor {name!r}: invalid order {m['order']}")
+            if q_rows > 1 and np.gcd(row_step, q_rows) != 1:
+                raise XspError(f"{self.path}: tensor {name!r}: row_step {row_step} not coprime with {q_rows} rows")
         except (KeyError, TypeError) as e:
             raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
         except ValueError as e:
             if isinstance(e, XspError):
                 raise
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        return CompressedTensor(shape, dtype, q, mask, planes, skew)
+        return CompressedTensor(shape, dtype, q, mask, planes, row_step, skew)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

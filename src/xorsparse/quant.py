@@ -3,7 +3,9 @@
 Both quantizers see only the kept weights: pruned positions become don't-care bits of
 every plane, which is what makes the XOR code cheap. Scales are stored in float16 (the
 format's usual cost, counted in every figure) unless a scale falls outside float16's
-normal range, in which case float32 is used for that tensor.
+range (one that would overflow, or round to zero), in which case float32 is used for that
+tensor. Subnormal float16 scales are allowed: they belong to rows of near-zero weights,
+where their coarser relative precision costs nothing measurable.
 
 Dequantization is one function used both by the reference path and by decompression, so
 "bit-exact" means the codec returned exactly the planes the quantizer produced.
@@ -18,7 +20,7 @@ import numpy as np
 from numba import njit
 
 Quantizer = Literal["bcq", "uniform"]
-FP16_MIN_NORMAL = 6.103515625e-05
+FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
 
 
@@ -52,7 +54,7 @@ def _groups(cols: int, group_size: int | None) -> tuple[int, int]:
 
 def _scale_dtype(values: np.ndarray) -> np.dtype:
     a = np.abs(values[values != 0])
-    if a.size and (a.min() < FP16_MIN_NORMAL or a.max() > FP16_MAX):
+    if a.size and (a.min() < FP16_MIN or a.max() > FP16_MAX):
         return np.dtype(np.float32)
     return np.dtype(np.float16)
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .codec import EncodedPlane, decode_plane, encode_plane
-from .interleave import coded_order, diagonal_skew, to_coded, to_natural
+from .interleave import coded_order, golden_step, to_coded, to_natural
 from .maskcode import MaskCode, decode_mask, encode_mask
 from .prune import given_mask, magnitude_mask
 from .quant import Quantized, dequantize, quantize
@@ -80,7 +80,8 @@ class CompressedTensor:
     quant: Quantized  # scales and layout; its planes are empty here (they live in `planes`)
     mask: MaskCode
     planes: list[EncodedPlane] = field(default_factory=list)
-    skew: int = 0  # diagonal order of the planes (interleave.py); the mask is row-major
+    row_step: int = 0  # diagonal order of the planes (interleave.py); the mask is row-major
+    skew: int = 0
 
     @property
     def numel(self) -> int:
@@ -175,15 +176,15 @@ def compress_tensor(w: Any, config: CompressConfig | None = None, *, keep: Any =
 def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: CompressConfig,
                        verify: bool = False) -> CompressedTensor:
     flat = np.ascontiguousarray(keep.ravel())
-    skew = diagonal_skew(qz.cols)
-    order = coded_order(qz.rows, qz.cols, skew)
+    row_step, skew = golden_step(qz.rows), golden_step(qz.cols)
+    order = coded_order(qz.rows, qz.cols, row_step, skew)
     care = to_coded(flat, order)
     coded = [to_coded(p, order) for p in qz.planes]
     decoder = choose(coded[0], care, max_n_s=cfg.max_n_s, max_window=cfg.max_window, seed=cfg.seed)
     planes = [encode_plane(p, care, decoder, verify=verify) for p in coded]
     mask = encode_mask(flat, cfg.mask_codec)
     stripped = replace(qz, planes=np.zeros((0, 0), np.uint8))
-    return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, skew)
+    return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, row_step, skew)
 
 
 def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
@@ -191,7 +192,7 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
     keep = decode_mask(ct.mask)
     if keep.size != ct.numel:
         raise ValueError(f"mask holds {keep.size} positions, tensor has {ct.numel}")
-    order = coded_order(ct.quant.rows, ct.quant.cols, ct.skew)
+    order = coded_order(ct.quant.rows, ct.quant.cols, ct.row_step, ct.skew)
     planes = np.stack([to_natural(decode_plane(p), order) for p in ct.planes]) if ct.planes \
         else np.zeros((0, ct.numel), np.uint8)
     qz = replace(ct.quant, planes=planes)

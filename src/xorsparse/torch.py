@@ -1,0 +1,367 @@
+"""PyTorch integration: compress a model in one call, load it back, or run it compressed.
+
+    cm = compress_model(model, ModelConfig(sparsity=0.9, bits=2))
+    cm.save("model.xsp")
+    load_compressed(model, "model.xsp", mode="ondemand")   # Xor* modules decode in forward
+
+The on-demand modules decode with torch tensor operations only (table look-ups, XOR,
+shifts), so they run wherever the model runs; the result equals the numba decoder's bit
+for bit (tests check it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._torchconv import raw_from_torch
+from .codec import _tables
+from .container import RawTensor, XspFile, write_xsp
+from .maskcode import decode_mask
+from .prune import global_magnitude_masks
+from .tensor import CompressConfig, CompressedTensor, compress_tensor, reference_prune_quantize, to_float32
+
+MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
+
+
+@dataclass(frozen=True)
+class ModelConfig(CompressConfig):
+    """CompressConfig plus which modules: their types, and name globs to include/exclude."""
+
+    module_types: tuple[str, ...] = ("Linear", "Conv2d")
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [t for t in self.module_types if t not in MODULE_TYPES]
+        if bad:
+            raise ValueError(f"module_types: unknown {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}")
+
+
+def selected_modules(model: nn.Module, config: ModelConfig) -> list[tuple[str, nn.Module]]:
+    types = tuple(MODULE_TYPES[t] for t in config.module_types)
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, types) or getattr(mod, "weight", None) is None:
+            continue
+        if config.include and not any(fnmatch.fnmatchcase(name, g) for g in config.include):
+            continue
+        if any(fnmatch.fnmatchcase(name, g) for g in config.exclude):
+            continue
+        out.append((name, mod))
+    return out
+
+
+def _weight_masks(mods: list[tuple[str, nn.Module]], config: ModelConfig) -> dict[str, np.ndarray] | None:
+    if not config.global_sparsity:
+        return None
+    return global_magnitude_masks({n: to_float32(m.weight)[0] for n, m in mods}, config.sparsity)
+
+
+@dataclass
+class CompressedModel:
+    """Compressed weights by parameter name, plus every other state entry as it is."""
+
+    tensors: dict[str, CompressedTensor]
+    raw: dict[str, RawTensor]
+    config: ModelConfig
+    order: list[str]
+
+    def save(self, path: str) -> int:
+        info = {"order": self.order, "pruning": "global" if self.config.global_sparsity else "per-tensor"}
+        return write_xsp(path, self.tensors, self.raw, self.config, info)
+
+    @property
+    def weights(self) -> int:
+        return sum(ct.numel for ct in self.tensors.values())
+
+    def bits_per_weight(self, kinds: Iterable[str] | None = None) -> tuple[float, float]:
+        """(value, total) bits per weight over the compressed tensors (optionally a subset)."""
+        names = list(kinds) if kinds is not None else list(self.tensors)
+        n = sum(self.tensors[k].numel for k in names)
+        v = sum(self.tensors[k].value_bits for k in names)
+        t = sum(self.tensors[k].total_bits for k in names)
+        return (v / n, t / n) if n else (0.0, 0.0)
+
+
+def compress_model(model: nn.Module, config: ModelConfig | None = None) -> CompressedModel:
+    """Prune, quantize and encode the selected modules' weights (the model is not modified)."""
+    cfg = config or ModelConfig()
+    mods = selected_modules(model, cfg)
+    masks = _weight_masks(mods, cfg)
+    tensors = {}
+    for name, mod in mods:
+        key = f"{name}.weight" if name else "weight"
+        tensors[key] = compress_tensor(mod.weight, cfg, keep=None if masks is None else masks[name], name=key)
+    state = model.state_dict()
+    raw = {}
+    for k, v in state.items():
+        if k not in tensors:
+            code, shape, data = raw_from_torch(v)
+            raw[k] = RawTensor(code, shape, data)
+    return CompressedModel(tensors, raw, cfg, list(state))
+
+
+@torch.no_grad()
+def reference_model_(model: nn.Module, config: ModelConfig | None = None) -> nn.Module:
+    """Overwrite the selected weights with their pruned-and-quantized reference (no codec)."""
+    cfg = config or ModelConfig()
+    mods = selected_modules(model, cfg)
+    masks = _weight_masks(mods, cfg)
+    for name, mod in mods:
+        ref = reference_prune_quantize(mod.weight, cfg, keep=None if masks is None else masks[name],
+                                       name=name, framework="torch")
+        mod.weight.copy_(ref)
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding with torch operations
+
+
+_TABLE_CACHE: dict[tuple[int, int, int, int], torch.Tensor] = {}
+
+
+def decoder_table(n_in: int, n_out: int, n_s: int, seed: int) -> torch.Tensor:
+    """Byte tables as int64 (bit patterns of the uint64 words), shared by every module."""
+    key = (n_in, n_out, n_s, seed)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = torch.from_numpy(_tables(*key).view(np.int64).copy())
+    return _TABLE_CACHE[key]
+
+
+def shared_table_bytes() -> int:
+    return sum(t.numel() * t.element_size() for t in _TABLE_CACHE.values())
+
+
+def unpack_bits(data: torch.Tensor, count: int) -> torch.Tensor:
+    """Little-endian bits of a uint8 tensor, as uint8 0/1."""
+    shifts = torch.arange(8, device=data.device, dtype=torch.uint8)
+    return ((data[:, None] >> shifts) & 1).reshape(-1)[:count]
+
+
+def decode_plane_torch(stream: torch.Tensor, patches: torch.Tensor, length: int, n_in: int, n_out: int,
+                       n_s: int, chunk_slices: int, table: torch.Tensor) -> torch.Tensor:
+    """docs/FORMAT.md section 1 in tensor operations; returns uint8 0/1 bits of the plane."""
+    dev = stream.device
+    n_slices = -(-length // n_out)
+    if n_slices == 0:
+        return torch.zeros(0, dtype=torch.uint8, device=dev)
+    window = n_in * (n_s + 1)
+    bits = unpack_bits(stream, n_slices * n_in)
+    padded = torch.cat([torch.zeros(n_s * n_in, dtype=torch.uint8, device=dev), bits])
+    win = padded.unfold(0, window, n_in)  # row t: x_{t-n_s} .. x_t, oldest first
+    local = torch.arange(n_slices, device=dev) % chunk_slices
+    first_valid = ((n_s - local).clamp(min=0) * n_in)[:, None]
+    win = win * (torch.arange(window, device=dev)[None, :] >= first_valid)
+    nbytes = table.shape[0]
+    win = F.pad(win, (0, nbytes * 8 - window)).reshape(n_slices, nbytes, 8).to(torch.int64)
+    byte = (win << torch.arange(8, device=dev)).sum(-1)
+    acc = table[0][byte[:, 0]]
+    for m in range(1, nbytes):
+        acc = acc ^ table[m][byte[:, m]]
+    nwords = table.shape[2]
+    out = torch.empty(n_slices, nwords * 64, dtype=torch.uint8, device=dev)
+    for k in range(64):
+        out[:, k::64] = ((acc >> k) & 1).to(torch.uint8)
+    plane = out[:, :n_out].reshape(-1)[:length].clone()
+    if patches.numel():
+        plane[patches] ^= 1
+    return plane
+
+
+def natural_index(rows: int, cols: int, row_step: int, skew: int, device=None) -> torch.Tensor:
+    """For each row-major position, its coded index (FORMAT.md section 5, inverted)."""
+    r = torch.arange(rows, device=device)
+    c = torch.arange(cols, device=device)[None, :]
+    # t mod R is the u with u * row_step = r (mod R): invert the row permutation by scattering
+    u = torch.empty_like(r)
+    u[(r * row_step) % max(rows, 1)] = r
+    return (((c - r[:, None] * skew) % cols) * rows + u[:, None]).reshape(-1)
+
+
+def dequantize_torch(codes_planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
+                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int) -> torch.Tensor:
+    """quant.dequantize in torch: the same float32 operations in the same order."""
+    dev = scales.device
+    s = scales.to(torch.float32)
+    gidx = torch.arange(cols, device=dev) // group_size
+    q = len(codes_planes)
+    if quantizer == "bcq":
+        out = torch.zeros(rows, cols, dtype=torch.float32, device=dev)
+        for i, p in enumerate(codes_planes):
+            sign = p.reshape(rows, cols).to(torch.float32) * 2 - 1
+            out = out + s[:, gidx, i] * sign
+    else:
+        code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
+        for i, p in enumerate(codes_planes):
+            code |= p.to(torch.int64) << i
+        code = code.reshape(rows, cols).to(torch.float32)
+        if symmetric:
+            out = s[:, gidx, 0] * (code - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32))
+        else:
+            out = s[:, gidx, 1] + s[:, gidx, 0] * code
+    return torch.where(keep.reshape(rows, cols), out, torch.zeros((), dtype=torch.float32, device=dev))
+
+
+class XorWeight(nn.Module):
+    """Holds one compressed weight as buffers and rebuilds the dense tensor on request."""
+
+    def __init__(self, ct: CompressedTensor, cache: bool = False):
+        super().__init__()
+        self.shape = tuple(ct.shape)
+        self.dtype_name = ct.dtype
+        q = ct.quant
+        self.meta = dict(quantizer=q.quantizer, symmetric=q.symmetric, rows=q.rows, cols=q.cols,
+                         group_size=q.group_size)
+        self.row_step, self.skew = ct.row_step, ct.skew
+        self.length = ct.numel
+        keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
+        self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
+        self.register_buffer("scales", torch.from_numpy(q.scales.copy()))
+        self.planes = []
+        for i, p in enumerate(ct.planes):
+            self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
+            self.register_buffer(f"patches{i}", torch.from_numpy(p.patches.astype(np.int64)))
+            self.planes.append((p.n_in, p.n_out, p.n_s, p.seed, p.chunk_slices))
+        self.cache = cache
+        self._cached: torch.Tensor | None = None
+
+    def dense(self) -> torch.Tensor:
+        if self._cached is not None:
+            return self._cached
+        dev = self.scales.device
+        idx = natural_index(self.meta["rows"], self.meta["cols"], self.row_step, self.skew, dev)
+        planes = []
+        for i, (n_in, n_out, n_s, seed, cs) in enumerate(self.planes):
+            table = decoder_table(n_in, n_out, n_s, seed).to(dev)
+            coded = decode_plane_torch(getattr(self, f"stream{i}"), getattr(self, f"patches{i}"), self.length,
+                                       n_in, n_out, n_s, cs, table)
+            planes.append(coded[idx])
+        keep = unpack_bits(self.mask_bits, self.length).bool()
+        w = dequantize_torch(planes, self.scales, keep, **self.meta)
+        w = w.reshape(self.shape).to(getattr(torch, self.dtype_name))
+        if self.cache:
+            self._cached = w
+        return w
+
+
+class XorLinear(nn.Module):
+    """nn.Linear whose weight stays compressed and is decoded in forward."""
+
+    def __init__(self, ct: CompressedTensor, bias: torch.Tensor | None, cache: bool = False):
+        super().__init__()
+        self.xw = XorWeight(ct, cache)
+        self.out_features, self.in_features = ct.shape
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.xw.dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.xw.dense(), self.bias)
+
+
+class XorConv2d(nn.Module):
+    """nn.Conv2d whose weight stays compressed and is decoded in forward."""
+
+    def __init__(self, ct: CompressedTensor, conv: nn.Conv2d, cache: bool = False):
+        super().__init__()
+        self.xw = XorWeight(ct, cache)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.padding_mode = conv.padding_mode
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"XorConv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.xw.dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.xw.dense(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class XorEmbedding(nn.Module):
+    """nn.Embedding whose table stays compressed and is decoded in forward."""
+
+    def __init__(self, ct: CompressedTensor, emb: nn.Embedding, cache: bool = False):
+        super().__init__()
+        self.xw = XorWeight(ct, cache)
+        self.padding_idx, self.max_norm = emb.padding_idx, emb.max_norm
+        self.norm_type, self.scale_grad_by_freq, self.sparse = emb.norm_type, emb.scale_grad_by_freq, emb.sparse
+        if emb.max_norm is not None:
+            raise ValueError("XorEmbedding cannot renormalise a compressed table (max_norm is set)")
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.xw.dense()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.xw.dense(), self.padding_idx)
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parts = name.split(".")
+    mod = model
+    for p in parts[:-1]:
+        mod = getattr(mod, p)
+    return mod, parts[-1]
+
+
+@torch.no_grad()
+def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bool = False) -> nn.Module:
+    """Load an .xsp file into `model` (same architecture as when it was compressed).
+
+    mode="decode" writes the decoded weights into the existing modules once;
+    mode="ondemand" replaces them by Xor* modules that keep only compressed buffers and
+    decode in forward (cache=True keeps the decoded weight after the first call).
+    """
+    if mode not in ("decode", "ondemand"):
+        raise ValueError(f"mode must be 'decode' or 'ondemand', got {mode!r}")
+    with XspFile(path) as f:
+        state = model.state_dict()
+        unknown = [n for n in f.names() if n not in state]
+        if unknown:
+            raise ValueError(f"{path}: tensor {unknown[0]!r} has no place in this model")
+        for name in f.raw_tensors:
+            state[name].copy_(f.dense(name, framework="torch"))
+        modules = dict(model.named_modules())
+        for name in f.tensors:
+            mod_name = name[: -len(".weight")] if name.endswith(".weight") else None
+            mod = modules.get(mod_name)
+            if mod is None or not isinstance(mod, tuple(MODULE_TYPES.values())):
+                raise ValueError(f"{path}: tensor {name!r} is not the weight of a Linear, Conv2d or Embedding")
+            if mode == "decode":
+                mod.weight.copy_(f.dense(name, framework="torch"))
+                continue
+            ct = f.compressed(name)
+            if isinstance(mod, nn.Linear):
+                new = XorLinear(ct, mod.bias, cache)
+            elif isinstance(mod, nn.Conv2d):
+                new = XorConv2d(ct, mod, cache)
+            else:
+                new = XorEmbedding(ct, mod, cache)
+            parent, attr = _parent(model, mod_name)
+            setattr(parent, attr, new)
+    return model
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers the model holds (decoder tables, shared, not included)."""
+    seen = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
