@@ -59,7 +59,14 @@ def selected_modules(model: nn.Module, config: ModelConfig) -> list[tuple[str, n
     return out
 
 
-def _weight_masks(mods: list[tuple[str, nn.Module]], config: ModelConfig) -> dict[str, np.ndarray] | None:
+def _weight_masks(mods: list[tuple[str, nn.Module]], config: ModelConfig,
+                  masks: dict | None = None) -> dict | None:
+    """Given masks (module name -> keep mask) win; else one global threshold if asked for."""
+    if masks is not None:
+        missing = [n for n, _ in mods if n not in masks]
+        if missing:
+            raise ValueError(f"no mask given for module {missing[0]!r}")
+        return masks
     if not config.global_sparsity:
         return None
     return global_magnitude_masks({n: to_float32(m.weight)[0] for n, m in mods}, config.sparsity)
@@ -91,11 +98,16 @@ class CompressedModel:
         return (v / n, t / n) if n else (0.0, 0.0)
 
 
-def compress_model(model: nn.Module, config: ModelConfig | None = None) -> CompressedModel:
-    """Prune, quantize and encode the selected modules' weights (the model is not modified)."""
+def compress_model(model: nn.Module, config: ModelConfig | None = None,
+                   masks: dict | None = None) -> CompressedModel:
+    """Prune, quantize and encode the selected modules' weights (the model is not modified).
+
+    masks: optional module name -> keep mask (True = kept), used as is instead of
+    magnitude pruning (e.g. from gradual pruning during training).
+    """
     cfg = config or ModelConfig()
     mods = selected_modules(model, cfg)
-    masks = _weight_masks(mods, cfg)
+    masks = _weight_masks(mods, cfg, masks)
     tensors = {}
     for name, mod in mods:
         key = f"{name}.weight" if name else "weight"
@@ -110,11 +122,11 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None) -> Compr
 
 
 @torch.no_grad()
-def reference_model_(model: nn.Module, config: ModelConfig | None = None) -> nn.Module:
+def reference_model_(model: nn.Module, config: ModelConfig | None = None, masks: dict | None = None) -> nn.Module:
     """Overwrite the selected weights with their pruned-and-quantized reference (no codec)."""
     cfg = config or ModelConfig()
     mods = selected_modules(model, cfg)
-    masks = _weight_masks(mods, cfg)
+    masks = _weight_masks(mods, cfg, masks)
     for name, mod in mods:
         ref = reference_prune_quantize(mod.weight, cfg, keep=None if masks is None else masks[name],
                                        name=name, framework="torch")
