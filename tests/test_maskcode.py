@@ -24,7 +24,7 @@ def test_round_trip_structured(codec):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 5000), st.floats(0, 1), st.integers(0, 2**32 - 1), st.sampled_from([64, 1000, 65536]))
+@given(st.integers(0, 5000), st.floats(0, 1), st.integers(0, 2**32 - 1), st.sampled_from([64, 1024, 65536]))
 def test_round_trip_random(n, p, seed, block):
     m = np.random.default_rng(seed).random(n) < p
     for codec in ("bitmask", "entropy"):
@@ -56,6 +56,10 @@ def test_corrupt_tables_rejected():
         decode_mask(replace(code, data=code.data[:-3]))
     with pytest.raises(ValueError, match="block table"):
         decode_mask(replace(code, offsets=code.offsets[:-1]))
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        bad = code.data.copy()
+        bad[:] = 0xFF
+        decode_mask(replace(code, data=bad))
     with pytest.raises(ValueError, match="expected"):
         decode_mask(replace(encode_mask(m, "bitmask"), data=np.zeros(3, np.uint8)))
     with pytest.raises(ValueError, match="codec"):

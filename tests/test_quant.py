@@ -54,7 +54,8 @@ def test_scales_fall_back_to_float32_outside_fp16_range():
     w = np.array([[1e6, -2e6, 3e6, 0.5]], np.float32)
     keep = np.ones_like(w, bool)
     assert quantize(w, keep, "bcq", 2).scales.dtype == np.float32
-    assert quantize(w * 1e-6 / 1e6, keep, "uniform", 2).scales.dtype == np.float32
+    assert quantize(w * 1e-9 / 1e6, keep, "uniform", 2).scales.dtype == np.float32  # below fp16 subnormals
+    assert quantize(w * 1e-6 / 1e6, keep, "uniform", 2).scales.dtype == np.float16  # subnormal is fine
     assert quantize(np.ones((1, 4), np.float32), keep, "bcq", 2).scales.dtype == np.float16
 
 

@@ -55,7 +55,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
-        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_probs", m.probs.astype("<u2"))]
+        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_params", m.params.astype("<u4"))]
     planes = []
     for i, p in enumerate(ct.planes):
         data, k, nbits = p.patch_data()
@@ -67,7 +67,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     meta = {
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
-        "order": {"kind": "diagonal", "row_step": ct.row_step, "skew": ct.skew},
+        "order": {"kind": "blocks64", "step": ct.block_step},
         "mask": {"codec": m.codec, "length": m.length, "block": m.block},
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
@@ -162,7 +162,7 @@ class XspFile:
             mk = m["mask"]
             mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
                             self._part(name, "mask_offsets") if mk["codec"] == "entropy" else None,
-                            self._part(name, "mask_probs") if mk["codec"] == "entropy" else None)
+                            self._part(name, "mask_params") if mk["codec"] == "entropy" else None)
             planes = []
             for i, p in enumerate(m["planes"]):
                 planes.append(EncodedPlane.from_patch_data(
@@ -176,20 +176,19 @@ class XspFile:
                           int(m["group_size"]), bool(m["symmetric"]))
             shape = tuple(int(s) for s in m["shape"])
             dtype = str(m["dtype"])
-            if m["order"]["kind"] != "diagonal":
+            if m["order"]["kind"] != "blocks64":
                 raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
-            row_step, skew = int(m["order"]["row_step"]), int(m["order"]["skew"])
-            if not (0 <= row_step < max(q_rows := int(m["rows"]), 1) and 0 <= skew < max(int(m["cols"]), 1)):
-                raise XspError(f"{self.path}: tensor {name!r}: invalid order {m['order']}")
-            if q_rows > 1 and np.gcd(row_step, q_rows) != 1:
-                raise XspError(f"{self.path}: tensor {name!r}: row_step {row_step} not coprime with {q_rows} rows")
+            step = int(m["order"]["step"])
+            nfull = mask.length // 64
+            if not (0 <= step < max(nfull, 1)) or (nfull > 1 and np.gcd(step, nfull) != 1):
+                raise XspError(f"{self.path}: tensor {name!r}: invalid block step {step} for {nfull} blocks")
         except (KeyError, TypeError) as e:
             raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
         except ValueError as e:
             if isinstance(e, XspError):
                 raise
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        return CompressedTensor(shape, dtype, q, mask, planes, row_step, skew)
+        return CompressedTensor(shape, dtype, q, mask, planes, step)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

@@ -1,17 +1,14 @@
-"""The order in which a tensor's positions enter the codec.
+"""The order in which a tensor's positions enter the codec: 64-position blocks, permuted.
 
-Magnitude pruning of real weights leaves some rows and columns far denser than others
-(in MiniLM, row densities range from 1% to 43% at 90% sparsity). Fed row by row, a dense
-row is a burst of care bits no decoder memory can absorb, and every excess care bit
-becomes a patch. The diagonal order visits every row once per R positions, stepping
-through the rows by about R/phi (neighbouring rows, such as runs of unused vocabulary
-entries in an embedding, land far apart), and walks the columns with a skew near C/phi,
-so every row and every column is spread evenly over the plane and the codec sees a
-nearly constant density.
-
-Coded index t of an R x C tensor (dim 0 = rows, the rest flattened) is the position
-    r = ((t mod R) * row_step) mod R,  c = (floor(t / R) + r * skew) mod C,  p = r * C + c
-with row_step = golden_step(R) and skew = golden_step(C).
+Magnitude pruning of real weights leaves some rows far denser than others (in MiniLM,
+row densities range from 1% to 43% at 90% sparsity). Fed in row-major order, a run of
+dense rows is a burst of care bits that no decoder memory absorbs, and every excess care
+bit becomes a patch. So the planes are coded in a permuted order of 64-position blocks:
+natural block j (row-major positions 64j .. 64j+63) is coded block (j * step) mod NB over
+the NB full blocks, step being the integer nearest NB/phi coprime with NB (a short last
+block stays last). Neighbouring blocks land far apart and the codec sees an even density,
+while decoding stays a gather of whole 64-bit words: cheap, unlike a permutation of
+single positions.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 GOLDEN = (1 + 5**0.5) / 2
+BLOCK = 64
 
 
 def golden_step(n: int) -> int:
@@ -36,47 +34,43 @@ def golden_step(n: int) -> int:
     return 1
 
 
+def block_step(length: int) -> int:
+    return golden_step(length // BLOCK)
+
+
 @njit(parallel=True, cache=True)
-def _order(rows, cols, row_step, skew, out):
-    n = rows * cols
-    for t in prange(n):
-        r = ((t % rows) * row_step) % rows
-        c = (t // rows + r * skew) % cols
-        out[t] = r * cols + c
+def _to_coded(src, nfull, step, dst):
+    for j in prange(nfull):
+        k = (j * step) % nfull
+        for i in range(BLOCK):
+            dst[k * BLOCK + i] = src[j * BLOCK + i]
+    for p in range(nfull * BLOCK, src.shape[0]):
+        dst[p] = src[p]
 
 
-def coded_order(rows: int, cols: int, row_step: int, skew: int) -> np.ndarray:
-    """order[t] = natural (row-major) position of coded index t."""
-    n = rows * cols
-    out = np.empty(n, dtype=np.int64 if n >= 2**31 else np.int32)
-    if n:
-        _order(np.int64(rows), np.int64(cols), np.int64(row_step), np.int64(skew), out)
+def to_coded(a: np.ndarray, step: int) -> np.ndarray:
+    """Natural-order flat array (one element per position) -> coded order."""
+    out = np.empty_like(a)
+    if a.size:
+        _to_coded(a, np.int64(a.size // BLOCK), np.int64(step), out)
     return out
 
 
 @njit(parallel=True, cache=True)
-def _gather(src, order, dst):
-    for t in prange(order.shape[0]):
-        dst[t] = src[order[t]]
+def _words_to_natural(coded, nfull, step, out):
+    for j in prange(nfull):
+        out[j] = coded[(j * step) % nfull]
+    for w in range(nfull, out.shape[0]):
+        out[w] = coded[w]
 
 
-@njit(parallel=True, cache=True)
-def _scatter(src, order, dst):
-    for t in prange(order.shape[0]):
-        dst[order[t]] = src[t]
+def words_to_natural(coded_words: np.ndarray, length: int, step: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Packed plane (uint64 words, 64 positions each) in coded order -> natural order.
 
-
-def to_coded(a: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Natural-order flat array -> coded order."""
-    out = np.empty_like(a)
-    if a.size:
-        _gather(a, order, out)
-    return out
-
-
-def to_natural(a: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Coded-order flat array -> natural order."""
-    out = np.empty_like(a)
-    if a.size:
-        _scatter(a, order, out)
+    `out` may be longer than the plane (padding words are left as they are).
+    """
+    if out is None:
+        out = np.zeros_like(coded_words)
+    if coded_words.size:
+        _words_to_natural(coded_words, np.int64(length // BLOCK), np.int64(step), out[: coded_words.size])
     return out

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from .codec import EncodedPlane, decode_plane, encode_plane
-from .interleave import coded_order, golden_step, to_coded, to_natural
-from .maskcode import MaskCode, decode_mask, encode_mask
+from .codec import EncodedPlane, decode_plane_packed, encode_plane
+from .interleave import block_step, to_coded, words_to_natural
+from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
-from .quant import Quantized, dequantize, quantize
+from .quant import Quantized, dequantize, dequantize_words, quantize
 from .rates import DEFAULT_WINDOW, choose
 from .xornet import DEFAULT_SEED, MAX_WINDOW
 
@@ -80,8 +80,7 @@ class CompressedTensor:
     quant: Quantized  # scales and layout; its planes are empty here (they live in `planes`)
     mask: MaskCode
     planes: list[EncodedPlane] = field(default_factory=list)
-    row_step: int = 0  # diagonal order of the planes (interleave.py); the mask is row-major
-    skew: int = 0
+    block_step: int = 0  # coded order of the planes (interleave.py); the mask is row-major
 
     @property
     def numel(self) -> int:
@@ -135,7 +134,7 @@ def from_float32(values: np.ndarray, dtype: str, framework: str | None = None):
     if fw == "numpy":
         if dtype == "bfloat16":
             raise ValueError("numpy has no bfloat16; ask for framework='torch'")
-        return values.astype(dtype)
+        return values.astype(dtype, copy=False)
     import torch
 
     return torch.from_numpy(np.asarray(values, order="C")).to(getattr(torch, dtype))
@@ -176,24 +175,24 @@ def compress_tensor(w: Any, config: CompressConfig | None = None, *, keep: Any =
 def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: CompressConfig,
                        verify: bool = False) -> CompressedTensor:
     flat = np.ascontiguousarray(keep.ravel())
-    row_step, skew = golden_step(qz.rows), golden_step(qz.cols)
-    order = coded_order(qz.rows, qz.cols, row_step, skew)
-    care = to_coded(flat, order)
-    coded = [to_coded(p, order) for p in qz.planes]
+    step = block_step(flat.size)
+    care = to_coded(flat, step)
+    coded = [to_coded(p, step) for p in qz.planes]
     decoder = choose(coded[0], care, max_n_s=cfg.max_n_s, max_window=cfg.max_window, seed=cfg.seed)
     planes = [encode_plane(p, care, decoder, verify=verify) for p in coded]
     mask = encode_mask(flat, cfg.mask_codec)
     stripped = replace(qz, planes=np.zeros((0, 0), np.uint8))
-    return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, row_step, skew)
+    return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, step)
 
 
 def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
     """The dense pruned-and-quantized tensor in its original shape and dtype."""
-    keep = decode_mask(ct.mask)
-    if keep.size != ct.numel:
-        raise ValueError(f"mask holds {keep.size} positions, tensor has {ct.numel}")
-    order = coded_order(ct.quant.rows, ct.quant.cols, ct.row_step, ct.skew)
-    planes = np.stack([to_natural(decode_plane(p), order) for p in ct.planes]) if ct.planes \
-        else np.zeros((0, ct.numel), np.uint8)
-    qz = replace(ct.quant, planes=planes)
-    return from_float32(dequantize(qz, keep).reshape(ct.shape), ct.dtype, framework)
+    n = ct.numel
+    if ct.mask.length != n or any(p.length != n for p in ct.planes):
+        raise ValueError(f"mask or planes do not cover the tensor's {n} positions")
+    mask = decode_mask_words(ct.mask)
+    nw = mask.size
+    planes = np.zeros((len(ct.planes), nw), dtype=np.uint64)
+    for i, p in enumerate(ct.planes):
+        words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
+    return from_float32(dequantize_words(ct.quant, mask, planes).reshape(ct.shape), ct.dtype, framework)

@@ -189,37 +189,44 @@ def decode_plane_torch(stream: torch.Tensor, patches: torch.Tensor, length: int,
     return plane
 
 
-def natural_index(rows: int, cols: int, row_step: int, skew: int, device=None) -> torch.Tensor:
-    """For each row-major position, its coded index (FORMAT.md section 5, inverted)."""
-    r = torch.arange(rows, device=device)
-    c = torch.arange(cols, device=device)[None, :]
-    # t mod R is the u with u * row_step = r (mod R): invert the row permutation by scattering
-    u = torch.empty_like(r)
-    u[(r * row_step) % max(rows, 1)] = r
-    return (((c - r[:, None] * skew) % cols) * rows + u[:, None]).reshape(-1)
+def to_natural_torch(coded: torch.Tensor, step: int) -> torch.Tensor:
+    """Coded-order plane bits -> row-major order (FORMAT.md section 5): a gather of 64-blocks."""
+    nfull = coded.numel() // 64
+    if nfull == 0:
+        return coded
+    j = torch.arange(nfull, device=coded.device)
+    blocks = coded[: nfull * 64].reshape(nfull, 64)[(j * step) % nfull]
+    return torch.cat([blocks.reshape(-1), coded[nfull * 64:]])
 
 
-def dequantize_torch(codes_planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
-                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int) -> torch.Tensor:
-    """quant.dequantize in torch: the same float32 operations in the same order."""
-    dev = scales.device
+def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) -> torch.Tensor:
+    """quant.levels_table in torch: the same float32 operations in the same order."""
     s = scales.to(torch.float32)
-    gidx = torch.arange(cols, device=dev) // group_size
-    q = len(codes_planes)
+    dev = s.device
+    codes = torch.arange(1 << q, device=dev)
     if quantizer == "bcq":
-        out = torch.zeros(rows, cols, dtype=torch.float32, device=dev)
-        for i, p in enumerate(codes_planes):
-            sign = p.reshape(rows, cols).to(torch.float32) * 2 - 1
-            out = out + s[:, gidx, i] * sign
-    else:
-        code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
-        for i, p in enumerate(codes_planes):
-            code |= p.to(torch.int64) << i
-        code = code.reshape(rows, cols).to(torch.float32)
-        if symmetric:
-            out = s[:, gidx, 0] * (code - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32))
-        else:
-            out = s[:, gidx, 1] + s[:, gidx, 0] * code
+        out = torch.zeros(s.shape[0], s.shape[1], 1 << q, dtype=torch.float32, device=dev)
+        for i in range(q):
+            sign = (((codes >> i) & 1) * 2 - 1).to(torch.float32)
+            out = out + s[:, :, i : i + 1] * sign
+        return out
+    c = codes.to(torch.float32)
+    if symmetric:
+        return s[:, :, 0:1] * (c - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32, device=dev))
+    return s[:, :, 1:2] + s[:, :, 0:1] * c
+
+
+def dequantize_torch(planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
+                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int) -> torch.Tensor:
+    """Row-major float32 weights from natural-order planes: a look-up in the levels table."""
+    dev = scales.device
+    code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
+    for i, p in enumerate(planes):
+        code |= p.to(torch.int64) << i
+    levels = levels_torch(scales, len(planes), quantizer, symmetric)
+    r = torch.arange(rows, device=dev)[:, None]
+    g = (torch.arange(cols, device=dev) // group_size)[None, :]
+    out = levels[r, g, code.reshape(rows, cols)]
     return torch.where(keep.reshape(rows, cols), out, torch.zeros((), dtype=torch.float32, device=dev))
 
 
@@ -233,7 +240,7 @@ class XorWeight(nn.Module):
         q = ct.quant
         self.meta = dict(quantizer=q.quantizer, symmetric=q.symmetric, rows=q.rows, cols=q.cols,
                          group_size=q.group_size)
-        self.row_step, self.skew = ct.row_step, ct.skew
+        self.block_step = ct.block_step
         self.length = ct.numel
         keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
         self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
@@ -250,13 +257,12 @@ class XorWeight(nn.Module):
         if self._cached is not None:
             return self._cached
         dev = self.scales.device
-        idx = natural_index(self.meta["rows"], self.meta["cols"], self.row_step, self.skew, dev)
         planes = []
         for i, (n_in, n_out, n_s, seed, cs) in enumerate(self.planes):
             table = decoder_table(n_in, n_out, n_s, seed).to(dev)
             coded = decode_plane_torch(getattr(self, f"stream{i}"), getattr(self, f"patches{i}"), self.length,
                                        n_in, n_out, n_s, cs, table)
-            planes.append(coded[idx])
+            planes.append(to_natural_torch(coded, self.block_step))
         keep = unpack_bits(self.mask_bits, self.length).bool()
         w = dequantize_torch(planes, self.scales, keep, **self.meta)
         w = w.reshape(self.shape).to(getattr(torch, self.dtype_name))

@@ -9,9 +9,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec
+    from . import codec, formats
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
+    formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     args = p.parse_args(argv)
     return args.run(args)
 
