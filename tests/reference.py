@@ -78,3 +78,111 @@ def decode(length, n_in, n_out, n_s, seed, chunk_slices, stream: bytes, patches:
     for p in patches:
         out[p] ^= 1
     return out
+
+
+# --- whole tensors from an .xsp file (sections 2-5) -------------------------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+import struct  # noqa: E402
+
+
+def f32(x: float) -> float:
+    """Round a Python float to IEEE float32, as every operation of section 4 does."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def read_xsp(path: str) -> tuple[dict, dict, bytes]:
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = json.loads(header.pop("__metadata__")["xorsparse"])
+    return meta, header, blob[8 + n :]
+
+
+def entry(header: dict, data: bytes, name: str) -> bytes:
+    b, e = header[name]["data_offsets"]
+    return data[b:e]
+
+
+def golomb_mask(payload: bytes, offsets: list[int], params: list[int], block: int, length: int) -> list[int]:
+    keep = [0] * length
+    for i, m in enumerate(params):
+        start = offsets[i - 1] if i else 0
+        chunk = payload[start : offsets[i]]
+        n = min(block, length - i * block)
+        pos, prev = 0, -1
+        while True:
+            q = 0
+            while bit_at(chunk, pos):
+                q += 1
+                pos += 1
+            pos += 1
+            r = 0
+            if m > 1:
+                b = math.ceil(math.log2(m))
+                u = (1 << b) - m
+                for _ in range(b - 1):
+                    r = (r << 1) | bit_at(chunk, pos)
+                    pos += 1
+                if r >= u:
+                    r = ((r << 1) | bit_at(chunk, pos)) - u
+                    pos += 1
+            p = prev + 1 + q * m + r
+            if p == n:
+                break
+            keep[i * block + p] = 1
+            prev = p
+    return keep
+
+
+def decode_tensor(path: str, name: str) -> list[float]:
+    """Row-major float32 values of compressed tensor `name`, from the file alone."""
+    meta, header, data = read_xsp(path)
+    t = meta["tensors"][name]
+    part = lambda p: entry(header, data, name + ".__xs__." + p)  # noqa: E731
+    length = t["mask"]["length"]
+    if t["mask"]["codec"] == "bitmask":
+        keep = [bit_at(part("mask"), p) for p in range(length)]
+    else:
+        nb = -(-length // t["mask"]["block"])
+        offsets = list(struct.unpack(f"<{nb}I", part("mask_offsets")))
+        params = list(struct.unpack(f"<{nb}I", part("mask_params")))
+        keep = golomb_mask(part("mask"), offsets, params, t["mask"]["block"], length)
+    planes = []
+    for i, pl in enumerate(t["planes"]):
+        patches = rice_positions(part(f"plane{i}.patches"), pl["patches"], pl["rice_k"])
+        coded = decode(length, pl["n_in"], pl["n_out"], pl["n_s"], int(pl["seed"]), pl["chunk_slices"],
+                       part(f"plane{i}.stream"), patches)
+        nfull, step = length // 64, t["order"]["step"]
+        natural = list(coded)
+        for j in range(nfull):
+            k = (j * step) % nfull
+            natural[64 * j : 64 * j + 64] = coded[64 * k : 64 * k + 64]
+        planes.append(natural)
+    rows, cols, g, q = t["rows"], t["cols"], t["group_size"], t["bits"]
+    sc = part("scales")
+    dt = header[name + ".__xs__.scales"]["dtype"]
+    fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
+    scales = [struct.unpack("<" + fmt, sc[i : i + size])[0] for i in range(0, len(sc), size)]
+    ngroups = -(-cols // g) if cols else 1
+    k = len(scales) // max(rows * ngroups, 1)
+    out = []
+    for p in range(length):
+        if not keep[p]:
+            out.append(0.0)
+            continue
+        r, c = divmod(p, cols)
+        s = scales[(r * ngroups + c // g) * k : (r * ngroups + c // g + 1) * k]
+        code = sum(planes[i][p] << i for i in range(q))
+        if t["quantizer"] == "bcq":
+            w = 0.0
+            for i in range(q):
+                w = f32(w + f32(s[i] * (1.0 if (code >> i) & 1 else -1.0)))
+        elif t["symmetric"]:
+            w = f32(s[0] * f32(float(code) - ((1 << q) - 1) / 2))
+        else:
+            w = f32(s[1] + f32(s[0] * float(code)))
+        out.append(w)
+    return out

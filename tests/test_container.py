@@ -140,3 +140,19 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
         assert r.read("i").tolist() == list(range(5))
         assert r.read("w").dtype == np.uint16
         assert r.entries["w"]["dtype"] == "BF16"
+
+
+@pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
+                                 CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
+                                 CompressConfig(0.7, 4, "uniform", max_n_s=0)])
+def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
+    from . import reference
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((23, 61)).astype(np.float32)
+    p = tmp_path / "r.xsp"
+    ct = compress_tensor(w, cfg)
+    write_xsp(p, {"w": ct}, {}, cfg)
+    ours = decompress_tensor(ct).ravel()
+    ref = np.array(reference.decode_tensor(str(p), "w"), dtype=np.float32)
+    assert ours.tobytes() == ref.tobytes()
