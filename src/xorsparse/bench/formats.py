@@ -129,17 +129,17 @@ def plot(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(qs), figsize=(5 * len(qs), 4.2), squeeze=False)
     for ax, q in zip(axes[0], qs):
         sub = [r for r in rows if r["q"] == q and r["total_bits_per_weight"] is not None]
-        for fmt in dict.fromkeys(r["format"] for r in sub):
-            pts = sorted((r["sparsity"], r["total_bits_per_weight"]) for r in sub if r["format"] == fmt
-                         and r["tensor_set"] == "minilm")
-            if pts:
-                style = "k--" if fmt == "bound" else "o-"
-                ax.plot(*zip(*pts), style, label=fmt, lw=2 if fmt.startswith("xorsparse") else 1)
-        alex = [r for r in sub if r["tensor_set"] == "alexnet-fc"]
-        for r in alex:
-            ax.plot([r["sparsity"]], [r["total_bits_per_weight"]], "x", color="gray")
+        for k, fmt in enumerate(dict.fromkeys(r["format"] for r in sub)):
+            color = "black" if fmt == "bound" else f"C{k}"
+            for ts, marker, ls in (("minilm", "o", "-"), ("alexnet-fc", "x", "")):
+                pts = sorted((r["sparsity"], r["total_bits_per_weight"]) for r in sub
+                             if r["format"] == fmt and r["tensor_set"] == ts)
+                if pts:
+                    ax.plot(*zip(*pts), marker=marker, ls="--" if fmt == "bound" and ls else ls, color=color,
+                            label=fmt if ts == "minilm" or not any(r["tensor_set"] == "minilm" for r in sub)
+                            else None, lw=2 if fmt.startswith("xorsparse") else 1)
         ax.set_yscale("log")
-        ax.set_xlabel("sparsity (MiniLM Linear weights; x = AlexNet-FC shapes at 0.91)")
+        ax.set_xlabel("sparsity (o MiniLM Linear weights, x AlexNet-FC shapes)")
         ax.set_ylabel("total bits per weight (log)")
         ax.set_title(f"q = {q}")
         ax.grid(True, which="both", alpha=0.3)

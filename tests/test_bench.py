@@ -1,0 +1,34 @@
+import json
+import os
+
+import pytest
+
+from xorsparse.bench.__main__ import main
+
+
+def test_codec_benchmark_small(tmp_path, capsys):
+    out = tmp_path / "codec.json"
+    assert main(["codec", "--positions", "100000", "--sparsity", "0.9", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["method"] for r in rows} == {"auto", "elimination", "exhaustive"}
+    for r in rows:
+        assert {"sparsity", "n_s", "n_in", "n_out", "method", "value_bits_per_weight", "efficiency",
+                "patch_fraction", "encode_mbit_s", "decode_mbit_s", "lossless"} <= set(r)
+        assert r["lossless"]
+    assert "bound" in capsys.readouterr().out
+
+
+def test_formats_benchmark_small(tmp_path):
+    out, png = tmp_path / "f.json", tmp_path / "f.png"
+    assert main(["formats", "--sets", "alexnet-fc", "--scale", "0.05", "--bits", "1", "--repeat", "1",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    rows = json.loads(out.read_text())
+    fmts = {r["format"] for r in rows}
+    assert {"xorsparse", "xorsparse paper (n_s=0)", "csr-int32", "bitmask+int8", "deep-compression",
+            "zstd-19", "lzma", "bound", "paper (quoted)"} <= fmts
+    for r in rows:
+        assert {"config", "format", "value_bits_per_weight", "total_bits_per_weight",
+                "decode_ratio_to_floor", "lossless"} <= set(r)
+        if r["format"] not in ("bound", "paper (quoted)"):
+            assert r["lossless"] is True and r["decode_ratio_to_floor"] > 0
+    assert os.path.getsize(png) > 1000
