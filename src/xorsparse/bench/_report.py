@@ -39,6 +39,27 @@ def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -
             print("  ".join("-" * w for w in widths))
 
 
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """The same table as print_table, as GitHub Markdown."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(k) is None else format(r[k], f) for k, _, f in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic write of a text file."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def write_json(path: str, rows: Any) -> None:
     """Atomic write: a reader never sees half a file."""
     d = os.path.dirname(os.path.abspath(path))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..codec import decode_plane, decode_plane_packed, encode_plane
 from ..rates import choose
-from ._report import best_time, print_table, write_json
+from ._report import best_time, markdown_table, print_table, write_json, write_text
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 PAPER_SPARSITY = 0.9
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-paper", action="store_true", help="skip the n_s = 0 rows")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.set_defaults(run=run)
 
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
           "bound = care bits per position;\n"
           "dec = decode to packed bits; dec u8 = decode to one byte per position (decode_plane); "
           "copy = numpy copying that uint8 plane; dec/copy = dec u8 time over copy time")
-    print_table(rows, [
+    columns = [
         ("sparsity", "S", ".2f"), ("method", "method", "s"), ("n_in", "n_in", "d"),
         ("n_out", "n_out", "d"), ("n_s", "n_s", "d"), ("bound_bits_per_weight", "bound", ".4f"),
         ("value_bits_per_weight", "bits/pos", ".4f"), ("efficiency", "eff", ".4f"),
@@ -99,7 +100,11 @@ def run(args: argparse.Namespace) -> int:
         ("decode_mbit_s", "dec Mpos/s", ".0f"), ("decode_u8_mbit_s", "dec u8", ".0f"),
         ("copy_mbit_s", "copy Mpos/s", ".0f"),
         ("decode_ratio_to_copy", "dec/copy", ".1f"), ("lossless", "lossless", ""),
-    ])
+    ]
+    print_table(rows, columns)
+    if args.markdown:
+        write_text(args.markdown, markdown_table(rows, columns))
+        print(f"wrote {args.markdown}")
     if args.json:
         write_json(args.json, rows)
         print(f"wrote {args.json}")

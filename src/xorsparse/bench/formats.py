@@ -16,7 +16,7 @@ from ..maskcode import binary_entropy
 from ..prune import magnitude_mask
 from ..quant import dequantize, quantize
 from ..tensor import CompressConfig, compress_quantized, decompress_tensor
-from ._report import best_time, print_table, write_json
+from ._report import best_time, markdown_table, print_table, write_json, write_text
 
 ALEXNET_FC = [(4096, 9216), (4096, 4096), (1000, 4096)]  # fc6, fc7, fc8 as (out, in)
 PAPER_QUOTED = 0.28  # Kwon et al. 2020: AlexNet FC, 91% pruned, 1 bit, patches included, mask not
@@ -24,6 +24,7 @@ PAPER_QUOTED = 0.28  # Kwon et al. 2020: AlexNet FC, 91% pruned, 1 bit, patches 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH.png", help="bits/weight against sparsity, one line per format")
     p.add_argument("--bits", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--minilm-sparsity", type=float, nargs="*", default=[0.5, 0.7, 0.9])
@@ -74,6 +75,7 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
         a["ok"] = None if ok is None else (a["ok"] and ok)
 
     kept_total = 0
+    code_entropy_bits = 0.0
     for name, w in tensors:
         keep = magnitude_mask(w, sparsity)
         qz = quantize(w, keep, "bcq", q)
@@ -91,6 +93,9 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
             ok = decompress_tensor(ct).tobytes() == ref.tobytes()
             add(label, ct.value_bits, ct.total_bits, t, ok)
         sp = from_quantized(qz, keep)
+        freq = np.bincount(sp.codes, minlength=1 << q) / max(sp.codes.size, 1)
+        freq = freq[freq > 0]
+        code_entropy_bits += float(-(freq * np.log2(freq)).sum()) * sp.codes.size
         for fmt, enc in FORMATS.items():
             st = enc(sp)
             t = best_time(st.decode, repeat=repeat)
@@ -100,6 +105,9 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
     s = 1 - kept_total / weights
     add("bound", (1 - s) * q * weights + scale_bits,
         (binary_entropy(s) + (1 - s) * q) * weights + scale_bits, None, None)
+    # what a variable-rate coder of the codes could reach: their empirical entropy, not q bits
+    add("bound (code entropy)", code_entropy_bits + scale_bits,
+        binary_entropy(s) * weights + code_entropy_bits + scale_bits, None, None)
     rows = []
     for fmt, a in acc.items():
         rows.append({
@@ -126,23 +134,34 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     qs = sorted({r["q"] for r in rows})
-    fig, axes = plt.subplots(1, len(qs), figsize=(5 * len(qs), 4.2), squeeze=False)
-    for ax, q in zip(axes[0], qs):
+    fig, axes = plt.subplots(2, len(qs), figsize=(5 * len(qs), 8), squeeze=False)
+    bound = {(r["tensor_set"], r["sparsity"], r["q"]): r["total_bits_per_weight"] for r in rows
+             if r["format"] == "bound"}
+    for col, q in enumerate(qs):
         sub = [r for r in rows if r["q"] == q and r["total_bits_per_weight"] is not None]
         for k, fmt in enumerate(dict.fromkeys(r["format"] for r in sub)):
-            color = "black" if fmt == "bound" else f"C{k}"
+            color = "black" if fmt.startswith("bound") else f"C{k}"
             for ts, marker, ls in (("minilm", "o", "-"), ("alexnet-fc", "x", "")):
                 pts = sorted((r["sparsity"], r["total_bits_per_weight"]) for r in sub
                              if r["format"] == fmt and r["tensor_set"] == ts)
-                if pts:
-                    ax.plot(*zip(*pts), marker=marker, ls="--" if fmt == "bound" and ls else ls, color=color,
-                            label=fmt if ts == "minilm" or not any(r["tensor_set"] == "minilm" for r in sub)
-                            else None, lw=2 if fmt.startswith("xorsparse") else 1)
-        ax.set_yscale("log")
-        ax.set_xlabel("sparsity (o MiniLM Linear weights, x AlexNet-FC shapes)")
-        ax.set_ylabel("total bits per weight (log)")
-        ax.set_title(f"q = {q}")
-        ax.grid(True, which="both", alpha=0.3)
+                if not pts:
+                    continue
+                label = fmt if ts == "minilm" or not any(r["tensor_set"] == "minilm" for r in sub) else None
+                dash = {"bound": "--", "bound (code entropy)": ":"}.get(fmt)
+                style = dict(marker=marker, ls=dash if dash and ls else ls, color=color, label=label,
+                             lw=2 if fmt.startswith("xorsparse") else 1)
+                axes[0][col].plot(*zip(*pts), **style)
+                rel = [(x, y / bound[(ts, x, q)]) for x, y in pts if bound.get((ts, x, q))]
+                axes[1][col].plot(*zip(*rel), **style)
+        axes[0][col].set_yscale("log")
+        axes[0][col].set_ylabel("total bits per weight (log)")
+        axes[0][col].set_title(f"q = {q}")
+        axes[1][col].set_ylim(0.85, 1.5)
+        axes[1][col].set_ylabel("total bits / (H(S) + (1-S)q + scales)")
+        axes[1][col].set_title(f"q = {q}: relative to the bound")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xlabel("sparsity (o MiniLM Linear weights, x AlexNet-FC shapes)")
+            ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -166,11 +185,15 @@ def run(args: argparse.Namespace) -> int:
     print("bits per weight over each tensor set; value = values + patches + scales, total = value + "
           "index or mask; decode/floor = time to rebuild the dense float32 tensor over the time numpy "
           "takes to fill one of that size, same run")
-    print_table(rows, [
+    columns = [
         ("config", "config", "s"), ("format", "format", "s"),
         ("value_bits_per_weight", "value b/w", ".4f"), ("total_bits_per_weight", "total b/w", ".4f"),
         ("decode_ratio_to_floor", "decode/floor", ".1f"), ("lossless", "lossless", ""),
-    ])
+    ]
+    print_table(rows, columns)
+    if args.markdown:
+        write_text(args.markdown, markdown_table(rows, columns))
+        print(f"wrote {args.markdown}")
     print(f"({time.perf_counter() - t0:.0f}s)")
     if args.json:
         write_json(args.json, rows)
