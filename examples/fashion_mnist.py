@@ -194,7 +194,8 @@ def study(name, make, data, args, log):
         v, tb = cm.bits_per_weight()
         rows.append({"model": name, "q": q, "dense": acc_dense, "pruned": acc_pruned, "pq": acc_ref,
                      "xsp": acc_xsp, "identical": identical, "sparsity": sp, "value": v, "total": tb,
-                     "bound": binary_entropy(sp) + (1 - sp) * q, "bytes": os.path.getsize(path)})
+                     "bound": binary_entropy(sp) + (1 - sp) * q + sum(ct.scale_bits for ct in cm.tensors.values()) / n,
+                     "bytes": os.path.getsize(path)})
         for lname, ct in cm.tensors.items():
             layer_rows.append({"model": name, "q": q, "layer": lname, "shape": "x".join(map(str, ct.shape)),
                                "sparsity": 1 - ct.kept / ct.numel, "value": ct.value_bits / ct.numel,
@@ -211,7 +212,7 @@ def render(rows, layer_rows, command, seconds) -> str:
            "reference pruning and binary-coding quantization (no codec); *from .xsp* is the model "
            "loaded back from the compressed file, whose logits must equal it exactly. Bits are per "
            "weight of the compressed layers: value = stream + patches + scales, total = value + "
-           "mask; the bound is H(S) + (1 - S) q.", "",
+           "mask; the bound is H(S) + (1 - S) q plus the same float16 scales.", "",
            "| model | q | dense | pruned | pruned+quantized | from .xsp | logits identical | sparsity "
            "| value b/w | total b/w | bound | .xsp bytes |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="*", default=["lenet5", "lenet300"], choices=["lenet5", "lenet300"])
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--prune-steps", type=int, default=4)
-    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--sparsity", type=float, default=0.93, help="final sparsity of the layers")
     p.add_argument("--small-sparsity", type=float, default=0.7,
