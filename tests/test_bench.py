@@ -1,7 +1,6 @@
 import json
 import os
 
-import pytest
 
 from xorsparse.bench.__main__ import main
 
@@ -32,3 +31,10 @@ def test_formats_benchmark_small(tmp_path):
         if r["format"] not in ("bound", "bound (code entropy)", "paper (quoted)"):
             assert r["lossless"] is True and r["decode_ratio_to_floor"] > 0
     assert os.path.getsize(png) > 1000
+
+
+def test_tensor_benchmark_small(tmp_path):
+    out = tmp_path / "t.json"
+    assert main(["tensor", "--shape", "64", "300", "--window", "128", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["lossless"] and row["total_bits_per_weight"] > row["total_target"]

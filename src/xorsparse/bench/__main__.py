@@ -9,10 +9,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats
+    from . import codec, formats, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
+    tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
     args = p.parse_args(argv)
     return args.run(args)
 
