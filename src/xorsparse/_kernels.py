@@ -171,6 +171,25 @@ def encode_exhaustive(bits, care, cols, n_in, n_out, chunk_slices,
             stream[w0 + i] = xw[i]
 
 
+@njit(inline="always", cache=True)
+def _emit(y, n_out, acc, nacc, out, wi):
+    """Append the n_out bits held in y's words to the output bit stream (LSB first)."""
+    remaining = n_out
+    for w in range(y.shape[0]):
+        k = 64 if remaining > 64 else remaining
+        remaining -= k
+        val = y[w]
+        acc |= val << U64(nacc)
+        if nacc + k >= 64:
+            out[wi] = acc
+            wi += 1
+            acc = (val >> U64(64 - nacc)) if nacc > 0 else U64(0)
+            nacc = nacc + k - 64
+        else:
+            nacc += k
+    return acc, nacc, wi
+
+
 @njit(parallel=True, cache=True)
 def decode_tables(stream, n_slices, n_in, n_out, n_s, chunk_slices, table, out):
     """Fixed-rate decode: a shift register of the window, one table look-up per window byte.
@@ -207,19 +226,7 @@ def decode_tables(stream, n_slices, n_in, n_out, n_s, chunk_slices, table, out):
                     v = (hi >> U64(8 * (m - 8))) & U64(255)
                 for w in range(nwords):
                     y[w] ^= table[m, v, w]
-            remaining = n_out
-            for w in range(nwords):
-                k = 64 if remaining > 64 else remaining
-                remaining -= k
-                val = y[w]
-                acc |= val << U64(nacc)
-                if nacc + k >= 64:
-                    out[wi] = acc
-                    wi += 1
-                    acc = (val >> U64(64 - nacc)) if nacc > 0 else U64(0)
-                    nacc = nacc + k - 64
-                else:
-                    nacc += k
+            acc, nacc, wi = _emit(y, n_out, acc, nacc, out, wi)
         if nacc > 0:
             out[wi] = acc & low_mask(nacc)
 
@@ -379,18 +386,6 @@ def decode_tables_wide(stream, n_slices, n_in, n_out, n_s, chunk_slices, table, 
                 v = (reg[m >> 3] >> U64(8 * (m & 7))) & U64(255)
                 for w in range(nwords):
                     y[w] ^= table[m, v, w]
-            remaining = n_out
-            for w in range(nwords):
-                k = 64 if remaining > 64 else remaining
-                remaining -= k
-                val = y[w]
-                acc |= val << U64(nacc)
-                if nacc + k >= 64:
-                    out[wi] = acc
-                    wi += 1
-                    acc = (val >> U64(64 - nacc)) if nacc > 0 else U64(0)
-                    nacc = nacc + k - 64
-                else:
-                    nacc += k
+            acc, nacc, wi = _emit(y, n_out, acc, nacc, out, wi)
         if nacc > 0:
             out[wi] = acc & low_mask(nacc)
