@@ -156,3 +156,21 @@ def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     ours = decompress_tensor(ct).ravel()
     ref = np.array(reference.decode_tensor(str(p), "w"), dtype=np.float32)
     assert ours.tobytes() == ref.tobytes()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda t: t.update(rows=t["rows"] + 1), "does not match shape"),
+    (lambda t: t.update(group_size=3), "scales have shape"),
+    (lambda t: t["planes"].pop(), "planes for"),
+    (lambda t: t["order"].update(step=2), "invalid block step"),
+    (lambda t: t["planes"][0].update(n_in=1000), "n_in"),
+    (lambda t: t["planes"][0].update(n_out=0), "n_out"),
+    (lambda t: t["planes"][0].update(chunk_slices=100), "chunk_slices"),
+    (lambda t: t["planes"][0].update(n_s=t["planes"][0]["n_s"] + 1, n_in=1, n_out=1), "stream holds"),
+])
+def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
+    p, _ = xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"]["a.weight"]))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=msg):
+            f.dense("a.weight")

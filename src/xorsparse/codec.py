@@ -203,6 +203,13 @@ def _columns(d: XorDecoder) -> np.ndarray:
 def decode_plane_packed(enc: EncodedPlane) -> np.ndarray:
     """Decoded plane as little-endian packed bits in uint64 words (ceil(length/64) words)."""
     n_slices = enc.n_slices
+    expected = -(-n_slices * enc.n_in // 8)
+    if enc.stream.size != expected:
+        raise ValueError(f"plane stream holds {enc.stream.size} bytes, expected {expected}")
+    if enc.chunk_slices <= 0 or enc.chunk_slices % 64:
+        raise ValueError(f"chunk_slices must be a positive multiple of 64, got {enc.chunk_slices}")
+    if enc.patches.size and (enc.patches[0] < 0 or np.any(np.diff(enc.patches) <= 0)):
+        raise ValueError("patch positions must be strictly increasing and non-negative")
     nwords_stream = -(-n_slices * enc.n_in // 64) + 1
     stream = np.zeros(nwords_stream * 8, dtype=np.uint8)
     stream[: enc.stream.size] = enc.stream

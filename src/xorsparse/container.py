@@ -179,16 +179,18 @@ class XspFile:
             if m["order"]["kind"] != "blocks64":
                 raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
             step = int(m["order"]["step"])
-            nfull = mask.length // 64
-            if not (0 <= step < max(nfull, 1)) or (nfull > 1 and np.gcd(step, nfull) != 1):
-                raise XspError(f"{self.path}: tensor {name!r}: invalid block step {step} for {nfull} blocks")
         except (KeyError, TypeError) as e:
             raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
         except ValueError as e:
             if isinstance(e, XspError):
                 raise
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        return CompressedTensor(shape, dtype, q, mask, planes, step)
+        ct = CompressedTensor(shape, dtype, q, mask, planes, step)
+        try:
+            ct.validate()
+        except ValueError as e:
+            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+        return ct
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

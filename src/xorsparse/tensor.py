@@ -17,7 +17,7 @@ from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
 from .quant import Quantized, dequantize, dequantize_words, quantize
 from .rates import DEFAULT_WINDOW, choose
-from .xornet import DEFAULT_SEED, MAX_WINDOW
+from .xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -85,6 +85,34 @@ class CompressedTensor:
     @property
     def numel(self) -> int:
         return int(np.prod(self.shape)) if self.shape else 1
+
+    def validate(self) -> None:
+        """Check that the parts fit together before any kernel indexes into them.
+
+        The numba kernels do not bounds-check, so a file with consistent checksums but
+        edited metadata must be stopped here, with a message, not by a crash.
+        """
+        q = self.quant
+        n = self.numel
+        if q.rows * q.cols != n or (len(self.shape) >= 2 and q.rows != self.shape[0]):
+            raise ValueError(f"rows x cols = {q.rows} x {q.cols} does not match shape {self.shape}")
+        if q.group_size < 1:
+            raise ValueError(f"invalid group size {q.group_size}")
+        k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
+        want = (q.rows, max(1, -(-q.cols // q.group_size)), k)
+        if tuple(q.scales.shape) != want:
+            raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if len(self.planes) != q.bits:
+            raise ValueError(f"{len(self.planes)} planes for {q.bits} bits")
+        for p in self.planes:
+            check_params(p.n_in, p.n_out, p.n_s)
+        if self.mask.length != n or any(p.length != n for p in self.planes):
+            raise ValueError(f"mask or planes do not cover the tensor's {n} positions")
+        nfull = n // 64
+        if not 0 <= self.block_step < max(nfull, 1) or (nfull > 1 and np.gcd(self.block_step, nfull) != 1):
+            raise ValueError(f"invalid block step {self.block_step} for {nfull} blocks")
+        if self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r}")
 
     @property
     def kept(self) -> int:
@@ -187,9 +215,8 @@ def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: Compres
 
 def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
     """The dense pruned-and-quantized tensor in its original shape and dtype."""
+    ct.validate()
     n = ct.numel
-    if ct.mask.length != n or any(p.length != n for p in ct.planes):
-        raise ValueError(f"mask or planes do not cover the tensor's {n} positions")
     mask = decode_mask_words(ct.mask)
     nw = mask.size
     planes = np.zeros((len(ct.planes), nw), dtype=np.uint64)
