@@ -170,8 +170,7 @@ def encode_plane(
         _kernels.encode_elimination_wide(b, c, d.g_words, d.n_in, d.n_out, d.n_s, cs,
                                          stream, patch_off, patch_buf, patch_cnt)
     else:
-        cols = _columns(d)
-        _kernels.encode_exhaustive(b, c, cols, d.n_in, d.n_out, cs,
+        _kernels.encode_exhaustive(b, c, d.packed_columns(), d.n_in, d.n_out, cs,
                                    stream, patch_off, patch_buf, patch_cnt)
     patches = np.concatenate(
         [patch_buf[patch_off[i] : patch_off[i] + patch_cnt[i]] for i in range(n_chunks)]
@@ -188,16 +187,6 @@ def encode_plane(
         if bad.size:
             raise AssertionError(f"encode_plane verify failed at {bad.size} care positions, first {bad[0]}")
     return enc
-
-
-def _columns(d: XorDecoder) -> np.ndarray:
-    """M_0's columns as packed n_out-bit words (input i -> cols[i])."""
-    nwords = (d.n_out + 63) // 64
-    cols = np.zeros((d.n_in, nwords), dtype=np.uint64)
-    m0 = d.matrices[0]
-    for j in range(d.n_out):
-        cols[:, j // 64] |= m0[j, :].astype(np.uint64) << np.uint64(j % 64)
-    return cols
 
 
 def decode_plane_packed(enc: EncodedPlane) -> np.ndarray:

@@ -121,6 +121,14 @@ class XorDecoder:
             g[:, off : off + self.n_in] = self.matrices[k]
         return g
 
+    def packed_columns(self) -> np.ndarray:
+        """G's columns as n_out-bit words: cols[b] is what window bit b adds to the output."""
+        g = self.window_matrix()
+        cols = np.zeros((self.window, (self.n_out + 63) // 64), dtype=np.uint64)
+        for j in range(self.n_out):
+            cols[:, j // 64] |= g[j, :].astype(np.uint64) << np.uint64(j % 64)
+        return cols
+
     def byte_tables(self) -> np.ndarray:
         """T[m, v] = XOR of G's columns 8m..8m+7 selected by byte v, packed in 64-bit words.
 
@@ -129,12 +137,8 @@ class XorDecoder:
         """
         nbytes = (self.window + 7) // 8
         nwords = (self.n_out + 63) // 64
-        g = np.zeros((self.n_out, nbytes * 8), dtype=np.uint8)
-        g[:, : self.window] = self.window_matrix()
-        # columns as packed n_out-bit words
         cols = np.zeros((nbytes * 8, nwords), dtype=np.uint64)
-        for j in range(self.n_out):
-            cols[:, j // 64] |= g[j, :].astype(np.uint64) << np.uint64(j % 64)
+        cols[: self.window] = self.packed_columns()
         table = np.zeros((nbytes, 256, nwords), dtype=np.uint64)
         for m in range(nbytes):
             for bit in range(8):
