@@ -73,12 +73,27 @@ def test_truncated_file(xsp):
         XspFile(p)
 
 
-def _rewrite_meta(p, fn):
+def _rewrite_meta(p, fn, fix_crc=True):
+    """Edit the JSON description; by default re-sign it, as a careless tool might."""
+    from xorsparse.container import meta_crc
+
     with st.Reader(p) as r:
         meta = json.loads(r.metadata["xorsparse"])
         entries = [st.Entry(n, i["dtype"], i["shape"], r.read_bytes(n)) for n, i in r.entries.items()]
     fn(meta)
+    if fix_crc:
+        for t in meta["tensors"].values():
+            t["meta_crc32"] = meta_crc(t)
     st.write(p, entries, {"xorsparse": json.dumps(meta)})
+
+
+def test_edited_parameter_fails_the_metadata_checksum(xsp):
+    p, _ = xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["a.weight"]["planes"][0].update(n_out=7), fix_crc=False)
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=r"tensor 'a.weight': checksum mismatch in its metadata"):
+            f.compressed("a.weight")
+        f.compressed("b.weight")
 
 
 def test_wrong_version(xsp):

@@ -49,6 +49,16 @@ def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+def meta_crc(meta: dict) -> int:
+    """CRC-32 of a tensor's description: sorted keys, no spaces, without its checksums.
+
+    The data checksums cannot see an edited parameter (a different n_out decodes valid
+    data into wrong weights), so the description carries one of its own.
+    """
+    body = {k: v for k, v in meta.items() if k not in ("crc32", "meta_crc32")}
+    return _crc(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
     parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
@@ -72,6 +82,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
     }
+    meta["meta_crc32"] = meta_crc(meta)
     return entries, meta
 
 
@@ -158,6 +169,8 @@ class XspFile:
         if name not in self.tensors:
             raise XspError(f"{self.path}: no compressed tensor {name!r}")
         m = self.tensors[name]
+        if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
+            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
         try:
             mk = m["mask"]
             mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
