@@ -12,16 +12,17 @@ import numpy as np
 
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, XorDecoder
 
-SAMPLE_BLOCKS = 2
-SAMPLE_BLOCK = 1 << 19
+SAMPLE_BLOCKS = 4
+SAMPLE_BLOCK = 1 << 20
 # rate over care density tried first: with memory the best sits within a few percent of 1;
 # without (n_s = 0) the binomial spread of care bits per slice needs far more headroom
 COARSE_SEQUENTIAL = (1.0, 1.01, 1.02, 1.03, 1.05, 1.08)
 COARSE_PAPER = (1.0, 1.04, 1.08, 1.16, 1.32, 1.64, 2.0)
 DEFAULT_WINDOW = 128
-# Patches come in bursts (a run of dense slices exhausts the spare variables), so a sample
-# tends to under-count them; weighing them double steers towards rates that hold up on
-# the whole plane.
+# Planes up to SAMPLE_BLOCKS * SAMPLE_BLOCK positions are scored whole, so their patch counts
+# are exact. Larger ones are scored on a sample, and patches come in bursts (a run of dense
+# slices exhausts the spare variables), so a sample tends to under-count them: there they
+# weigh double, which steers towards rates that hold up on the whole plane.
 PATCH_WEIGHT = 2.0
 MIN_N_OUT = 64
 
@@ -95,7 +96,8 @@ def choose(
     def cost(n_in: int, n_out: int, n_s: int) -> float:
         d = get_decoder(n_in, n_out, n_s, seed)
         encs = [encode_plane(b, c, d) for b, c in parts]
-        weight = PATCH_WEIGHT if n_s > 0 else 1.0  # without memory, patches are independent
+        # without memory patches are independent; on the whole plane the count is exact
+        weight = PATCH_WEIGHT if n_s > 0 and scale > 1 else 1.0
         return scale * sum(e.stream_bits + weight * e.patch_bits for e in encs)
 
     n_ins = candidate_n_in(density, limit_s)
