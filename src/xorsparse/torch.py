@@ -252,6 +252,11 @@ class XorWeight(nn.Module):
             self.planes.append((p.n_in, p.n_out, p.n_s, p.seed, p.chunk_slices))
         self.cache = cache
         self._cached: torch.Tensor | None = None
+        self._summary = (f"shape={tuple(ct.shape)}, dtype={ct.dtype}, {q.quantizer} q={q.bits}, "
+                         f"{ct.total_bits / max(ct.numel, 1):.3f} bits/weight, cache={cache}")
+
+    def extra_repr(self) -> str:
+        return self._summary
 
     def dense(self) -> torch.Tensor:
         if self._cached is not None:
@@ -273,6 +278,9 @@ class XorWeight(nn.Module):
 
 class XorLinear(nn.Module):
     """nn.Linear whose weight stays compressed and is decoded in forward."""
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def __init__(self, ct: CompressedTensor, bias: torch.Tensor | None, cache: bool = False):
         super().__init__()
