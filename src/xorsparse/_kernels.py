@@ -13,6 +13,14 @@ from numba import njit, prange
 from ._bits import U64, ctz64, low_mask, popcount64, read128, read_bits, shl128, shr128
 
 
+@njit(inline="always", cache=True)
+def _store_chunk(stream, xw, first_bit, nbits):
+    """Copy a chunk's solved inputs into the stream; chunks start on a word boundary."""
+    w0 = first_bit >> 6
+    for i in range((nbits + 63) // 64):
+        stream[w0 + i] = xw[i]
+
+
 @njit(parallel=True, cache=True)
 def encode_elimination(bits, care, g_lo, g_hi, n_in, n_out, n_s, chunk_slices,
                        stream, patch_off, patch_buf, patch_cnt):
@@ -91,9 +99,7 @@ def encode_elimination(bits, care, g_lo, g_hi, n_in, n_out, n_s, chunk_slices,
             v = (popcount64((rows_lo[r] & xlo) ^ (rows_hi[r] & xhi)) & 1) ^ rows_rhs[r]
             if v != 0:
                 xw[a >> 6] |= U64(1) << U64(a & 63)
-        w0 = (t0 * n_in) >> 6
-        for i in range((nv + 63) // 64):
-            stream[w0 + i] = xw[i]
+        _store_chunk(stream, xw, t0 * n_in, nv)
 
 
 @njit(parallel=True, cache=True)
@@ -166,9 +172,7 @@ def encode_exhaustive(bits, care, cols, n_in, n_out, chunk_slices,
                     q = pos + i
                     xw[q >> 6] |= U64(1) << U64(q & 63)
         patch_cnt[c] = npatch
-        w0 = (t0 * n_in) >> 6
-        for i in range(((t1 - t0) * n_in + 63) // 64):
-            stream[w0 + i] = xw[i]
+        _store_chunk(stream, xw, t0 * n_in, (t1 - t0) * n_in)
 
 
 @njit(inline="always", cache=True)
@@ -344,9 +348,7 @@ def encode_elimination_wide(bits, care, g, n_in, n_out, n_s, chunk_slices,
             v = (par & 1) ^ rows_rhs[q]
             if v != 0:
                 xw[a >> 6] |= U64(1) << U64(a & 63)
-        w0 = (t0 * n_in) >> 6
-        for i in range((nv + 63) // 64):
-            stream[w0 + i] = xw[i]
+        _store_chunk(stream, xw, t0 * n_in, nv)
 
 
 @njit(parallel=True, cache=True)
