@@ -63,3 +63,18 @@ def _no_stray_files(tmp_path):
     yield
     leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+@pytest.fixture
+def hf_bin_dir(tmp_path, state):
+    """A Hugging Face folder with a sharded PyTorch checkpoint and its index."""
+    d = tmp_path / "hfbin"
+    d.mkdir()
+    names = list(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[:3], "pytorch_model-00002-of-00002.bin": names[3:]}
+    weight_map = {}
+    for f, ns in shards.items():
+        torch.save({n: state[n] for n in ns}, str(d / f))
+        weight_map.update({n: f for n in ns})
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return str(d)

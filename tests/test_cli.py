@@ -17,7 +17,7 @@ def run(capsys, *args):
     return code, out, err
 
 
-@pytest.mark.parametrize("src", ["st_file", "pt_file", "hf_dir"])
+@pytest.mark.parametrize("src", ["st_file", "pt_file", "hf_dir", "hf_bin_dir"])
 def test_compress_verify_inspect_decompress(request, tmp_path, capsys, src):
     path = request.getfixturevalue(src)
     out = str(tmp_path / "m.xsp")

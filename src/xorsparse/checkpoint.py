@@ -91,10 +91,20 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         st_files = sorted(f for f in os.listdir(p) if f.endswith(".safetensors"))
         if st_files:
             return _safetensors_files([os.path.join(p, f) for f in st_files])
+        bin_idx = os.path.join(p, "pytorch_model.bin.index.json")
+        if os.path.exists(bin_idx):
+            try:
+                with open(bin_idx) as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise CheckpointError(f"{bin_idx}: not a valid PyTorch checkpoint index") from None
+            parts = [_torch_file(os.path.join(p, s)) for s in shards]
+            where = {n: ck for ck in parts for n in ck.names}
+            return Checkpoint(p, list(where), lambda n: where[n].get(n))
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
             if os.path.exists(os.path.join(p, name)):
                 return _torch_file(os.path.join(p, name))
-        raise CheckpointError(f"{p}: no .safetensors or pytorch_model.bin in this folder")
+        raise CheckpointError(f"{p}: no .safetensors, pytorch_model.bin or checkpoint index in this folder")
     if not os.path.exists(p):
         raise CheckpointError(f"{p}: no such file or folder")
     if p.endswith(".safetensors"):
