@@ -40,22 +40,36 @@ def pt_file(tmp_path, state):
     return str(p)
 
 
+def write_sharded(d, state, save, shard_names: list[str], index_name: str) -> str:
+    """Split `state` in two shards saved with `save(dict, path)` and write their weight-map index."""
+    d.mkdir()
+    names = list(state)
+    half = len(names) // 2
+    weight_map = {}
+    for f, ns in zip(shard_names, (names[:half], names[half:])):
+        save({n: state[n] for n in ns}, str(d / f))
+        weight_map.update({n: f for n in ns})
+    (d / index_name).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / "config.json").write_text("{}")
+    return str(d)
+
+
 @pytest.fixture
 def hf_dir(tmp_path, state):
     """A sharded Hugging Face folder: two safetensors files and their index."""
     from safetensors.torch import save_file
 
-    d = tmp_path / "hf"
-    d.mkdir()
-    names = list(state)
-    shards = {"model-00001-of-00002.safetensors": names[:4], "model-00002-of-00002.safetensors": names[4:]}
-    weight_map = {}
-    for f, ns in shards.items():
-        save_file({n: state[n] for n in ns}, str(d / f))
-        weight_map.update({n: f for n in ns})
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (d / "config.json").write_text("{}")
-    return str(d)
+    return write_sharded(tmp_path / "hf", state, save_file,
+                         ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+                         "model.safetensors.index.json")
+
+
+@pytest.fixture
+def hf_bin_dir(tmp_path, state):
+    """A Hugging Face folder with a sharded PyTorch checkpoint and its index."""
+    return write_sharded(tmp_path / "hfbin", state, torch.save,
+                         ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"],
+                         "pytorch_model.bin.index.json")
 
 
 @pytest.fixture(autouse=True)
@@ -64,17 +78,3 @@ def _no_stray_files(tmp_path):
     leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
-
-@pytest.fixture
-def hf_bin_dir(tmp_path, state):
-    """A Hugging Face folder with a sharded PyTorch checkpoint and its index."""
-    d = tmp_path / "hfbin"
-    d.mkdir()
-    names = list(state)
-    shards = {"pytorch_model-00001-of-00002.bin": names[:3], "pytorch_model-00002-of-00002.bin": names[3:]}
-    weight_map = {}
-    for f, ns in shards.items():
-        torch.save({n: state[n] for n in ns}, str(d / f))
-        weight_map.update({n: f for n in ns})
-    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return str(d)

@@ -76,29 +76,32 @@ def _torch_file(path: str) -> Checkpoint:
     return Checkpoint(path, list(sd), sd.__getitem__)
 
 
+def _index_shards(folder: str, index_name: str) -> list[str] | None:
+    """Shard files named by a Hugging Face weight-map index, or None if there is no index."""
+    idx = os.path.join(folder, index_name)
+    if not os.path.exists(idx):
+        return None
+    try:
+        with open(idx) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+        raise CheckpointError(f"{idx}: not a valid checkpoint index (no weight_map)") from None
+    return [os.path.join(folder, s) for s in shards]
+
+
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A .safetensors file, a .pt/.pth/.bin state dict, or a Hugging Face model folder."""
     p = os.fspath(path)
     if os.path.isdir(p):
-        idx = os.path.join(p, "model.safetensors.index.json")
-        if os.path.exists(idx):
-            try:
-                with open(idx) as f:
-                    shards = sorted(set(json.load(f)["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise CheckpointError(f"{idx}: not a valid safetensors index") from None
-            return _safetensors_files([os.path.join(p, s) for s in shards])
+        shards = _index_shards(p, "model.safetensors.index.json")
+        if shards is not None:
+            return _safetensors_files(shards)
         st_files = sorted(f for f in os.listdir(p) if f.endswith(".safetensors"))
         if st_files:
             return _safetensors_files([os.path.join(p, f) for f in st_files])
-        bin_idx = os.path.join(p, "pytorch_model.bin.index.json")
-        if os.path.exists(bin_idx):
-            try:
-                with open(bin_idx) as f:
-                    shards = sorted(set(json.load(f)["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError):
-                raise CheckpointError(f"{bin_idx}: not a valid PyTorch checkpoint index") from None
-            parts = [_torch_file(os.path.join(p, s)) for s in shards]
+        shards = _index_shards(p, "pytorch_model.bin.index.json")
+        if shards is not None:
+            parts = [_torch_file(s) for s in shards]
             where = {n: ck for ck in parts for n in ck.names}
             return Checkpoint(p, list(where), lambda n: where[n].get(n))
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
