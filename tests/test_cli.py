@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from xorsparse import safetensors_io as st
-from xorsparse.checkpoint import reference_state
+from xorsparse.io import safetensors_io as st
+from xorsparse.io.checkpoint import reference_state
 from xorsparse.cli import main
 from xorsparse.tensor import CompressConfig
 

@@ -1,7 +1,11 @@
-"""xorsparse: fixed-rate, lossless XOR-gate coding of pruned and quantized weights."""
+"""xorsparse: fixed-rate, lossless XOR-gate coding of pruned and quantized weights.
 
-from .codec import EncodedPlane, decode_plane, encode_plane, get_decoder
-from .xornet import XorDecoder
+Layers, from the bottom: `codec` (the XOR network and plane coding), `tensor` (pruning,
+quantization, masks, whole tensors), `io` (safetensors, the .xsp container, checkpoints),
+`torch` (models and modules). The lower two are numpy only.
+"""
+
+from .codec import EncodedPlane, XorDecoder, decode_plane, encode_plane, get_decoder
 
 __version__ = "0.1.0"
 __all__ = ["EncodedPlane", "XorDecoder", "decode_plane", "encode_plane", "get_decoder", "__version__"]

@@ -73,7 +73,7 @@ def _config(args):
 
 
 def cmd_compress(args) -> int:
-    from .checkpoint import compress_checkpoint, totals
+    from .io.checkpoint import compress_checkpoint, totals
 
     cfg = _config(args)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
@@ -87,7 +87,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from .checkpoint import decompress_checkpoint
+    from .io.checkpoint import decompress_checkpoint
 
     size = decompress_checkpoint(args.input, args.output, Progress("decompress"))
     print(f"wrote {args.output} ({size / 1e6:.3f} MB)")
@@ -95,7 +95,7 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .checkpoint import inspect_file
+    from .io.checkpoint import inspect_file
 
     info = inspect_file(args.input)
     if args.json:
@@ -109,7 +109,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .checkpoint import verify_checkpoint
+    from .io.checkpoint import verify_checkpoint
 
     res = verify_checkpoint(args.input, args.against, Progress("verify"))
     n_c = sum(r["compressed"] for r in res)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from ..quant import Quantized
+from ..tensor.quant import Quantized
 
 
 @dataclass

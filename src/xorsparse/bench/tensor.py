@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from ..maskcode import binary_entropy
-from ..tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+from ..tensor.maskcode import binary_entropy
+from ..tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from ._report import best_time, print_table, write_json
 
 

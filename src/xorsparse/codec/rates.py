@@ -75,7 +75,7 @@ def choose(
     search is limited to n_in <= 16 and candidates are still scored by elimination (the
     exhaustive result can only have fewer patches).
     """
-    from .codec import EXHAUSTIVE_MAX_N_IN, encode_plane, get_decoder
+    from .plane import EXHAUSTIVE_MAX_N_IN, encode_plane, get_decoder
 
     bits = np.asarray(bits, dtype=np.uint8)
     care = np.asarray(care, dtype=bool)

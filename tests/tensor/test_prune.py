@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xorsparse.prune import given_mask, global_magnitude_masks, magnitude_mask
+from xorsparse.tensor.prune import given_mask, global_magnitude_masks, magnitude_mask
 
 
 def test_magnitude_prunes_exact_count_of_smallest():

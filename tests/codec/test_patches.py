@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.patches import decode_patches, encode_patches, rice_bits
+from xorsparse.codec.patches import decode_patches, encode_patches, rice_bits
 
-from . import reference
+from .. import reference
 
 
 @settings(max_examples=100, deadline=None)

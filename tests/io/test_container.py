@@ -4,8 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from xorsparse import safetensors_io as st
-from xorsparse.container import RawTensor, XspError, XspFile, write_xsp
+from xorsparse.io import safetensors_io as st
+from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 
 
@@ -75,7 +75,7 @@ def test_truncated_file(xsp):
 
 def _rewrite_meta(p, fn, fix_crc=True):
     """Edit the JSON description; by default re-sign it, as a careless tool might."""
-    from xorsparse.container import meta_crc
+    from xorsparse.io.container import meta_crc
 
     with st.Reader(p) as r:
         meta = json.loads(r.metadata["xorsparse"])
@@ -161,7 +161,7 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
                                  CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
                                  CompressConfig(0.7, 4, "uniform", max_n_s=0)])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
-    from . import reference
+    from .. import reference
 
     rng = np.random.default_rng(7)
     w = rng.standard_normal((23, 61)).astype(np.float32)

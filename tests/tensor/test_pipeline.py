@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.maskcode import binary_entropy
+from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 
 

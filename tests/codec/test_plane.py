@@ -5,9 +5,9 @@ from hypothesis import strategies as st
 
 from xorsparse import XorDecoder, decode_plane, encode_plane
 from xorsparse.codec import EncodedPlane, decode_plane_packed
-from xorsparse.xornet import MAX_WINDOW, splitmix64
+from xorsparse.codec.xornet import MAX_WINDOW, splitmix64
 
-from . import reference
+from .. import reference
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -224,7 +224,7 @@ def test_invalid_inputs_rejected():
 @pytest.mark.parametrize("cfg", [(8, 79, 15), (5, 20, 9), (64, 300, 1), (1, 30, 127)])
 def test_wide_kernels_agree_with_narrow_ones(cfg, monkeypatch):
     """The multiword kernels (W > 128) run the same algorithm: same stream, same patches."""
-    import xorsparse.codec as codec
+    import xorsparse.codec.plane as codec
 
     rng = np.random.default_rng(sum(cfg))
     n = 200_000

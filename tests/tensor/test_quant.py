@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from xorsparse.prune import magnitude_mask
-from xorsparse.quant import dequantize, quantize, squared_error
+from xorsparse.tensor.prune import magnitude_mask
+from xorsparse.tensor.dequant import dequantize, squared_error
+from xorsparse.tensor.quant import quantize
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from .codec import EncodedPlane, decode_plane_packed, encode_plane
+from ..codec.plane import EncodedPlane, decode_plane_packed, encode_plane
 from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
-from .quant import Quantized, dequantize, dequantize_words, quantize
-from .rates import DEFAULT_WINDOW, choose
-from .xornet import DEFAULT_SEED, MAX_WINDOW, check_params
+from .dequant import dequantize, dequantize_words
+from .quant import Quantized, quantize
+from ..codec.rates import DEFAULT_WINDOW, choose
+from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 

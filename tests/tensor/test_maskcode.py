@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.maskcode import binary_entropy, decode_mask, encode_mask
+from xorsparse.tensor.maskcode import binary_entropy, decode_mask, encode_mask
 
 
 def structured_masks():

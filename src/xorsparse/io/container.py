@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import safetensors_io as st
-from .codec import EncodedPlane
-from .maskcode import MaskCode
-from .quant import Quantized
-from .tensor import CompressConfig, CompressedTensor, decompress_tensor
+from ..codec.plane import EncodedPlane
+from ..tensor.maskcode import MaskCode
+from ..tensor.quant import Quantized
+from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
 FORMAT_VERSION = 1
@@ -225,7 +225,7 @@ class XspFile:
                 raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
         a, dt = self.raw(name)
         if dt == "BF16" or framework == "torch":
-            from ._torchconv import st_to_torch
+            from .torchconv import st_to_torch
 
             return st_to_torch(a, dt)
         return a

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ._bits import U64
+from ..codec._bits import U64
 
 DEFAULT_BLOCK = 1 << 16
 MAX_GOLOMB = 1 << 20

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 
-from ._torchconv import raw_from_torch, torch_dtype_name
+from .torchconv import raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
-from .maskcode import binary_entropy
-from .prune import global_magnitude_masks
-from .tensor import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
+from ..tensor.maskcode import binary_entropy
+from ..tensor.prune import global_magnitude_masks
+from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
     reference_prune_quantize, to_float32
 
 
