@@ -78,3 +78,18 @@ def _no_stray_files(tmp_path):
     leftovers = [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory):
+    """A two-layer sentence-transformers BERT folder with random weights (built, not downloaded)."""
+    from .torch.tiny_models import tiny_bert
+
+    return tiny_bert(str(tmp_path_factory.mktemp("tiny") / "st"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    from .torch.tiny_models import tiny_llama
+
+    return tiny_llama(str(tmp_path_factory.mktemp("tiny") / "llama"))

@@ -12,29 +12,11 @@ import sys
 import time
 from typing import Sequence
 
+from .progress import Progress
+
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
-
-
-class Progress:
-    """A one-line progress bar on a terminal (stderr), silent otherwise."""
-
-    def __init__(self, label: str, enabled: bool | None = None):
-        self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
-
-    def __call__(self, i: int, n: int, name: str) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        done = int(width * i / n) if n else width
-        el = time.perf_counter() - self.t0
-        line = f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {i}/{n} {el:5.1f}s {name[:50]:<50}"
-        sys.stderr.write(line)
-        if i >= n:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -72,18 +54,81 @@ def _config(args):
                           max_n_s=args.ns, max_window=args.window)
 
 
+def _folder_method(args) -> tuple[str, bool]:
+    """(method, run the model?): a model folder is run (calibrated by default, quality report
+    always); bare tensor files are compressed with magnitude (a calibrated method is an error)."""
+    from .torch.folder import is_model_folder
+
+    if not is_model_folder(args.input):
+        if args.method not in (None, "magnitude") or args.calibration or args.recover:
+            what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
+                ("--calibration" if args.calibration else "--recover")
+            raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
+                             "config.json); bare tensor files are compressed with --method magnitude")
+        return "magnitude", False
+    return args.method or DEFAULT_METHOD, True
+
+
 def cmd_compress(args) -> int:
+    import dataclasses
+
     from .io.checkpoint import compress_checkpoint, totals
 
-    cfg = _config(args)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
-    rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                               Progress("compress"))
+    method, run_model = _folder_method(args)
+    cfg = dataclasses.replace(_config(args), method=method)
+    records: dict = {}
+    if run_model:
+        from .torch.folder import ModelFolderError, compress_folder
+
+        try:
+            rows, res = compress_folder(args.input, args.output, cfg, include=args.include, exclude=args.exclude,
+                                        progress=Progress("compress"), calibration=args.calibration,
+                                        recover_steps=args.recover, samples=args.calibration_samples,
+                                        seed=args.seed, log=None if args.json else print)
+            records = {"calibration": res.calibration, "quality": res.quality}
+        except (ModelFolderError, ImportError) as e:
+            if args.method is not None or args.calibration or args.recover:
+                raise
+            # the default only: a folder we cannot run is still compressed, data-free
+            print(f"note: {e}; compressing with --method magnitude, without a quality report", file=sys.stderr)
+            run_model = False
+            cfg = dataclasses.replace(cfg, method="magnitude")
+    if not run_model:
+        rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude, Progress("compress"))
+    seconds = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"file": args.output, "bytes": os.path.getsize(args.output), "seconds": seconds,
+                          "tensors": rows, "total": totals(rows), **records}, indent=1))
+        return 0
     print_summary(rows, totals(rows))
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {time.perf_counter() - t0:.1f}s")
+    print_records(records)
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {seconds:.1f}s")
     return 0
+
+
+def print_records(records: dict) -> None:
+    """The calibration and quality records in a few lines."""
+    from .torch.quality import summary_line
+
+    cal, q = records.get("calibration"), records.get("quality")
+    if cal:
+        how = f"method {cal['method']}"
+        if cal.get("method") != "magnitude":
+            how += (f", {cal.get('samples')} calibration samples ({cal.get('source')}), "
+                    f"{'sequential' if cal.get('sequential') else 'non-sequential'}")
+        if cal.get("recover_steps"):
+            how += f", {cal['recover_steps']} recovery steps"
+        secs = cal.get("seconds") or {}
+        if secs:
+            how += "; " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items())
+        print(how)
+        for n in cal.get("notes", [])[:10]:
+            print(f"note: {n}")
+    if q:
+        print("quality: " + summary_line(q))
 
 
 def cmd_decompress(args) -> int:
@@ -105,23 +150,41 @@ def cmd_inspect(args) -> int:
           f"{len(info['tensors'])} compressed and {info['stored_tensors']} stored tensors")
     if info["tensors"]:
         print_summary(info["tensors"], info["total"])
+    print_records(info)
     return 0
 
 
 def cmd_verify(args) -> int:
     from .io.checkpoint import verify_checkpoint
+    from .io.container import XspFile
+    from .torch.folder import needs_recomputation
 
-    res = verify_checkpoint(args.input, args.against, Progress("verify"))
+    with XspFile(args.input) as f:
+        record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
+    calibrated = needs_recomputation(record)
+    refs = None
+    what = "the reference pruning+quantization"
+    if calibrated and args.against:
+        from .torch.folder import recompute_references
+
+        refs = recompute_references(names, args.against, cfg, record, args.calibration)
+        what = f"a recomputation of its {record['method']} calibration" + \
+               (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
+    res = verify_checkpoint(args.input, args.against, Progress("verify"), references=refs)
     n_c = sum(r["compressed"] for r in res)
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
         if bad:
-            print(f"FAILED: {len(bad)} of {len(res)} tensors differ from the reference, first {bad[0]!r}")
+            hint = (" (calibrated files reproduce exactly only with the same software on the same kind of CPU; "
+                    f"this one was made with torch {record.get('torch')})") if calibrated else ""
+            print(f"FAILED: {len(bad)} of {len(res)} tensors differ from {what}, first {bad[0]!r}{hint}")
             return EXIT_MISMATCH
         print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed, decoded and bit-identical "
-              f"to the reference pruning+quantization of {args.against}")
+              f"to {what} of {args.against}")
     else:
-        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded")
+        note = (f"; its codes come from {record['method']} calibration: --against MODEL_DIR recomputes it and "
+                "compares bit for bit") if calibrated else ""
+        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{note}")
     return 0
 
 
@@ -144,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compress only tensors whose names match (repeatable)")
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never compress tensors whose names match (repeatable)")
+    c.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default=None,
+                   help=f"how masks and codes are chosen (default: {DEFAULT_METHOD} for a model folder that "
+                        "transformers can instantiate, calibrated on data; magnitude for tensor files)")
+    c.add_argument("--calibration", metavar="FILE", default=None,
+                   help="calibration data: UTF-8 text, one sample per line, or a .pt/.safetensors file of "
+                        "inputs (dim 0 = samples); 1 in 8 is held out for the quality report "
+                        "(default: the built-in English corpus)")
+    c.add_argument("--calibration-samples", type=int, default=512, metavar="N",
+                   help="calibration samples to use at most (default 512; a seeded subset of longer files)")
+    c.add_argument("--recover", type=int, default=0, metavar="STEPS",
+                   help="recovery: STEPS steps of distillation from the original model after compression "
+                        "(default 0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the sample subset and recovery order (default 0)")
+    c.add_argument("--json", action="store_true", help="print the per-tensor table and the records as JSON")
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights as safetensors")
@@ -158,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
     v.add_argument("input")
-    v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
+    v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from "
+                   "(for a calibrated file: the original model folder; the calibration is recomputed)")
+    v.add_argument("--calibration", metavar="FILE", default=None,
+                   help="where the calibration file of a calibrated .xsp is now (default: its recorded path)")
     v.set_defaults(func=cmd_verify)
 
     m = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 and compare embeddings")

@@ -12,14 +12,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 from .torchconv import raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
 from ..tensor.maskcode import binary_entropy
 from ..tensor.prune import global_magnitude_masks
-from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
+from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, compress_tensor, \
     reference_prune_quantize, to_float32
 
 
@@ -171,8 +171,16 @@ def totals(rows: Iterable[dict]) -> dict[str, Any]:
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                         exclude: Sequence[str] = (),
-                        progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
-    """Compress the selected tensors of a checkpoint into one .xsp file; returns per-tensor stats."""
+                        progress: Callable[[int, int, str], None] | None = None,
+                        prepared: Mapping[str, Any] | None = None,
+                        extra: Mapping[str, Any] | None = None) -> list[dict]:
+    """Compress the selected tensors of a checkpoint into one .xsp file; returns per-tensor stats.
+
+    prepared: tensor name -> an object with .keep, .quant, .dtype (a mask and codes chosen
+    elsewhere, e.g. by calibration: xorsparse.torch.folder), encoded as they are instead of
+    being pruned and quantized here. extra: the file's calibration / quality records.
+    """
+    prepared = prepared or {}
     ck = open_checkpoint(src)
     selected = [n for n in ck.names if is_selected(n, ck.get(n), include, exclude)]
     if not selected:
@@ -190,7 +198,11 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
         t = ck.get(name)
         if name in selected:
             t0 = time.perf_counter()
-            ct = compress_tensor(t, config, keep=None if masks is None else masks[name], name=name)
+            if name in prepared:
+                p = prepared[name]
+                ct = compress_quantized(p.keep, p.quant, p.dtype, config)
+            else:
+                ct = compress_tensor(t, config, keep=None if masks is None else masks[name], name=name)
             compressed[name] = ct
             row = tensor_stats(name, ct)
             row["seconds"] = time.perf_counter() - t0
@@ -202,7 +214,7 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
         progress(total, total, "")
     info = {"order": ck.names, "pruning": "global" if config.global_sparsity else "per-tensor",
             "source": os.path.basename(os.path.normpath(src))}
-    write_xsp(out, compressed, raw, config, info)
+    write_xsp(out, compressed, raw, config, info, extra=extra)
     return rows
 
 
@@ -225,9 +237,15 @@ def decompress_checkpoint(src: str, out: str, progress: Callable[[int, int, str]
 
 
 def verify_checkpoint(src: str, against: str | None = None,
-                      progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+                      progress: Callable[[int, int, str], None] | None = None,
+                      references: Mapping[str, Any] | None = None) -> list[dict]:
     """Checksums and a full decode of every tensor; with `against`, a bit-exact comparison
-    of each decoded tensor with the reference pruning and quantization of the original."""
+    of each decoded tensor with the reference pruning and quantization of the original.
+
+    references: tensor name -> the expected dense tensor, for tensors whose reference is not
+    the data-free pipeline's (calibrated files: recomputed by xorsparse.torch.folder).
+    """
+    references = references or {}
     results = []
     with XspFile(src) as f:
         orig = open_checkpoint(against) if against else None
@@ -247,7 +265,9 @@ def verify_checkpoint(src: str, against: str | None = None,
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
             if orig is not None:
                 t = orig.get(name)
-                if name in f.tensors:
+                if name in references:
+                    ref = references[name]
+                elif name in f.tensors:
                     ref = reference_prune_quantize(t, cfg, keep=None if masks is None else masks[name],
                                                    name=name, framework="torch")
                 else:
@@ -265,6 +285,7 @@ def inspect_file(src: str) -> dict[str, Any]:
         out = {"file": src, "bytes": os.path.getsize(src), "tensors": rows, "total": totals(rows),
                "stored_tensors": len(f.raw_tensors), "config": f.meta.get("config"),
                "version": f.meta.get("version")}
+        out.update(f.records)  # calibration, quality (validated when the file was opened)
     return out
 
 

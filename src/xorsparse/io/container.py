@@ -16,13 +16,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import safetensors_io as st
+from .records import CHECKS, RecordError
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # version 2 adds the optional `calibration` and `quality` records (FORMAT.md section 7)
+READ_VERSIONS = (1, 2)
 META_KEY = "xorsparse"
 SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
 
@@ -88,11 +90,19 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
 
 def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor],
               raw: Mapping[str, RawTensor], config: CompressConfig | None = None,
-              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> int:
-    """Write atomically; returns the file size in bytes."""
+              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+              extra: Mapping[str, Any] | None = None) -> int:
+    """Write atomically; returns the file size in bytes.
+
+    extra: the optional records `calibration` and `quality` (checked as the reader will).
+    """
     clash = set(compressed) & set(raw)
     if clash:
         raise ValueError(f"tensor {sorted(clash)[0]!r} given both compressed and raw")
+    for key, record in (extra or {}).items():
+        if key not in CHECKS:
+            raise ValueError(f"unknown record {key!r}; expected one of {', '.join(CHECKS)}")
+        CHECKS[key](record)
     entries: list[st.Entry] = []
     tmeta: dict[str, Any] = {}
     for name, ct in compressed.items():
@@ -106,6 +116,7 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
         entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
+    meta.update({k: v for k, v in (extra or {}).items()})
 
     if raw:
         # checksums must be in the header, which precedes the data: compute them first
@@ -136,15 +147,35 @@ class XspFile:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             self.close()
             raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
+        version = meta.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version not in READ_VERSIONS:
             self.close()
-            raise XspError(f"{self.path}: unsupported format version {meta.get('version')!r} "
-                           f"(this xorsparse reads version {FORMAT_VERSION})")
+            raise XspError(f"{self.path}: unsupported format version {version!r} "
+                           f"(this xorsparse reads versions {', '.join(map(str, READ_VERSIONS))})")
         self.meta = meta
+        self.version = version
         self.tensors: dict[str, dict] = meta.get("tensors", {})
         self.raw_tensors: dict[str, dict] = meta.get("raw", {})
+        self.records: dict[str, Any] = {}
+        for key, check in CHECKS.items():
+            if key not in meta:
+                continue
+            try:
+                if version < 2:
+                    raise RecordError(f"{key}: not part of format version {version}")
+                check(meta[key])
+            except RecordError as e:
+                self.close()
+                raise XspError(f"{self.path}: metadata field {e}") from None
+            self.records[key] = meta[key]
         cfg = meta.get("config")
-        self.config = CompressConfig.from_dict(cfg) if cfg else None
+        try:
+            if cfg is not None and not isinstance(cfg, dict):
+                raise ValueError(f"expected a JSON object, got {type(cfg).__name__}")
+            self.config = CompressConfig.from_dict(cfg) if cfg else None
+        except (ValueError, TypeError) as e:
+            self.close()
+            raise XspError(f"{self.path}: metadata field config: {e}") from None
         for name in self.raw_tensors:
             if name not in self._r.entries:
                 self.close()

@@ -33,6 +33,11 @@ class CompressConfig:
     ('uniform', q <= 8, symmetric or not); group_size: columns per scale (None = per row);
     max_n_s: longest decoder memory the rate search may use (0 = the paper's network);
     max_window: cap on n_in * (n_s + 1); 256 codes ~0.5% smaller, encodes ~3x slower.
+    method: how the mask and codes are chosen: 'magnitude' (data-free, this module), or
+    'wanda' / 'sparsegpt' (calibrated on layer inputs: tensor/calibrated.py, driven by
+    xorsparse.torch.calibrate); calib_damp, calib_block, calib_passes tune the calibrated
+    pass (Hessian damping relative to its mean diagonal, columns per block, quantization
+    passes with the scales refit in between).
     """
 
     sparsity: float = 0.9
@@ -46,6 +51,12 @@ class CompressConfig:
     max_window: int = DEFAULT_WINDOW
     seed: int = DEFAULT_SEED
     bcq_iters: int = 15
+    method: str = "magnitude"
+    calib_damp: float = 0.01
+    calib_block: int = 128
+    calib_passes: int = 2
+
+    _methods = ("magnitude", "wanda", "sparsegpt")
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity) < 1.0:
@@ -65,6 +76,20 @@ class CompressConfig:
             raise ValueError(f"max_window must be in 1..{MAX_WINDOW}, got {self.max_window}")
         if self.bcq_iters < 0:
             raise ValueError(f"bcq_iters must be >= 0, got {self.bcq_iters}")
+        if self.method not in self._methods:
+            raise ValueError(f"method must be one of {', '.join(self._methods)}, got {self.method!r}")
+        if isinstance(self.calib_damp, bool) or not isinstance(self.calib_damp, (int, float)) \
+                or not 0.0 < float(self.calib_damp) <= 10.0:
+            raise ValueError(f"calib_damp must be in (0, 10], got {self.calib_damp!r}")
+        for f, lo, hi in (("calib_block", 1, 1 << 16), ("calib_passes", 1, 16)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{f} must be an integer in {lo}..{hi}, got {v!r}")
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the codes depend on calibration data (not reproducible from the weights)."""
+        return self.method != "magnitude"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -2,12 +2,17 @@
 
     cm = compress_model(model, ModelConfig(sparsity=0.9, bits=2))
     cm.save("model.xsp")
+
+With calibration data the masks and codes are chosen on the layers' inputs (one-shot,
+layer by layer: see calibrate.py), which keeps far more of the model's behaviour:
+
+    cm = compress_model(model, ModelConfig(sparsity=0.5, bits=4, method="sparsegpt"), calibration=batches)
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import torch
@@ -15,19 +20,28 @@ from torch import nn
 
 from ..io.container import RawTensor, write_xsp
 from ..io.torchconv import raw_from_torch
-from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_tensor, reference_prune_quantize, to_float32
+from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
+    to_float32
 from ..tensor.prune import global_magnitude_masks
+from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
 
 
 @dataclass(frozen=True)
 class ModelConfig(CompressConfig):
-    """CompressConfig plus which modules: their types, and name globs to include/exclude."""
+    """CompressConfig plus which modules: their types, and name globs to include/exclude.
+
+    method: 'auto' (the default) is 'sparsegpt' when calibration data is given and
+    'magnitude' otherwise; 'wanda' and 'sparsegpt' need calibration data.
+    """
 
     module_types: tuple[str, ...] = ("Linear", "Conv2d")
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    method: str = "auto"
+
+    _methods = ("auto",) + CompressConfig._methods
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,18 +77,39 @@ def _weight_masks(mods: list[tuple[str, nn.Module]], config: ModelConfig,
     return global_magnitude_masks({n: to_float32(m.weight)[0] for n, m in mods}, config.sparsity)
 
 
+def resolve_method(config: CompressConfig, calibration: object) -> str:
+    """The method a config means given whether calibration data is there ('auto' resolved)."""
+    method = config.method
+    if method == "auto":
+        return "sparsegpt" if calibration is not None else "magnitude"
+    if method != "magnitude" and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data: pass calibration=... "
+                         "(token batches, a tensor of inputs, or texts for a sentence-transformers model)")
+    if method == "magnitude" and calibration is not None:
+        raise ValueError("method 'magnitude' uses no calibration data; choose 'wanda' or 'sparsegpt' (or 'auto')")
+    return method
+
+
 @dataclass
 class CompressedModel:
-    """Compressed weights by parameter name, plus every other state entry as it is."""
+    """Compressed weights by parameter name, plus every other state entry as it is.
+
+    prepared: module name -> the pruned and quantized weight (mask, codes, scales) that
+    `tensors` encode (in memory only); calibration / quality: records written to the file.
+    """
 
     tensors: dict[str, CompressedTensor]
     raw: dict[str, RawTensor]
     config: ModelConfig
     order: list[str]
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+    calibration: dict | None = None
+    quality: dict | None = None
 
     def save(self, path: str) -> int:
         info = {"order": self.order, "pruning": "global" if self.config.global_sparsity else "per-tensor"}
-        return write_xsp(path, self.tensors, self.raw, self.config, info)
+        extra = {k: v for k, v in (("calibration", self.calibration), ("quality", self.quality)) if v is not None}
+        return write_xsp(path, self.tensors, self.raw, self.config, info, extra=extra)
 
     @property
     def weights(self) -> int:
@@ -88,34 +123,86 @@ class CompressedModel:
         t = sum(self.tensors[k].total_bits for k in names)
         return (v / n, t / n) if n else (0.0, 0.0)
 
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Write the compressed weights (as they decode) into `model`, in place, and remember
+        them there so that `recover(model, teacher, data)` can fine-tune them."""
+        from .recover import attach_prepared
 
-def compress_model(model: nn.Module, config: ModelConfig | None = None,
-                   masks: dict | None = None) -> CompressedModel:
-    """Prune, quantize and encode the selected modules' weights (the model is not modified).
+        return attach_prepared(model, self.prepared, self.config)
 
-    masks: optional module name -> keep mask (True = kept), used as is instead of
-    magnitude pruning (e.g. from gradual pruning during training).
-    """
-    cfg = config or ModelConfig()
-    mods = selected_modules(model, cfg)
-    masks = _weight_masks(mods, cfg, masks)
-    tensors = {}
-    for name, mod in mods:
-        key = f"{name}.weight" if name else "weight"
-        tensors[key] = compress_tensor(mod.weight, cfg, keep=None if masks is None else masks[name], name=key)
+
+def _weight_key(module_name: str) -> str:
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+def encode_prepared(model: nn.Module, prepared: dict[str, Prepared], config: ModelConfig,
+                    calibration: dict | None = None) -> CompressedModel:
+    """A CompressedModel holding `prepared` (module name -> Prepared) and `model`'s other state."""
+    tensors = {_weight_key(n): compress_quantized(p.keep, p.quant, p.dtype, config) for n, p in prepared.items()}
     state = model.state_dict()
     raw = {}
     for k, v in state.items():
         if k not in tensors:
             code, shape, data = raw_from_torch(v)
             raw[k] = RawTensor(code, shape, data)
-    return CompressedModel(tensors, raw, cfg, list(state))
+    return CompressedModel(tensors, raw, config, list(state), dict(prepared), calibration)
+
+
+def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: dict | None = None,
+                   calibration: object = None, progress=None) -> CompressedModel:
+    """Prune, quantize and encode the selected modules' weights (the model is not modified).
+
+    masks: optional module name -> keep mask (True = kept), used as is instead of choosing
+    one (e.g. from gradual pruning during training); with calibration data the codes are
+    still chosen with error feedback.
+    calibration: inputs to calibrate on (see calibrate.as_calibration: CalibrationData, a
+    tensor split along dim 0, a list of batches, or texts for a sentence-transformers
+    model); needed by methods 'wanda' and 'sparsegpt'.
+    """
+    cfg = config or ModelConfig()
+    method = resolve_method(cfg, calibration)
+    cfg = replace(cfg, method=method)
+    mods = selected_modules(model, cfg)
+    if method == "magnitude":
+        masks = _weight_masks(mods, cfg, masks)
+        prepared = {name: prepare_weight(mod.weight, cfg, None, None if masks is None else masks[name],
+                                         name=_weight_key(name)) for name, mod in mods}
+        return encode_prepared(model, prepared, cfg)
+    if cfg.global_sparsity:
+        raise ValueError("global_sparsity applies to magnitude pruning only; calibrated methods prune per layer")
+    if masks is not None:
+        missing = [n for n, _ in mods if n not in masks]
+        if missing:
+            raise ValueError(f"no mask given for module {missing[0]!r}")
+    data = as_calibration(calibration, model)
+    saved = {n: m.weight.detach().clone() for n, m in mods}
+    try:
+        res = calibrate_model(model, cfg, data, mods, masks, progress=progress)
+    finally:
+        with torch.no_grad():
+            for n, m in mods:
+                m.weight.copy_(saved[n])
+    return encode_prepared(model, res.prepared, cfg, calibration_record(res, cfg, data.info))
+
+
+def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
+    """What the file says about how its codes were chosen (docs/FORMAT.md, section 7)."""
+    rec = {"method": config.method, "sequential": res.sequential, "blocks": res.blocks,
+           "calibrated_tensors": sum(p.calibrated for p in res.prepared.values()),
+           "notes": list(res.notes)}
+    rec.update({k: v for k, v in (info or {}).items() if k not in rec})
+    return rec
 
 
 @torch.no_grad()
 def reference_model_(model: nn.Module, config: ModelConfig | None = None, masks: dict | None = None) -> nn.Module:
-    """Overwrite the selected weights with their pruned-and-quantized reference (no codec)."""
+    """Overwrite the selected weights with their pruned-and-quantized reference (no codec).
+
+    Data-free (magnitude) only: a calibrated model's reference is `cm.apply_(model)`.
+    """
     cfg = config or ModelConfig()
+    if cfg.method not in ("auto", "magnitude"):
+        raise ValueError(f"the reference of method {cfg.method!r} depends on calibration data: use cm.apply_(model)")
     mods = selected_modules(model, cfg)
     masks = _weight_masks(mods, cfg, masks)
     for name, mod in mods:

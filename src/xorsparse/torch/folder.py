@@ -1,0 +1,314 @@
+"""Model folders that can be run: calibrate, recover and report quality for `xorsparse compress`.
+
+A Hugging Face folder (config.json) is instantiated offline: with sentence-transformers if it
+has modules.json, else with the transformers class its config names (causal LMs recognised
+as such), else AutoModel. Its Linear / Conv2d modules are matched to the checkpoint's tensor
+names (by name suffix, then checked to hold the same values), calibrated layer by layer
+(calibrate.py), optionally recovered by distillation (recover.py), and measured against
+the original on held-out data (quality.py). The checkpoint writer then only encodes the
+prepared masks and codes (io.checkpoint.compress_checkpoint(prepared=...)).
+
+`prepare_folder` is deterministic for the same folder, config, calibration data, seed and
+software on the same machine, so `xorsparse verify --against` can recompute it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..io.calibdata import CalibrationSet, builtin_set, read_calibration_file
+from ..io.checkpoint import CheckpointError, is_selected, open_checkpoint
+from ..io.torchconv import torch_dtype_name
+from ..progress import Progress
+from ..tensor.pipeline import CompressConfig
+from ..tensor.prune import global_magnitude_masks
+from ..tensor.pipeline import to_float32
+from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
+    sentence_transformer_calibration, supports_calibration, text_calibration
+from .quality import quality_report
+from .recover import recover_prepared
+
+BATCH_SIZE = 16
+MAX_LENGTH = 128
+SAMPLES = 512
+
+
+class ModelFolderError(ValueError):
+    """A folder whose model cannot be instantiated; the message names the folder and why."""
+
+
+def is_model_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def _quiet_offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@dataclass
+class FolderModel:
+    path: str
+    kind: str  # "sentence-transformers", "causal-lm" or "transformers"
+    model: nn.Module
+    tokenizer: Any = None
+
+    @property
+    def quality_kind(self) -> str:
+        return {"sentence-transformers": "sentence-transformers", "causal-lm": "causal-lm"}.get(self.kind,
+                                                                                                "layer-error")
+
+    def data(self, samples: Any, kind: str, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
+             info: dict | None = None) -> CalibrationData:
+        """Batches for this model from texts or from tensors (dim 0 = samples)."""
+        if kind == "text":
+            if self.kind == "sentence-transformers":
+                return sentence_transformer_calibration(self.model, samples, batch_size, max_length, info)
+            if self.tokenizer is None:
+                raise ModelFolderError(f"{self.path}: no tokenizer to turn calibration text into inputs; "
+                                       "pass --calibration with a tensor file (.pt or .safetensors) of inputs")
+            if self.tokenizer.pad_token is None and getattr(self.tokenizer, "eos_token", None) is not None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            return text_calibration(samples, self.tokenizer, batch_size, max_length, info)
+        tensors: dict = samples
+        n = int(next(iter(tensors.values())).shape[0])
+        batches = []
+        for i in range(0, n, batch_size):
+            part = {k: v[i:i + batch_size] for k, v in tensors.items()}
+            if list(part) == [""]:
+                t = part[""]
+                batches.append({"input_ids": t} if not t.is_floating_point() else t)
+            else:
+                batches.append(part)
+        call = (lambda m, b: m(dict(b))) if self.kind == "sentence-transformers" else None
+        d = CalibrationData(batches, info=dict(info or {}, samples=n))
+        if call is not None:
+            d.call = call
+        return d
+
+
+def load_folder_model(path: str) -> FolderModel:
+    """Instantiate the model of a Hugging Face folder on the CPU, in float32, offline."""
+    if not is_model_folder(path):
+        raise ModelFolderError(f"{path}: not a model folder (no config.json)")
+    _quiet_offline()
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"running a model folder needs transformers ({e}): pip install 'xorsparse[demo]'") from None
+    try:
+        if os.path.exists(os.path.join(path, "modules.json")):
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(path, device="cpu", local_files_only=True,
+                                        model_kwargs={"dtype": torch.float32})
+            return FolderModel(path, "sentence-transformers", model.eval())
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
+        cls = getattr(transformers, archs[0]) if archs else transformers.AutoModel
+        model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
+        kind = "causal-lm" if archs and archs[0] in causal else "transformers"
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, ImportError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelFolderError(f"{path}: transformers cannot instantiate this model ({type(e).__name__}: {msg})") \
+            from None
+    tok = None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        tok = None
+    return FolderModel(path, kind, model, tok)
+
+
+def map_to_checkpoint(model: nn.Module, ck, names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """module name -> checkpoint tensor name for every calibratable module whose weight is one
+    of `names` (matched by name suffix, then by value); and notes on what was left out."""
+    wanted = set(names)
+    shared: dict[int, list[str]] = {}
+    for pname, p in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(pname)
+    out: dict[str, str] = {}
+    notes: list[str] = []
+    taken: set[str] = set()
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if not supports_calibration(mod) or not isinstance(w, torch.Tensor):
+            continue
+        pname = f"{name}.weight"
+        cands = [c for c in wanted if c == pname or c.endswith("." + pname) or pname.endswith("." + c)]
+        for c in sorted(cands, key=len, reverse=True):
+            t = ck.get(c)
+            if c in taken or tuple(t.shape) != tuple(w.shape) or not torch.equal(t.to(w.dtype), w.detach()):
+                continue
+            if len(shared.get(id(w), [])) > 1:
+                notes.append(f"{c}: weight shared by {', '.join(shared[id(w)])}; not calibrated")
+                break
+            out[name] = c
+            taken.add(c)
+            break
+    return out, notes
+
+
+@dataclass
+class FolderResult:
+    prepared: dict[str, Prepared]  # checkpoint tensor name -> prepared weight
+    calibration: dict
+    quality: dict | None
+    model_kind: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
+    return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
+
+
+def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                   calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
+                   seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
+                   recover_lr: float = 1e-4, recover_scale_lr: float = 1e-5, with_quality: bool = True,
+                   log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
+    """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
+    and the quality report; nothing is written."""
+    say = log or (lambda s: None)
+    t0, c0 = time.perf_counter(), time.process_time()
+    fm = load_folder_model(src)
+    ck = open_checkpoint(src)
+    selected = [n for n in ck.names if is_selected(n, ck.get(n), include, exclude)]
+    if not selected:
+        raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
+    if config.global_sparsity and config.method != "magnitude":
+        raise ValueError("--global applies to magnitude pruning only; calibrated methods prune per layer")
+    cset = _calibration_set(calibration, samples, seed)
+    data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
+    mapping, notes = map_to_checkpoint(fm.model, ck, selected)
+    mods = dict(fm.model.named_modules())
+    modules = [(m, mods[m]) for m in mapping]
+    dtypes = {m: torch_dtype_name(ck.get(c)) for m, c in mapping.items()}
+    teacher = copy.deepcopy(fm.model) if (with_quality or recover_steps) else None
+    seconds: dict[str, float] = {}
+    rec: dict[str, Any] = {"method": config.method, "model_kind": fm.kind}
+    rec.update({k: cset.info[k] for k in ("source", "file", "sha256", "samples", "held_out", "selection")})
+    rec.update({"max_length": max_length, "batch_size": batch_size, "seed": seed, "torch": torch.__version__})
+    t = time.perf_counter()
+    if config.method == "magnitude":
+        masks = None
+        if config.global_sparsity:
+            masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, config.sparsity)
+        prepared = {}
+        for m, c in mapping.items():
+            prepared[m] = prepare_weight(ck.get(c), config, None, None if masks is None else masks[c], name=c)
+            with torch.no_grad():
+                mods[m].weight.copy_(prepared[m].torch_weight())
+        rec.update({"sequential": False, "blocks": None, "calibrated_tensors": 0})
+    else:
+        say(f"calibrating {len(modules)} modules with {config.method} on {cset.info['samples']} samples "
+            f"({cset.info['source']}: {os.path.basename(str(cset.info.get('file')))})")
+        res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes,
+                              progress=Progress("calibrate", progress))
+        prepared = res.prepared
+        notes += res.notes
+        rec.update({"sequential": res.sequential, "blocks": res.blocks,
+                    "calibrated_tensors": sum(p.calibrated for p in prepared.values())})
+    seconds["calibration"] = time.perf_counter() - t
+    if recover_steps:
+        say(f"recovery: {recover_steps} steps of distillation from the original model")
+        t = time.perf_counter()
+        prepared = recover_prepared(fm.model, teacher, data, recover_steps, prepared=prepared, lr=recover_lr,
+                                    scale_lr=recover_scale_lr, seed=seed, progress=Progress("recover", progress))
+        seconds["recovery"] = time.perf_counter() - t
+        rec.update({"recover_steps": recover_steps, "recover_lr": recover_lr, "recover_scale_lr": recover_scale_lr,
+                    "recover_seed": seed})
+    quality = None
+    if with_quality:
+        t = time.perf_counter()
+        held = cset.held_out if fm.quality_kind == "sentence-transformers" else \
+            fm.data(cset.held_out, cset.kind, batch_size, max_length, cset.held_out_info)
+        quality = quality_report(fm.quality_kind, teacher, fm.model, held, names=list(mapping),
+                                 info=cset.held_out_info)
+        if "layers" in quality:
+            quality["layers"] = {mapping[m]: v for m, v in quality["layers"].items()}
+        seconds["quality"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    seconds["cpu"] = time.process_time() - c0
+    rec["seconds"] = seconds
+    unmapped = [n for n in selected if n not in mapping.values()]
+    if unmapped:
+        notes.append(f"{len(unmapped)} selected tensors are not weights of calibratable modules "
+                     f"(data-free magnitude pruning), first {unmapped[0]!r}")
+    rec["notes"] = notes
+    return FolderResult({mapping[m]: p for m, p in prepared.items()}, rec, quality, fm.kind, notes)
+
+
+__all__ = ["FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
+           "map_to_checkpoint", "prepare_folder"]
+
+
+def compress_folder(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
+                    exclude: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None,
+                    **kwargs) -> tuple[list[dict], FolderResult]:
+    """prepare_folder, then the checkpoint writer encodes the prepared tensors (and the rest)."""
+    from ..io.checkpoint import compress_checkpoint
+
+    res = prepare_folder(src, config, include=include, exclude=exclude, **kwargs)
+    extra = {"calibration": res.calibration}
+    if res.quality is not None:
+        extra["quality"] = res.quality
+    rows = compress_checkpoint(src, out, config, include, exclude, progress, prepared=res.prepared, extra=extra)
+    return rows, res
+
+
+def needs_recomputation(record: dict | None) -> bool:
+    """True when a file's codes depend on calibration data or training (not on weights alone)."""
+    return bool(record) and (record.get("method") != "magnitude" or bool(record.get("recover_steps")))
+
+
+def recompute_references(xsp_names: Sequence[str], against: str, config: CompressConfig, record: dict,
+                         calibration: str | None = None, log: Callable[[str], None] | None = None
+                         ) -> dict[str, torch.Tensor]:
+    """The dense tensors a calibrated file should decode to, recomputed from the original
+    folder with the file's config and calibration record (same data, seed and steps)."""
+    from ..io.calibdata import builtin_set
+    from ..tensor.pipeline import from_float32
+
+    if record.get("source") == "builtin":
+        path = None
+        if builtin_set(record.get("samples"), record.get("seed", 0)).info["sha256"] != record.get("sha256"):
+            raise ValueError("the built-in calibration corpus of this xorsparse differs from the one the file was "
+                             "calibrated with; recomputation is not possible")
+    elif record.get("source") == "file":
+        path = calibration or record.get("file")
+        if not path or not os.path.exists(path):
+            raise ValueError(f"calibration file {path!r} not found: pass --calibration FILE (the file the .xsp "
+                             "was calibrated with)")
+        probe = read_calibration_file(path, record.get("samples"), record.get("seed", 0))
+        if probe.info["sha256"] != record.get("sha256"):
+            raise ValueError(f"{path}: not the calibration file this .xsp was made with (sha256 differs)")
+    else:
+        raise ValueError(f"calibration source {record.get('source')!r} cannot be recomputed")
+    res = prepare_folder(against, config, include=list(xsp_names), calibration=path,
+                         recover_steps=int(record.get("recover_steps") or 0), samples=record.get("samples"),
+                         seed=int(record.get("seed", 0)), batch_size=int(record.get("batch_size", BATCH_SIZE)),
+                         max_length=int(record.get("max_length", MAX_LENGTH)),
+                         recover_lr=float(record.get("recover_lr", 1e-4)),
+                         recover_scale_lr=float(record.get("recover_scale_lr", 1e-5)), with_quality=False, log=log)
+    return {n: from_float32(p.dense(), p.dtype, "torch") for n, p in res.prepared.items()}
+
+
+__all__ += ["compress_folder", "needs_recomputation", "recompute_references"]
