@@ -189,3 +189,73 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
     with XspFile(p) as f:
         with pytest.raises(XspError, match=msg):
             f.dense("a.weight")
+
+
+QUALITY = {"kind": "sentence-transformers", "mean_cosine": 0.93, "min_cosine": 0.7, "nn_agreement": 0.9,
+           "held_out": {"source": "builtin", "file": "heldout_en.txt", "sha256": "0" * 64, "samples": 256,
+                        "selection": "all"}}
+CALIBRATION = {"method": "sparsegpt", "source": "builtin", "samples": 512, "sequential": True, "blocks": "layers",
+               "notes": [], "seconds": {"total": 1.5}}
+
+
+@pytest.fixture
+def xsp_records(tmp_path):
+    cfg = CompressConfig(0.8, 2, method="sparsegpt")
+    ct = compress_tensor(np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32), cfg)
+    p = tmp_path / "r.xsp"
+    write_xsp(p, {"w": ct}, {}, cfg, extra={"quality": QUALITY, "calibration": CALIBRATION})
+    return p
+
+
+def test_records_round_trip(xsp_records):
+    with XspFile(xsp_records) as f:
+        assert f.version == 2 and f.records == {"quality": QUALITY, "calibration": CALIBRATION}
+        assert f.config.method == "sparsegpt"
+
+
+def test_version_1_files_still_read(xsp):
+    p, cts = xsp
+    _rewrite_meta(p, lambda m: m.update(version=1))
+    with XspFile(p) as f:
+        assert f.version == 1 and f.records == {} and f.config.method == "magnitude"
+        assert decompress_tensor(f.compressed("a.weight")).tobytes() == decompress_tensor(cts["a.weight"]).tobytes()
+
+
+def test_records_are_not_part_of_version_1(xsp_records):
+    _rewrite_meta(xsp_records, lambda m: m.update(version=1))
+    with pytest.raises(XspError, match="not part of format version 1"):
+        XspFile(xsp_records)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda m: m.update(quality=[1, 2]), "quality must be a JSON object"),
+    (lambda m: m["quality"].update(mean_cosine="high"), "quality.mean_cosine"),
+    (lambda m: m["quality"].update(mean_cosine=True), "quality.mean_cosine"),
+    (lambda m: m["quality"].update(nn_agreement=1.5), "quality.nn_agreement"),
+    (lambda m: m["quality"].update(kind="vibes"), "quality.kind"),
+    (lambda m: m["quality"].pop("kind"), "quality.kind: missing"),
+    (lambda m: m["quality"].update(extra=1), "unknown field 'extra'"),
+    (lambda m: m["quality"]["held_out"].update(samples=-1), "quality.held_out.samples"),
+    (lambda m: m["quality"].update(layers={"a": "b"}), "quality.layers"),
+    (lambda m: m["calibration"].update(samples=1.5), "calibration.samples"),
+    (lambda m: m["calibration"].update(method="obs"), "calibration.method"),
+    (lambda m: m["calibration"].update(notes=[1]), "calibration.notes"),
+    (lambda m: m["calibration"].update(sha256="xyz"), "calibration.sha256"),
+    (lambda m: m["config"].update(method="obs"), "config: method must be one of"),
+    (lambda m: m["config"].update(calib_block=0), "config: calib_block"),
+    (lambda m: m.update(version=True), "unsupported format version"),
+])
+def test_bad_records_are_one_line_errors(xsp_records, edit, msg):
+    _rewrite_meta(xsp_records, edit)
+    with pytest.raises(XspError, match=msg) as e:
+        XspFile(xsp_records)
+    assert str(xsp_records) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_writer_refuses_records_the_reader_would_refuse(tmp_path):
+    ct = compress_tensor(np.ones((4, 64), np.float32), CompressConfig(0.5, 1))
+    with pytest.raises(ValueError, match="quality.mean_cosine"):
+        write_xsp(tmp_path / "x.xsp", {"w": ct}, {}, extra={"quality": dict(QUALITY, mean_cosine=2.0)})
+    with pytest.raises(ValueError, match="unknown record"):
+        write_xsp(tmp_path / "x.xsp", {"w": ct}, {}, extra={"stuff": {}})
+    assert not (tmp_path / "x.xsp").exists()
