@@ -357,12 +357,14 @@ def _first_tensor(out: Any) -> torch.Tensor:
 def calibrate_model(model: nn.Module, config: CompressConfig, data: CalibrationData,
                     modules: Sequence[tuple[str, nn.Module]], masks: dict | None = None,
                     sequential: bool = True, progress: Callable[[int, int, str], None] | None = None,
-                    dtypes: dict[str, str] | None = None) -> CalibrationResult:
+                    dtypes: dict[str, str] | None = None,
+                    configs: dict[str, CompressConfig] | None = None) -> CalibrationResult:
     """Calibrate and compress `modules` of `model` in place (their weights become the values
     the .xsp file decodes to); returns the prepared (keep, Quantized) of each.
 
     masks: module name -> fixed keep mask (only the quantization is calibrated then).
     dtypes: module name -> dtype the weight is stored in, where not the module's own.
+    configs: module name -> its own config (e.g. another sparsity), where not `config`.
     """
     if not len(data):
         raise ValueError("no calibration batches")
@@ -386,7 +388,7 @@ def calibrate_model(model: nn.Module, config: CompressConfig, data: CalibrationD
             tokens[n] = st.count if st is not None else 0
             if xtx is None and n in calibratable:
                 notes.append(f"{n}: not reached by the calibration data (data-free magnitude pruning)")
-            prepared[n] = prepare_weight(mods[n].weight, config, xtx, masks.get(n), name=n,
+            prepared[n] = prepare_weight(mods[n].weight, (configs or {}).get(n, config), xtx, masks.get(n), name=n,
                                          dtype=(dtypes or {}).get(n))
             _set_weight(mods[n], prepared[n])
 

@@ -40,11 +40,24 @@ class ModelConfig(CompressConfig):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     method: str = "auto"
+    layer_sparsity: tuple[tuple[str, float], ...] = ()  # (module name glob, sparsity): first match wins
 
     _methods = ("auto",) + CompressConfig._methods
 
+    def for_module(self, name: str) -> "ModelConfig":
+        """This config with the sparsity of the first `layer_sparsity` glob matching `name`."""
+        for glob, s in self.layer_sparsity:
+            if fnmatch.fnmatchcase(name, glob):
+                return replace(self, sparsity=float(s), layer_sparsity=())
+        return self
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        for item in self.layer_sparsity:
+            if len(item) != 2 or not isinstance(item[0], str) or not 0.0 <= float(item[1]) < 1.0:
+                raise ValueError(f"layer_sparsity entries are (glob, sparsity in [0, 1)), got {item!r}")
+        if self.layer_sparsity and self.global_sparsity:
+            raise ValueError("layer_sparsity and global_sparsity exclude each other")
         bad = [t for t in self.module_types if t not in MODULE_TYPES]
         if bad:
             raise ValueError(f"module_types: unknown {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}")
@@ -128,7 +141,7 @@ class CompressedModel:
         them there so that `recover(model, teacher, data)` can fine-tune them."""
         from .recover import attach_prepared
 
-        return attach_prepared(model, self.prepared, self.config)
+        return attach_prepared(model, self.prepared, self.config, self.calibration)
 
 
 def _weight_key(module_name: str) -> str:
@@ -165,8 +178,9 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
     mods = selected_modules(model, cfg)
     if method == "magnitude":
         masks = _weight_masks(mods, cfg, masks)
-        prepared = {name: prepare_weight(mod.weight, cfg, None, None if masks is None else masks[name],
-                                         name=_weight_key(name)) for name, mod in mods}
+        prepared = {name: prepare_weight(mod.weight, cfg.for_module(name), None,
+                                         None if masks is None else masks[name], name=_weight_key(name))
+                    for name, mod in mods}
         return encode_prepared(model, prepared, cfg)
     if cfg.global_sparsity:
         raise ValueError("global_sparsity applies to magnitude pruning only; calibrated methods prune per layer")
@@ -177,7 +191,8 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
     data = as_calibration(calibration, model)
     saved = {n: m.weight.detach().clone() for n, m in mods}
     try:
-        res = calibrate_model(model, cfg, data, mods, masks, progress=progress)
+        res = calibrate_model(model, cfg, data, mods, masks, progress=progress,
+                              configs={n: cfg.for_module(n) for n, _ in mods} if cfg.layer_sparsity else None)
     finally:
         with torch.no_grad():
             for n, m in mods:
@@ -187,10 +202,13 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
 
 def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
     """What the file says about how its codes were chosen (docs/FORMAT.md, section 7)."""
-    rec = {"method": config.method, "sequential": res.sequential, "blocks": res.blocks,
+    from ..io.records import CALIBRATION
+
+    rec = {"method": config.method, "source": "python", "sequential": res.sequential, "blocks": res.blocks,
            "calibrated_tensors": sum(p.calibrated for p in res.prepared.values()),
-           "notes": list(res.notes)}
-    rec.update({k: v for k, v in (info or {}).items() if k not in rec})
+           "notes": list(res.notes), "torch": torch.__version__}
+    rec.update({k: v for k, v in (info or {}).items() if k in CALIBRATION and k not in
+                ("method", "sequential", "blocks", "calibrated_tensors", "notes")})
     return rec
 
 

@@ -33,7 +33,7 @@ from ..tensor.pipeline import to_float32
 from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
     sentence_transformer_calibration, supports_calibration, text_calibration
 from .quality import quality_report
-from .recover import recover_prepared
+from .recover import LR, SCALE_LR, recover_prepared
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
@@ -182,7 +182,7 @@ def _calibration_set(calibration: str | None, samples: int | None, seed: int) ->
 def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
                    calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
                    seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
-                   recover_lr: float = 1e-4, recover_scale_lr: float = 1e-5, with_quality: bool = True,
+                   recover_lr: float = LR, recover_scale_lr: float = SCALE_LR, with_quality: bool = True,
                    log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
     """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
     and the quality report; nothing is written."""
@@ -306,8 +306,8 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
                          recover_steps=int(record.get("recover_steps") or 0), samples=record.get("samples"),
                          seed=int(record.get("seed", 0)), batch_size=int(record.get("batch_size", BATCH_SIZE)),
                          max_length=int(record.get("max_length", MAX_LENGTH)),
-                         recover_lr=float(record.get("recover_lr", 1e-4)),
-                         recover_scale_lr=float(record.get("recover_scale_lr", 1e-5)), with_quality=False, log=log)
+                         recover_lr=float(record.get("recover_lr", LR)),
+                         recover_scale_lr=float(record.get("recover_scale_lr", SCALE_LR)), with_quality=False, log=log)
     return {n: from_float32(p.dense(), p.dtype, "torch") for n, p in res.prepared.items()}
 
 

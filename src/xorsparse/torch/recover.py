@@ -33,9 +33,11 @@ from .calibrate import CalibrationData, Prepared, as_calibration, run_model
 from .modules import levels_torch
 
 PREPARED_ATTR = "_xorsparse_prepared"
+LR, SCALE_LR = 1e-3, 1e-4  # Adam step sizes of the latent weights and of the scales (warm-up, cosine decay)
 
 
-def attach_prepared(model: nn.Module, prepared: Mapping[str, Prepared], config: Any = None) -> nn.Module:
+def attach_prepared(model: nn.Module, prepared: Mapping[str, Prepared], config: Any = None,
+                    record: dict | None = None) -> nn.Module:
     """Write the prepared weights into `model` and remember them (and the config) there, so
     that `recover(model, teacher, data)` knows each weight's mask and quantizer."""
     mods = dict(model.named_modules())
@@ -44,7 +46,7 @@ def attach_prepared(model: nn.Module, prepared: Mapping[str, Prepared], config: 
             if name not in mods or getattr(mods[name], "weight", None) is None:
                 raise ValueError(f"model has no module {name!r} with a weight")
             mods[name].weight.copy_(p.torch_weight().to(mods[name].weight.device))
-    setattr(model, PREPARED_ATTR, (dict(prepared), config))
+    setattr(model, PREPARED_ATTR, (dict(prepared), config, record))
     return model
 
 
@@ -71,20 +73,33 @@ class _QuantizedWeight(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         rows, cols, g, ng = self.rows, self.cols, self.group_size, self.ngroups
         w2 = w.reshape(rows, cols).to(torch.float32)
-        lv = self.levels()  # (rows, groups, L)
+        sv, _ = self.levels().sort(dim=2)  # (rows, groups, L) sorted; differentiable in the scales
+        nl = sv.shape[2]
         with torch.no_grad():
-            sv, si = lv.sort(dim=2)
-            mids = (sv[:, :, 1:] + sv[:, :, :-1]) / 2
-            pad = ng * g - cols
-            wg = F.pad(w2.detach(), (0, pad)).reshape(rows * ng, g)
-            idx = torch.searchsorted(mids.reshape(rows * ng, -1).contiguous(), wg.contiguous())
-            codes = si.reshape(rows * ng, -1).gather(1, idx).reshape(rows, ng * g)[:, :cols]
-        gidx = (torch.arange(cols) // g)[None, :].expand(rows, cols)
-        vals = lv[torch.arange(rows)[:, None], gidx, codes]
+            mids = ((sv[:, :, 1:] + sv[:, :, :-1]) / 2).reshape(rows * ng, nl - 1)
+            wd = w2.detach()
+            if ng > 1:
+                wd = F.pad(wd, (0, ng * g - cols))
+            idx = torch.searchsorted(mids, wd.reshape(rows * ng, -1).contiguous())
+        vals = sv.reshape(rows * ng, nl).gather(1, idx).reshape(rows, -1)[:, :cols]
         if self.weight_dtype in (torch.float16, torch.bfloat16):
             vals = vals + (vals.to(self.weight_dtype).to(torch.float32) - vals).detach()
-        out = torch.where(self.keep, vals + (w2 - w2.detach()), torch.zeros((), dtype=torch.float32))
-        return out.reshape(w.shape).to(w.dtype)
+        return _MaskedSTE.apply(w2, vals, self.keep).reshape(w.shape).to(w.dtype)
+
+
+class _MaskedSTE(torch.autograd.Function):
+    """keep * vals forward; the gradient goes to vals (the scales) and straight through to w."""
+
+    @staticmethod
+    def forward(ctx, w, vals, keep):
+        ctx.save_for_backward(keep)
+        return torch.where(keep, vals, torch.zeros((), dtype=vals.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        g = torch.where(keep, grad, torch.zeros((), dtype=grad.dtype))
+        return g, g, None
 
 
 def _outputs(out: Any) -> dict[str, torch.Tensor]:
@@ -141,8 +156,32 @@ def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
     return ((s - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
 
 
+class _BlockTap:
+    """Forward hooks that keep the output of every block of the model's block list."""
+
+    def __init__(self, model: nn.Module):
+        from .calibrate import _first_tensor, find_blocks
+
+        self.outputs: list[torch.Tensor] = []
+        found = find_blocks(model)
+        self.handles = [b.register_forward_hook(lambda m, a, o: self.outputs.append(_first_tensor(o)))
+                        for b in (found[1] if found else [])]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _relative_mse(s: torch.Tensor, t: torch.Tensor, batch: Any) -> torch.Tensor:
+    s, t = s.float(), t.float()
+    m = _token_mask(batch, t)
+    if m is not None:
+        s, t = s[m], t[m]
+    return ((s - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
+
+
 def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *, compressed: Any = None,
-            lr: float = 1e-4, scale_lr: float = 1e-5, seed: int = 0,
+            lr: float = LR, scale_lr: float = SCALE_LR, seed: int = 0,
             progress: Callable[[int, int, str], None] | None = None):
     """Distil `teacher` into the compressed `model` for `steps` optimizer steps (on CPU);
     returns a CompressedModel of the result, ready to save.
@@ -157,11 +196,11 @@ def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *
     """
     from .compress import CompressedModel, encode_prepared
 
-    config = None
+    config, record = None, None
     if isinstance(compressed, CompressedModel):
-        config, prepared = compressed.config, compressed.prepared
+        config, prepared, record = compressed.config, compressed.prepared, compressed.calibration
     elif compressed is None and getattr(model, PREPARED_ATTR, None) is not None:
-        prepared, config = getattr(model, PREPARED_ATTR)
+        prepared, config, record = getattr(model, PREPARED_ATTR)
     elif compressed is None:
         raise ValueError("the model holds no xorsparse-compressed weights: call cm.apply_(model) first, or pass "
                          "compressed=cm (the CompressedModel from compress_model)")
@@ -171,22 +210,27 @@ def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *
         raise ValueError("no config known for the compressed weights: pass compressed=cm")
     result = recover_prepared(model, teacher, data, steps, prepared=prepared, lr=lr, scale_lr=scale_lr,
                               seed=seed, progress=progress)
-    attach_prepared(model, result, config)
-    return encode_prepared(model, result, config, {"method": config.method, "recover_steps": steps,
-                                                   "recover_lr": lr, "recover_scale_lr": scale_lr,
-                                                   "recover_seed": seed})
+    attach_prepared(model, result, config, record)
+    record = dict(record or {"method": config.method, "source": "python", "torch": torch.__version__})
+    record.update({"recover_steps": steps, "recover_lr": lr, "recover_scale_lr": scale_lr, "recover_seed": seed})
+    return encode_prepared(model, result, config, record)
 
 
 def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int, *,
-                     prepared: Mapping[str, Prepared], lr: float = 1e-4, scale_lr: float = 1e-5, seed: int = 0,
+                     prepared: Mapping[str, Prepared], lr: float = LR, scale_lr: float = SCALE_LR, seed: int = 0,
+                     block_weight: float = 1.0,
                      progress: Callable[[int, int, str], None] | None = None) -> dict[str, Prepared]:
-    """recover() on prepared weights (module name -> Prepared); returns the re-quantized ones."""
+    """recover() on prepared weights (module name -> Prepared); returns the re-quantized ones.
+
+    block_weight: weight of the layer-wise term (relative squared error of every block's
+    output, for models with a block list) next to the output loss.
+    """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     prepared = dict(prepared)
     data = as_calibration(data, model)
-    attached_config = (getattr(model, PREPARED_ATTR, None) or (None, None))[1]
-    attach_prepared(model, prepared, attached_config)
+    _, attached_config, attached_record = getattr(model, PREPARED_ATTR, None) or (None, None, None)
+    attach_prepared(model, prepared, attached_config, attached_record)
     if steps == 0:
         return prepared
     mods = dict(model.named_modules())
@@ -213,7 +257,8 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
     cache_budget = 1 << 28  # bytes of cached teacher outputs
     bar = progress or Progress("recover")
     ema = None
-    t0 = time.perf_counter()
+    # layer-wise distillation: every block's output is matched too (far more signal per step)
+    ttap, stap = _BlockTap(teacher), _BlockTap(model)
     try:
         for step in range(steps):
             if not order:
@@ -221,16 +266,22 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
             bi = order.pop()
             batch = data.batches[bi]
             if bi in cache:
-                tout = cache[bi]
+                tout, tblocks = cache[bi]
             else:
                 with torch.no_grad():
+                    ttap.outputs.clear()
                     tout = {k: v.detach() for k, v in _outputs(run_model(teacher, lambda: data.call(teacher, batch),
                                                                           "the recovery data")).items()}
-                size = sum(v.numel() * v.element_size() for v in tout.values())
+                    tblocks = [t.detach() for t in ttap.outputs]
+                size = sum(v.numel() * v.element_size() for v in list(tout.values()) + tblocks)
                 if size * len(data.batches) <= cache_budget:
-                    cache[bi] = tout
+                    cache[bi] = (tout, tblocks)
+            stap.outputs.clear()
             sout = _outputs(run_model(model, lambda: data.call(model, batch), "the recovery data"))
             loss = distillation_loss(sout, tout, batch)
+            if block_weight and len(stap.outputs) == len(tblocks) and tblocks:
+                loss = loss + block_weight * sum(_relative_mse(s_, t_, batch) for s_, t_ in
+                                                 zip(stap.outputs, tblocks)) / len(tblocks)
             if not torch.isfinite(loss):
                 raise ValueError(f"recovery diverged at step {step + 1} (loss {float(loss)}); try a smaller lr")
             opt.zero_grad(set_to_none=True)
@@ -254,7 +305,9 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
                 result[name] = Prepared(p.keep, requantize(latent, p.keep, base, p.dtype), p.dtype, p.calibrated)
         for n, p in model.named_parameters():
             p.requires_grad_(was_grad.get(n, True))
-    attach_prepared(model, result, attached_config)
+        ttap.remove()
+        stap.remove()
+    attach_prepared(model, result, attached_config, attached_record)
     return result
 
 

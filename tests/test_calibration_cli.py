@@ -1,0 +1,135 @@
+"""The calibrated compress / verify / inspect commands on tiny model folders (random weights)."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from xorsparse.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def compressed_st(tiny_st_dir, tmp_path_factory):
+    """The default compress of a sentence-transformers folder (calibrated, quality report)."""
+    out = str(tmp_path_factory.mktemp("cli") / "st.xsp")
+    assert main(["compress", tiny_st_dir, out, "--sparsity", "0.5", "--bits", "3",
+                 "--calibration-samples", "48"]) == 0
+    return out
+
+
+def test_default_for_a_model_folder_is_calibrated_with_a_quality_report(compressed_st, tiny_st_dir, capsys):
+    code, out, _ = run(capsys, "inspect", compressed_st, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["version"] == 2
+    assert info["config"]["method"] == "sparsegpt"
+    cal = info["calibration"]
+    assert cal["source"] == "builtin" and cal["samples"] == 48 and cal["sequential"]
+    assert cal["calibrated_tensors"] == len(info["tensors"])
+    q = info["quality"]
+    assert q["kind"] == "sentence-transformers" and -1 <= q["mean_cosine"] <= 1 and 0 <= q["nn_agreement"] <= 1
+    assert q["held_out"]["source"] == "builtin" and q["held_out"]["samples"] == 256
+    code, out, _ = run(capsys, "inspect", compressed_st)
+    assert "quality: mean cosine to the original" in out and "method sparsegpt" in out
+    code, out, _ = run(capsys, "verify", compressed_st)
+    assert code == 0 and "--against MODEL_DIR recomputes it" in out
+
+
+def test_verify_recomputes_the_calibration(compressed_st, tiny_st_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "verify", compressed_st, "--against", tiny_st_dir)
+    assert code == 0 and "bit-identical to a recomputation of its sparsegpt calibration" in out
+    other = str(tmp_path / "other")
+    from .torch.tiny_models import tiny_bert
+
+    tiny_bert(other, seed=5)
+    code, out, _ = run(capsys, "verify", compressed_st, "--against", other)
+    assert code == 1 and out.startswith("FAILED")
+
+
+def test_json_summary_has_the_records(tiny_llama_dir, tmp_path, capsys):
+    out = str(tmp_path / "l.xsp")
+    code, text, _ = run(capsys, "compress", tiny_llama_dir, out, "--sparsity", "0.5", "--bits", "2", "--method",
+                        "wanda", "--calibration-samples", "32", "--json")
+    assert code == 0
+    info = json.loads(text)
+    assert info["calibration"]["method"] == "wanda" and info["calibration"]["model_kind"] == "causal-lm"
+    q = info["quality"]
+    assert q["kind"] == "causal-lm" and q["perplexity_ratio"] > 0
+    assert {"tensors", "total", "file", "bytes"} <= set(info)
+
+
+def test_bare_tensor_files_use_magnitude(st_file, tmp_path, capsys):
+    out = str(tmp_path / "m.xsp")
+    code, _, _ = run(capsys, "compress", st_file, out, "--sparsity", "0.5")
+    assert code == 0
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert info["config"]["method"] == "magnitude" and "quality" not in info and "calibration" not in info
+    for extra in (["--method", "sparsegpt"], ["--method", "wanda"], ["--recover", "5"],
+                  ["--calibration", st_file]):
+        code, text, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), *extra)
+        assert code == 2 and text == "" and len(err.strip().splitlines()) == 1
+        assert st_file in err and "needs a model to run" in err
+    assert not os.path.exists(tmp_path / "x.xsp")
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"", "empty calibration file"),
+    (b"   \n\n  \n", "empty calibration file"),
+    (b"\x00\x01\x02binary\xff\xfe" * 50, "binary data"),
+    (b"\xff\xfe not utf-8 \xc3\x28\n" * 50, "not UTF-8 text"),
+    (b"one line\nand another\n", "too short for calibration: 2 non-empty lines"),
+])
+def test_bad_calibration_files_are_one_line_errors(tiny_st_dir, tmp_path, capsys, content, msg):
+    cal = tmp_path / "cal.txt"
+    cal.write_bytes(content)
+    out = tmp_path / "o.xsp"
+    code, text, err = run(capsys, "compress", tiny_st_dir, str(out), "--calibration", str(cal))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(cal) in err and msg in err
+    assert not out.exists()
+
+
+def test_bad_tensor_calibration_files(tiny_st_dir, tmp_path, capsys):
+    few = tmp_path / "few.pt"
+    torch.save(torch.randint(0, 10, (3, 8)), str(few))
+    code, _, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "o.xsp"), "--calibration", str(few))
+    assert code == 2 and "too short for calibration: 3 samples" in err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all" * 10)
+    code, _, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "o.xsp"), "--calibration", str(junk))
+    assert code == 2 and "not a readable tensor file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_forward_failure_names_the_module(tiny_llama_dir, tmp_path, capsys):
+    ids = tmp_path / "ids.pt"
+    torch.save(torch.full((32, 8), 10_000), str(ids))  # token ids beyond the vocabulary
+    code, _, err = run(capsys, "compress", tiny_llama_dir, str(tmp_path / "o.xsp"), "--calibration", str(ids))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "forward pass failed" in err and "model.embed_tokens" in err
+
+
+def test_user_text_calibration_holds_out_one_in_eight(tiny_st_dir, tmp_path, capsys):
+    from xorsparse.io.calibdata import builtin_texts
+
+    cal = tmp_path / "mine.txt"
+    cal.write_text("\n".join(builtin_texts("calibration")[:80]) + "\n")
+    out = str(tmp_path / "u.xsp")
+    code, _, _ = run(capsys, "compress", tiny_st_dir, out, "--method", "wanda", "--calibration", str(cal),
+                     "--bits", "2", "--json")
+    assert code == 0
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert info["calibration"]["source"] == "file" and info["calibration"]["samples"] == 70
+    assert info["quality"]["held_out"]["samples"] == 10
+    moved = str(tmp_path / "moved.txt")
+    shutil.move(str(cal), moved)
+    code, _, err = run(capsys, "verify", out, "--against", tiny_st_dir)
+    assert code == 2 and "--calibration" in err
+    code, text, _ = run(capsys, "verify", out, "--against", tiny_st_dir, "--calibration", moved)
+    assert code == 0 and text.startswith("OK")
