@@ -9,8 +9,8 @@ def test_demo_default_settings(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     m = re.fullmatch(r"demo: lossless=(\w+) max_abs_diff=(\S+) total_bits_per_weight=([\d.]+) "
-                     r"resident_fraction=([\d.]+)", out[-1])
+                     r"resident_fraction=([\d.]+) mean_cosine=([\d.]+) baseline_cosine=([\d.]+)", out[-1])
     assert m, out[-1]
     assert m.group(1) == "yes" and float(m.group(2)) == 0
-    assert float(m.group(3)) <= 0.78
-    assert float(m.group(4)) < 0.15
+    assert float(m.group(3)) <= 3.3  # 50% sparsity, 4-bit binary coding, mask and scales included
+    assert float(m.group(5)) >= 0.9 and float(m.group(5)) > float(m.group(6)) + 0.1

@@ -17,6 +17,7 @@ from .progress import Progress
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
+DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -243,16 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 and compare embeddings")
     add_compress_options(m, demo=True)
+    m.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default="sparsegpt",
+                   help="how masks and codes are chosen (default sparsegpt, calibrated on the built-in corpus)")
+    m.add_argument("--calibration-samples", type=int, default=DEMO_SAMPLES, metavar="N",
+                   help=f"built-in calibration sentences to use (default {DEMO_SAMPLES})")
+    m.add_argument("--recover", type=int, default=0, metavar="STEPS",
+                   help="recovery: STEPS steps of distillation from the original model (default 0)")
     m.add_argument("--out", default=os.path.join("out", "minilm.xsp"), help="where to write the .xsp file")
     m.set_defaults(func=cmd_demo)
     return p
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    c.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (default 0.9)")
+    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (0.9, 2)
+    c.add_argument("--sparsity", type=float, default=s, help=f"fraction of weights pruned (default {s})")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
-                   help="one magnitude threshold across all compressed tensors")
-    c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
+                   help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
+    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
     c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
