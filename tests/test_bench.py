@@ -38,3 +38,17 @@ def test_tensor_benchmark_small(tmp_path):
     assert main(["tensor", "--shape", "64", "300", "--window", "128", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["lossless"] and row["total_bits_per_weight"] > row["total_target"]
+
+
+def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
+    out, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "q.md"
+    assert main(["quality", "--model", tiny_st_dir, "--points", "0.5:2", "--methods", "magnitude", "sparsegpt",
+                 "--recover", "2", "--samples", "32", "--json", str(out), "--plot", str(png),
+                 "--markdown", str(md)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["recover_steps"]) for r in rows] == [("magnitude", 0), ("magnitude", 2),
+                                                                 ("sparsegpt", 0), ("sparsegpt", 2)]
+    for r in rows:
+        assert r["exact"] and r["reloaded_matches"]
+        assert {"total_bits_per_weight", "mean_cosine", "nn_agreement", "calibration_s", "calibration_cpu_s"} <= set(r)
+    assert os.path.getsize(png) > 1000 and "| sparsegpt |" in md.read_text()
