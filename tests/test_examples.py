@@ -20,3 +20,4 @@ def test_fashion_mnist_tiny(tmp_path, capsys):
     text = results.read_text()
     assert "| LeNet-5 | 1 |" in text and "| LeNet-300-100 | 2 |" in text
     assert "| NO |" not in text
+    assert "## One-shot, without fine-tuning" in text and "| LeNet-5 | 2 |" in text.split("One-shot")[1]
