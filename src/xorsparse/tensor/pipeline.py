@@ -16,7 +16,7 @@ from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words
-from .quant import Quantized, quantize
+from .quant import QUANTIZERS, Quantized, check_given_parameters, quantize
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
@@ -99,10 +99,18 @@ class CompressedTensor:
             raise ValueError(f"rows x cols = {q.rows} x {q.cols} does not match shape {self.shape}")
         if q.group_size < 1:
             raise ValueError(f"invalid group size {q.group_size}")
-        k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
-        want = (q.rows, max(1, -(-q.cols // q.group_size)), k)
-        if tuple(q.scales.shape) != want:
-            raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if q.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {q.quantizer!r}")
+        groups = max(1, -(-q.cols // q.group_size))
+        if q.quantizer == "affine":
+            check_given_parameters(q.bits, q.scales, q.zero_points, q.scale_dtype, q.rows, groups)
+            if q.symmetric != (q.zero_points is None):
+                raise ValueError("an affine tensor has zero points exactly when it is not symmetric")
+        else:
+            k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
+            want = (q.rows, groups, k)
+            if tuple(q.scales.shape) != want:
+                raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
         if len(self.planes) != q.bits:
             raise ValueError(f"{len(self.planes)} planes for {q.bits} bits")
         for p in self.planes:
@@ -121,7 +129,8 @@ class CompressedTensor:
 
     @property
     def scale_bits(self) -> int:
-        return self.quant.scales.size * self.quant.scales.dtype.itemsize * 8
+        """Scales in their stored dtype, and zero points (affine)."""
+        return self.quant.parameter_bits
 
     @property
     def value_bits(self) -> int:
