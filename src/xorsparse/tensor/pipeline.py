@@ -233,3 +233,20 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
     for i, p in enumerate(ct.planes):
         words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
     return from_float32(dequantize_words(ct.quant, mask, planes).reshape(ct.shape), ct.dtype, framework)
+
+
+def decompress_codes(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, unsigned codes) in the tensor's shape: the planes read back as integers
+    (codes are 0 at pruned positions). What a writer of another integer format needs."""
+    ct.validate()
+    n = ct.numel
+    mask = decode_mask_words(ct.mask)
+    keep = np.unpackbits(mask.astype("<u8").view(np.uint8), bitorder="little")[:n].astype(bool)
+    codes = np.zeros(n, dtype=np.int64)
+    words = np.zeros(mask.size, dtype=np.uint64)
+    for i, p in enumerate(ct.planes):
+        words_to_natural(decode_plane_packed(p), n, ct.block_step, out=words)
+        bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
+        codes |= bits.astype(np.int64) << i
+    codes[~keep] = 0
+    return keep.reshape(ct.shape), codes.reshape(ct.shape)
