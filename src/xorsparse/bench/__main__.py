@@ -9,11 +9,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, tensor
+    from . import codec, formats, scale, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
+    scale.add_arguments(sub.add_parser("scale", help="a synthetic sharded checkpoint on several executors, "
+                                                     "kill and resume"))
     args = p.parse_args(argv)
     return args.run(args)
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
-from .container import RawTensor, XspFile, write_xsp
+from .container import RawTensor, XspFile, XspWriter, write_xsp
 from ..tensor.maskcode import binary_entropy
-from ..tensor.prune import global_magnitude_masks
+from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, \
     compress_tensor, reference_prune_quantize, to_float32
@@ -382,7 +382,8 @@ class CompressPlan:
 
     config: CompressConfig
     selected: set[str]
-    masks: Mapping[str, np.ndarray] | None = None  # global pruning: keep masks by name
+    masks: Mapping[str, np.ndarray] | None = None  # keep masks by name, given
+    rules: Mapping[str, PruneRule] | None = None  # global pruning: each tensor's share of the threshold
     prepared: Mapping[str, Prepared] = field(default_factory=dict)
     keep_dtype: str | None = None  # float dtype for tensors stored as they are; None = as input
     info: Mapping[str, Any] = field(default_factory=dict)  # copied into every shard's metadata
@@ -414,45 +415,65 @@ def _input_bytes(ck: Checkpoint, name: str) -> int:
 
 
 def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: CompressPlan,
-                   progress: Progress | None = None, done: int = 0, total: int | None = None) -> ShardResult:
+                   progress: Progress | None = None, done: int = 0, total: int | None = None,
+                   on_tensor: Callable[[str, int], None] | None = None) -> ShardResult:
     """Compress the tensors `names` of `ck` into one .xsp file `out` (written atomically).
 
     The unit of work of a folder: one input shard gives one output shard, independently of
-    the others (global pruning masks and prepared codes come in through `plan`).
+    the others (global pruning rules and prepared codes come in through `plan`). Memory
+    holds one input tensor at a time: each tensor's coded parts go to the writer's spool
+    as soon as they are made (container.XspWriter), so the peak does not grow with the
+    number of tensors in the shard.
     """
-    compressed: dict[str, CompressedTensor] = {}
-    raw: dict[str, RawTensor] = {}
-    rows, sizes_in = [], {}
+    rows, sizes_in, raw_names = [], {}, set()
     total = len(names) if total is None else total
-    for i, name in enumerate(names):
-        if progress:
-            progress(done + i, total, name)
-        if name in plan.prepared:
-            p = plan.prepared[name]
-            t0 = time.perf_counter()
-            ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
-            sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
-        elif name in plan.selected:
-            t0 = time.perf_counter()
-            keep = None if plan.masks is None else plan.masks[name]
-            ct = compress_tensor(ck.get(name), plan.config, keep=keep, name=name)
-            sizes_in[name] = _input_bytes(ck, name)
-        else:
-            raw[name] = _stored(ck.get(name), plan.keep_dtype)
-            sizes_in[name] = _input_bytes(ck, name)
-            continue
-        compressed[name] = ct
-        row = tensor_stats(name, ct)
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-    info = dict(plan.info)
-    info["order"] = list(names)
-    size = write_xsp(out, compressed, raw, plan.config, info)
+    with XspWriter(out) as writer:
+        for i, name in enumerate(names):
+            if progress:
+                progress(done + i, total, name)
+            if name in plan.prepared:
+                p = plan.prepared[name]
+                t0 = time.perf_counter()
+                ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
+                sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
+            elif name in plan.selected:
+                t0 = time.perf_counter()
+                t = ck.get(name)
+                keep = _plan_keep(plan, name, t)
+                ct = compress_tensor(t, plan.config, keep=keep, name=name)
+                del t, keep
+                sizes_in[name] = _input_bytes(ck, name)
+            else:
+                writer.add_raw(name, _stored(ck.get(name), plan.keep_dtype))
+                raw_names.add(name)
+                sizes_in[name] = _input_bytes(ck, name)
+                if on_tensor:
+                    on_tensor(name, 0)
+                continue
+            writer.add_compressed(name, ct)
+            row = tensor_stats(name, ct)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            del ct
+            if on_tensor:
+                on_tensor(name, row["weights"])
+        info = dict(plan.info)
+        info["order"] = list(names)
+        size = writer.finish(plan.config, info)
     written = entry_bytes(out)
-    sizes = {n: ("stored as they are" if n in raw else
+    sizes = {n: ("stored as they are" if n in raw_names else
                  "compressed embeddings" if is_embedding(n) else "compressed weights",
                  sizes_in[n], written.get(n, 0)) for n in names}
     return ShardResult(out, rows, sizes, size)
+
+
+def _plan_keep(plan: CompressPlan, name: str, t) -> np.ndarray | None:
+    """The keep mask the plan fixes for a tensor (global pruning), or None: prune it alone."""
+    if plan.masks is not None:
+        return plan.masks[name]
+    if plan.rules is not None:
+        return plan.rules[name].keep(to_float32(t)[0], name)
+    return None
 
 
 @dataclass
@@ -464,6 +485,7 @@ class CompressReport:
     sizes: list[SizeRow]
     outputs: list[str]
     notes: list[str] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)  # per output shard (io/job.ShardOutcome), folders
 
     @property
     def total(self) -> SizeRow:
@@ -474,8 +496,10 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
                      exclude: Sequence[str] = (), *, prepared: Mapping[str, Prepared] | None = None,
                      force_include: Sequence[str] = (), embeddings: bool = True,
                      keep_dtype: str | None = None, default: Iterable[str] | None = None,
-                     info: Mapping[str, Any] | None = None) -> tuple[CompressPlan, Selection]:
-    """Select the tensors, compute global masks if asked for: what every shard shares."""
+                     info: Mapping[str, Any] | None = None, executor=None,
+                     on_event: Callable[[dict], None] | None = None) -> tuple[CompressPlan, Selection]:
+    """Select the tensors and, for global pruning, each tensor's share of the threshold (two
+    streaming passes over the shards, on `executor` if given): what every shard shares."""
     prepared = dict(prepared or {})
     sel = select_tensors(ck, include, exclude, force_include, embeddings,
                          default=default if default is not None else (list(prepared) if prepared else None))
@@ -484,20 +508,38 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
         prepared.pop(name)  # excluded by the user: stored as the checkpoint has it
     if not selected:
         raise CheckpointError(f"{ck.path}: no tensor selected for compression (check --include/--exclude)")
-    masks = None
-    if config.global_sparsity:
-        free = [n for n in sel.compressed if n not in prepared]
-        masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in free}, config.sparsity)
     if keep_dtype is not None and keep_dtype not in FLOAT_DTYPES:
         raise ValueError(f"keep dtype must be one of {', '.join(FLOAT_DTYPES)}, got {keep_dtype!r}")
-    return CompressPlan(config, selected, masks, prepared, keep_dtype, dict(info or {})), sel
+    rules = None
+    if config.global_sparsity:
+        free = [n for n in sel.compressed if n not in prepared]
+        rules = checkpoint_global_rules(ck, free, config.sparsity, executor, on_event)
+    return CompressPlan(config, selected, None, rules, prepared, keep_dtype, dict(info or {})), sel
+
+
+def checkpoint_global_rules(ck: Checkpoint, order: Sequence[str], sparsity: float, executor=None,
+                            on_event: Callable[[dict], None] | None = None) -> dict[str, PruneRule]:
+    """The global threshold's share of every tensor in `order`, computed shard by shard
+    (in parallel on `executor`) without holding more than one tensor per worker."""
+    if not order:
+        return {}
+    wanted = set(order)
+    groups = [(f, [n for n in names if n in wanted]) for f, names in ck.shards]
+    if not ck.shards or not all(f.endswith(".safetensors") for f, _ in ck.shards) \
+            or sum(len(g) for _, g in groups) != len(wanted):
+        # not plain safetensors shards (a state dict, a compressed-tensors view): in this process
+        return streaming_global_rules(list(order), lambda n: to_float32(ck.get(n))[0], sparsity)
+    from .job import global_pruning_rules
+
+    return global_pruning_rules(groups, order, sparsity, executor, on_event)
 
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                         exclude: Sequence[str] = (), progress: Progress | None = None, *,
                         prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
                         embeddings: bool = True, keep_dtype: str | None = None,
-                        load_mode: str = "decode") -> CompressReport:
+                        load_mode: str = "decode", executor=None, force: bool = False,
+                        on_event: Callable[[dict], None] | None = None) -> CompressReport:
     """Compress a checkpoint: into one .xsp file, or, when `src` is a model folder and `out`
     does not end in .xsp, into a model folder (see xorsparse.io.folder)."""
     if os.path.isdir(src) and not out.endswith(".xsp"):
@@ -505,7 +547,7 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
 
         return compress_folder(src, out, config, include, exclude, progress, prepared=prepared,
                                force_include=force_include, embeddings=embeddings, keep_dtype=keep_dtype,
-                               load_mode=load_mode)
+                               load_mode=load_mode, executor=executor, force=force, on_event=on_event)
     ck = open_checkpoint(src)
     plan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
                                  embeddings=embeddings, keep_dtype=keep_dtype,
@@ -563,7 +605,8 @@ class XspSet:
 
 
 def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
-                          output_format: str | None = None) -> int:
+                          output_format: str | None = None, executor=None,
+                          on_event: Callable[[dict], None] | None = None) -> int:
     """Dense pruned-and-quantized weights (and the untouched tensors): a safetensors file,
     a PyTorch state dict (.pt/.pth/.bin, torch.save), or, from an .xsp model folder, a
     plain model folder (`output_format="compressed-tensors"`: a compressed-tensors folder).
@@ -571,7 +614,7 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
     from .folder import decompress_folder, is_xsp_folder
 
     if is_xsp_folder(src):
-        return decompress_folder(src, out, progress, output_format)
+        return decompress_folder(src, out, progress, output_format, executor, on_event)
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
     if out.endswith((".pt", ".pth", ".bin")):
@@ -594,14 +637,34 @@ def _dense_items(src: str, progress: Progress | None):
 
 def write_dense_safetensors(src: str, out: str, progress: Progress | None = None,
                             names: Sequence[str] | None = None) -> int:
+    """The decoded tensors of an .xsp file or folder as one safetensors file, decoding one
+    tensor at a time while writing (memory: the largest tensor, not the file)."""
     from . import safetensors_io as st
 
-    entries = []
-    for name, t in _dense_items(src, progress):
-        if names is None or name in names:
-            code, shape, data = raw_from_torch(t)
-            entries.append(st.Entry(name, code, shape, data))
-    return st.write(out, entries, {"format": "pt"})
+    with XspSet(src) as f:
+        order = [n for n in f.names() if names is None or n in names]
+        entries = []
+        done = [0]
+
+        def data(name: str):
+            if progress:
+                progress(done[0], len(order), name)
+            done[0] += 1
+            code, _, raw = raw_from_torch(f.dense(name, framework="torch"))
+            return raw
+        for name in order:
+            x = f.where[name]
+            if name in f.tensors:
+                m = x.tensors[name]
+                code, shape = TORCH_TO_ST[str(m["dtype"])], tuple(int(d) for d in m["shape"])
+            else:
+                e = x._r.entries[name]
+                code, shape = e["dtype"], tuple(e["shape"])
+            entries.append(st.Entry(name, code, shape, lambda name=name: data(name)))
+        size = st.write(out, entries, {"format": "pt"})
+        if progress:
+            progress(len(order), len(order), "")
+        return size
 
 
 def _write_torch(src: str, out: str, progress: Progress | None) -> int:
@@ -624,38 +687,56 @@ def _write_torch(src: str, out: str, progress: Progress | None) -> int:
     return os.path.getsize(out)
 
 
-def verify_checkpoint(src: str, against: str | None = None, progress: Progress | None = None) -> list[dict]:
+def verify_checkpoint(src: str, against: str | None = None, progress: Progress | None = None,
+                      executor=None, on_event: Callable[[dict], None] | None = None) -> list[dict]:
     """Checksums and a full decode of every tensor; with `against`, a bit-exact comparison
-    of each decoded tensor with the reference pruning and quantization of the original."""
-    results = []
+    of each decoded tensor with the reference pruning and quantization of the original.
+
+    Shard by shard: each .xsp file is one item (on `executor` if given); global pruning's
+    threshold is recomputed from the original by the same streaming passes as compress."""
+    from .job import VerifyTask, verify_task
+
     with XspSet(src) as f:
-        orig = open_checkpoint(against) if against else None
-        cfg = f.config or CompressConfig()
-        masks = None
-        if orig is not None:
-            missing = [n for n in f.names() if n not in orig.names]
-            if missing:
-                raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
-            if f.meta.get("info", {}).get("pruning") == "global":
-                masks = global_magnitude_masks({n: to_float32(orig.get(n))[0] for n in f.tensors}, cfg.sparsity)
         names = f.names()
-        for i, name in enumerate(names):
-            if progress:
-                progress(i, len(names), name)
-            dense = f.dense(name, framework="torch")
-            row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
-            if orig is not None:
-                t = orig.get(name)
-                if name in f.tensors:
-                    ref = reference_prune_quantize(t, cfg, keep=None if masks is None else masks[name],
-                                                   name=name, framework="torch")
-                else:
-                    ref = t
-                row["exact"] = raw_from_torch(dense) == raw_from_torch(ref)
-            results.append(row)
-        if progress:
-            progress(len(names), len(names), "")
-    return results
+        cfg = f.config or CompressConfig()
+        per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
+        compressed = [n for n in names if n in f.tensors]
+        global_pruning = f.meta.get("info", {}).get("pruning") == "global"
+    rules = None
+    if against:
+        orig = open_checkpoint(against)
+        known = set(orig.names)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
+        if global_pruning:
+            rules = {n: r.to_list() for n, r in
+                     checkpoint_global_rules(orig, compressed, cfg.sparsity, executor).items()}
+    tasks = [VerifyTask(path, tuple(ns), against, cfg.to_dict(),
+                        None if rules is None else {n: rules[n] for n in ns if n in rules})
+             for path, ns in per_file]
+    events = on_event
+    if progress is not None:
+        count = [0]
+
+        def events(ev: dict) -> None:
+            if on_event:
+                on_event(ev)
+            if ev.get("kind") == "tensor":
+                count[0] += 1
+                progress(count[0], len(names), ev.get("name", ""))
+    run = executor.map if executor is not None else \
+        (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
+    if on_event:
+        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names)})
+    by_task: list[list[dict]] = [[] for _ in tasks]
+    for i, rows in run(verify_task, tasks, events):
+        by_task[i] = rows
+        if on_event:
+            on_event({"kind": "item", "name": os.path.basename(tasks[i].xsp), "tensors": len(rows)})
+    if progress:
+        progress(len(names), len(names), "")
+    return [r for rows in by_task for r in rows]
 
 
 def inspect_file(src: str) -> dict[str, Any]:

@@ -120,15 +120,93 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     rmeta: dict[str, Any] = {}
     for name, r in raw.items():
         entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        # checksums must be in the header, which precedes the data: compute them first
+        rmeta[name] = {"crc32": _crc(entries[-1].payload())}
+    return _write_described(path, entries, tmeta, rmeta, config, info, progress)
+
+
+def _write_described(path: str | os.PathLike, entries: list[st.Entry], tmeta: dict[str, Any],
+                     rmeta: dict[str, Any], config: CompressConfig | None, info: Mapping[str, Any] | None,
+                     progress: Callable[[str], None] | None) -> int:
+    """The one place the description is assembled: write_xsp and XspWriter give equal bytes."""
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
-
-    if raw:
-        # checksums must be in the header, which precedes the data: compute them first
-        for name, r in raw.items():
-            data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
-            rmeta[name] = {"crc32": _crc(data)}
     return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+
+
+class XspWriter:
+    """An .xsp file written tensor by tensor in bounded memory: the same bytes as write_xsp.
+
+    Each tensor's parts go to an unnamed temporary file (the spool) in the output's folder
+    as soon as they are added, so memory holds one tensor at a time plus the description;
+    `finish` writes header and data (atomically, read back from the spool) in write_xsp's
+    order: compressed tensors first, then stored ones, each in the order added. A killed
+    process leaves no spool behind (it has no name).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import tempfile
+
+        self.path = os.fspath(path)
+        self._spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)) or ".")
+        self._compressed: list[st.Entry] = []
+        self._raw: list[st.Entry] = []
+        self._tmeta: dict[str, Any] = {}
+        self._rmeta: dict[str, Any] = {}
+
+    def _spooled(self, e: st.Entry) -> tuple[st.Entry, int]:
+        """The entry with its data moved to the spool, and the CRC-32 of those bytes."""
+        payload = e.payload()
+        if len(payload) != e.nbytes():
+            raise ValueError(f"entry {e.name!r}: {len(payload)} bytes for {e.nbytes()} expected")
+        off = self._spool.seek(0, os.SEEK_END)
+        self._spool.write(payload)
+        crc = _crc(payload)
+        return st.Entry(e.name, e.dtype, e.shape, lambda off=off, n=len(payload): self._read(off, n)), crc
+
+    def _read(self, off: int, n: int) -> bytes:
+        self._spool.seek(off)
+        data = self._spool.read(n)
+        if len(data) != n:
+            raise OSError(f"{self.path}: temporary data truncated")
+        return data
+
+    def _check_name(self, name: str) -> None:
+        if name in self._tmeta or name in self._rmeta:
+            raise ValueError(f"tensor {name!r} added twice")
+
+    def add_compressed(self, name: str, ct: CompressedTensor) -> None:
+        self._check_name(name)
+        if SEP in name:
+            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
+        entries, meta = _compressed_entries(name, ct)
+        self._compressed += [self._spooled(e)[0] for e in entries]
+        self._tmeta[name] = meta
+
+    def add_raw(self, name: str, r: RawTensor) -> None:
+        self._check_name(name)
+        e, crc = self._spooled(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        self._raw.append(e)
+        self._rmeta[name] = {"crc32": crc}
+
+    def finish(self, config: CompressConfig | None = None, info: Mapping[str, Any] | None = None,
+               progress: Callable[[str], None] | None = None) -> int:
+        """Write the file (atomically); returns its size. The writer is closed afterwards."""
+        try:
+            self._spool.flush()
+            return _write_described(self.path, self._compressed + self._raw, self._tmeta, self._rmeta,
+                                    config, info, progress)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> "XspWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 _SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}

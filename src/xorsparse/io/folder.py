@@ -16,7 +16,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
 
 from .checkpoint import SAFE_INDEX, TORCH_INDEX, Checkpoint, CheckpointError, CompressReport, Prepared, \
     Progress, compress_shard, open_checkpoint, plan_compression, size_rows
@@ -188,9 +190,18 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
                     exclude: Sequence[str] = (), progress: Progress | None = None, *,
                     prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
                     embeddings: bool = True, keep_dtype: str | None = None,
-                    load_mode: str = "decode") -> CompressReport:
-    """A model folder in, an xorsparse model folder out (one output shard per input shard)."""
+                    load_mode: str = "decode", executor=None, force: bool = False,
+                    on_event: Callable[[dict], None] | None = None) -> CompressReport:
+    """A model folder in, an xorsparse model folder out (one output shard per input shard).
+
+    The shards are independent work items (io/job.py) run on `executor` (default: in this
+    process); rerunning into the same folder keeps the output shards the same job already
+    wrote (resume) and refuses, unless `force`, shards of another job. `on_event` receives
+    progress events (xorsparse.distributed.JobProgress); `progress` the older per-tensor
+    callback.
+    """
     from .compressed_tensors import is_compressed_tensors, read_compressed_tensors
+    from .job import ShardTask, run_shard_task, shard_settings
 
     sub = model_subfolder(src)
     weights_dir = os.path.join(src, sub) if sub else src
@@ -207,9 +218,11 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
         notes += ct.notes
     plan = plan_folder(src, ck)
     ck = plan.checkpoint
+    events = _event_sink(on_event, progress, len(ck.names))
     cplan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
                                   embeddings=embeddings, keep_dtype=keep_dtype, default=default,
-                                  info={"pruning": "global" if config.global_sparsity else "per-tensor"})
+                                  info={"pruning": "global" if config.global_sparsity else "per-tensor"},
+                                  executor=executor)
     out_weights = os.path.join(out, sub) if sub else out
     os.makedirs(out_weights, exist_ok=True)
 
@@ -221,21 +234,50 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
         config_text[os.path.normpath(os.path.join(sub, CONFIG))] = json.dumps(new, indent=2, sort_keys=True) + "\n"
     other_in, other_out = _copy_carried(plan, out, config_text)
 
-    # 2. one output shard per input shard
+    # 2. one output shard per input shard, each an independent task; the index goes first
+    #    (a folder without its index is incomplete) and comes back last
     n = len(ck.shards)
-    total = len(ck.names)
-    rows, sizes, outputs = [], {}, []
-    done = 0
+    names_out = [shard_name(i, n) for i in range(n)]
+    index_path = os.path.join(out_weights, SAFE_INDEX)
+    if os.path.exists(index_path):
+        os.unlink(index_path)
+    _remove_stale_temporaries(out_weights, names_out)
+    tasks = []
     for i, (shard_path, names) in enumerate(ck.shards):
-        cplan.info["source"] = os.path.relpath(shard_path, src)
-        cplan.info["shard"] = [i + 1, n]
-        res = compress_shard(ck, names, os.path.join(out_weights, shard_name(i, n)), cplan, progress, done, total)
-        done += len(names)
+        info = dict(cplan.info)
+        info["source"] = os.path.relpath(shard_path, src)
+        info["shard"] = [i + 1, n]
+        out_path = os.path.join(out_weights, names_out[i])
+        settings = shard_settings(config, names, sorted(cplan.selected & set(names)), cplan.rules,
+                                  keep_dtype, info, out_path)
+        tasks.append(ShardTask(i, shard_path, out_path, settings, force))
+    if events:
+        weights = sum(int(np.prod(ck.info(nm)[1], dtype=np.int64)) for nm in cplan.selected)
+        events({"kind": "plan", "items": n, "tensors": len(ck.names), "weights": weights})
+    if cplan.prepared or cplan.masks is not None or executor is None:
+        # in this process: prepared codes (compressed-tensors inputs) stay in memory here
+        results = ((t.index, run_shard_task(t, events, ck=ck, prepared=cplan.prepared)) for t in tasks)
+    else:
+        results = executor.map(run_shard_task, tasks, events)
+    outcomes: list[Any] = [None] * n
+    for i, res in results:
+        outcomes[i] = res
+        if events:
+            events({"kind": "item", "name": os.path.basename(res.path), "reused": res.reused,
+                    "tensors": len(tasks[i].names), "weights": res.weights})
+    rows, sizes, outputs = [], {}, []
+    for res in outcomes:
         rows += res.rows
         sizes.update(res.tensor_sizes)
         outputs.append(res.path)
-    if progress:
-        progress(total, total, "")
+    reused = sum(r.reused for r in outcomes)
+    if reused:
+        notes.append(f"resumed: kept {reused} of {n} output shard{'s' * (n != 1)} this job had written "
+                     f"(checksums verified), wrote {n - reused}")
+    redone = [r for r in outcomes if r.redone]
+    if redone:
+        notes.append(f"redone: {len(redone)} output shard(s) in the way, first {os.path.basename(redone[0].path)}: "
+                     f"{redone[0].redone}")
 
     # 3. the index, last
     if n > 1:
@@ -246,7 +288,37 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
         notes.append("not carried over (other copies of the weights): " + ", ".join(plan.skipped))
     report = CompressReport(rows, sel, size_rows(sizes, in_files, out_files, other_in, other_out,
                                                   len(plan.carried)), outputs, notes)
+    report.outcomes = outcomes
     return report
+
+
+def _event_sink(on_event, progress, total: int):
+    """One event callback from the new (events) and the older (i, n, name) progress."""
+    if progress is None:
+        return on_event
+    count = [0]
+
+    def sink(ev: dict) -> None:
+        if on_event:
+            on_event(ev)
+        if ev.get("kind") == "tensor":
+            count[0] += 1
+            progress(count[0], total, ev.get("name", ""))
+        elif ev.get("kind") == "item" and ev.get("reused"):
+            count[0] += int(ev.get("tensors", 0))
+            progress(count[0], total, "")
+    return sink
+
+
+def _remove_stale_temporaries(folder: str, names: Sequence[str]) -> None:
+    """Temporary files of our output shards left by a killed run (renames never happened)."""
+    prefixes = tuple(".tmp-" + n + "-" for n in names)
+    for f in os.listdir(folder):
+        if f.startswith(prefixes):
+            try:
+                os.unlink(os.path.join(folder, f))
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,11 +366,14 @@ def is_xsp_folder(path: str) -> bool:
 
 
 def decompress_folder(src: str, out: str, progress: Progress | None = None,
-                      output_format: str | None = None) -> int:
+                      output_format: str | None = None, executor=None,
+                      on_event: Callable[[dict], None] | None = None) -> int:
     """An xorsparse folder back to a plain one (safetensors, same names, dtypes and shapes;
     quantization_config removed), or with `output_format="compressed-tensors"` to a folder
-    compressed-tensors loads. Returns the bytes of the weight files written."""
-    from .checkpoint import XspSet, write_dense_safetensors
+    compressed-tensors loads. Returns the bytes of the weight files written. Shards are
+    independent items, decoded in parallel on `executor` (default: in this process)."""
+    from .checkpoint import XspSet
+    from .job import DecompressTask, decompress_task
 
     if output_format == "compressed-tensors":
         from .compressed_tensors import write_compressed_tensors_folder
@@ -318,24 +393,23 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     carried = [r for r in _carried_of_xsp_folder(src, files)]
     _copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
     with XspSet(src) as xs:
-        all_names = xs.names()
-        per_file = [[n for n in all_names if xs.where[n] is f] for f in xs.files]
+        total = len(xs.names())
     n = len(files)
-    written, outputs = 0, []
-    done = 0
-    for i, (f, names) in enumerate(zip(files, per_file)):
-        path = os.path.join(out_weights, shard_name(i, n))
-
-        def shard_progress(j: int, k: int, name: str, done=done, count=len(names)) -> None:
-            if progress and name:
-                progress(done + j, len(all_names), name)
-        written += write_dense_safetensors(f, path, shard_progress)
-        done += len(names)
-        outputs.append(path)
+    tasks = [DecompressTask(f, os.path.join(out_weights, shard_name(i, n))) for i, f in enumerate(files)]
+    events = _event_sink(on_event, progress, total)
+    if on_event:
+        on_event({"kind": "plan", "items": n, "tensors": total})
+    run = executor.map if executor is not None else \
+        (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
+    written = 0
+    for i, size in run(decompress_task, tasks, events):
+        written += size
+        if on_event:
+            on_event({"kind": "item", "name": os.path.basename(tasks[i].out)})
     if progress:
-        progress(len(all_names), len(all_names), "")
+        progress(total, total, "")
     if n > 1:
-        write_index(out_weights, outputs)
+        write_index(out_weights, [t.out for t in tasks])
     return written
 
 
