@@ -246,7 +246,7 @@ def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | N
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
     gsize, ngroups = _groups(cols, group_size)
     alphas = np.zeros((rows, ngroups, bits), dtype=np.float64)
-    codes = np.zeros((rows, cols), dtype=np.int64)
+    codes = np.zeros((rows, cols), dtype=np.uint8)  # q <= 4: one byte per code keeps memory at 1/4 of w
     _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
     sdt = _scale_dtype(alphas)
     stored = alphas.astype(sdt)
