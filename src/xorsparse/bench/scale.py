@@ -226,10 +226,40 @@ def run(args: argparse.Namespace) -> int:
                        ("per_worker_weights_per_s", "per worker w/s", ".3g"),
                        ("peak_rss_max_gb", "peak RSS GiB", ".2f"), ("budget_gb", "budget GiB", ".2f"),
                        ("identical", "same bytes", "")])
+    measured = [r["per_worker_weights_per_s"] for r in rows if r.get("per_worker_weights_per_s")]
+    proj = []
+    if measured:
+        r0 = min(measured)
+        print(f"\nprojection for a 70B checkpoint ({LLAMA70B['weights'] / 1e9:.1f} G weights in "
+              f"{LLAMA70B['shards']} shards) at the slowest measured per-worker rate, {r0 / 1e6:.2f} M weights/s:")
+        proj = projection(r0, 2, (1, 2, 4, 8)) + projection(r0, 32, (1,))
+        print_table(proj, [("machines", "machines", "d"), ("cores", "cores each", "d"), ("workers", "workers", "d"),
+                           ("used", "busy (<= shards)", "d"), ("hours", "hours", ".1f")])
     if args.json:
         write_json(args.json, {"checkpoint": {"gb": args.gb, "shards": args.shards, "rows": args.rows,
-                                              "cols": args.cols}, "runs": rows})
+                                              "cols": args.cols}, "runs": rows, "projection_70b": proj})
     return 0 if ok else 1
+
+
+# A 70B checkpoint as published (Llama-2-70B: 80 layers, hidden 8192, MLP 28672, 8 KV heads,
+# vocabulary 32000; 15 shards of ~9.2 GB bf16 in the Hugging Face release, ~4.6 G weights
+# each). Items are input shards, so a job cannot use more workers than there are shards.
+LLAMA70B = {"weights": 68.98e9, "shards": 15, "largest_tensor": 8192 * 28672}
+
+
+def projection(per_worker: float, cores: int = 2, machines=(1, 2, 4, 8, 16), model=LLAMA70B) -> list[dict]:
+    """Hours to compress `model` on N machines of `cores` workers each, from one worker's
+    measured throughput (weights/s), assuming workers scale independently (measured here up
+    to 2) and items = input shards (the slowest shard bounds the job)."""
+    rows = []
+    per_shard = model["weights"] / model["shards"]
+    for m in machines:
+        workers = m * cores
+        busy = min(workers, model["shards"])
+        rounds = -(-model["shards"] // busy)
+        rows.append({"machines": m, "cores": cores, "workers": workers, "used": busy,
+                     "hours": rounds * per_shard / per_worker / 3600})
+    return rows
 
 
 def _kill_and_resume(src: str, base: str, args, baseline) -> dict:
