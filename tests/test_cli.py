@@ -176,3 +176,12 @@ def test_bad_worker_count_is_one_line(tmp_path, capsys):
     src = make_folder(tmp_path / "model", shards=2)
     code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--workers", "0")
     assert code == 2 and "--workers must be at least 1" in err
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    from tests.io.test_job import make_folder
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    src = make_folder(tmp_path / "model", shards=2)
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--ray")
+    assert code == 2 and "--ray needs Ray: pip install 'xorsparse[ray]'" in err

@@ -98,10 +98,16 @@ def _config(args, sparsity: float | None = None):
                           max_n_s=args.ns, max_window=args.window)
 
 
-def _executor(args):
-    """--workers / --ray: where the shards of a folder job run."""
+def _executor(args, folder: bool = True):
+    """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
+    import contextlib
+
     from .distributed import make_executor
 
+    if not folder:
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        return contextlib.nullcontext(None)
     return make_executor(args.workers, args.ray)
 
 
@@ -127,8 +133,8 @@ def cmd_compress(args) -> int:
         raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
     bar = _job_progress("compress", args.input, args.output)
-    with _executor(args) as ex:
-        if bar is not None:
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
             bar.where = ex.describe()
         try:
             report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
@@ -159,8 +165,8 @@ def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
     bar = _job_progress("decompress", args.input)
-    with _executor(args) as ex:
-        if bar is not None:
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
             bar.where = ex.describe()
         try:
             size = decompress_checkpoint(args.input, args.output, None if bar else Progress("decompress"),
@@ -198,8 +204,8 @@ def cmd_verify(args) -> int:
     from .io.checkpoint import verify_checkpoint
 
     bar = _job_progress("verify", args.input)
-    with _executor(args) as ex:
-        if bar is not None:
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
             bar.where = ex.describe()
         try:
             res = verify_checkpoint(args.input, args.against, None if bar else Progress("verify"),

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--dir", default=None, help="where the temporary folder goes (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the generated checkpoint and outputs")
+    p.add_argument("--reuse", metavar="DIR", help="the folder of an earlier run kept with --keep (or interrupted): "
+                                                  "reuse its checkpoint, and its first output as the byte baseline")
     p.add_argument("--json", metavar="PATH")
     p.set_defaults(run=run)
 
@@ -166,27 +168,47 @@ def _shards_done(folder: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    base = tempfile.mkdtemp(prefix="xorsparse-scale-", dir=args.dir)
-    need = args.gb * 1e9 * 1.1 + 0.2e9 * (len(args.runs) + 1)
+    base = args.reuse or tempfile.mkdtemp(prefix="xorsparse-scale-", dir=args.dir)
+    need = (0 if args.reuse else args.gb * 1e9 * 1.1) + 0.2e9 * (len(args.runs) + 1)
     free = shutil.disk_usage(base).free
     if free < need:
-        shutil.rmtree(base)
+        if not args.reuse:
+            shutil.rmtree(base)
         print(f"not enough free disk in {os.path.dirname(base)}: {free / 1e9:.1f} GB free, {need / 1e9:.1f} GB "
               "needed", file=sys.stderr)
         return 2
     rows, ok = [], True
+    keep = args.keep or bool(args.reuse)
     try:
         src = os.path.join(base, "model")
-        os.makedirs(src)
-        t0 = time.perf_counter()
-        info = make_checkpoint(src, args.gb, args.shards, args.rows, args.cols)
-        print(f"synthetic checkpoint: {info['bytes'] / 1e9:.2f} GB, {args.shards} shards, {info['tensors']} "
-              f"tensors of {args.rows}x{args.cols} bf16 ({info['weights'] / 1e9:.2f} G weights), written in "
-              f"{time.perf_counter() - t0:.0f}s to {src}", flush=True)
-        budget = 2 * info["largest_fp32_bytes"] + GIB
         baseline = None
+        if args.reuse:
+            from ..io.checkpoint import open_checkpoint
+
+            ck = open_checkpoint(src)
+            shapes = [ck.info(n)[1] for n in ck.names]
+            big = max(int(np.prod(s)) for s in shapes)
+            weights = sum(int(np.prod(s)) for s in shapes if len(s) >= 2)
+            info = {"bytes": sum(os.path.getsize(f) for f in ck.files), "tensors": len(ck.names),
+                    "weights": weights, "largest_fp32_bytes": 4 * big}
+            args.shards = len(ck.shards)
+            earlier = sorted(d for d in os.listdir(base) if d.startswith("out-0-") and os.path.isdir(
+                os.path.join(base, d)))
+            if earlier:
+                baseline = _digests(os.path.join(base, earlier[0]))
+                print(f"byte baseline: {earlier[0]} of the earlier run", flush=True)
+            print(f"reusing the checkpoint in {src}: {info['bytes'] / 1e9:.2f} GB, {args.shards} shards", flush=True)
+        else:
+            os.makedirs(src)
+            t0 = time.perf_counter()
+            info = make_checkpoint(src, args.gb, args.shards, args.rows, args.cols)
+            print(f"synthetic checkpoint: {info['bytes'] / 1e9:.2f} GB, {args.shards} shards, {info['tensors']} "
+                  f"tensors of {args.rows}x{args.cols} bf16 ({info['weights'] / 1e9:.2f} G weights), written in "
+                  f"{time.perf_counter() - t0:.0f}s to {src}", flush=True)
+        budget = 2 * info["largest_fp32_bytes"] + GIB
+        tag = "r" if args.reuse else ""
         for k, ex in enumerate(args.runs):
-            out = os.path.join(base, f"out-{k}-{ex}")
+            out = os.path.join(base, f"out-{tag}{k}-{ex}")
             stats_path = out + ".json"
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
@@ -211,14 +233,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"run {ex}: {wall:.0f}s, {row['weights_per_s'] / 1e6:.2f} M weights/s, peak RSS "
                   f"{row['peak_rss_max_gb']:.2f} GiB per worker (budget {row['budget_gb']:.2f}), identical "
                   f"bytes: {row['identical']}", flush=True)
-            if k and not args.keep:
+            if (k or args.reuse) and not keep:
                 shutil.rmtree(out)
         if args.kill:
             row = _kill_and_resume(src, base, args, baseline)
             rows.append(row)
             ok &= row["identical"] and row["redid_only_unfinished"]
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print_table(rows, [("run", "run", ""), ("executor", "executor", ""), ("wall_s", "wall s", ".0f"),
@@ -264,6 +286,7 @@ def projection(per_worker: float, cores: int = 2, machines=(1, 2, 4, 8, 16), mod
 
 def _kill_and_resume(src: str, base: str, args, baseline) -> dict:
     out = os.path.join(base, "out-kill")
+    shutil.rmtree(out, ignore_errors=True)
     half = args.shards // 2
     t0 = time.perf_counter()
     proc = _job(src, out, out + ".json", "w2", args)
