@@ -184,12 +184,45 @@ def write_index(out_dir: str, shard_files: Sequence[str], metadata: Mapping[str,
     return path
 
 
+class _Written:
+    """Undo on failure: the folder if this run created it, else the files it wrote."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.created = not os.path.exists(out)
+        os.makedirs(out, exist_ok=True)
+
+    def __enter__(self) -> "_Written":
+        self.before = set(_all_files(self.out))
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            return
+        if self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            for f in set(_all_files(self.out)) - self.before:
+                os.unlink(f)
+
+
+def _all_files(d: str) -> list[str]:
+    return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+
+
 def compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), progress: Progress | None = None, *,
-                    prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
-                    embeddings: bool = True, keep_dtype: str | None = None,
-                    load_mode: str = "decode") -> CompressReport:
-    """A model folder in, an xorsparse model folder out (one output shard per input shard)."""
+                    exclude: Sequence[str] = (), progress: Progress | None = None, **kwargs: Any) -> CompressReport:
+    """A model folder in, an xorsparse model folder out (one output shard per input shard);
+    on failure the output folder is left as it was."""
+    with _Written(out):
+        return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
+
+
+def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
+                     exclude: Sequence[str] = (), progress: Progress | None = None, *,
+                     prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
+                     embeddings: bool = True, keep_dtype: str | None = None,
+                     load_mode: str = "decode") -> CompressReport:
     from .compressed_tensors import is_compressed_tensors, read_compressed_tensors
 
     sub = model_subfolder(src)
@@ -202,7 +235,7 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
     ck = None
     if model_config is not None and is_compressed_tensors(model_config):
         ct = read_compressed_tensors(weights_dir, model_config)
-        ck, prepared, default = ct.checkpoint, {**ct.prepared, **(prepared or {})}, list(ct.prepared)
+        ck, prepared, default = ct.checkpoint, {**ct.prepared, **(prepared or {})}, list(ct.prepared) or None
         qextra["compressed_tensors"] = model_config["quantization_config"]
         notes += ct.notes
     plan = plan_folder(src, ck)
@@ -298,14 +331,20 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     """An xorsparse folder back to a plain one (safetensors, same names, dtypes and shapes;
     quantization_config removed), or with `output_format="compressed-tensors"` to a folder
     compressed-tensors loads. Returns the bytes of the weight files written."""
+    if output_format not in (None, "safetensors", "compressed-tensors"):
+        raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
+    xsp_files(src)  # a clear error before anything is created
+    with _Written(out):
+        if output_format == "compressed-tensors":
+            from .compressed_tensors import write_compressed_tensors_folder
+
+            return write_compressed_tensors_folder(src, out, progress)
+        return _decompress_plain(src, out, progress)
+
+
+def _decompress_plain(src: str, out: str, progress: Progress | None) -> int:
     from .checkpoint import XspSet, write_dense_safetensors
 
-    if output_format == "compressed-tensors":
-        from .compressed_tensors import write_compressed_tensors_folder
-
-        return write_compressed_tensors_folder(src, out, progress)
-    if output_format not in (None, "safetensors"):
-        raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
     sub = model_subfolder(src)
     files = xsp_files(src)
     out_weights = os.path.join(out, sub) if sub else out
