@@ -4,11 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats fashion-mnist verify-minilm data venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-ct bench-hf fashion-mnist verify-minilm data venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench,hf]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -37,7 +37,13 @@ bench-formats: $(VENV)/.installed
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
-bench: bench-codec bench-formats
+bench-ct: $(VENV)/.installed
+	$(PY) -m xorsparse.bench ct --json docs/bench-ct.json --markdown docs/bench-ct.md
+
+bench-hf: $(VENV)/.installed
+	$(PY) -m xorsparse.bench hf --json docs/bench-hf.json
+
+bench: bench-codec bench-formats bench-ct bench-hf
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

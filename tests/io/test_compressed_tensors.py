@@ -161,3 +161,9 @@ def test_unsupported_scheme_is_refused(tmp_path, capsys):
     json.dump(cfg, open(src / "config.json", "w"))
     code, _, err = run(capsys, "compress", src, tmp_path / "x")
     assert code == 2 and err.count("\n") == 1 and "float weight quantization has no integer codes" in err
+
+
+def test_verify_against_the_compressed_tensors_original(ct_round_trip, capsys):
+    name, src, xsp, back = ct_round_trip
+    code, text, _ = run(capsys, "verify", xsp, "--against", src)
+    assert code == 0 and "bit-identical" in text, text

@@ -56,7 +56,7 @@ def minilm_plain(minilm_xsp, tmp_path_factory):
     return str(out)
 
 
-def test_folder_layout(minilm, minilm_xsp):
+def test_folder_layout(minilm, minilm_xsp, capsys):
     src, out = files_of(minilm), files_of(minilm_xsp)
     assert set(out) == set(src)  # same files: config, tokenizer, modules.json, 1_Pooling/, README, weights
     for rel in src:
@@ -70,6 +70,8 @@ def test_folder_layout(minilm, minilm_xsp):
     with XspSet(minilm_xsp) as xs:
         assert len(xs.tensors) == 13 and "embeddings.position_embeddings.weight" in xs.tensors
         assert "encoder.layer.0.attention.output.LayerNorm.weight" in xs.raw_tensors
+    code, text, _ = run(capsys, "verify", minilm_xsp, "--against", minilm)
+    assert code == 0 and "bit-identical" in text
 
 
 def test_transformers_loads_the_folder_exactly_as_decompress(minilm_xsp, minilm_plain):

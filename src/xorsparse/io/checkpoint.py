@@ -629,7 +629,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     of each decoded tensor with the reference pruning and quantization of the original."""
     results = []
     with XspSet(src) as f:
-        orig = open_checkpoint(against) if against else None
+        orig = _open_original(against) if against else None
         cfg = f.config or CompressConfig()
         masks = None
         if orig is not None:
@@ -637,7 +637,8 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
             if missing:
                 raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
             if f.meta.get("info", {}).get("pruning") == "global":
-                masks = global_magnitude_masks({n: to_float32(orig.get(n))[0] for n in f.tensors}, cfg.sparsity)
+                free = [n for n in f.tensors if f.where[n].tensors[n].get("quantizer") != "affine"]
+                masks = global_magnitude_masks({n: to_float32(orig.get(n))[0] for n in free}, cfg.sparsity)
         names = f.names()
         for i, name in enumerate(names):
             if progress:
@@ -646,9 +647,13 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
             if orig is not None:
                 t = orig.get(name)
-                if name in f.tensors:
+                if name in f.tensors and f.compressed(name).quant.quantizer == "affine":
+                    ref = t  # given codes: the original's own dequantization (compressed-tensors)
+                elif name in f.tensors:
                     ref = reference_prune_quantize(t, cfg, keep=None if masks is None else masks[name],
                                                    name=name, framework="torch")
+                elif torch_dtype_name(t) in FLOAT_DTYPES:
+                    ref = t.to(dense.dtype)  # stored as it is, in the dtype asked for (--keep-dtype)
                 else:
                     ref = t
                 row["exact"] = raw_from_torch(dense) == raw_from_torch(ref)
@@ -656,6 +661,21 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         if progress:
             progress(len(names), len(names), "")
     return results
+
+
+def _open_original(path: str) -> Checkpoint:
+    """The checkpoint to verify against; a compressed-tensors folder as its dense tensors."""
+    if os.path.isdir(path):
+        from .compressed_tensors import is_compressed_tensors_folder, read_compressed_tensors
+        from .folder import CONFIG, model_subfolder
+
+        sub = model_subfolder(path)
+        d = os.path.join(path, sub) if sub else path
+        if is_compressed_tensors_folder(d):
+            with open(os.path.join(d, CONFIG), encoding="utf-8") as fh:
+                return read_compressed_tensors(d, json.load(fh)).checkpoint
+        return open_checkpoint(d)
+    return open_checkpoint(path)
 
 
 def inspect_file(src: str) -> dict[str, Any]:

@@ -128,7 +128,8 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
         for name, r in raw.items():
             data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
             rmeta[name] = {"crc32": _crc(data)}
-    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+    # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
+    return st.write(path, entries, {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
 
 
 _SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
