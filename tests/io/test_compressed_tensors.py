@@ -167,3 +167,29 @@ def test_verify_against_the_compressed_tensors_original(ct_round_trip, capsys):
     name, src, xsp, back = ct_round_trip
     code, text, _ = run(capsys, "verify", xsp, "--against", src)
     assert code == 0 and "bit-identical" in text, text
+
+
+def test_dense_checkpoint_with_zeros(tmp_path, capsys):
+    """SparseGPT / Wanda output saved dense with a compressed-tensors sparsity config."""
+    model = llama(TINY)
+    prune_(model, 0.5)
+    src, xsp, back = tmp_path / "dense", tmp_path / "xsp", tmp_path / "back"
+    model.save_pretrained(str(src))
+    cfg = json.load(open(src / "config.json"))
+    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
+                                  "sparsity_config": {"format": "dense", "sparsity_structure": "unstructured",
+                                                      "global_sparsity": 0.5, "targets": ["Linear"],
+                                                      "ignore": ["lm_head"]}}
+    json.dump(cfg, open(src / "config.json", "w"))
+    code, text, _ = run(capsys, "compress", src, xsp, "--bits", "4", "--quantizer", "uniform")
+    assert code == 0 and "own zeros only" in text
+    state = load_file(str(src / "model.safetensors"))
+    with XspSet(str(xsp)) as xs:
+        for k in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight"):
+            ct = xs.compressed(k)
+            assert ct.kept == int((state[k] != 0).sum())  # the mask is the checkpoint's zeros, no more
+    assert run(capsys, "decompress", xsp, back, "--format", "compressed-tensors")[0] == 0
+    out = all_tensors(str(back))
+    with XspSet(str(xsp)) as xs:
+        assert all(same(out[k], xs.dense(k, "torch")) for k in xs.names())
+    assert json.load(open(back / "config.json"))["quantization_config"]["sparsity_config"]["format"] == "dense"

@@ -264,3 +264,18 @@ def test_version_and_help_for_every_option(capsys):
     for name, sp in subs.choices.items():
         for action in sp._actions:
             assert action.help, f"{name} {action.dest} has no help text"
+
+
+def test_load_mode_written_at_compress_time(tmp_path, capsys):
+    from transformers import AutoModel
+
+    import xorsparse  # noqa: F401
+    from xorsparse.torch import XorEmbedding, XorLinear
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    _tiny_bert(src, shards=False)
+    assert run(capsys, "compress", src, out, "--load-mode", "ondemand")[0] == 0
+    assert json.load(open(out / "config.json"))["quantization_config"]["load_mode"] == "ondemand"
+    model = AutoModel.from_pretrained(out)
+    assert isinstance(model.encoder.layer[0].intermediate.dense, XorLinear)
+    assert isinstance(model.embeddings.word_embeddings, XorEmbedding)

@@ -20,14 +20,7 @@ import time
 
 from ._report import print_table, write_json
 
-SENTENCES = [
-    "A man is playing a guitar on the street.",
-    "The new movie is awesome and everyone should see it.",
-    "Fixed-rate codes decode in parallel because every slice does the same work.",
-    "Pruned networks keep only a tenth of their weights.",
-    "The cat sits outside the house in the rain.",
-    "Stock markets fell sharply on Monday after the announcement.",
-]
+from ..demo import SENTENCES  # the demo's six sentences
 
 
 def _folder_bytes(d: str) -> int:

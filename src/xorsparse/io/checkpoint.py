@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
+from .torchconv import ST_TO_TORCH, raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
 from ..tensor.maskcode import binary_entropy
 from ..tensor.prune import global_magnitude_masks
