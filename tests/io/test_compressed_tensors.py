@@ -193,3 +193,28 @@ def test_dense_checkpoint_with_zeros(tmp_path, capsys):
     with XspSet(str(xsp)) as xs:
         assert all(same(out[k], xs.dense(k, "torch")) for k in xs.names())
     assert json.load(open(back / "config.json"))["quantization_config"]["sparsity_config"]["format"] == "dense"
+
+
+def test_int8_codes_in_the_legacy_bitmask_layout(tmp_path, capsys):
+    """Sparsity with quantization, the legacy way: int-quantized codes stored as a bitmask."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    model = llama(TINY)
+    prune_(model, 0.6)
+    src, xsp = tmp_path / "ct", tmp_path / "xsp"
+    save_compressed_tensors(model, str(src), "channel", "int-quantized", True, 8)
+    ref = ct_dequantized(str(src))
+    t = load_file(str(src / "model.safetensors"))
+    for name in [n for n in t if n.endswith(".weight") and n[: -len(".weight")] + ".weight_scale" in t]:
+        codes, m = t.pop(name), name[: -len(".weight")]
+        mask = codes != 0
+        t[f"{m}.shape"] = torch.tensor(list(codes.shape))
+        t[f"{m}.compressed"] = codes[mask].contiguous()
+        t[f"{m}.bitmask"] = torch.from_numpy(np.packbits(mask.numpy(), axis=-1, bitorder="little"))
+        t[f"{m}.row_offsets"] = torch.cumsum(mask.sum(1), 0) - mask.sum(1)
+    save_file(t, str(src / "model.safetensors"))
+    code, text, _ = run(capsys, "compress", src, xsp)
+    assert code == 0 and "read 14 legacy sparse-bitmask tensors" in text and "14 compressed-tensors" in text
+    with XspSet(str(xsp)) as xs:
+        assert all(same(xs.dense(k, "torch"), v) for k, v in ref.items())

@@ -427,7 +427,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     for i, name in enumerate(names):
         if progress:
             progress(done + i, total, name)
-        if name in plan.prepared:
+        if name in plan.prepared and name in plan.selected:  # (excluded ones are stored as read)
             p = plan.prepared[name]
             t0 = time.perf_counter()
             ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
@@ -475,13 +475,12 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
                      force_include: Sequence[str] = (), embeddings: bool = True,
                      keep_dtype: str | None = None, default: Iterable[str] | None = None,
                      info: Mapping[str, Any] | None = None) -> tuple[CompressPlan, Selection]:
-    """Select the tensors, compute global masks if asked for: what every shard shares."""
-    prepared = dict(prepared or {})
+    """Select the tensors, compute global masks if asked for: what every shard shares.
+    `prepared` may compute its values lazily: only its names are read here."""
+    prepared = prepared if prepared is not None else {}
     sel = select_tensors(ck, include, exclude, force_include, embeddings,
                          default=default if default is not None else (list(prepared) if prepared else None))
     selected = set(sel.compressed)
-    for name in [n for n in prepared if n not in selected]:
-        prepared.pop(name)  # excluded by the user: stored as the checkpoint has it
     if not selected:
         raise CheckpointError(f"{ck.path}: no tensor selected for compression (check --include/--exclude)")
     masks = None

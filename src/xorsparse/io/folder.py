@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -238,7 +239,8 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     ck = None
     if model_config is not None and is_compressed_tensors(model_config):
         ct = read_compressed_tensors(weights_dir, model_config)
-        ck, prepared, default = ct.checkpoint, {**ct.prepared, **(prepared or {})}, list(ct.prepared) or None
+        ck, default = ct.checkpoint, list(ct.prepared) or None
+        prepared = ChainMap(dict(prepared or {}), ct.prepared)  # stays lazy: one tensor at a time
         qextra["compressed_tensors"] = model_config["quantization_config"]
         notes += ct.notes
     plan = plan_folder(src, ck)
