@@ -279,3 +279,14 @@ def test_load_mode_written_at_compress_time(tmp_path, capsys):
     model = AutoModel.from_pretrained(out)
     assert isinstance(model.encoder.layer[0].intermediate.dense, XorLinear)
     assert isinstance(model.embeddings.word_embeddings, XorEmbedding)
+
+
+def test_sharded_pytorch_folder_becomes_sharded_xsp(hf_bin_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, text, _ = run(capsys, "compress", hf_bin_dir, out, "--sparsity", "0.5")
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["config.json", "model-00001-of-00002.safetensors",
+                                       "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert "quantization_config" in json.load(open(out / "config.json"))
+    code, text, _ = run(capsys, "verify", out, "--against", hf_bin_dir)
+    assert code == 0 and "bit-identical" in text
