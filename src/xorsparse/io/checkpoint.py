@@ -431,7 +431,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
         for i, name in enumerate(names):
             if progress:
                 progress(done + i, total, name)
-            if name in plan.prepared:
+            if name in plan.prepared and name in plan.selected:  # (excluded ones are stored as read)
                 p = plan.prepared[name]
                 t0 = time.perf_counter()
                 ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
@@ -499,13 +499,12 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
                      info: Mapping[str, Any] | None = None, executor=None,
                      on_event: Callable[[dict], None] | None = None) -> tuple[CompressPlan, Selection]:
     """Select the tensors and, for global pruning, each tensor's share of the threshold (two
-    streaming passes over the shards, on `executor` if given): what every shard shares."""
-    prepared = dict(prepared or {})
+    streaming passes over the shards, on `executor` if given): what every shard shares.
+    `prepared` may compute its values lazily: only its names are read here."""
+    prepared = prepared if prepared is not None else {}
     sel = select_tensors(ck, include, exclude, force_include, embeddings,
                          default=default if default is not None else (list(prepared) if prepared else None))
     selected = set(sel.compressed)
-    for name in [n for n in prepared if n not in selected]:
-        prepared.pop(name)  # excluded by the user: stored as the checkpoint has it
     if not selected:
         raise CheckpointError(f"{ck.path}: no tensor selected for compression (check --include/--exclude)")
     if keep_dtype is not None and keep_dtype not in FLOAT_DTYPES:
@@ -700,18 +699,18 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         names = f.names()
         cfg = f.config or CompressConfig()
         per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
-        compressed = [n for n in names if n in f.tensors]
+        free = [n for n in names if n in f.tensors and f.where[n].tensors[n].get("quantizer") != "affine"]
         global_pruning = f.meta.get("info", {}).get("pruning") == "global"
     rules = None
     if against:
-        orig = open_checkpoint(against)
+        orig = _open_original(against)
         known = set(orig.names)
         missing = [n for n in names if n not in known]
         if missing:
             raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
         if global_pruning:
             rules = {n: r.to_list() for n, r in
-                     checkpoint_global_rules(orig, compressed, cfg.sparsity, executor).items()}
+                     checkpoint_global_rules(orig, free, cfg.sparsity, executor).items()}
     tasks = [VerifyTask(path, tuple(ns), against, cfg.to_dict(),
                         None if rules is None else {n: rules[n] for n in ns if n in rules})
              for path, ns in per_file]
@@ -737,6 +736,21 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     if progress:
         progress(len(names), len(names), "")
     return [r for rows in by_task for r in rows]
+
+
+def _open_original(path: str) -> Checkpoint:
+    """The checkpoint to verify against; a compressed-tensors folder as its dense tensors."""
+    if os.path.isdir(path):
+        from .compressed_tensors import is_compressed_tensors_folder, read_compressed_tensors
+        from .folder import CONFIG, model_subfolder
+
+        sub = model_subfolder(path)
+        d = os.path.join(path, sub) if sub else path
+        if is_compressed_tensors_folder(d):
+            with open(os.path.join(d, CONFIG), encoding="utf-8") as fh:
+                return read_compressed_tensors(d, json.load(fh)).checkpoint
+        return open_checkpoint(d)
+    return open_checkpoint(path)
 
 
 def inspect_file(src: str) -> dict[str, Any]:

@@ -58,13 +58,37 @@ def _torch_dtype_name(t) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
+class _LazyPrepared(Mapping):
+    """Prepared tensors by name, each read and checked only when its shard asks for it, so a
+    large checkpoint is never held in memory whole."""
+
+    def __init__(self, names: list[str], prepare):
+        self._names = list(names)
+        self._set = set(names)
+        self._prepare = prepare
+
+    def __getitem__(self, name: str) -> Prepared:
+        if name not in self._set:
+            raise KeyError(name)
+        return self._prepare(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._set
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 @dataclass
 class CTInput:
     """A compressed-tensors checkpoint seen as dense tensor names, with the quantized ones
     prepared (codes, scales, zero points as given)."""
 
     checkpoint: Checkpoint
-    prepared: dict[str, Prepared]
+    prepared: Mapping[str, Prepared]
     notes: list[str] = field(default_factory=list)
 
 
@@ -254,7 +278,7 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
     dense_cache: dict[str, Any] = {}
 
     def dense_get(name: str):
-        if name in virtual and virtual[name][0] == "bitmask":
+        if name in virtual:
             if name not in dense_cache:
                 dense_cache.clear()
                 dense_cache[name] = _bitmask_dense(raw.get, virtual[name][1], raw.path)
@@ -267,61 +291,62 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
     def virtual_of(n: str) -> str:
         return consumed.get(n, n)
 
-    prepared: dict[str, Prepared] = {}
-    given: dict[str, tuple[Any, str, dict]] = {}
+    # which module each scheme claims, checked up front (names and configuration only)
+    claims: dict[str, tuple[str, Any, str, list[str]]] = {}  # dense name -> module, scheme, format, params
     if qconf is not None:
         current = list(dict.fromkeys(view_names()))
         for module, (scheme, fmt) in _scheme_matches(current, qconf, None).items():
             tag = f"{raw.path}: tensor {module + '.weight'!r}"
-            if any(f"{module}.{p}" in names for p in ("weight_g_idx",)):
-                raise CheckpointError(f"{tag}: activation-ordered groups (weight_g_idx) are not supported")
-            if getattr(scheme.weights, "actorder", None) not in (None, "static") and \
+            if f"{module}.weight_g_idx" in names or \
                     getattr(scheme.weights.actorder, "value", scheme.weights.actorder) == "group":
-                raise CheckpointError(f"{tag}: activation-ordered groups (actorder=group) are not supported")
+                raise CheckpointError(f"{tag}: activation-ordered groups (actorder, weight_g_idx) are not supported")
             _check_scheme(scheme, fmt, tag)
-            compressor = BaseCompressor.get_value_from_registry(fmt)
-            params = [p for p in compressor.compression_param_names(scheme)]
-            sd = {}
-            for p in params:
-                full = f"{module}.{p}"
-                if p == "weight" and full in virtual:  # int8 codes stored as a legacy bitmask
-                    sd[p] = dense_get(full)
-                elif full in names:
-                    sd[p] = raw.get(full)
-            missing = [p for p in params if p not in sd and p != "weight_zero_point"]
+            params = list(BaseCompressor.get_value_from_registry(fmt).compression_param_names(scheme))
+            missing = [p for p in params if p != "weight_zero_point" and f"{module}.{p}" not in names
+                       and f"{module}.{p}" not in virtual]
             if missing:
                 raise CheckpointError(f"{tag}: missing {module}.{missing[0]}")
-            codes, scales, zp, sdt, gsize = _given_from_state(sd, scheme, fmt, tag)
-            try:
-                qz = quantize_given(codes, scales, zp, scheme.weights.num_bits, gsize, sdt)
-            except ValueError as e:
-                raise CheckpointError(f"{tag}: {e}") from None
-            keep = given_keep(codes, qz.scales, qz.zero_points, gsize)
-            ours = from_float32(dequantize(qz, keep), sdt, "torch").reshape(codes.shape)
-            theirs = compressor.decompress(dict(sd), scheme)["weight"]
-            if theirs.dtype != ours.dtype or not torch.equal(theirs.view(torch.int16 if theirs.element_size() == 2
-                                                                         else torch.int32),
-                                                            ours.view(torch.int16 if ours.element_size() == 2
-                                                                      else torch.int32)):
-                raise CheckpointError(f"{tag}: compressed-tensors dequantizes these codes differently from the "
-                                      "affine quantizer; not stored (please report)")
-            nbytes = sum(t.numel() * t.element_size() for t in sd.values())
             dense_name = module + ".weight"
-            prepared[dense_name] = Prepared(keep, qz, sdt, nbytes)
-            given[dense_name] = (theirs, sdt, sd)
+            claims[dense_name] = (module, scheme, fmt, params)
             for p in params:
-                full = f"{module}.{p}"
-                if full in names:
-                    consumed[full] = dense_name
-                elif full in virtual:
-                    virtual[full] = ("quantized", module)
-            if f"{module}.weight" in virtual:
-                virtual.pop(f"{module}.weight", None)
-                for p in BITMASK_PARTS:
+                if f"{module}.{p}" in names:
                     consumed[f"{module}.{p}"] = dense_name
-        if prepared:
-            notes.append(f"{len(prepared)} compressed-tensors quantized weights stored as given "
+            if dense_name in virtual:  # int8 codes stored in the legacy bitmask layout
+                virtual[dense_name] = ("bitmask codes", virtual[dense_name][1])
+        if claims:
+            notes.append(f"{len(claims)} compressed-tensors quantized weights stored as given "
                          "(codes, scales, zero points): nothing re-quantized")
+
+    def state(dense_name: str) -> dict:
+        module, scheme, fmt, params = claims[dense_name]
+        sd = {}
+        for p in params:
+            full = f"{module}.{p}"
+            if full in virtual:
+                sd[p] = _bitmask_dense(raw.get, virtual[full][1], raw.path)
+            elif full in names:
+                sd[p] = raw.get(full)
+        return sd
+
+    def prepare(dense_name: str) -> Prepared:
+        """Read one quantized module, check it against compressed-tensors' dequantization."""
+        module, scheme, fmt, params = claims[dense_name]
+        tag = f"{raw.path}: tensor {dense_name!r}"
+        sd = state(dense_name)
+        codes, scales, zp, sdt, gsize = _given_from_state(sd, scheme, fmt, tag)
+        try:
+            qz = quantize_given(codes, scales, zp, scheme.weights.num_bits, gsize, sdt)
+        except ValueError as e:
+            raise CheckpointError(f"{tag}: {e}") from None
+        keep = given_keep(codes, qz.scales, qz.zero_points, gsize)
+        ours = from_float32(dequantize(qz, keep), sdt, "torch").reshape(codes.shape)
+        theirs = BaseCompressor.get_value_from_registry(fmt).decompress(dict(sd), scheme)["weight"]
+        if theirs.dtype != ours.dtype or not torch.equal(theirs.view(torch.uint8), ours.view(torch.uint8)):
+            raise CheckpointError(f"{tag}: compressed-tensors dequantizes these codes differently from the "
+                                  "affine quantizer; not stored (please report)")
+        return Prepared(keep, qz, sdt, sum(t.numel() * t.element_size() for t in sd.values()))
+
+    prepared = _LazyPrepared(list(claims), prepare)
 
     order = list(dict.fromkeys(virtual_of(n) for n in raw.names))
     shards = []
@@ -332,19 +357,27 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
         shards.append((f, vs))
 
     def load(name: str):
-        if name in given:
-            return given[name][0]
+        if name in claims:  # compressed-tensors' own dequantization
+            module, scheme, fmt, _ = claims[name]
+            return BaseCompressor.get_value_from_registry(fmt).decompress(state(name), scheme)["weight"]
         return dense_get(name)
 
     def info(name: str):
-        if name in prepared:
-            p = prepared[name]
-            return p.dtype, tuple(p.keep.shape)
-        if name in virtual and virtual[name][0] == "bitmask":
-            m = virtual[name][1]
-            return (_torch_dtype_name(raw.get(f"{m}.compressed")),
-                    tuple(int(s) for s in raw.get(f"{m}.shape").reshape(-1).tolist()))
+        if name in claims:
+            module, scheme, fmt, _ = claims[name]
+            dtype = raw.info(f"{module}.weight_scale")[0]
+            if fmt == "pack-quantized":
+                return dtype, tuple(int(s) for s in raw.get(f"{module}.weight_shape").reshape(-1).tolist())
+            return dtype, (virtual_info(f"{module}.weight") if f"{module}.weight" in virtual
+                           else raw.info(f"{module}.weight"))[1]
+        if name in virtual:
+            return virtual_info(name)
         return raw.info(name)
+
+    def virtual_info(name: str):
+        m = virtual[name][1]
+        return (raw.info(f"{m}.compressed")[0],
+                tuple(int(s) for s in raw.get(f"{m}.shape").reshape(-1).tolist()))
 
     ck = Checkpoint(raw.path, order, load, shards, info, raw.extra_files)
     return CTInput(ck, prepared, notes)

@@ -131,7 +131,8 @@ def _write_described(path: str | os.PathLike, entries: list[st.Entry], tmeta: di
     """The one place the description is assembled: write_xsp and XspWriter give equal bytes."""
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
-    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+    # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
+    return st.write(path, entries, {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
 
 
 class XspWriter:

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -118,6 +119,9 @@ def _atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -186,20 +190,63 @@ def write_index(out_dir: str, shard_files: Sequence[str], metadata: Mapping[str,
     return path
 
 
+class _Written:
+    """Undo on failure: the folder if this run created it, else the files it wrote; files
+    `keep(path)` accepts stay (a compress job's finished shards, which a rerun resumes from)."""
+
+    def __init__(self, out: str, keep: Callable[[str], bool] | None = None):
+        self.out = out
+        self.keep = keep or (lambda path: False)
+        self.created = not os.path.exists(out)
+        os.makedirs(out, exist_ok=True)
+
+    def __enter__(self) -> "_Written":
+        self.before = set(_all_files(self.out))
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            return
+        new = set(_all_files(self.out)) - self.before
+        kept = {f for f in new if self.keep(f)}
+        if self.created and not kept:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            for f in new - kept:
+                os.unlink(f)
+
+
+def _all_files(d: str) -> list[str]:
+    return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+
+
 def compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), progress: Progress | None = None, *,
-                    prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
-                    embeddings: bool = True, keep_dtype: str | None = None,
-                    load_mode: str = "decode", executor=None, force: bool = False,
-                    on_event: Callable[[dict], None] | None = None) -> CompressReport:
+                    exclude: Sequence[str] = (), progress: Progress | None = None, **kwargs: Any) -> CompressReport:
     """A model folder in, an xorsparse model folder out (one output shard per input shard).
 
     The shards are independent work items (io/job.py) run on `executor` (default: in this
     process); rerunning into the same folder keeps the output shards the same job already
     wrote (resume) and refuses, unless `force`, shards of another job. `on_event` receives
     progress events (xorsparse.distributed.JobProgress); `progress` the older per-tensor
-    callback.
+    callback. On failure the folder is left as it was, except for the output shards that
+    were finished (each complete and checksummed): the rerun keeps them. A folder without
+    its index is incomplete (the index is written last).
     """
+    with _Written(out, keep=_is_output_shard):
+        return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
+
+
+def _is_output_shard(path: str) -> bool:
+    base = os.path.basename(path)
+    return base == SINGLE or (base.startswith("model-") and base.endswith(".safetensors"))
+
+
+def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
+                     exclude: Sequence[str] = (), progress: Progress | None = None, *,
+                     prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
+                     embeddings: bool = True, keep_dtype: str | None = None,
+                     load_mode: str = "decode", executor=None, force: bool = False,
+                     on_event: Callable[[dict], None] | None = None) -> CompressReport:
     from .compressed_tensors import is_compressed_tensors, read_compressed_tensors
     from .job import ShardTask, run_shard_task, shard_settings
 
@@ -213,7 +260,8 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
     ck = None
     if model_config is not None and is_compressed_tensors(model_config):
         ct = read_compressed_tensors(weights_dir, model_config)
-        ck, prepared, default = ct.checkpoint, {**ct.prepared, **(prepared or {})}, list(ct.prepared)
+        ck, default = ct.checkpoint, list(ct.prepared) or None
+        prepared = ChainMap(dict(prepared or {}), ct.prepared)  # stays lazy: one tensor at a time
         qextra["compressed_tensors"] = model_config["quantization_config"]
         notes += ct.notes
     plan = plan_folder(src, ck)
@@ -372,15 +420,22 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     quantization_config removed), or with `output_format="compressed-tensors"` to a folder
     compressed-tensors loads. Returns the bytes of the weight files written. Shards are
     independent items, decoded in parallel on `executor` (default: in this process)."""
+    if output_format not in (None, "safetensors", "compressed-tensors"):
+        raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
+    xsp_files(src)  # a clear error before anything is created
+    with _Written(out):
+        if output_format == "compressed-tensors":
+            from .compressed_tensors import write_compressed_tensors_folder
+
+            return write_compressed_tensors_folder(src, out, progress)
+        return _decompress_plain(src, out, progress, executor, on_event)
+
+
+def _decompress_plain(src: str, out: str, progress: Progress | None, executor=None,
+                      on_event: Callable[[dict], None] | None = None) -> int:
     from .checkpoint import XspSet
     from .job import DecompressTask, decompress_task
 
-    if output_format == "compressed-tensors":
-        from .compressed_tensors import write_compressed_tensors_folder
-
-        return write_compressed_tensors_folder(src, out, progress)
-    if output_format not in (None, "safetensors"):
-        raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
     sub = model_subfolder(src)
     files = xsp_files(src)
     out_weights = os.path.join(out, sub) if sub else out

@@ -191,7 +191,7 @@ def run_shard_task(task: ShardTask, report: Report | None = None, *, ck=None, pr
         redone = why
     plan = _plan_of(task.settings, key, digest)
     if prepared:
-        plan.prepared = {n: p for n, p in prepared.items() if n in plan.selected}
+        plan.prepared = prepared  # may be lazy (compressed-tensors): read one tensor at a time
 
     def on_tensor(name: str, weights: int) -> None:
         if report:
@@ -298,12 +298,13 @@ class VerifyTask:
 
 
 def verify_task(task: VerifyTask, report: Report | None = None) -> list[dict]:
-    from .checkpoint import open_checkpoint
+    from .checkpoint import _open_original
     from .container import XspFile
-    from .torchconv import raw_from_torch
+    from .torchconv import raw_from_torch, torch_dtype_name
+    from ..tensor.pipeline import FLOAT_DTYPES
 
     rows = []
-    orig = open_checkpoint(task.against) if task.against else None
+    orig = _open_original(task.against) if task.against else None
     cfg = CompressConfig.from_dict(task.config) if task.config else CompressConfig()
     with XspFile(task.xsp) as f:
         for name in task.names:
@@ -311,11 +312,15 @@ def verify_task(task: VerifyTask, report: Report | None = None) -> list[dict]:
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
             if orig is not None:
                 t = orig.get(name)
-                if name in f.tensors:
+                if name in f.tensors and f.tensors[name].get("quantizer") == "affine":
+                    ref = t  # given codes: the original's own dequantization (compressed-tensors)
+                elif name in f.tensors:
                     keep = None
                     if task.rules is not None:
                         keep = PruneRule(*task.rules[name]).keep(to_float32(t)[0], name)
                     ref = reference_prune_quantize(t, cfg, keep=keep, name=name, framework="torch")
+                elif torch_dtype_name(t) in FLOAT_DTYPES:
+                    ref = t.to(dense.dtype)  # stored as it is, in the dtype asked for (--keep-dtype)
                 else:
                     ref = t
                 row["exact"] = raw_from_torch(dense) == raw_from_torch(ref)
