@@ -116,56 +116,78 @@ def _run_in_worker(fn: ItemFn, item: Any) -> Any:
 
 class LocalExecutor(Executor):
     """A pool of `workers` processes on this machine (started with 'spawn': clean
-    interpreters, nothing inherited but the arguments). `workers=1` runs items in this
-    process, one after the other."""
+    interpreters, nothing inherited but the arguments), kept for every map of the job (the
+    global threshold's passes, then the shards) and stopped by close(). `workers=1` runs
+    items in this process, one after the other."""
 
     def __init__(self, workers: int | None = None):
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         self.name = "in-process" if self.workers == 1 else f"{self.workers} local worker processes"
+        self._pool = None
+        self._events = None
 
     def map(self, fn, items, on_event=None):
         items = list(items)
-        n = min(self.workers, len(items))
-        if n <= 1:
+        if self.workers == 1 or len(items) <= 1 and self._pool is None:
             for i, item in enumerate(items):
                 yield i, fn(item, on_event)
             return
-        yield from self._pool(fn, items, n, on_event)
+        yield from self._pooled(fn, items, on_event)
 
-    def _pool(self, fn, items, n, on_event):
+    def _start(self):
         import concurrent.futures as cf
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        events = ctx.Queue()
-        saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
-        os.environ.update(SINGLE_THREAD_ENV)  # inherited by the spawned workers before any import
-        pool = cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(events, os.getpid()))
+        self._events = ctx.Queue()
+        # workers (spawned as needed) inherit "one thread" before they import anything
+        self._saved_env = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+        os.environ.update(SINGLE_THREAD_ENV)
+        self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                            initargs=(self._events, os.getpid()))
+
+    def _pooled(self, fn, items, on_event):
+        import concurrent.futures as cf
+
+        if self._pool is None:
+            self._start()
+        futures = {self._pool.submit(_run_in_worker, fn, item): i for i, item in enumerate(items)}
+        pending = set(futures)
         try:
-            futures = {pool.submit(_run_in_worker, fn, item): i for i, item in enumerate(items)}
-            pending = set(futures)
             while pending:
                 done, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                _drain(events, on_event)
+                _drain(self._events, on_event)
                 for f in done:
                     yield futures[f], f.result()
-            _drain(events, on_event)
+            _drain(self._events, on_event)
         except BaseException:
             for f in futures:
                 f.cancel()
+            self._stop(kill=True)
+            raise
+
+    def _stop(self, kill: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if kill:
             pool.shutdown(wait=False, cancel_futures=True)
             _kill_pool(pool)
-            raise
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            pool.shutdown(wait=True)
-            events.close()
+        pool.shutdown(wait=True)
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        for k, v in getattr(self, "_saved_env", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self._saved_env = {}
+
+    def close(self) -> None:
+        self._stop()
 
 
 def _drain(events, on_event) -> None:
