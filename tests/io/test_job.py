@@ -252,3 +252,24 @@ def test_worker_memory_is_bounded_by_the_largest_tensor_not_the_shard(tmp_path):
     assert one - base1 <= 4.5 * fp32 + (16 << 20), (one - base1) / fp32
     assert six - base6 <= 4.5 * fp32 + (16 << 20), (six - base6) / fp32
     assert (six - base6) - (one - base1) <= 0.75 * fp32  # six tensors cost what one costs
+
+
+def test_failed_job_keeps_finished_shards_and_the_rerun_resumes(tmp_path, src):
+    from safetensors.torch import load_file, save_file
+
+    f = os.path.join(src, "model-00003-of-00004.safetensors")
+    good = load_file(f)
+    bad = dict(good)
+    bad["layers.2.proj1.weight"] = bad["layers.2.proj1.weight"].clone()
+    bad["layers.2.proj1.weight"][0, 0] = float("nan")
+    save_file(bad, f)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="NaN"):
+        compress_folder(src, str(out), CFG)  # in this process: shards 1 and 2 are done first
+    assert sorted(os.listdir(out)) == ["model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors"]
+    save_file(good, f)
+    rep = compress_folder(src, str(out), CFG)
+    assert [o.reused for o in rep.outcomes] == [True, True, False, False]
+    fresh = tmp_path / "fresh"
+    compress_folder(src, str(fresh), CFG)
+    assert read_all(str(out)) == read_all(str(fresh))
