@@ -339,7 +339,8 @@ class JobProgress:
                 self.t0 = self._last_line = time.perf_counter()
                 if self.enabled:
                     on = f" on {self.where}" if self.where else ""
-                    w = f", {self.weights / 1e9:.2f} G weights to code" if self.weights else ""
+                    w = (f", {self.weights / 1e9:.2f} G weights to code" if self.weights >= 1e9 else
+                         f", {self.weights / 1e6:.2f} M weights to code" if self.weights else "")
                     self.stream.write(f"{self.label}: {self.items} shard(s), {self.tensors} tensors{w}{on}\n")
                     self.stream.flush()
             elif kind == "tensor":
