@@ -389,6 +389,8 @@ class JobProgress:
         if force or now - self._last_line >= self.every:
             self._last_line = now
             what = f"finished {name}" if finished else name
+            if finished and self.items and self.items_done >= self.items:
+                what += "; done"
             self.stream.write(self.line(what) + "\n")
             self.stream.flush()
 
