@@ -524,13 +524,29 @@ def checkpoint_global_rules(ck: Checkpoint, order: Sequence[str], sparsity: floa
         return {}
     wanted = set(order)
     groups = [(f, [n for n in names if n in wanted]) for f, names in ck.shards]
-    if not ck.shards or not all(f.endswith(".safetensors") for f, _ in ck.shards) \
-            or sum(len(g) for _, g in groups) != len(wanted):
-        # not plain safetensors shards (a state dict, a compressed-tensors view): in this process
+    if not _plain_safetensors_shards(groups) or sum(len(g) for _, g in groups) != len(wanted):
+        # not tensors read as they are from safetensors shards (a state dict, a
+        # compressed-tensors view): in this process
         return streaming_global_rules(list(order), lambda n: to_float32(ck.get(n))[0], sparsity)
     from .job import global_pruning_rules
 
     return global_pruning_rules(groups, order, sparsity, executor, on_event)
+
+
+def _plain_safetensors_shards(groups: Sequence[tuple[str, Sequence[str]]]) -> bool:
+    """Whether every name is an entry of its safetensors file (so a worker can read it there)."""
+    from . import safetensors_io as st
+
+    try:
+        for f, names in groups:
+            if not f.endswith(".safetensors"):
+                return False
+            with st.Reader(f) as r:
+                if not set(names) <= set(r.entries):
+                    return False
+    except (OSError, ValueError):
+        return False
+    return bool(groups)
 
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),

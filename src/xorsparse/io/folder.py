@@ -258,6 +258,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     notes: list[str] = []
     default = None
     ck = None
+    plan_ck_from_files = None
     if model_config is not None and is_compressed_tensors(model_config):
         ct = read_compressed_tensors(weights_dir, model_config)
         ck, default = ct.checkpoint, list(ct.prepared) or None
@@ -265,6 +266,8 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
         qextra["compressed_tensors"] = model_config["quantization_config"]
         notes += ct.notes
     plan = plan_folder(src, ck)
+    if ck is None:  # opened from the files: a worker can open each shard itself
+        plan_ck_from_files = plan.checkpoint
     ck = plan.checkpoint
     events = _event_sink(on_event, progress, len(ck.names))
     cplan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
@@ -302,8 +305,9 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     if events:
         weights = sum(int(np.prod(ck.info(nm)[1], dtype=np.int64)) for nm in cplan.selected)
         events({"kind": "plan", "items": n, "tensors": len(ck.names), "weights": weights})
-    if cplan.prepared or cplan.masks is not None or executor is None:
-        # in this process: prepared codes (compressed-tensors inputs) stay in memory here
+    if ck is not plan_ck_from_files or cplan.prepared or cplan.masks is not None or executor is None:
+        # in this process: a compressed-tensors input is a view (its tensors and codes are
+        # made from the files here, not read as they are by a worker)
         results = ((t.index, run_shard_task(t, events, ck=ck, prepared=cplan.prepared)) for t in tasks)
     else:
         results = executor.map(run_shard_task, tasks, events)
