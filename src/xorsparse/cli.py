@@ -266,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xorsparse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xorsparse inspect ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError, ImportError) as e:
         if args.debug:
             raise
