@@ -231,6 +231,27 @@ def random_plane(dec: XorDecoder, n_slices: int, density: float, *, seed: int = 
     return encode_plane(bits, care, dec, chunk_slices=chunk_slices), bits, care
 
 
+def random_stream_plane(dec: XorDecoder, n_slices: int, *, chunk_slices: int, seed: int = 0,
+                        partial: int = 0) -> EncodedPlane:
+    """A plane whose stream is fair coin flips (no encoding, no patches): any stream is valid input.
+
+    `partial` positions short of whole slices, so the last slice is a partial one.
+    """
+    if n_slices < 1:
+        raise ValueError(f"need at least one slice, got {n_slices}")
+    if not 0 <= partial < dec.n_out:
+        raise ValueError(f"partial must be in 0..n_out-1, got {partial}")
+    rng = np.random.default_rng(seed)
+    nbytes = -(-n_slices * dec.n_in // 8)
+    stream = rng.integers(0, 256, nbytes, dtype=np.uint8)
+    used = n_slices * dec.n_in
+    if used % 8:
+        stream[-1] &= (1 << (used % 8)) - 1  # unused bits at the end of a stream are zero
+    return EncodedPlane(length=n_slices * dec.n_out - partial, n_in=dec.n_in, n_out=dec.n_out, n_s=dec.n_s,
+                        seed=int(dec.seed), chunk_slices=chunk_slices, stream=stream,
+                        patches=np.empty(0, dtype=np.int64))
+
+
 def cosim_planes(planes: list[EncodedPlane], *, mode: StartMode = "counter", **kw) -> CosimResult:
     """Co-simulate the decoder of `planes` over all their slices (see plane_vectors for mode)."""
     x, starts, exp, cs = plane_vectors(planes, mode)
