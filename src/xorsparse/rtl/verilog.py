@@ -35,6 +35,11 @@ def _hex(value: int, width: int) -> str:
     return f"{width}'h{value:0{-(-width // 4)}x}"
 
 
+def _row_mask(row: np.ndarray) -> int:
+    """Row G[j] as an integer: bit b set where the output reads window bit b."""
+    return int.from_bytes(np.packbits(row, bitorder="little").tobytes(), "little")
+
+
 def _window_map_comment(dec: XorDecoder) -> list[str]:
     lines = ["// Window bit b = (n_s - k) * n_in + i carries x_{t-k}[i]:"]
     for k in range(dec.n_s + 1):
@@ -83,7 +88,10 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a(f"//   pair extraction; {naive} without sharing), {netlist.depth} XOR levels deep")
     else:
         a(f"//   XOR network: one reduction XOR per output ({naive} two-input XOR gates unshared)")
-    a(f"//   flip-flops: {hw} history + {n_out} output + 1 valid (+ the chunk counter if CHUNK_SLICES > 0)")
+    if hw:
+        a(f"//   flip-flops: {hw} history + {n_out} output + 1 valid (+ the chunk counter if CHUNK_SLICES > 0)")
+    else:
+        a(f"//   flip-flops: {n_out} output + 1 valid (n_s = 0: no history, no chunk counter)")
     a("// Handshake: a beat is accepted when in_valid && in_ready; y_t is registered and shown on")
     a("// out_data (with out_valid) the cycle after x_t is accepted, until out_ready takes it.")
     a("// Chunk starts (history reads as zero): in_start with the beat, and, if CHUNK_SLICES > 0,")
@@ -164,14 +172,11 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         for k, (x, z) in enumerate(netlist.gates.tolist()):
             a(f"    wire g{k} = {sig(x)} ^ {sig(z)};")
         for j, v in enumerate(netlist.outputs.tolist()):
-            a(f"    assign y[{j}] = {sig(v)};")
+            a(f"    assign y[{j}] = {sig(v)};  // = ^(w & {_hex(_row_mask(g[j]), w)})")
     else:
         a("    // XOR network: output j = parity of the window bits that row G[j] selects")
         for j in range(n_out):
-            bits = 0
-            for b in np.flatnonzero(g[j]).tolist():
-                bits |= 1 << b
-            a(f"    assign y[{j}] = ^(w & {_hex(bits, w)});")
+            a(f"    assign y[{j}] = ^(w & {_hex(_row_mask(g[j]), w)});")
     a("endmodule")
     a("")
     a("`default_nettype wire")
