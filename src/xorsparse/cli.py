@@ -176,13 +176,16 @@ def cmd_export_rtl(args) -> int:
             label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
             if len(u.chunk_slices) > 1:
                 label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
-        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label)
+        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
+                               patch_bits=args.patch_bits)
         if args.check:
-            plane = random_stream_plane(d, args.check, chunk_slices=cs or 64, seed=args.check,
-                                        partial=min(3, d.n_out - 1))
+            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
+            check_cs = cs if cs and args.check >= 2 * cs else 64
+            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
+                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
             try:
                 res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
-                                   simulator=args.simulator, netlist=net)
+                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
             except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
                 if args.debug:
                     raise
@@ -197,7 +200,8 @@ def cmd_export_rtl(args) -> int:
         else:
             path = os.path.join(args.output, name + ".v") if as_dir else args.output
             write_text_atomic(path, text)
-        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net)
+        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
+                            patch_bits=args.patch_bits)
         row = cost.as_dict()
         row.update(module=name, file=path, planes=len(u.planes))
         rows.append(row)
@@ -272,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the file's chunk_slices, or the library's default for n_out)")
     r.add_argument("--sharing", choices=["paar", "none"], default="paar",
                    help="paar: shared XOR sub-terms, one wire per gate (default); none: one reduction XOR per output")
+    r.add_argument("--patch-bits", type=int, default=0, metavar="BITS",
+                   help="add the patch stage, taking patch positions of BITS bits (0: none, the default)")
     r.add_argument("--check", type=int, default=0, metavar="SLICES",
                    help="co-simulate each module over SLICES random slices against the Python decoder first")
     r.add_argument("--simulator", choices=["auto", "iverilog", "verilator"], default="auto",

@@ -59,6 +59,31 @@ def test_encoded_plane_with_patches(simulator):
     assert np.array_equal(hw[care], bits[care])
 
 
+@pytest.mark.parametrize("params", [(8, 79, 15, 0x5EED), (16, 40, 0, 3), (1, 1, 0, 0)],
+                         ids=lambda p: "x".join(map(str, p)))
+def test_patch_stage_outputs_the_decoded_planes(simulator, params):
+    """With the patch stage the hardware output is the decoded plane itself, two planes in a row."""
+    dec = XorDecoder(*params)
+    a, bits, care = random_plane(dec, 150, 0.5 if dec.n_out == 1 else 0.12, seed=1, chunk_slices=64,
+                                 partial=min(3, dec.n_out - 1))
+    b = random_stream_plane(dec, 90, chunk_slices=64, seed=2, patch_rate=0.02)
+    assert b.patches.size
+    x, starts, exp, cs = plane_vectors([a, b], "counter")
+    flat = exp.reshape(-1)
+    patches = np.concatenate([a.patches, b.patches + a.n_slices * dec.n_out])
+    flat[patches] ^= 1
+    assert np.array_equal(flat[: a.length], decode_plane(a))
+    off = a.n_slices * dec.n_out
+    assert np.array_equal(flat[off : off + b.length], decode_plane(b))
+    res = cosimulate(dec, x, starts, exp, chunk_slices=cs, patches=patches, patch_bits=24, simulator=simulator)
+    assert res.ok, res.summary()
+    assert cosim_planes([a, b], patch_bits=24, simulator=simulator).ok
+    # negative control: the patches go in, the expectation lacks them
+    x, starts, raw, cs = plane_vectors([b], "counter")
+    res = cosimulate(dec, x, starts, raw, chunk_slices=cs, patches=b.patches, patch_bits=24, simulator=simulator)
+    assert not res.ok and res.mismatched_bits == b.patches.size
+
+
 def test_planes_back_to_back(simulator):
     """in_start in the middle of a chunk (a new plane) restarts the counter and clears the history."""
     dec = XorDecoder(4, 30, 7, 11)
@@ -104,12 +129,13 @@ def test_verilator_lint_clean():
     import tempfile
     import os
 
-    for params, cs in [((8, 79, 15), 13248), ((16, 140, 0), 64), ((3, 7, 2), 0)]:
+    for params, cs, pb in [((8, 79, 15), 13248, 0), ((16, 140, 0), 64, 0), ((3, 7, 2), 0, 0),
+                           ((8, 79, 15), 64, 32), ((1, 1, 0), 0, 8)]:
         dec = XorDecoder(*params)
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, module_name_for(dec) + ".v")
             with open(path, "w") as f:
-                f.write(decoder_verilog(dec, chunk_slices=cs))
+                f.write(decoder_verilog(dec, chunk_slices=cs, patch_bits=pb))
             p = subprocess.run(["verilator", "--lint-only", "-Wall", path],
                                capture_output=True, text=True)
             assert p.returncode == 0, p.stderr[-2000:]
@@ -122,3 +148,5 @@ def test_yosys_synthesis_agrees_on_flip_flops():
     cost = decoder_cost(dec, chunk_slices=13248, yosys=True)
     assert cost.yosys["flip_flops"] == cost.flip_flops == 120 + 79 + 1 + 14
     assert 0 < cost.yosys["xor2"] < cost.xor2_unshared
+    with_patches = decoder_cost(XorDecoder(3, 7, 2), chunk_slices=64, yosys=True, patch_bits=20)
+    assert with_patches.yosys["flip_flops"] == with_patches.flip_flops == 6 + 7 + 1 + 6 + 20

@@ -58,7 +58,11 @@ def test_export_check_runs_the_simulator(tmp_path, capsys, simulator):
     code, out, err = run(capsys, "export-rtl", "--n-in", "3", "--n-out", "7", "--ns", "2", "-o",
                          str(tmp_path / "d.v"), "--check", "150", "--simulator", simulator)
     assert code == 0, err
-    assert "check: " in out and "all equal" in out
+    assert "check: " in out and "all equal" in out and "CHUNK_SLICES=64" in out
+    code, out, err = run(capsys, "export-rtl", "--n-in", "3", "--n-out", "7", "--ns", "2", "-o",
+                         str(tmp_path / "p.v"), "--check", "150", "--patch-bits", "32", "--simulator", simulator)
+    assert code == 0 and "all equal" in out, err
+    assert "input  wire [31:0] patch_pos" in (tmp_path / "p.v").read_text()
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -67,6 +71,7 @@ def test_export_check_runs_the_simulator(tmp_path, capsys, simulator):
     (["--n-in", "8", "--n-out", "0"], "n_out must be in"),
     (["--n-in", "8", "--n-out", "10", "--seed", str(2**64)], "seed must be"),
     (["--n-in", "8", "--n-out", "10", "--chunk-slices", "100"], "multiple of 64"),
+    (["--n-in", "8", "--n-out", "10", "--patch-bits", "4"], "patch_bits must be"),
     (["--n-out", "10"], "at least --n-in and --n-out"),
     (["missing.xsp"], "missing.xsp"),
     (["missing.xsp", "--n-in", "3", "--n-out", "5"], "not both"),

@@ -41,9 +41,10 @@ class DecoderCost:
     depth_shared: int
     mask_and2: int  # AND gates that zero the history at a chunk start (n_in * n_s)
     counter_bits: int  # chunk counter flip-flops
-    flip_flops: int  # history + output register + out_valid + counter
+    flip_flops: int  # history + output register + out_valid + counter (+ patch stage base)
     lut6_unshared: int  # estimate: ceil((weight - 1) / 5) six-input LUTs per output, no sharing
     clock_mhz: float
+    patch_bits: int = 0  # patch stage position width (0: no patch stage)
     yosys: dict | None = field(default=None)
 
     @property
@@ -77,8 +78,12 @@ def counter_bits(chunk_slices: int) -> int:
 
 
 def decoder_cost(dec: XorDecoder, *, chunk_slices: int = 0, clock_mhz: float = DEFAULT_CLOCK_MHZ,
-                 yosys: bool = False, netlist=None) -> DecoderCost:
-    """Cost of `dec` as export-rtl generates it; yosys=True adds Yosys statistics when installed."""
+                 yosys: bool = False, netlist=None, patch_bits: int = 0) -> DecoderCost:
+    """Cost of `dec` as export-rtl generates it; yosys=True adds Yosys statistics when installed.
+
+    Gate counts are the XOR network's; a patch stage (patch_bits > 0) adds patch_bits
+    flip-flops, a subtractor, a comparator and a bit decoder, counted only by Yosys.
+    """
     g = dec.window_matrix()
     plain = build_netlist(g, "none")
     shared = netlist if netlist is not None else build_netlist(g, "paar")
@@ -87,12 +92,13 @@ def decoder_cost(dec: XorDecoder, *, chunk_slices: int = 0, clock_mhz: float = D
     cbits = counter_bits(chunk_slices) if dec.n_s > 0 else 0
     ys = None
     if yosys and yosys_available():
-        ys = yosys_stat(decoder_verilog(dec, chunk_slices=chunk_slices, netlist=shared), module_name_for(dec))
+        ys = yosys_stat(decoder_verilog(dec, chunk_slices=chunk_slices, netlist=shared, patch_bits=patch_bits),
+                        module_name_for(dec))
     return DecoderCost(
         dec.n_in, dec.n_out, dec.n_s, int(dec.seed), chunk_slices, dec.window,
         plain.n_gates, shared.n_gates, plain.depth, shared.depth, hist, cbits,
-        hist + dec.n_out + 1 + cbits,
-        int(np.sum(-(-np.maximum(weights - 1, 0) // (LUT_INPUTS - 1)))), clock_mhz, ys,
+        hist + dec.n_out + 1 + cbits + patch_bits,
+        int(np.sum(-(-np.maximum(weights - 1, 0) // (LUT_INPUTS - 1)))), clock_mhz, patch_bits, ys,
     )
 
 

@@ -124,12 +124,15 @@ def _compile(simulator: str, workdir: str, top: str, files: list[str], timeout: 
 def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.ndarray, *,
                chunk_slices: int = 0, sharing: str = "paar", simulator: str = "auto", stall: bool = True,
                workdir: str | None = None, netlist: XorNetlist | None = None, seed: int = 1,
-               timeout: float | None = None) -> CosimResult:
+               timeout: float | None = None, patches: np.ndarray | None = None,
+               patch_bits: int = 0) -> CosimResult:
     """Feed beats {starts[t], x[t]} to the generated decoder and compare every output with `expected`.
 
     x: (n_slices, n_in) 0/1; starts: (n_slices,) bool (in_start per beat); expected:
     (n_slices, n_out) 0/1, what the decoder must output for each beat. chunk_slices is the
     CHUNK_SLICES parameter of the module. Files go to `workdir` (kept) or a temporary folder.
+    patch_bits > 0 generates the module with its patch stage and streams `patches` (output
+    positions since reset, increasing) into it; `expected` must then include their flips.
     """
     sim = pick_simulator(simulator)
     x = np.asarray(x, dtype=np.uint8)
@@ -146,11 +149,22 @@ def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.
         workdir = tmp.name
     os.makedirs(workdir, exist_ok=True)
     try:
+        pl = np.empty(0, dtype=np.int64) if patches is None else np.asarray(patches, dtype=np.int64)
+        if patch_bits:
+            if pl.size and (pl[0] < 0 or np.any(np.diff(pl) <= 0) or pl[-1] >= n * dec.n_out):
+                raise ValueError("patch positions must be increasing and inside the simulated slices")
+            digits = -(-patch_bits // 4)
+            with open(os.path.join(workdir, "patch.hex"), "w") as f:
+                f.writelines(f"{int(p):0{digits}x}\n" for p in pl)
+                f.write(f"{(1 << patch_bits) - 1:0{digits}x}\n")
+        elif pl.size:
+            raise ValueError("patches given without a patch stage (patch_bits = 0)")
         with open(os.path.join(workdir, "dut.v"), "w") as f:
-            f.write(decoder_verilog(dec, sharing=sharing, chunk_slices=chunk_slices, netlist=netlist))
+            f.write(decoder_verilog(dec, sharing=sharing, chunk_slices=chunk_slices, netlist=netlist,
+                                    patch_bits=patch_bits))
         with open(os.path.join(workdir, "tb.v"), "w") as f:
             f.write(testbench_verilog(name, dec.n_in, dec.n_out, n, chunk_slices=chunk_slices, stall=stall,
-                                      seed=seed))
+                                      seed=seed, patch_bits=patch_bits, n_patches=int(pl.size)))
         with open(os.path.join(workdir, "in.hex"), "wb") as f:
             f.write(hex_lines(beats))
         out_path = os.path.join(workdir, "out.hex")
@@ -232,10 +246,11 @@ def random_plane(dec: XorDecoder, n_slices: int, density: float, *, seed: int = 
 
 
 def random_stream_plane(dec: XorDecoder, n_slices: int, *, chunk_slices: int, seed: int = 0,
-                        partial: int = 0) -> EncodedPlane:
-    """A plane whose stream is fair coin flips (no encoding, no patches): any stream is valid input.
+                        partial: int = 0, patch_rate: float = 0.0) -> EncodedPlane:
+    """A plane whose stream is fair coin flips (no encoding): any stream is valid input.
 
-    `partial` positions short of whole slices, so the last slice is a partial one.
+    `partial` positions short of whole slices, so the last slice is a partial one;
+    patch_rate > 0 adds that fraction of positions as random patches.
     """
     if n_slices < 1:
         raise ValueError(f"need at least one slice, got {n_slices}")
@@ -247,12 +262,33 @@ def random_stream_plane(dec: XorDecoder, n_slices: int, *, chunk_slices: int, se
     used = n_slices * dec.n_in
     if used % 8:
         stream[-1] &= (1 << (used % 8)) - 1  # unused bits at the end of a stream are zero
-    return EncodedPlane(length=n_slices * dec.n_out - partial, n_in=dec.n_in, n_out=dec.n_out, n_s=dec.n_s,
-                        seed=int(dec.seed), chunk_slices=chunk_slices, stream=stream,
-                        patches=np.empty(0, dtype=np.int64))
+    length = n_slices * dec.n_out - partial
+    patches = np.flatnonzero(rng.random(length) < patch_rate).astype(np.int64)
+    return EncodedPlane(length=length, n_in=dec.n_in, n_out=dec.n_out, n_s=dec.n_s, seed=int(dec.seed),
+                        chunk_slices=chunk_slices, stream=stream, patches=patches)
 
 
-def cosim_planes(planes: list[EncodedPlane], *, mode: StartMode = "counter", **kw) -> CosimResult:
-    """Co-simulate the decoder of `planes` over all their slices (see plane_vectors for mode)."""
+def stream_patches(planes: list[EncodedPlane]) -> np.ndarray:
+    """The planes' patch lists as output positions since the first plane's first slice."""
+    out, base = [], 0
+    for p in planes:
+        out.append(np.asarray(p.patches, dtype=np.int64) + base)
+        base += p.n_slices * p.n_out
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def cosim_planes(planes: list[EncodedPlane], *, mode: StartMode = "counter", patch_bits: int = 0,
+                 **kw) -> CosimResult:
+    """Co-simulate the decoder of `planes` over all their slices (see plane_vectors for mode).
+
+    patch_bits > 0: with the patch stage, fed the planes' patch lists, so the outputs
+    compared are the decoded planes themselves (decode_plane) plus the last slice's tail.
+    """
     x, starts, exp, cs = plane_vectors(planes, mode)
-    return cosimulate(planes[0].decoder, x, starts, exp, chunk_slices=cs, **kw)
+    patches = None
+    if patch_bits:
+        patches = stream_patches(planes)
+        flat = exp.reshape(-1)  # a view: flip the expected bits in place
+        flat[patches] ^= 1
+    return cosimulate(planes[0].decoder, x, starts, exp, chunk_slices=cs, patches=patches,
+                      patch_bits=patch_bits, **kw)

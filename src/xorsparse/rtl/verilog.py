@@ -55,16 +55,25 @@ def _window_map_comment(dec: XorDecoder) -> list[str]:
 
 def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int = 0,
                     module_name: str | None = None, netlist: XorNetlist | None = None,
-                    source: str | None = None) -> str:
+                    source: str | None = None, patch_bits: int = 0) -> str:
     """Synthesizable Verilog-2005 of the decoder `dec`.
 
     chunk_slices is the default of the CHUNK_SLICES parameter (0: chunk starts come from
     in_start only). sharing="paar" writes the shared gate netlist, one wire per XOR gate;
     "none" writes each output as a reduction XOR of its window bits (a synthesis tool
     then finds its own sharing). `source` goes into the header (e.g. the .xsp file).
+
+    patch_bits > 0 adds the patch stage: a stream of patch positions (patch_valid,
+    patch_ready, patch_pos of patch_bits bits, counted in output positions since reset:
+    slice s since reset, bit j is s * n_out + j; strictly increasing; the list ends with
+    the sentinel 2^patch_bits - 1, held valid). Each patch in the held slice flips one bit
+    per cycle before the slice leaves.
     """
     if chunk_slices < 0:
         raise ValueError(f"chunk_slices must be >= 0, got {chunk_slices}")
+    if patch_bits < 0 or patch_bits > 64 or (patch_bits and patch_bits <= dec.n_out.bit_length()):
+        raise ValueError(f"patch_bits must be 0 (no patch stage) or in {dec.n_out.bit_length() + 1}..64, "
+                         f"got {patch_bits}")
     n_in, n_out, n_s = dec.n_in, dec.n_out, dec.n_s
     w = dec.window
     hw = w - n_in
@@ -92,6 +101,10 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a(f"//   flip-flops: {hw} history + {n_out} output + 1 valid (+ the chunk counter if CHUNK_SLICES > 0)")
     else:
         a(f"//   flip-flops: {n_out} output + 1 valid (n_s = 0: no history, no chunk counter)")
+    if patch_bits:
+        a(f"// Patch stage: patch_pos ({patch_bits} bits) streams the patch positions, counted in output")
+        a("// positions since reset (slice s since reset, bit j: s * n_out + j), increasing, then the")
+        a("// sentinel of all ones held valid; each flips its bit, one per cycle, before the slice leaves.")
     a("// Handshake: a beat is accepted when in_valid && in_ready; y_t is registered and shown on")
     a("// out_data (with out_valid) the cycle after x_t is accepted, until out_ready takes it.")
     a("// Chunk starts (history reads as zero): in_start with the beat, and, if CHUNK_SLICES > 0,")
@@ -109,17 +122,41 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     a("    output wire in_ready,")
     a(f"    input  wire [{n_in - 1}:0] in_data,")
     a("    input  wire in_start,")
-    a("    output reg  out_valid,")
-    a("    input  wire out_ready,")
-    a(f"    output reg  [{n_out - 1}:0] out_data")
+    if patch_bits:
+        a("    output wire out_valid,")
+        a("    input  wire out_ready,")
+        a(f"    output reg  [{n_out - 1}:0] out_data,")
+        a("    input  wire patch_valid,")
+        a("    output wire patch_ready,")
+        a(f"    input  wire [{patch_bits - 1}:0] patch_pos  // output position since reset; list ends with all ones")
+    else:
+        a("    output reg  out_valid,")
+        a("    input  wire out_ready,")
+        a(f"    output reg  [{n_out - 1}:0] out_data")
     a(");")
     if hw > 0:
         a(f"    localparam N_IN = {n_in};")
     a(f"    localparam N_OUT = {n_out};")
     a(f"    localparam W = {w};")
     a("")
-    a("    assign in_ready = !out_valid || out_ready;")
-    a("    wire fire = in_valid && in_ready;")
+    if patch_bits:
+        bw = max(1, (n_out - 1).bit_length())
+        a("    // Patch stage: out_data holds slice y_t while patches inside it flip one bit per cycle;")
+        a("    // it leaves (out_valid) once the next patch lies beyond it.")
+        a(f"    localparam PB = {patch_bits};")
+        a(f"    localparam [N_OUT-1:0] ONE = 1;")
+        a("    reg held;  // out_data holds a decoded slice")
+        a("    reg [PB-1:0] base;  // output position (since reset) of out_data bit 0")
+        a("    wire [PB-1:0] offs = patch_pos - base;")
+        a("    wire hit = held && patch_valid && (offs < N_OUT);")
+        a("    assign patch_ready = hit;")
+        a("    assign out_valid = held && patch_valid && !hit;")
+        a("    wire leave = out_valid && out_ready;")
+        a("    assign in_ready = !held || leave;")
+        a("    wire fire = in_valid && in_ready;")
+    else:
+        a("    assign in_ready = !out_valid || out_ready;")
+        a("    wire fire = in_valid && in_ready;")
     a("    wire [W-1:0] w;")
     a("    wire [N_OUT-1:0] y;")
     a("")
@@ -136,12 +173,14 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    generate")
         a("        if (CHUNK_SLICES > 0) begin : g_chunk_counter")
         a("            localparam CW = CHUNK_SLICES > 1 ? $clog2(CHUNK_SLICES) : 1;")
+        a("            localparam integer LAST_SLICE = CHUNK_SLICES - 1;")
+        a("            localparam [CW-1:0] LAST = LAST_SLICE[CW-1:0];")
         a("            reg [CW-1:0] pos;  // slices of the current chunk already accepted")
         a("            wire [CW-1:0] here = in_start ? {CW{1'b0}} : pos;")
         a("            assign first = (here == {CW{1'b0}});")
         a("            always @(posedge clk) begin")
         a("                if (rst) pos <= {CW{1'b0}};")
-        a("                else if (fire) pos <= (here == CHUNK_SLICES - 1) ? {CW{1'b0}} : here + 1'b1;")
+        a("                else if (fire) pos <= (here == LAST) ? {CW{1'b0}} : here + 1'b1;")
         a("            end")
         a("        end else begin : g_chunk_input")
         a("            assign first = in_start;")
@@ -155,11 +194,24 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    wire [31:0] unused_chunk_slices = CHUNK_SLICES;")
         a("    /* verilator lint_on UNUSEDSIGNAL */")
     a("")
-    a("    always @(posedge clk) begin")
-    a("        if (rst) out_valid <= 1'b0;")
-    a("        else if (in_ready) out_valid <= in_valid;")
-    a("        if (fire) out_data <= y;")
-    a("    end")
+    if patch_bits:
+        a("    always @(posedge clk) begin")
+        a("        if (rst) begin")
+        a("            held <= 1'b0;")
+        a("            base <= {PB{1'b0}};")
+        a("        end else begin")
+        a("            if (in_ready) held <= in_valid;")
+        a("            if (leave) base <= base + N_OUT;")
+        a("        end")
+        a("        if (fire) out_data <= y;")
+        a(f"        else if (hit) out_data <= out_data ^ (ONE << offs[{bw - 1}:0]);")
+        a("    end")
+    else:
+        a("    always @(posedge clk) begin")
+        a("        if (rst) out_valid <= 1'b0;")
+        a("        else if (in_ready) out_valid <= in_valid;")
+        a("        if (fire) out_data <= y;")
+        a("    end")
     a("")
     if sharing == "paar":
         ng = netlist.n_gates
@@ -185,13 +237,40 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
 
 def testbench_verilog(dut: str, n_in: int, n_out: int, n_slices: int, *, chunk_slices: int,
                       in_file: str = "in.hex", out_file: str = "out.hex", stall: bool = True,
-                      seed: int = 1) -> str:
+                      seed: int = 1, patch_bits: int = 0, n_patches: int = 0,
+                      patch_file: str = "patch.hex") -> str:
     """A self-running testbench: reads {in_start, x_t} per line (hex) from in_file, writes out_data per line.
 
     With stall=True the source drops in_valid and the sink drops out_ready on pseudo-random
     cycles (a 32-bit LFSR from `seed`), so the handshake is exercised, not only the datapath.
-    Python compares out_file with the software decoder.
+    Python compares out_file with the software decoder. With patch_bits > 0 the module
+    has the patch stage and patch_file holds n_patches positions and the sentinel.
     """
+    if patch_bits:
+        p_decl = f"""
+    localparam NP = {n_patches};
+    reg [{patch_bits - 1}:0] pvec [0:NP];  // patch positions, then the all-ones sentinel
+    reg patch_valid = 1'b0;
+    reg [{patch_bits - 1}:0] patch_pos = {{{patch_bits}{{1'b1}}}};
+    wire patch_ready;
+    integer pidx, pnxt;"""
+        p_ports = ",\n        .patch_valid(patch_valid), .patch_ready(patch_ready), .patch_pos(patch_pos)"
+        p_init = f"""
+        $readmemh("{patch_file}", pvec);
+        pidx = 0;"""
+        p_drive = """
+            pnxt = pidx + ((patch_valid && patch_ready) ? 1 : 0);
+            pidx <= pnxt;
+            if (patch_valid && !patch_ready) begin
+                // hold
+            end else if (!STALL || rnd[9:8] != 2'd0) begin
+                patch_valid <= 1'b1;
+                patch_pos <= pvec[pnxt];
+            end else begin
+                patch_valid <= 1'b0;
+            end"""
+    else:
+        p_decl = p_ports = p_init = p_drive = ""
     return f"""`timescale 1ns/1ps
 `default_nettype none
 // Testbench for {dut}: {n_slices} slices from {in_file}, decoded slices to {out_file}.
@@ -207,16 +286,16 @@ module tb;
     wire in_ready, out_valid;
     wire [{n_out - 1}:0] out_data;
     integer fd, idx, nxt, nout, cycles;
-    reg [31:0] rnd;
+    reg [31:0] rnd;{p_decl}
 
     {dut} #(.CHUNK_SLICES({chunk_slices})) dut (
         .clk(clk), .rst(rst), .in_valid(in_valid), .in_ready(in_ready), .in_data(in_data),
-        .in_start(in_start), .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data));
+        .in_start(in_start), .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data){p_ports});
 
     initial begin
         $readmemh("{in_file}", vec);
         fd = $fopen("{out_file}", "w");
-        idx = 0; nout = 0; cycles = 0; rnd = 32'd{seed & 0xFFFFFFFF or 1};
+        idx = 0; nout = 0; cycles = 0; rnd = 32'd{seed & 0xFFFFFFFF or 1};{p_init}
         repeat (3) @(posedge clk);
         rst <= 1'b0;
     end
@@ -235,7 +314,7 @@ module tb;
             end else begin
                 in_valid <= 1'b0;
             end
-            out_ready <= !STALL || rnd[6:4] != 3'd0;
+            out_ready <= !STALL || rnd[6:4] != 3'd0;{p_drive}
             if (out_valid && out_ready) begin
                 $fwrite(fd, "%h\\n", out_data);
                 nout = nout + 1;
@@ -245,7 +324,7 @@ module tb;
                     $finish;
                 end
             end
-            if (cycles > 4 * N + 100) begin
+            if (cycles > 4 * N + 8 * {n_patches} + 100) begin
                 $fclose(fd);
                 $display("TB_TIMEOUT after %0d cycles, %0d of %0d slices out", cycles, nout, N);
                 $finish;
