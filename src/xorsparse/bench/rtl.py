@@ -6,8 +6,9 @@ For each sparsity, `rates.choose` picks a decoder on a random plane (Bernoulli c
 fair-coin bits) exactly as compression does; the paper-mode row is `choose(...,
 max_n_s=0)` at 90%. Each decoder's cost comes from the netlist export-rtl writes (and
 Yosys, where installed). With --cosim-slices N, a random plane of N slices (the last one
-partial) is encoded with that decoder and its stream run through the generated Verilog
-in a simulator; every output bit is compared with decode_plane.
+partial) is encoded with that decoder and its stream and patch list run through the
+generated Verilog with its patch stage in a simulator; every output bit is compared with
+decode_plane (the decoded plane itself, plus the last slice's dropped tail).
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ def cosim_row(dec, sparsity: float, n_slices: int, seed: int, simulator: str, ne
     care = rng.random(length) >= sparsity
     bits = rng.integers(0, 2, length, dtype=np.uint8)
     enc = encode_plane(bits, care, dec, verify=True)
-    res = cosim_planes([enc], mode="counter", simulator=simulator, netlist=netlist)
-    print(f"  co-simulation: {res.summary()}", flush=True)
-    return {"cosim_slices": res.n_slices, "cosim_bits": res.output_bits, "cosim_chunks": -(-enc.n_slices // enc.chunk_slices),
+    patch_bits = max(24, (enc.n_slices * dec.n_out).bit_length() + 1)
+    res = cosim_planes([enc], mode="counter", simulator=simulator, netlist=netlist, patch_bits=patch_bits)
+    print(f"  co-simulation: {res.summary()}; {enc.patches.size} patches", flush=True)
+    return {"cosim_slices": res.n_slices, "cosim_bits": res.output_bits, "cosim_patches": int(enc.patches.size),
+            "cosim_chunks": -(-enc.n_slices // enc.chunk_slices),
             "cosim_ok": res.ok, "cosim_mismatched_bits": res.mismatched_bits, "cosim_simulator": res.simulator,
             "cosim_compile_s": res.compile_seconds, "cosim_run_s": res.run_seconds}
 
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                     ("yosys_ffs", "yosys FFs", "d")]
     if args.cosim_slices:
         columns += [("cosim_slices", "cosim slices", "d"), ("cosim_chunks", "chunks", "d"),
+                    ("cosim_patches", "patches", "d"),
                     ("cosim_ok", "bit-exact", ""), ("cosim_simulator", "simulator", "s")]
     print_table(rows, columns)
     if args.markdown:

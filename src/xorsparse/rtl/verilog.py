@@ -17,6 +17,11 @@ CHUNK_SLICES accepted beats counted from reset or from the last in_start, so a f
 raises in_start once per plane (the file's chunk_slices is the default). CHUNK_SLICES = 0
 leaves out the counter: then in_start must mark every chunk's first slice. The history
 also starts at zero after reset.
+
+Optional patch stage (patch_bits > 0): patch_valid, patch_ready, patch_pos stream the
+patch positions (counted in output positions since reset, increasing, ended by the
+all-ones sentinel); out_data then leaves only once every patch inside it is flipped, so
+the module outputs the decoded plane itself.
 """
 
 from __future__ import annotations
