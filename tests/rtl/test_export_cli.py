@@ -85,3 +85,11 @@ def test_export_errors_are_one_line(tmp_path, capsys, args, msg):
 def test_export_rejects_a_non_xsp_file(st_file, tmp_path, capsys):
     code, _, err = run(capsys, "export-rtl", st_file, "-o", str(tmp_path / "o"))
     assert code == 2 and "not an xorsparse file" in err and err.count("\n") == 1
+
+
+def test_check_without_a_simulator_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("xorsparse.rtl.sim.available_simulators", lambda: [])
+    code, _, err = run(capsys, "export-rtl", "--n-in", "3", "--n-out", "7", "-o", str(tmp_path / "q.v"),
+                       "--check", "10")
+    assert code == 2 and "no Verilog simulator" in err and "apt-get install iverilog" in err
+    assert err.count("\n") == 1 and not (tmp_path / "q.v").exists()
