@@ -133,6 +133,20 @@ def test_minilm_layer_round_trip(tmp_path, capsys, sparsity, bits):
     assert code == 0, text
 
 
+def test_output_into_a_closed_pipe_is_not_an_error(st_file, tmp_path):
+    """`xorsparse inspect ... | head` must not end in "Broken pipe"."""
+    import os
+
+    out = str(tmp_path / "m.xsp")
+    subprocess.run([sys.executable, "-m", "xorsparse.cli", "compress", st_file, out], check=True, capture_output=True)
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    res = subprocess.run([sys.executable, "-m", "xorsparse.cli", "inspect", out], stdout=w, stderr=subprocess.PIPE,
+                         text=True)
+    os.close(w)
+    assert res.returncode == 0 and "Broken pipe" not in res.stderr, res.stderr
+
+
 # --- sharded folders: workers, resume, refusal ------------------------------------------
 
 
