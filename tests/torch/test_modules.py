@@ -65,7 +65,7 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 dtype = getattr(torch, sys.argv[1])
-w = torch.randn(1024, 2048, generator=torch.Generator().manual_seed(0)).to(dtype)
+w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0)).to(dtype)
 xw = XorWeight(compress_tensor(w, CompressConfig(float(sys.argv[2]), int(sys.argv[3]))))
 xw.dense(backend="torch")  # warm-up: tables, lazy initialisation
 with open("/proc/self/clear_refs", "w") as f:
@@ -76,7 +76,7 @@ print((status("VmHWM") - before) / (w.numel() * w.element_size()))
 """
 
 
-@pytest.mark.parametrize("dtype,sparsity,q", [("float32", 0.9, 2), ("bfloat16", 0.5, 4), ("float16", 0.0, 1)])
+@pytest.mark.parametrize("dtype,sparsity,q", [("float32", 0.9, 2), ("bfloat16", 0.5, 3)])
 def test_torch_path_peak_memory_below_twice_the_dense_weight(dtype, sparsity, q):
     """Measured, not timed: the resident-set peak of one torch-path decode, output included.
 

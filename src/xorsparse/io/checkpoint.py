@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .torchconv import raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
 from ..tensor.maskcode import binary_entropy
+from ..tensor.parallel import compress_many
 from ..tensor.prune import global_magnitude_masks
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
     reference_prune_quantize, to_float32
@@ -184,18 +185,21 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
     raw: dict[str, RawTensor] = {}
     rows = []
     total = len(ck.names)
+    chosen = set(selected)
+    # selected tensors are loaded and compressed on a thread pool; results come in file order
+    results = compress_many(((n, (lambda n=n: ck.get(n)), None if masks is None else masks[n]) for n in selected),
+                            config)
     for i, name in enumerate(ck.names):
         if progress:
             progress(i, total, name)
-        t = ck.get(name)
-        if name in selected:
-            t0 = time.perf_counter()
-            ct = compress_tensor(t, config, keep=None if masks is None else masks[name], name=name)
+        if name in chosen:
+            _, ct, seconds = next(results)
             compressed[name] = ct
             row = tensor_stats(name, ct)
-            row["seconds"] = time.perf_counter() - t0
+            row["seconds"] = seconds
             rows.append(row)
         else:
+            t = ck.get(name)
             code, shape, data = raw_from_torch(t)
             raw[name] = RawTensor(code, shape, data)
     if progress:

@@ -52,7 +52,7 @@ def _code_len(g, m, b, u):
     return g // m + 1 + extra
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gaps(keep):
     """Gaps before each kept position, plus the gap to the end of the block (the terminator)."""
     n = 0
@@ -78,7 +78,7 @@ def _golomb_shape(m):
     return b, (1 << b) - m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _best_param(gaps, length):
     """The Golomb parameter with the fewest bits for these gaps, searched near the optimum."""
     n = gaps.shape[0]
@@ -112,7 +112,7 @@ def _put(out, pos, bit):
         out[pos >> 3] |= np.uint8(1 << (pos & 7))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _golomb_encode(gaps, m, out):
     b, u = _golomb_shape(m)
     pos = 0
@@ -134,7 +134,7 @@ def _golomb_encode(gaps, m, out):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encode_blocks(keep, block, params, scratch, sizes):
     nb = params.shape[0]
     for i in range(nb):
@@ -301,7 +301,7 @@ def golomb_tables(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tables, index
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _decode_blocks(data, offsets, params, block, length, words, ok, tables, tindex):
     nb = params.shape[0]
     for i in prange(nb):
