@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats fashion-mnist verify-minilm data venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-speed fashion-mnist verify-minilm data venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ bench-formats: $(VENV)/.installed
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
-bench: bench-codec bench-formats
+bench-speed: $(VENV)/.installed
+	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
+
+bench: bench-codec bench-formats bench-speed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

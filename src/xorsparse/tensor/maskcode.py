@@ -263,26 +263,52 @@ def golomb_block(data, start, end, m, length, out, w0, table, use_table):
     limit = end * 8
     prev = -1
     k = GOLOMB_LOOKAHEAD
+    # bits of the current output word gather in a register: read-modify-writes of one word
+    # in memory, one per kept position, would wait on each other
+    cur = np.int64(0)
+    acc = U64(0)
+    # the next bits wait in a register (bb, `have` of them valid), so a look-up waits on
+    # one shift rather than on a memory read at a position that the last look-up gave
+    bb = U64(0)
+    have = 0
+    kmask = U64((1 << k) - 1)
     while True:
         if use_table and pos + k <= limit:
-            v = read_bits(data, pos, k)
+            if have < k:
+                bb = read_bits(data, pos, 64)
+                have = 64
+            v = bb & kmask
             last = prev + table[v, 1 + GOLOMB_SYMBOLS]
             if table[v, 0] > 0 and last < length:
-                pos += table[v, 1]
+                used = table[v, 1]
+                pos += used
+                bb >>= U64(used)
+                have -= used
                 for s in range(GOLOMB_SYMBOLS):  # fixed count: no mispredicted loop exit
                     p = prev + table[v, 2 + s]
-                    out[w0 + (p >> 6)] |= U64(1) << U64(p & 63)
+                    w = p >> 6
+                    if w != cur:
+                        out[w0 + cur] |= acc
+                        cur = w
+                        acc = U64(0)
+                    acc |= U64(1) << U64(p & 63)
                 prev = last
                 continue
         g, pos = _golomb_one(data, pos, limit, m, b, u, length)
+        have = 0
         if g < 0:
+            out[w0 + cur] |= acc
             return False
         p = prev + 1 + g
-        if p == length:
-            return True
-        if p > length:
-            return False
-        out[w0 + (p >> 6)] |= U64(1) << U64(p & 63)
+        if p >= length:
+            out[w0 + cur] |= acc
+            return p == length
+        w = p >> 6
+        if w != cur:
+            out[w0 + cur] |= acc
+            cur = w
+            acc = U64(0)
+        acc |= U64(1) << U64(p & 63)
         prev = p
 
 
