@@ -151,3 +151,18 @@ def test_bitmask_plan_equals_golomb_plan():
     a = decode_into(plan, np.empty(ct.numel, np.float32), OUT_F32)
     b = decode_into(words, np.empty(ct.numel, np.float32), OUT_F32)
     assert a.tobytes() == b.tobytes() == decode_dense(ct).tobytes()
+
+
+def test_inconsistent_planes_are_rejected_before_any_kernel():
+    from xorsparse.torch import XorWeight
+
+    w = np.random.default_rng(4).standard_normal((30, 40)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.8, 2))
+    short = dataclasses.replace(ct.planes[0], stream=ct.planes[0].stream[:-1])
+    bad = dataclasses.replace(ct, planes=[short] + ct.planes[1:])
+    for fn in (decompress_tensor, prepare, XorWeight):
+        with pytest.raises(ValueError, match="stream"):
+            fn(bad)
+    far = dataclasses.replace(ct.planes[0], patches=np.array([w.size + 5]))
+    with pytest.raises(ValueError, match="patch"):
+        decompress_tensor(dataclasses.replace(ct, planes=[far] + ct.planes[1:]))

@@ -145,9 +145,8 @@ def plane_arrays(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     return streams, params, g, wide
 
 
-def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
-    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open)."""
-    q = ct.quant
+def check_planes(ct) -> None:
+    """What CompressedTensor.validate() leaves to the decoders: stream lengths, chunk sizes."""
     n = ct.numel
     for i, p in enumerate(ct.planes):
         want = -(-(-(-n // p.n_out) * p.n_in) // 8)
@@ -155,6 +154,13 @@ def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
             raise ValueError(f"plane {i} stream holds {p.stream.size} bytes, expected {want}")
         if p.chunk_slices <= 0 or p.chunk_slices % 64:
             raise ValueError(f"plane {i}: chunk_slices must be a positive multiple of 64, got {p.chunk_slices}")
+
+
+def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
+    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open)."""
+    q = ct.quant
+    n = ct.numel
+    check_planes(ct)
     m = ct.mask
     if m.codec == "entropy":
         offs, params = check_entropy_tables(m)

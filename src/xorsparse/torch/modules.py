@@ -327,6 +327,7 @@ class XorWeight(nn.Module):
     def __init__(self, ct: CompressedTensor, cache: bool = False, workspace: DecodeWorkspace | None = None):
         super().__init__()
         ct.validate()
+        fused.check_planes(ct)  # the kernels read these buffers without bounds checks
         self.shape = tuple(ct.shape)
         self.dtype_name = ct.dtype
         self.torch_dtype = getattr(torch, ct.dtype)
