@@ -109,6 +109,10 @@ def test_workspace_and_prefetch_forward_equal_reference(net, tmp_path):
         with torch.no_grad():
             for _ in range(3):  # the first pass learns the order, later ones decode ahead
                 assert torch.equal(ref(x, ids), loaded(x, ids))
+        twin = copy.deepcopy(loaded)  # copies get a workspace of their own
+        assert twin.xorsparse_workspace is not ws and twin.fc1.xw.workspace is twin.xorsparse_workspace
+        with torch.no_grad():
+            assert torch.equal(twin(x, ids), ref(x, ids))
         assert 0 < ws.buffer_bytes() <= 2 * max(m.weight.numel() for m in net.modules() if hasattr(m, "weight")
                                                  and m.weight is not None) * 4
         # under autograd the weight must not be a reused buffer: gradients stay right

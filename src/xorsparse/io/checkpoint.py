@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -20,7 +19,7 @@ from .container import RawTensor, XspFile, write_xsp
 from ..tensor.maskcode import binary_entropy
 from ..tensor.parallel import compress_many
 from ..tensor.prune import global_magnitude_masks
-from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
+from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, \
     reference_prune_quantize, to_float32
 
 

@@ -302,6 +302,17 @@ class DecodeWorkspace:
                     self._pending = (nxt, self._slot, self._pool.submit(nxt.decode_cpu_into, buf, False))
             return w.view(xw.shape)
 
+    def __deepcopy__(self, memo):  # a copied model gets its own, empty workspace
+        new = DecodeWorkspace(self.prefetch)
+        memo[id(self)] = new
+        return new
+
+    def __getstate__(self):  # pickled models (torch.save) keep the setting, not the buffers
+        return {"prefetch": self.prefetch}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefetch"])
+
     def close(self) -> None:
         with self._lock:
             self._settle()
