@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,speed} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,speed} ..."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, speed, tensor
+    from . import codec, formats, rtl, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
+    rtl.add_arguments(sub.add_parser("rtl", help="hardware cost of the default decoders, with co-simulation"))
     speed.add_arguments(sub.add_parser("speed", help="decode, on-demand forward and compression speed, as ratios"))
     args = p.parse_args(argv)
     return args.run(args)
