@@ -21,6 +21,7 @@ import numpy as np
 from .torchconv import ST_TO_TORCH, raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
 from ..tensor.maskcode import binary_entropy
+from ..tensor.parallel import compress_many
 from ..tensor.prune import global_magnitude_masks
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, \
@@ -386,6 +387,7 @@ class CompressPlan:
     prepared: Mapping[str, Prepared] = field(default_factory=dict)
     keep_dtype: str | None = None  # float dtype for tensors stored as they are; None = as input
     info: Mapping[str, Any] = field(default_factory=dict)  # copied into every shard's metadata
+    threads: int | None = None  # tensors compressed at once within a shard (None: one per core)
 
 
 @dataclass
@@ -424,6 +426,11 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     raw: dict[str, RawTensor] = {}
     rows, sizes_in = [], {}
     total = len(names) if total is None else total
+    # tensors to prune and quantize here run on a thread pool (same bytes for any thread
+    # count); results come back in file order
+    fresh = [n for n in names if n in plan.selected and n not in plan.prepared]
+    results = compress_many(((n, (lambda n=n: ck.get(n)), None if plan.masks is None else plan.masks[n])
+                             for n in fresh), plan.config, threads=plan.threads)
     for i, name in enumerate(names):
         if progress:
             progress(done + i, total, name)
@@ -431,11 +438,10 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
             p = plan.prepared[name]
             t0 = time.perf_counter()
             ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
+            seconds = time.perf_counter() - t0
             sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
         elif name in plan.selected:
-            t0 = time.perf_counter()
-            keep = None if plan.masks is None else plan.masks[name]
-            ct = compress_tensor(ck.get(name), plan.config, keep=keep, name=name)
+            _, ct, seconds = next(results)
             sizes_in[name] = _input_bytes(ck, name)
         else:
             raw[name] = _stored(ck.get(name), plan.keep_dtype)
@@ -443,7 +449,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
             continue
         compressed[name] = ct
         row = tensor_stats(name, ct)
-        row["seconds"] = time.perf_counter() - t0
+        row["seconds"] = seconds
         rows.append(row)
     info = dict(plan.info)
     info["order"] = list(names)
