@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats bench-rtl bench-ct bench-hf fashion-mnist verify-minilm data hdl \
-	hdl-bench venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed fashion-mnist verify-minilm \
+	data hdl hdl-bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,7 +73,10 @@ bench-ct: $(VENV)/.installed
 bench-hf: $(VENV)/.installed
 	$(PY) -m xorsparse.bench hf --json docs/bench-hf.json
 
-bench: bench-codec bench-formats bench-rtl bench-ct bench-hf
+bench-speed: $(VENV)/.installed
+	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
+
+bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -71,6 +71,7 @@ class Executor:
 
     name = "executor"
     workers = 1
+    in_process = False  # True: items run in the calling process (LocalExecutor(1))
 
     def map(self, fn: ItemFn, items: Sequence[Any], on_event: Callable[[Event], None] | None = None
             ) -> Iterator[tuple[int, Any]]:
@@ -125,6 +126,7 @@ class LocalExecutor(Executor):
         if self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
         self.name = "in-process" if self.workers == 1 else f"{self.workers} local worker processes"
+        self.in_process = self.workers == 1
         self._pool = None
         self._events = None
 

@@ -223,11 +223,21 @@ def test_decompress_folder_in_parallel(tmp_path, src):
 MEMORY_PROBE = r"""
 import json, os, resource, sys
 os.environ["NUMBA_NUM_THREADS"] = "1"
-from xorsparse.io.folder import compress_folder
+from xorsparse.io.checkpoint import open_checkpoint, select_tensors
+from xorsparse.io.job import ShardTask, run_shard_task, shard_settings
 from xorsparse.tensor import CompressConfig
-compress_folder(sys.argv[1], sys.argv[3], CompressConfig(sparsity=0.9, bits=2))  # warm-up: imports, JIT
+
+def worker_item(folder, out):  # what a worker of a sharded job does with its one shard
+    shard = os.path.join(folder, "model-00001-of-00001.safetensors")
+    ck = open_checkpoint(shard)
+    cfg = CompressConfig(sparsity=0.9, bits=2)
+    settings = shard_settings(cfg, ck.names, select_tensors(ck).compressed, None, None, {}, out)
+    run_shard_task(ShardTask(0, shard, out, settings))
+
+os.makedirs(sys.argv[3]); os.makedirs(sys.argv[4])
+worker_item(sys.argv[1], os.path.join(sys.argv[3], "o.safetensors"))  # warm-up: imports, JIT
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-compress_folder(sys.argv[2], sys.argv[4], CompressConfig(sparsity=0.9, bits=2))
+worker_item(sys.argv[2], os.path.join(sys.argv[4], "o.safetensors"))
 print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))
 """
 

@@ -156,10 +156,8 @@ def encode_plane(
     n_slices = -(-length // d.n_out)
     n_chunks = -(-n_slices // cs)
     # patches happen only at care positions: a chunk's care count bounds its patch count
-    bounds = np.minimum(np.arange(n_chunks + 1, dtype=np.int64) * cs * d.n_out, length)
-    # (care counts per chunk, not a running count per position: 8 bytes a position otherwise)
-    chunk_care = np.array([np.count_nonzero(c[bounds[i]:bounds[i + 1]]) for i in range(n_chunks)], np.int64)
-    patch_off = np.concatenate(([0], np.cumsum(chunk_care))).astype(np.int64)
+    patch_off = np.zeros(n_chunks + 1, dtype=np.int64)
+    _kernels.chunk_care_offsets(c, cs * d.n_out, patch_off)
     patch_buf = np.empty(max(1, int(patch_off[-1])), dtype=np.int64)
     patch_cnt = np.zeros(n_chunks, dtype=np.int64)
     stream = np.zeros(-(-n_slices * d.n_in // 64) + 1, dtype=np.uint64)

@@ -21,6 +21,7 @@ import numpy as np
 from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, XspWriter, write_xsp
 from ..tensor.maskcode import binary_entropy
+from ..tensor.parallel import compress_many
 from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, \
@@ -387,6 +388,7 @@ class CompressPlan:
     prepared: Mapping[str, Prepared] = field(default_factory=dict)
     keep_dtype: str | None = None  # float dtype for tensors stored as they are; None = as input
     info: Mapping[str, Any] = field(default_factory=dict)  # copied into every shard's metadata
+    threads: int | None = None  # tensors compressed at once within a shard (None: one per core)
 
 
 @dataclass
@@ -427,6 +429,12 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     """
     rows, sizes_in, raw_names = [], {}, set()
     total = len(names) if total is None else total
+    # tensors to prune and quantize here run on plan.threads threads (same bytes for any
+    # count; a worker of a sharded job uses one), coming back in file order; each tensor's
+    # coded parts go to the writer's spool as soon as it is done
+    fresh = [n for n in names if n in plan.selected and n not in plan.prepared]
+    results = compress_many(((n, (lambda n=n: ck.get(n)), _plan_keep(plan, n)) for n in fresh),
+                            plan.config, threads=plan.threads)
     with XspWriter(out) as writer:
         for i, name in enumerate(names):
             if progress:
@@ -435,13 +443,10 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
                 p = plan.prepared[name]
                 t0 = time.perf_counter()
                 ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
+                seconds = time.perf_counter() - t0
                 sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
             elif name in plan.selected:
-                t0 = time.perf_counter()
-                t = ck.get(name)
-                keep = _plan_keep(plan, name, t)
-                ct = compress_tensor(t, plan.config, keep=keep, name=name)
-                del t, keep
+                _, ct, seconds = next(results)
                 sizes_in[name] = _input_bytes(ck, name)
             else:
                 writer.add_raw(name, _stored(ck.get(name), plan.keep_dtype))
@@ -452,7 +457,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
                 continue
             writer.add_compressed(name, ct)
             row = tensor_stats(name, ct)
-            row["seconds"] = time.perf_counter() - t0
+            row["seconds"] = seconds
             rows.append(row)
             del ct
             if on_tensor:
@@ -467,12 +472,14 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     return ShardResult(out, rows, sizes, size)
 
 
-def _plan_keep(plan: CompressPlan, name: str, t) -> np.ndarray | None:
-    """The keep mask the plan fixes for a tensor (global pruning), or None: prune it alone."""
+def _plan_keep(plan: CompressPlan, name: str):
+    """The keep mask the plan fixes for a tensor (global pruning), or None: prune it alone.
+    For a global threshold's rule, a function of the loaded tensor (compress_many calls it)."""
     if plan.masks is not None:
         return plan.masks[name]
     if plan.rules is not None:
-        return plan.rules[name].keep(to_float32(t)[0], name)
+        rule = plan.rules[name]
+        return lambda t: rule.keep(to_float32(t)[0], name)
     return None
 
 

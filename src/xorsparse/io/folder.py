@@ -293,6 +293,11 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     if os.path.exists(index_path):
         os.unlink(index_path)
     _remove_stale_temporaries(out_weights, names_out)
+    # in this process (tensors of a shard on a thread per core), or one item per worker (one
+    # thread each); a compressed-tensors input is a view (its tensors and codes are made
+    # from the files here, not read as they are by a worker)
+    in_process = (ck is not plan_ck_from_files or bool(cplan.prepared) or cplan.masks is not None
+                  or executor is None or getattr(executor, "in_process", False))
     tasks = []
     for i, (shard_path, names) in enumerate(ck.shards):
         info = dict(cplan.info)
@@ -301,13 +306,11 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
         out_path = os.path.join(out_weights, names_out[i])
         settings = shard_settings(config, names, sorted(cplan.selected & set(names)), cplan.rules,
                                   keep_dtype, info, out_path)
-        tasks.append(ShardTask(i, shard_path, out_path, settings, force))
+        tasks.append(ShardTask(i, shard_path, out_path, settings, force, None if in_process else 1))
     if events:
         weights = sum(int(np.prod(ck.info(nm)[1], dtype=np.int64)) for nm in cplan.selected)
         events({"kind": "plan", "items": n, "tensors": len(ck.names), "weights": weights})
-    if ck is not plan_ck_from_files or cplan.prepared or cplan.masks is not None or executor is None:
-        # in this process: a compressed-tensors input is a view (its tensors and codes are
-        # made from the files here, not read as they are by a worker)
+    if in_process:
         results = ((t.index, run_shard_task(t, events, ck=ck, prepared=cplan.prepared)) for t in tasks)
     else:
         results = executor.map(run_shard_task, tasks, events)

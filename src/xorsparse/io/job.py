@@ -82,6 +82,7 @@ class ShardTask:
     out: str
     settings: dict
     force: bool = False
+    threads: int | None = 1  # tensors at once in this item: 1 in a worker; None (one per core) in-process
 
     @property
     def names(self) -> list[str]:
@@ -117,7 +118,7 @@ def shard_settings(config: CompressConfig, names: Sequence[str], selected: Seque
             "format_version": FORMAT_VERSION, "xorsparse": __version__}
 
 
-def _plan_of(settings: Mapping[str, Any], key: str, digest: str):
+def _plan_of(settings: Mapping[str, Any], key: str, digest: str, threads: int | None = 1):
     from .checkpoint import CompressPlan
 
     rules = settings["rules"]
@@ -125,7 +126,7 @@ def _plan_of(settings: Mapping[str, Any], key: str, digest: str):
     info[JOB_INFO] = {"key": key, "input_sha256": digest}
     return CompressPlan(CompressConfig.from_dict(settings["config"]), set(settings["compressed"]),
                         None, rules=None if rules is None else {n: PruneRule(*r) for n, r in rules.items()},
-                        keep_dtype=settings["keep_dtype"], info=info)
+                        keep_dtype=settings["keep_dtype"], info=info, threads=threads)
 
 
 def existing_shard(path: str, key: str) -> tuple[str, str]:
@@ -189,7 +190,7 @@ def run_shard_task(task: ShardTask, report: Report | None = None, *, ck=None, pr
         if status == "other" and not task.force:
             raise JobError(f"{task.out}: {why}; refusing to replace it (--force redoes it)")
         redone = why
-    plan = _plan_of(task.settings, key, digest)
+    plan = _plan_of(task.settings, key, digest, task.threads)
     if prepared:
         plan.prepared = prepared  # may be lazy (compressed-tensors): read one tensor at a time
 
