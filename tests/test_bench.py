@@ -40,6 +40,30 @@ def test_tensor_benchmark_small(tmp_path):
     assert row["lossless"] and row["total_bits_per_weight"] > row["total_target"]
 
 
+def test_speed_benchmark_small(tmp_path):
+    out, md = tmp_path / "s.json", tmp_path / "s.md"
+    assert main(["speed", "--parts", "decode", "compress", "--scale", "0.05", "--rounds", "1", "--no-minilm",
+                 "--json", str(out), "--markdown", str(md)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["median"]
+    assert {r["part"] for r in rows} == {"decode", "compress"}
+    assert all(r["lossless"] for r in rows if "lossless" in r)
+    assert all(r["ratio"] > 0 for r in rows if "ratio" in r)
+    assert "| part |" in md.read_text()
+
+
+def test_rtl_benchmark_small(tmp_path):
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    assert main(["rtl", "--positions", "50000", "--sparsity", "0.9", "--no-yosys", "--json", str(out),
+                 "--markdown", str(md)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["auto", "paper"]
+    for r in rows:
+        assert r["xor2_shared"] < r["xor2_unshared"] and r["xor2_per_output_bit"] > 0
+        assert r["decoded_gbit_s"] == r["n_out"] * 0.5
+    assert rows[1]["n_s"] == 0
+    assert "XOR2 per out bit" in md.read_text()
 def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
     out, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "q.md"
     assert main(["quality", "--model", tiny_st_dir, "--points", "0.5:2", "--methods", "magnitude", "sparsegpt",

@@ -32,7 +32,9 @@ def test_default_for_a_model_folder_is_calibrated_with_a_quality_report(compress
     assert info["config"]["method"] == "sparsegpt"
     cal = info["calibration"]
     assert cal["source"] == "builtin" and cal["samples"] == 48 and cal["sequential"]
-    assert cal["calibrated_tensors"] == len(info["tensors"])
+    # every Linear weight is calibrated; the embedding tables (compressed by default) are pruned data-free
+    assert cal["calibrated_tensors"] == len([t for t in info["tensors"] if "embeddings" not in t["name"]]) > 0
+    assert any("embeddings" in t["name"] for t in info["tensors"])
     q = info["quality"]
     assert q["kind"] == "sentence-transformers" and -1 <= q["mean_cosine"] <= 1 and 0 <= q["nn_agreement"] <= 1
     assert q["held_out"]["source"] == "builtin" and q["held_out"]["samples"] == 256
@@ -133,3 +135,29 @@ def test_user_text_calibration_holds_out_one_in_eight(tiny_st_dir, tmp_path, cap
     assert code == 2 and "--calibration" in err
     code, text, _ = run(capsys, "verify", out, "--against", tiny_st_dir, "--calibration", moved)
     assert code == 0 and text.startswith("OK")
+
+
+def test_folder_output_carries_the_records_and_verifies(tiny_st_dir, tmp_path, capsys):
+    """A model folder out (one .xsp shard): records in the shard, verify recomputes them."""
+    out = str(tmp_path / "folder-out")
+    code, _, _ = run(capsys, "compress", tiny_st_dir, out, "--sparsity", "0.5", "--bits", "2",
+                     "--calibration-samples", "40")
+    assert code == 0
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert info["calibration"]["method"] == "sparsegpt" and info["quality"]["kind"] == "sentence-transformers"
+    code, text, _ = run(capsys, "verify", out, "--against", tiny_st_dir)
+    assert code == 0 and "recomputation of its sparsegpt calibration" in text
+
+
+def test_a_config_the_checkpoint_does_not_match_falls_back_to_magnitude(tmp_path, capsys):
+    """config.json naming a model the weights do not belong to: nothing is instantiated (a bare
+    {"model_type": "llama"} would be a 7B default model); the default method falls back."""
+    from tests.io.test_job import make_folder
+
+    src = make_folder(tmp_path / "model", shards=1)
+    code, text, err = run(capsys, "compress", src, str(tmp_path / "o.xsp"), "--sparsity", "0.5")
+    assert code == 0 and "does not hold the weights of the model config.json describes" in text
+    info = json.loads(run(capsys, "inspect", str(tmp_path / "o.xsp"), "--json")[1])
+    assert info["config"]["method"] == "magnitude" and "quality" not in info
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "x.xsp"), "--method", "wanda")
+    assert code == 2 and "does not hold the weights" in err and len(err.strip().splitlines()) == 1

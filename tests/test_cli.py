@@ -23,13 +23,15 @@ def test_compress_verify_inspect_decompress(request, tmp_path, capsys, src):
     out = str(tmp_path / "m.xsp")
     code, text, _ = run(capsys, "compress", path, out, "--sparsity", "0.7", "--bits", "2")
     assert code == 0 and "TOTAL" in text
-    assert "layer0.linear.weight" in text and "embed.weight" not in text and "norm" not in text
+    assert "layer0.linear.weight" in text and "embed.weight" in text and "norm.weight  " not in text
+    assert "selected 4 weight tensors and 1 embedding table of 8 tensors" in text
     code, text, _ = run(capsys, "verify", out, "--against", path)
     assert code == 0 and text.startswith("OK:") and "bit-identical" in text
     code, text, _ = run(capsys, "inspect", out, "--json")
     info = json.loads(text)
     names = [t["name"] for t in info["tensors"]]
-    assert sorted(names) == ["head.weight", "layer0.linear.weight", "layer1.conv.weight", "layer1.linear.weight"]
+    assert sorted(names) == ["embed.weight", "head.weight", "layer0.linear.weight", "layer1.conv.weight",
+                             "layer1.linear.weight"]
     for t in info["tensors"]:
         assert {"name", "shape", "sparsity", "bits", "value_bits_per_weight", "total_bits_per_weight",
                 "efficiency", "patches"} <= set(t)
@@ -125,7 +127,76 @@ def test_minilm_layer_round_trip(tmp_path, capsys, sparsity, bits):
     model = str(pkg.get_model_path())
     out = str(tmp_path / "m.xsp")
     code, text, _ = run(capsys, "compress", model, out, "--sparsity", str(sparsity), "--bits", str(bits),
+                        "--method", "magnitude",  # the codec on real weights (calibration: test_calibration_cli)
                         "--include", "encoder.layer.0.*weight", "--exclude", "*LayerNorm*")
     assert code == 0
     code, text, _ = run(capsys, "verify", out, "--against", model)
     assert code == 0, text
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(st_file, tmp_path):
+    """`xorsparse inspect ... | head` must not end in "Broken pipe"."""
+    import os
+
+    out = str(tmp_path / "m.xsp")
+    subprocess.run([sys.executable, "-m", "xorsparse.cli", "compress", st_file, out], check=True, capture_output=True)
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    res = subprocess.run([sys.executable, "-m", "xorsparse.cli", "inspect", out], stdout=w, stderr=subprocess.PIPE,
+                         text=True)
+    os.close(w)
+    assert res.returncode == 0 and "Broken pipe" not in res.stderr, res.stderr
+
+
+# --- sharded folders: workers, resume, refusal ------------------------------------------
+
+
+def test_folder_job_on_workers_resumes_and_refuses(tmp_path, capsys):
+    from tests.io.test_job import make_folder, read_all
+
+    src = make_folder(tmp_path / "model")
+    out = str(tmp_path / "out")
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.8", "--workers", "2")
+    assert code == 0, err
+    assert "4 shard(s), 12 tensors" in err and "2 local worker processes" in err
+    assert "shards 4/4" in err  # progress across shards, readable without a terminal
+    want = read_all(out)
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.8", "--workers", "2")
+    assert code == 0 and "resumed: kept 4 of 4 output shards" in text
+    assert read_all(out) == want
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.6")
+    assert code == 2 and "written by another job" in err and "--force" in err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.6", "--force", "--workers", "1")
+    assert code == 0 and "redone: 4 output shard(s)" in text
+    code, text, err = run(capsys, "verify", out, "--against", src, "--workers", "2")
+    assert code == 0 and text.startswith("OK: 12 tensors")
+    dense = str(tmp_path / "dense")
+    code, text, err = run(capsys, "decompress", out, dense, "--workers", "2")
+    assert code == 0 and sorted(f for f in read_all(dense) if f.endswith(".safetensors"))[-1] == \
+        "model-00004-of-00004.safetensors"
+
+
+def test_executor_options_have_help(capsys):
+    for cmd in ("compress", "verify", "decompress"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "--workers N" in text and "--ray [ADDRESS]" in text
+
+
+def test_bad_worker_count_is_one_line(tmp_path, capsys):
+    from tests.io.test_job import make_folder
+
+    src = make_folder(tmp_path / "model", shards=2)
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--workers", "0")
+    assert code == 2 and "--workers must be at least 1" in err
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    from tests.io.test_job import make_folder
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    src = make_folder(tmp_path / "model", shards=2)
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--ray")
+    assert code == 2 and "--ray needs Ray: pip install 'xorsparse[ray]'" in err

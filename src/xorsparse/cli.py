@@ -1,4 +1,4 @@
-"""The `xorsparse` command: compress, decompress, inspect, verify, demo.
+"""The `xorsparse` command: compress, decompress, inspect, verify, demo, export-rtl.
 
 Errors print one line naming what is wrong and exit non-zero; --debug shows the traceback.
 """
@@ -18,6 +18,7 @@ EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
 DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
+SAMPLES = 512  # = io.calibdata.SAMPLES (not imported here: the parser stays light)
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -28,6 +29,19 @@ def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
         if k == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def print_sizes(sizes) -> None:
+    """Bytes per category, input against output; the last row is the files on disk."""
+    table = [["", "tensors", "input MB", "output MB", "ratio"]]
+    for r in sizes:
+        table.append([r.label, str(r.tensors) if r.tensors else "", _mb(r.input_bytes), _mb(r.output_bytes),
+                      f"x{r.ratio:.2f}" if r.output_bytes else "-"])
+    print(_fmt_table(table, [False, True, True, True, True]))
 
 
 def print_summary(rows: list[dict], total: dict) -> None:
@@ -42,14 +56,15 @@ def print_summary(rows: list[dict], total: dict) -> None:
     print(_fmt_table(table, [False, False, True, True, True, True, True, True, True]))
     bound = total.get("bound_bits_per_weight")
     extra = f"; bound H(S)+(1-S)q = {bound:.4f}" if bound else ""
-    print(f"compressed tensors: {total['total_bits'] / 8 / 1e6:.3f} MB vs {total['weights'] * 2 / 1e6:.3f} MB "
-          f"fp16 dense (x{total['ratio_to_fp16']:.1f} smaller){extra}")
+    print(f"compressed tensors alone: {total['total_bits'] / 8 / 1e6:.3f} MB of coded data, "
+          f"{total['total_bits_per_weight']:.4f} bits per weight{extra}")
 
 
-def _config(args):
+def _config(args, sparsity: float | None = None):
     from .tensor import CompressConfig
 
-    return CompressConfig(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer,
+    return CompressConfig(sparsity=args.sparsity if sparsity is None else sparsity, bits=args.bits,
+                          quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
                           global_sparsity=args.global_sparsity, mask_codec=args.mask_codec,
                           max_n_s=args.ns, max_window=args.window)
@@ -57,56 +72,114 @@ def _config(args):
 
 def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
-    always); bare tensor files are compressed with magnitude (a calibrated method is an error)."""
+    always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
+    compressed with magnitude, and asking for a calibrated method there is an error."""
+    from .io.compressed_tensors import is_compressed_tensors_folder
     from .torch.folder import is_model_folder
 
-    if not is_model_folder(args.input):
+    runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
+    if not runnable:
         if args.method not in (None, "magnitude") or args.calibration or args.recover:
             what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
                 ("--calibration" if args.calibration else "--recover")
+            kind = "a compressed-tensors checkpoint keeps its own codes" if is_model_folder(args.input) else \
+                "bare tensor files are compressed with --method magnitude"
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
-                             "config.json); bare tensor files are compressed with --method magnitude")
+                             f"config.json); {kind}")
         return "magnitude", False
     return args.method or DEFAULT_METHOD, True
+
+
+def _executor(args, folder: bool = True):
+    """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
+    import contextlib
+
+    from .distributed import make_executor
+
+    if not folder:
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        return contextlib.nullcontext(None)
+    return make_executor(args.workers, args.ray)
+
+
+def _job_progress(label: str, src: str, output: str | None = None):
+    """A progress display across shards and tensors for a folder job (None for one file);
+    the job announces its size with a "plan" event."""
+    from .distributed import JobProgress
+
+    if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
+        return None
+    return JobProgress(label)
 
 
 def cmd_compress(args) -> int:
     import dataclasses
 
     from .io.checkpoint import compress_checkpoint, totals
+    from .io.compressed_tensors import is_compressed_tensors_folder
 
+    sparsity = args.sparsity
+    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
+        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
+    cfg = _config(args, sparsity)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
     method, run_model = _folder_method(args)
-    cfg = dataclasses.replace(_config(args), method=method)
+    cfg = dataclasses.replace(cfg, method=method)
     records: dict = {}
+    prepared = None
     if run_model:
-        from .torch.folder import ModelFolderError, compress_folder
+        from .torch.folder import ModelFolderError, prepare_folder
 
         try:
-            rows, res = compress_folder(args.input, args.output, cfg, include=args.include, exclude=args.exclude,
-                                        progress=Progress("compress"), calibration=args.calibration,
-                                        recover_steps=args.recover, samples=args.calibration_samples,
-                                        seed=args.seed, log=None if args.json else print)
-            records = {"calibration": res.calibration, "quality": res.quality}
+            res = prepare_folder(args.input, cfg, include=args.include, exclude=args.exclude,
+                                 force_include=args.force_include, embeddings=args.embeddings,
+                                 calibration=args.calibration, recover_steps=args.recover,
+                                 samples=args.calibration_samples, seed=args.seed,
+                                 log=None if args.json else print)
+            records, prepared = res.records, res.checkpoint_prepared()
         except (ModelFolderError, ImportError) as e:
             if args.method is not None or args.calibration or args.recover:
                 raise
             # the default only: a folder we cannot run is still compressed, data-free
-            print(f"note: {e}; compressing with --method magnitude, without a quality report", file=sys.stderr)
-            run_model = False
+            print(f"note: {e}; compressing with --method magnitude, without a quality report",
+                  file=sys.stderr if args.json else sys.stdout)
             cfg = dataclasses.replace(cfg, method="magnitude")
-    if not run_model:
-        rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude, Progress("compress"))
+    bar = _job_progress("compress", args.input, args.output)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
+                                         None if bar else Progress("compress"),
+                                         force_include=args.force_include, embeddings=args.embeddings,
+                                         keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
+                                         load_mode=args.load_mode, executor=ex, force=args.force,
+                                         on_event=bar, prepared=prepared, extra=records or None)
+        finally:
+            if bar is not None:
+                bar.close()
     seconds = time.perf_counter() - t0
+    tot = report.total
     if args.json:
-        print(json.dumps({"file": args.output, "bytes": os.path.getsize(args.output), "seconds": seconds,
-                          "tensors": rows, "total": totals(rows), **records}, indent=1))
+        print(json.dumps({"file": args.output, "files": report.outputs, "bytes": tot.output_bytes,
+                          "input_bytes": tot.input_bytes, "seconds": seconds, "tensors": report.rows,
+                          "total": totals(report.rows), **records}, indent=1))
         return 0
-    print_summary(rows, totals(rows))
+    print(report.selection.describe())
+    for note in report.notes:
+        print(note)
+    if args.sparsity is None and sparsity == 0.0:
+        print("pruning: the checkpoint's own zeros only (compressed-tensors input; --sparsity prunes more)")
+    print_summary(report.rows, totals(report.rows))
+    print()
+    print_sizes(report.sizes)
     print_records(records)
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {seconds:.1f}s")
+    how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
+    print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
+          f"({how}, whole files) in {seconds:.1f}s")
     return 0
 
 
@@ -135,8 +208,17 @@ def print_records(records: dict) -> None:
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
-    size = decompress_checkpoint(args.input, args.output, Progress("decompress"))
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB)")
+    bar = _job_progress("decompress", args.input)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            size = decompress_checkpoint(args.input, args.output, None if bar else Progress("decompress"),
+                                         args.format, executor=ex, on_event=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
     return 0
 
 
@@ -147,20 +229,28 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB, "
-          f"{len(info['tensors'])} compressed and {info['stored_tensors']} stored tensors")
+    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB in "
+          f"{len(info['files'])} file(s): {len(info['tensors'])} compressed tensors "
+          f"({_mb(info['compressed_bytes'])} MB), {info['stored_tensors']} stored as they are "
+          f"({_mb(info['stored_bytes'])} MB)")
     if info["tensors"]:
         print_summary(info["tensors"], info["total"])
+    if info["stored"]:
+        print()
+        table = [["stored as it is", "dtype", "shape", "bytes"]]
+        for r in info["stored"]:
+            table.append([r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bytes"])])
+        print(_fmt_table(table, [False, False, False, True]))
     print_records(info)
     return 0
 
 
 def cmd_verify(args) -> int:
     from .io.checkpoint import verify_checkpoint
-    from .io.container import XspFile
+    from .io.checkpoint import XspSet
     from .torch.folder import needs_recomputation
 
-    with XspFile(args.input) as f:
+    with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
     calibrated = needs_recomputation(record)
     refs = None
@@ -171,7 +261,16 @@ def cmd_verify(args) -> int:
         refs = recompute_references(names, args.against, cfg, record, args.calibration)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
-    res = verify_checkpoint(args.input, args.against, Progress("verify"), references=refs)
+    bar = _job_progress("verify", args.input)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            res = verify_checkpoint(args.input, args.against, None if bar else Progress("verify"),
+                                    executor=ex, on_event=bar, references=refs)
+        finally:
+            if bar is not None:
+                bar.close()
     n_c = sum(r["compressed"] for r in res)
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
@@ -189,6 +288,105 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """Decimal or 0x-prefixed hexadecimal seed."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def cmd_export_rtl(args) -> int:
+    from .rtl.cost import decoder_cost
+    from .rtl.export import decoder_from_params, decoders_in_file, write_text_atomic
+    from .rtl.sim import cosim_planes, random_stream_plane
+    from .rtl.netlist import build_netlist
+    from .rtl.verilog import decoder_verilog, module_name_for
+
+    explicit = [args.n_in, args.n_out]
+    if args.xsp is not None:
+        if any(v is not None for v in explicit + [args.ns, args.seed]):
+            raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
+        uses = decoders_in_file(args.xsp)
+        if not uses:
+            raise ValueError(f"{args.xsp}: no compressed tensors, so no decoders to export")
+        if args.chunk_slices is not None:
+            for u in uses:
+                u.chunk_slices.clear()
+                u.chunk_slices[args.chunk_slices] += 1
+        source = os.path.basename(args.xsp)
+    else:
+        if args.n_in is None or args.n_out is None:
+            raise ValueError("give an .xsp file, or at least --n-in and --n-out")
+        from .codec.xornet import DEFAULT_SEED
+
+        uses = [decoder_from_params(args.n_in, args.n_out, 0 if args.ns is None else args.ns,
+                                    DEFAULT_SEED if args.seed is None else args.seed, args.chunk_slices)]
+        source = None
+    to_stdout = args.output == "-"
+    as_dir = not to_stdout and (args.xsp is not None or os.path.isdir(args.output) or args.output.endswith(os.sep))
+    if to_stdout and len(uses) > 1:
+        raise ValueError(f"{len(uses)} decoders to write: give a folder with -o, not '-'")
+    if as_dir:
+        os.makedirs(args.output, exist_ok=True)
+    rows = []
+    for u in uses:
+        d = u.decoder
+        cs = u.default_chunk_slices
+        net = build_netlist(d.window_matrix(), "paar") if args.sharing == "paar" else None
+        label = source
+        if source and len(u.planes):
+            label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
+            if len(u.chunk_slices) > 1:
+                label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
+        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
+                               patch_bits=args.patch_bits)
+        if args.check:
+            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
+            check_cs = cs if cs and args.check >= 2 * cs else 64
+            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
+                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
+            try:
+                res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
+                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
+            except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
+                if args.debug:
+                    raise
+                raise ValueError(f"--check: {str(e).splitlines()[0]}") from None
+            print(("check: " if res.ok else "check FAILED: ") + res.summary(), file=sys.stderr if not res.ok else sys.stdout)
+            if not res.ok:
+                return EXIT_MISMATCH
+        name = module_name_for(d)
+        if to_stdout:
+            sys.stdout.write(text)
+            path = "-"
+        else:
+            path = os.path.join(args.output, name + ".v") if as_dir else args.output
+            write_text_atomic(path, text)
+        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
+                            patch_bits=args.patch_bits)
+        row = cost.as_dict()
+        row.update(module=name, file=path, planes=len(u.planes))
+        rows.append(row)
+    if not to_stdout:
+        table = [["module", "n_in/n_out/n_s", "CHUNK_SLICES", "XOR2 unshared", "shared", "depth", "FFs",
+                  "XOR2/out bit", f"Gpos/s @{args.clock_mhz:g}MHz"] + (["yosys XOR2/cells"] if args.yosys else [])
+                 + ["file"]]
+        for r in rows:
+            ys = r.get("yosys")
+            table.append([r["module"], f"{r['n_in']}/{r['n_out']}/{r['n_s']}", str(r["chunk_slices"]),
+                          str(r["xor2_unshared"]), str(r["xor2_shared"]), str(r["depth_shared"]),
+                          str(r["flip_flops"]), f"{r['xor2_per_output_bit']:.1f}", f"{r['decoded_gbit_s']:.1f}"]
+                         + ([f"{ys['xor2']}/{ys['cells']}" if ys else "no yosys"] if args.yosys else []) + [r["file"]])
+        print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
+                         ([True] if args.yosys else []) + [False]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -196,18 +394,38 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
+    p.add_argument("--version", action="version", version=f"xorsparse {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp")
-    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face model folder")
-    c.add_argument("output", help="the .xsp file to write")
+    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp (a file or a model folder)")
+    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face / sentence-transformers "
+                                 "model folder (compressed-tensors checkpoints included)")
+    c.add_argument("output", help="an .xsp file, or (from a model folder) the model folder to write: "
+                                  "config, tokenizer and other files carried over, weights as .xsp")
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
-                   help="compress only tensors whose names match (repeatable)")
+                   help="compress only weight matrices whose names match (repeatable); never widens the "
+                        "selection to 1-D tensors, norms or biases")
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never compress tensors whose names match (repeatable)")
+    c.add_argument("--force-include", action="append", default=[], metavar="GLOB",
+                   help="also compress floating-point tensors whose names match even if they are 1-D, norms "
+                        "or biases (repeatable)")
+    c.add_argument("--no-embeddings", dest="embeddings", action="store_false",
+                   help="store embedding tables as they are (by default they are compressed like other weights)")
+    c.add_argument("--keep-dtype", choices=["input", "float32", "float16", "bfloat16"], default="input",
+                   help="dtype of the floating-point tensors stored as they are (default: as in the input)")
+    c.add_argument("--load-mode", choices=["decode", "ondemand"], default="decode",
+                   help="how transformers loads the folder: decode every weight once (default) or keep "
+                        "Linear/Conv2d/Embedding weights compressed, decoding in forward")
+    c.add_argument("--force", action="store_true",
+                   help="folders: replace output shards another job wrote (other settings or input); without "
+                        "it they are refused. Shards this same job wrote are always kept (resume)")
+    add_executor_options(c)
     c.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default=None,
                    help=f"how masks and codes are chosen (default: {DEFAULT_METHOD} for a model folder that "
                         "transformers can instantiate, calibrated on data; magnitude for tensor files)")
@@ -215,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration data: UTF-8 text, one sample per line, or a .pt/.safetensors file of "
                         "inputs (dim 0 = samples); 1 in 8 is held out for the quality report "
                         "(default: the built-in English corpus)")
-    c.add_argument("--calibration-samples", type=int, default=512, metavar="N",
-                   help="calibration samples to use at most (default 512; a seeded subset of longer files)")
+    c.add_argument("--calibration-samples", type=int, default=SAMPLES, metavar="N",
+                   help=f"calibration samples to use at most (default {SAMPLES}; a seeded subset of longer files)")
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")
@@ -224,23 +442,57 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the per-tensor table and the records as JSON")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights as safetensors")
-    d.add_argument("input")
-    d.add_argument("output")
+    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights: a file or a model folder")
+    d.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    d.add_argument("output", help="a .safetensors file, a PyTorch state dict (.pt/.pth/.bin, torch.save), or, "
+                                  "from a folder, the plain model folder to write")
+    d.add_argument("--format", choices=["safetensors", "compressed-tensors"], default=None,
+                   help="folders only: plain safetensors (default) or compressed-tensors, for folders made "
+                        "from a compressed-tensors checkpoint")
+    add_executor_options(d)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("inspect", help="per-tensor sizes, bits per weight and codec parameters")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
-    v.add_argument("input")
+    v.add_argument("input", help="an .xsp file or an xorsparse model folder")
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from "
                    "(for a calibrated file: the original model folder; the calibration is recomputed)")
     v.add_argument("--calibration", metavar="FILE", default=None,
                    help="where the calibration file of a calibrated .xsp is now (default: its recorded path)")
+    add_executor_options(v)
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("export-rtl", help="write synthesizable Verilog of the plane decoders (docs/HARDWARE.md)",
+                       description="Verilog-2005 of the XOR-gate plane decoder: for given --n-in/--n-out/--ns/--seed, "
+                                   "or one module per decoder an .xsp file uses. Prints each module's cost.")
+    r.add_argument("xsp", nargs="?", help=".xsp file whose decoders to export (one .v per decoder)")
+    r.add_argument("-o", "--output", required=True,
+                   help="the .v file to write, a folder (one NAME.v per decoder; always a folder with an .xsp "
+                        "file), or '-' for standard output")
+    r.add_argument("--n-in", type=int, help="stream bits per slice (1..64)")
+    r.add_argument("--n-out", type=int, help="plane positions per slice (1..1024)")
+    r.add_argument("--ns", type=int, help="decoder memory in slices (default 0: the paper's network)")
+    r.add_argument("--seed", type=_seed, help="matrix seed, decimal or 0x hex (default 0x5EED)")
+    r.add_argument("--chunk-slices", type=int, default=None,
+                   help="default of the module's CHUNK_SLICES parameter: 0 = chunk starts only from in_start "
+                        "(default: the file's chunk_slices, or the library's default for n_out)")
+    r.add_argument("--sharing", choices=["paar", "none"], default="paar",
+                   help="paar: shared XOR sub-terms, one wire per gate (default); none: one reduction XOR per output")
+    r.add_argument("--patch-bits", type=int, default=0, metavar="BITS",
+                   help="add the patch stage, taking patch positions of BITS bits (0: none, the default)")
+    r.add_argument("--check", type=int, default=0, metavar="SLICES",
+                   help="co-simulate each module over SLICES random slices against the Python decoder first")
+    r.add_argument("--simulator", choices=["auto", "iverilog", "verilator"], default="auto",
+                   help="simulator for --check (default: Icarus Verilog if installed, else Verilator)")
+    r.add_argument("--yosys", action="store_true", help="add Yosys generic-gate synthesis statistics (needs yosys)")
+    r.add_argument("--clock-mhz", type=float, default=500.0,
+                   help="clock for the derived throughput (an assumption, not a timing result; default 500)")
+    r.add_argument("--json", metavar="PATH", help="also write the cost rows as JSON")
+    r.set_defaults(func=cmd_export_rtl)
 
     m = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 and compare embeddings")
     add_compress_options(m, demo=True)
@@ -255,16 +507,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_executor_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="model folders: shards processed in parallel by N local worker processes, one thread "
+                        "each (default: the number of cores; 1 = in this process). With --ray: the CPUs of "
+                        "the local Ray")
+    c.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="model folders: run the shards as Ray tasks, on the cluster at ADDRESS (ray.init(ADDRESS); "
+                        "every node must see the same paths) or, without ADDRESS, on a local Ray (needs "
+                        "pip install 'xorsparse[ray]'). The output bytes are the same with any executor")
+
+
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (0.9, 2)
-    c.add_argument("--sparsity", type=float, default=s, help=f"fraction of weights pruned (default {s})")
+    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, 2)
+    c.add_argument("--sparsity", type=float, default=s,
+                   help=f"fraction of weights pruned (default {s})" if demo else
+                   "fraction of weights pruned (default 0.9; for a compressed-tensors checkpoint, default: its "
+                   "own zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
     c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
-    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
+    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq",
+                   help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
+                        "levels. compressed-tensors int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto")
+    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto",
+                   help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
+                        "gaps between kept weights) or auto: whichever is smaller, per tensor (default)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
@@ -278,7 +548,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xorsparse: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, ImportError) as e:
+    except BrokenPipeError:  # `xorsparse inspect ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         if args.debug:
             raise
         msg = str(e) or type(e).__name__

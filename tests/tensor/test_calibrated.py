@@ -157,3 +157,16 @@ def test_bad_statistics_are_errors():
         calibrated_prune_quantize(w, h, CompressConfig(0.5, 2, method="wanda"))
     with pytest.raises(ValueError, match="method"):
         CompressConfig(0.5, 2, method="obs")
+
+
+def test_quantizers_without_error_feedback_are_refused():
+    """A quantizer the error-feedback pass cannot drive (e.g. a codebook) is a clear error."""
+    from types import SimpleNamespace
+
+    from xorsparse.tensor.calibrated import calibrated_prune_quantize
+
+    w = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    cfg = SimpleNamespace(method="sparsegpt", quantizer="codebook", sparsity=0.5, bits=2, calib_damp=0.01,
+                          calib_block=128, calib_passes=1, group_size=None, symmetric=True, bcq_iters=5)
+    with pytest.raises(ValueError, match="support the quantizers bcq and uniform, not 'codebook'"):
+        calibrated_prune_quantize(w, np.eye(16), cfg)

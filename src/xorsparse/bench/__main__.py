@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,quality} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,scale,quality} ..."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, quality, tensor
+    from . import codec, ct, formats, hf, quality, rtl, scale, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
+    rtl.add_arguments(sub.add_parser("rtl", help="hardware cost of the default decoders, with co-simulation"))
+    ct.add_arguments(sub.add_parser("ct", help="compressed-tensors checkpoints through xorsparse and back"))
+    hf.add_arguments(sub.add_parser("hf", help="the MiniLM folder through compress, loaded by transformers and "
+                                              "sentence-transformers"))
+    speed.add_arguments(sub.add_parser("speed", help="decode, on-demand forward and compression speed, as ratios"))
+    scale.add_arguments(sub.add_parser("scale", help="a synthetic sharded checkpoint on several executors, "
+                                                     "kill and resume"))
     quality.add_arguments(sub.add_parser("quality", help="MiniLM quality against size: magnitude, wanda, sparsegpt, "
                                                       "one-shot and with recovery"))
     args = p.parse_args(argv)

@@ -30,7 +30,7 @@ COLUMNS = [("sparsity", "S", ".2f"), ("bits", "q", "d"), ("method", "method", ""
            ("reloaded_cosine", "cos (reloaded)", ".4f"), ("exact", "bit-exact", ""),
            ("calibration_s", "calib s", ".1f"), ("calibration_cpu_s", "calib CPU s", ".1f"),
            ("recovery_s", "recover s", ".1f"), ("recovery_cpu_s", "recover CPU s", ".1f"),
-           ("encode_s", "encode s", ".1f")]
+           ("encode_s", "encode s", ".1f"), ("encode_cpu_s", "encode CPU s", ".1f")]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,7 +83,8 @@ def run(args) -> int:
 
 def measure(args) -> int:
     from ..io.calibdata import builtin_set
-    from ..io.checkpoint import compress_checkpoint, decompress_checkpoint, is_selected, open_checkpoint, totals
+    from ..io.checkpoint import Prepared as CheckpointPrepared, compress_checkpoint, decompress_checkpoint, \
+        open_checkpoint, select_tensors, totals
     from ..io.container import XspFile
     from ..tensor.pipeline import CompressConfig, from_float32
     from ..torch.calibrate import calibrate_model, prepare_weight
@@ -100,7 +101,7 @@ def measure(args) -> int:
     if fm.kind != "sentence-transformers":
         raise ValueError(f"{model_dir}: the quality benchmark needs a sentence-transformers folder")
     ck = open_checkpoint(model_dir)
-    selected = [n for n in ck.names if is_selected(n, ck.get(n))]
+    selected = select_tensors(ck, embeddings=False).compressed  # the Linear layers (embeddings stay as they are)
     mapping, _ = map_to_checkpoint(fm.model, ck, selected)
     dtypes = {m: str(ck.get(c).dtype).replace("torch.", "") for m, c in mapping.items()}
     cset = builtin_set(args.samples)
@@ -118,8 +119,10 @@ def measure(args) -> int:
         tag = f"{cfg.sparsity}-{cfg.bits}-{cfg.method}-{extra['recover_steps']}"
         path = os.path.join(work, f"minilm-{tag}.xsp")
         done = _timer()
-        trows = compress_checkpoint(model_dir, path, cfg, prepared=by_name)
-        encode_s = done()[0]
+        trows = compress_checkpoint(model_dir, path, cfg, embeddings=False,
+                                    prepared={n: CheckpointPrepared(p.keep, p.quant, p.dtype)
+                                              for n, p in by_name.items()}).rows
+        encode_s, encode_cpu_s = done()
         exact = True
         with XspFile(path) as f:
             for name, p in by_name.items():
@@ -143,8 +146,10 @@ def measure(args) -> int:
                "total_bits_per_weight": tot["total_bits_per_weight"],
                "value_bits_per_weight": tot["value_bits_per_weight"], **q,
                "reloaded_cosine": q2["mean_cosine"], "reloaded_matches": abs(q2["mean_cosine"] - q["mean_cosine"]) < 1e-6,
-               "exact": bool(exact), "encode_s": encode_s, "weights": tot["weights"], "file": path}
+               "exact": bool(exact), "encode_s": encode_s, "encode_cpu_s": encode_cpu_s, "weights": tot["weights"], "file": path}
         rows.append(row)
+        if args.json:  # after every row: a long run that is stopped keeps what it measured
+            write_json(args.json, rows)
         print(f"{tag}: total {row['total_bits_per_weight']:.4f} b/w, cosine {q['mean_cosine']:.4f}, "
               f"NN {q.get('nn_agreement', 0):.3f}, reloaded {q2['mean_cosine']:.4f}, exact {exact}", flush=True)
         if not args.keep:

@@ -23,6 +23,7 @@ from typing import Any
 MIN_TEXTS = 32  # fewer lines than this cannot calibrate a layer of a few hundred inputs
 MIN_SAMPLES = 16  # tensor files: samples along dimension 0
 HOLD_OUT_EVERY = 8
+SAMPLES = 512  # calibration samples used by default (a seeded subset of longer sets)
 TENSOR_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 BUILTIN_CALIBRATION = "calibration_en.txt"
 BUILTIN_HELDOUT = "heldout_en.txt"
@@ -69,7 +70,7 @@ def _subset(items: list, samples: int | None, seed: int) -> tuple[list, str]:
     return [items[i] for i in idx], f"{samples} of {len(items)} (seed {seed})"
 
 
-def builtin_set(samples: int | None = 512, seed: int = 0) -> CalibrationSet:
+def builtin_set(samples: int | None = SAMPLES, seed: int = 0) -> CalibrationSet:
     data = _builtin_bytes(BUILTIN_CALIBRATION)
     held = _builtin_bytes(BUILTIN_HELDOUT)
     texts, how = _subset(_lines(data), samples, seed)
@@ -106,7 +107,7 @@ def _read_tensors(path: str) -> dict:
     return obj
 
 
-def read_calibration_file(path: str, samples: int | None = 512, seed: int = 0) -> CalibrationSet:
+def read_calibration_file(path: str, samples: int | None = SAMPLES, seed: int = 0) -> CalibrationSet:
     """A user's calibration file, split into calibration and held-out samples (1 in 8)."""
     p = os.fspath(path)
     if os.path.isdir(p):

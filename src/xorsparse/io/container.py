@@ -19,11 +19,11 @@ from . import safetensors_io as st
 from .records import CHECKS, RecordError
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
-from ..tensor.quant import Quantized
+from ..tensor.quant import QUANTIZERS, Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 2  # version 2 adds the optional `calibration` and `quality` records (FORMAT.md section 7)
+FORMAT_VERSION = 2  # written; READ_VERSIONS are read (docs/FORMAT.md: what version 2 adds)
 READ_VERSIONS = (1, 2)
 META_KEY = "xorsparse"
 SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
@@ -61,9 +61,23 @@ def meta_crc(meta: dict) -> int:
     return _crc(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
+def _scale_part(q: Quantized) -> np.ndarray | st.Entry:
+    """Scales as stored: their own dtype (bcq, uniform), or the affine tensor's scale dtype."""
+    if q.quantizer != "affine":
+        return q.scales
+    s = np.ascontiguousarray(q.scales, dtype=np.float32)
+    if q.scale_dtype == "float16":
+        return s.astype(np.float16)
+    if q.scale_dtype == "bfloat16":  # exact bfloat16 values: the high half of their float32 bits
+        return st.Entry("", "BF16", s.shape, (s.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+    return s
+
+
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
-    parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
+    parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
+    if q.zero_points is not None:
+        parts.append(("zero_points", q.zero_points.astype(np.int8)))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
@@ -75,14 +89,15 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
                        "chunk_slices": p.chunk_slices, "patches": int(p.patches.size),
                        "rice_k": k, "patch_nbits": nbits, "care_bits": p.care_bits})
-    entries = [st.array_entry(name + SEP + part, a) for part, a in parts]
+    entries = [st.Entry(name + SEP + part, a.dtype, a.shape, a.data) if isinstance(a, st.Entry)
+               else st.array_entry(name + SEP + part, a) for part, a in parts]
     meta = {
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
         "mask": {"codec": m.codec, "length": m.length, "block": m.block},
         "planes": planes,
-        "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
+        "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
     meta["meta_crc32"] = meta_crc(meta)
     return entries, meta
@@ -99,10 +114,7 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     clash = set(compressed) & set(raw)
     if clash:
         raise ValueError(f"tensor {sorted(clash)[0]!r} given both compressed and raw")
-    for key, record in (extra or {}).items():
-        if key not in CHECKS:
-            raise ValueError(f"unknown record {key!r}; expected one of {', '.join(CHECKS)}")
-        CHECKS[key](record)
+    check_records(extra)
     entries: list[st.Entry] = []
     tmeta: dict[str, Any] = {}
     for name, ct in compressed.items():
@@ -114,16 +126,184 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     rmeta: dict[str, Any] = {}
     for name, r in raw.items():
         entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        # checksums must be in the header, which precedes the data: compute them first
+        rmeta[name] = {"crc32": _crc(entries[-1].payload())}
+    return _write_described(path, entries, tmeta, rmeta, config, info, progress, extra)
+
+
+def check_records(extra: Mapping[str, Any] | None) -> None:
+    """ValueError unless every record is one the reader knows and accepts (FORMAT.md section 8)."""
+    for key, record in (extra or {}).items():
+        if key not in CHECKS:
+            raise ValueError(f"unknown record {key!r}; expected one of {', '.join(CHECKS)}")
+        CHECKS[key](record)
+
+
+def _write_described(path: str | os.PathLike, entries: list[st.Entry], tmeta: dict[str, Any],
+                     rmeta: dict[str, Any], config: CompressConfig | None, info: Mapping[str, Any] | None,
+                     progress: Callable[[str], None] | None, extra: Mapping[str, Any] | None = None) -> int:
+    """The one place the description is assembled: write_xsp and XspWriter give equal bytes."""
+    check_records(extra)
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
     meta.update({k: v for k, v in (extra or {}).items()})
+    # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
+    return st.write(path, entries, {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
 
-    if raw:
-        # checksums must be in the header, which precedes the data: compute them first
-        for name, r in raw.items():
-            data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
-            rmeta[name] = {"crc32": _crc(data)}
-    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+
+class XspWriter:
+    """An .xsp file written tensor by tensor in bounded memory: the same bytes as write_xsp.
+
+    Each tensor's parts go to an unnamed temporary file (the spool) in the output's folder
+    as soon as they are added, so memory holds one tensor at a time plus the description;
+    `finish` writes header and data (atomically, read back from the spool) in write_xsp's
+    order: compressed tensors first, then stored ones, each in the order added. A killed
+    process leaves no spool behind (it has no name).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import tempfile
+
+        self.path = os.fspath(path)
+        self._spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)) or ".")
+        self._compressed: list[st.Entry] = []
+        self._raw: list[st.Entry] = []
+        self._tmeta: dict[str, Any] = {}
+        self._rmeta: dict[str, Any] = {}
+
+    def _spooled(self, e: st.Entry) -> tuple[st.Entry, int]:
+        """The entry with its data moved to the spool, and the CRC-32 of those bytes."""
+        payload = e.payload()
+        if len(payload) != e.nbytes():
+            raise ValueError(f"entry {e.name!r}: {len(payload)} bytes for {e.nbytes()} expected")
+        off = self._spool.seek(0, os.SEEK_END)
+        self._spool.write(payload)
+        crc = _crc(payload)
+        return st.Entry(e.name, e.dtype, e.shape, lambda off=off, n=len(payload): self._read(off, n)), crc
+
+    def _read(self, off: int, n: int) -> bytes:
+        self._spool.seek(off)
+        data = self._spool.read(n)
+        if len(data) != n:
+            raise OSError(f"{self.path}: temporary data truncated")
+        return data
+
+    def _check_name(self, name: str) -> None:
+        if name in self._tmeta or name in self._rmeta:
+            raise ValueError(f"tensor {name!r} added twice")
+
+    def add_compressed(self, name: str, ct: CompressedTensor) -> None:
+        self._check_name(name)
+        if SEP in name:
+            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
+        entries, meta = _compressed_entries(name, ct)
+        self._compressed += [self._spooled(e)[0] for e in entries]
+        self._tmeta[name] = meta
+
+    def add_raw(self, name: str, r: RawTensor) -> None:
+        self._check_name(name)
+        e, crc = self._spooled(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        self._raw.append(e)
+        self._rmeta[name] = {"crc32": crc}
+
+    def finish(self, config: CompressConfig | None = None, info: Mapping[str, Any] | None = None,
+               progress: Callable[[str], None] | None = None, extra: Mapping[str, Any] | None = None) -> int:
+        """Write the file (atomically); returns its size. The writer is closed afterwards.
+        extra: the optional records `calibration` and `quality`, as for write_xsp."""
+        try:
+            self._spool.flush()
+            return _write_described(self.path, self._compressed + self._raw, self._tmeta, self._rmeta,
+                                    config, info, progress, extra)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> "XspWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def _scales_from_part(a: np.ndarray, code: str) -> np.ndarray:
+    """Stored scales as float32 values (BF16 arrives as its uint16 bit patterns)."""
+    if code == "BF16":
+        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return a.astype(np.float32)
+
+
+def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]], version: int,
+                          where: str) -> CompressedTensor:
+    """A CompressedTensor from its JSON description and its parts, validated.
+
+    `part(name)` returns (array, safetensors dtype code) of a checksummed part; `where`
+    names file and tensor in errors. Shared by XspFile and the transformers loader, which
+    receives the parts from transformers' own safetensors reading.
+    """
+    if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
+        raise XspError(f"{where}: checksum mismatch in its metadata")
+    try:
+        quantizer = m["quantizer"]
+        if quantizer not in QUANTIZERS:
+            raise XspError(f"{where}: field 'quantizer': unknown quantizer {quantizer!r}")
+        if quantizer == "affine" and version < 2:
+            raise XspError(f"{where}: field 'quantizer': 'affine' needs format version 2, file is version {version}")
+        mk = m["mask"]
+        mask = MaskCode(mk["codec"], int(mk["length"]), part("mask")[0], int(mk["block"]),
+                        part("mask_offsets")[0] if mk["codec"] == "entropy" else None,
+                        part("mask_params")[0] if mk["codec"] == "entropy" else None)
+        planes = []
+        for i, p in enumerate(m["planes"]):
+            planes.append(EncodedPlane.from_patch_data(
+                data=part(f"plane{i}.patches")[0].tobytes(), count=int(p["patches"]),
+                k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
+                n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
+                chunk_slices=int(p["chunk_slices"]), stream=part(f"plane{i}.stream")[0],
+                care_bits=int(p.get("care_bits", -1))))
+        scales, scode = part("scales")
+        symmetric = m["symmetric"]
+        if quantizer == "affine":
+            if type(symmetric) is not bool:
+                raise XspError(f"{where}: field 'symmetric' must be true or false, got {symmetric!r}")
+            if scode not in _SCALE_DTYPES:
+                raise XspError(f"{where}: field 'scales': dtype {scode} (affine scales are F16, BF16 or F32)")
+            zero_points = None
+            if symmetric and "zero_points" in m.get("crc32", {}):
+                raise XspError(f"{where}: field 'zero_points': present for a symmetric tensor")
+            if not symmetric:
+                zero_points, zcode = part("zero_points")
+                if zcode != "I8":
+                    raise XspError(f"{where}: field 'zero_points': dtype {zcode}, expected I8")
+            q = Quantized("affine", m["bits"], np.zeros((0, 0), np.uint8), _scales_from_part(scales, scode),
+                          int(m["rows"]), int(m["cols"]), int(m["group_size"]), True if symmetric else False,
+                          zero_points, _SCALE_DTYPES[scode])
+        else:
+            if scode not in ("F16", "F32"):
+                raise XspError(f"{where}: field 'scales': dtype {scode} ({quantizer} scales are F16 or F32)")
+            q = Quantized(quantizer, int(m["bits"]), np.zeros((0, 0), np.uint8), scales, int(m["rows"]),
+                          int(m["cols"]), int(m["group_size"]), bool(symmetric))
+        shape = tuple(int(s) for s in m["shape"])
+        dtype = str(m["dtype"])
+        if m["order"]["kind"] != "blocks64":
+            raise XspError(f"{where}: unknown order {m['order']['kind']!r}")
+        step = int(m["order"]["step"])
+    except (KeyError, TypeError) as e:
+        raise XspError(f"{where}: metadata field {e} missing or invalid") from None
+    except ValueError as e:
+        if isinstance(e, XspError):
+            raise
+        raise XspError(f"{where}: {e}") from None
+    ct = CompressedTensor(shape, dtype, q, mask, planes, step)
+    try:
+        ct.validate()
+    except ValueError as e:
+        raise XspError(f"{where}: {e}") from None
+    return ct
 
 
 class XspFile:
@@ -148,7 +328,7 @@ class XspFile:
             self.close()
             raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
         version = meta.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version not in READ_VERSIONS:
+        if type(version) is not int or version not in READ_VERSIONS:
             self.close()
             raise XspError(f"{self.path}: unsupported format version {version!r} "
                            f"(this xorsparse reads versions {', '.join(map(str, READ_VERSIONS))})")
@@ -185,6 +365,9 @@ class XspFile:
         return list(self.tensors) + list(self.raw_tensors)
 
     def _part(self, name: str, part: str) -> np.ndarray:
+        return self._part_with_dtype(name, part)[0]
+
+    def _part_with_dtype(self, name: str, part: str) -> tuple[np.ndarray, str]:
         entry = name + SEP + part
         try:
             data = self._r.read_bytes(entry)
@@ -194,47 +377,13 @@ class XspFile:
         if want is None or _crc(data) != want:
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
         info = self._r.entries[entry]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
 
     def compressed(self, name: str) -> CompressedTensor:
         if name not in self.tensors:
             raise XspError(f"{self.path}: no compressed tensor {name!r}")
-        m = self.tensors[name]
-        if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
-        try:
-            mk = m["mask"]
-            mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
-                            self._part(name, "mask_offsets") if mk["codec"] == "entropy" else None,
-                            self._part(name, "mask_params") if mk["codec"] == "entropy" else None)
-            planes = []
-            for i, p in enumerate(m["planes"]):
-                planes.append(EncodedPlane.from_patch_data(
-                    data=self._part(name, f"plane{i}.patches").tobytes(), count=int(p["patches"]),
-                    k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
-                    n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
-                    chunk_slices=int(p["chunk_slices"]), stream=self._part(name, f"plane{i}.stream"),
-                    care_bits=int(p.get("care_bits", -1))))
-            q = Quantized(m["quantizer"], int(m["bits"]), np.zeros((0, 0), np.uint8),
-                          self._part(name, "scales"), int(m["rows"]), int(m["cols"]),
-                          int(m["group_size"]), bool(m["symmetric"]))
-            shape = tuple(int(s) for s in m["shape"])
-            dtype = str(m["dtype"])
-            if m["order"]["kind"] != "blocks64":
-                raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
-            step = int(m["order"]["step"])
-        except (KeyError, TypeError) as e:
-            raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
-        except ValueError as e:
-            if isinstance(e, XspError):
-                raise
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        ct = CompressedTensor(shape, dtype, q, mask, planes, step)
-        try:
-            ct.validate()
-        except ValueError as e:
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        return ct
+        return compressed_from_parts(self.tensors[name], lambda part: self._part_with_dtype(name, part),
+                                     self.version, f"{self.path}: tensor {name!r}")
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

@@ -4,7 +4,7 @@ chosen) and `quality` (how the compressed model compares with the original).
 Both are attacker-controlled once in a file, so the reader checks every field against the
 schema below (type, range) and rejects keys it does not know, with a one-line error naming
 the file and the field; the writer applies the same checks, so it never writes a file the
-reader would refuse. Layout: docs/FORMAT.md section 7.
+reader would refuse. Layout: docs/FORMAT.md section 8.
 """
 
 from __future__ import annotations
@@ -114,4 +114,10 @@ def check_calibration(record: Any) -> None:
 
 CHECKS = {"quality": check_quality, "calibration": check_calibration}
 
-__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_calibration", "check_quality"]
+
+def needs_recomputation(record: dict | None) -> bool:
+    """True when a file's codes depend on calibration data or training (not on weights alone)."""
+    return bool(record) and (record.get("method") != "magnitude" or bool(record.get("recover_steps")))
+
+
+__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_calibration", "check_quality", "needs_recomputation"]

@@ -381,6 +381,20 @@ def _with_codes(qz: Quantized, codes: np.ndarray, keep: np.ndarray) -> Quantized
                      qz.group_size, qz.symmetric)
 
 
+ERROR_FEEDBACK_QUANTIZERS = ("bcq", "uniform")
+
+
+def check_error_feedback_quantizer(config) -> None:
+    """ValueError unless the error-feedback pass knows the config's quantizer: it needs a
+    nearest-level rule per row and a least-squares refit of the row's scales (binary coding
+    and uniform). Called before any model is run, so a bad choice fails at once."""
+    quantizer = getattr(config, "quantizer", "bcq")
+    if quantizer not in ERROR_FEEDBACK_QUANTIZERS:
+        raise ValueError(f"calibrated methods (wanda, sparsegpt: GPTQ-style error feedback) support the quantizers "
+                         f"{' and '.join(ERROR_FEEDBACK_QUANTIZERS)}, not {quantizer!r}; use --method magnitude "
+                         "with it")
+
+
 def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: np.ndarray | None = None,
                               dtype: str = "float32", name: str = "tensor") -> tuple[np.ndarray, Quantized]:
     """(keep mask, Quantized) for one weight from its inputs' X^T X.
@@ -398,6 +412,7 @@ def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: n
     method = getattr(config, "method", "sparsegpt")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_error_feedback_quantizer(config)
     u = inverse_cholesky(damped_hessian(h, config.calib_damp))
     block = int(config.calib_block)
     gcol = np.arange(cols) // _groups(cols, config.group_size)[0]

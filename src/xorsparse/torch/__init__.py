@@ -13,13 +13,11 @@ With calibration data (one-shot, layer by layer) and, optionally, recovery by di
 from .calibrate import CalibrationData, CalibrationError, as_calibration, calibrate_model, text_calibration
 from .compress import MODULE_TYPES, CompressedModel, ModelConfig, compress_model, reference_model_, \
     selected_modules
-from .modules import XorConv2d, XorEmbedding, XorLinear, XorWeight, decode_plane_torch, decoder_table, \
-    dequantize_torch, levels_torch, load_compressed, resident_bytes, shared_table_bytes, to_natural_torch, \
-    unpack_bits
-from .recover import recover
+from .modules import DecodeWorkspace, XorConv2d, XorEmbedding, XorLinear, XorWeight, decoder_table, dense_torch, \
+    load_compressed, resident_bytes, shared_table_bytes, unpack_bits
+from .recover import levels_torch, recover
 
-__all__ = ["MODULE_TYPES", "CalibrationData", "CalibrationError", "CompressedModel", "ModelConfig", "XorConv2d",
-           "XorEmbedding", "XorLinear", "XorWeight", "as_calibration", "calibrate_model", "compress_model",
-           "decode_plane_torch", "decoder_table", "dequantize_torch", "levels_torch", "load_compressed", "recover",
-           "reference_model_", "resident_bytes", "selected_modules", "shared_table_bytes", "text_calibration",
-           "to_natural_torch", "unpack_bits"]
+__all__ = ["MODULE_TYPES", "CalibrationData", "CalibrationError", "CompressedModel", "DecodeWorkspace", "ModelConfig",
+           "XorConv2d", "XorEmbedding", "XorLinear", "XorWeight", "as_calibration", "calibrate_model", "compress_model",
+           "decoder_table", "dense_torch", "levels_torch", "load_compressed", "recover", "reference_model_",
+           "resident_bytes", "selected_modules", "shared_table_bytes", "text_calibration", "unpack_bits"]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tensor.calibrated import calibrated_prune_quantize
+from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune_quantize
 from ..tensor.dequant import dequantize
 from ..tensor.pipeline import CompressConfig, from_float32, prune_quantize, to_float32
 from ..tensor.quant import Quantized
@@ -368,6 +368,8 @@ def calibrate_model(model: nn.Module, config: CompressConfig, data: CalibrationD
     """
     if not len(data):
         raise ValueError("no calibration batches")
+    for c in [config] + list((configs or {}).values()):
+        check_error_feedback_quantizer(c)
     model.eval()
     mods = dict(modules)
     masks = masks or {}

@@ -22,6 +22,7 @@ from ..io.container import RawTensor, write_xsp
 from ..io.torchconv import raw_from_torch
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
     to_float32
+from ..tensor.parallel import default_threads
 from ..tensor.prune import global_magnitude_masks
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
@@ -148,10 +149,31 @@ def _weight_key(module_name: str) -> str:
     return f"{module_name}.weight" if module_name else "weight"
 
 
+def _encode_one(p: Prepared, config: ModelConfig, single: bool) -> CompressedTensor:
+    if single:
+        import numba
+
+        numba.set_num_threads(1)  # per thread: the pool is the parallelism, no nested teams
+    return compress_quantized(p.keep, p.quant, p.dtype, config)
+
+
 def encode_prepared(model: nn.Module, prepared: dict[str, Prepared], config: ModelConfig,
-                    calibration: dict | None = None) -> CompressedModel:
-    """A CompressedModel holding `prepared` (module name -> Prepared) and `model`'s other state."""
-    tensors = {_weight_key(n): compress_quantized(p.keep, p.quant, p.dtype, config) for n, p in prepared.items()}
+                    calibration: dict | None = None, threads: int | None = None) -> CompressedModel:
+    """A CompressedModel holding `prepared` (module name -> Prepared) and `model`'s other state.
+
+    threads: tensors encoded at once (default: one per core); the result is the same for any count.
+    """
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if n == 1 or len(prepared) < 2:
+        tensors = {_weight_key(k): _encode_one(p, config, False) for k, p in prepared.items()}
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n, thread_name_prefix="xorsparse-compress") as pool:
+            futs = {_weight_key(k): pool.submit(_encode_one, p, config, True) for k, p in prepared.items()}
+            tensors = {k: f.result() for k, f in futs.items()}
     state = model.state_dict()
     raw = {}
     for k, v in state.items():
@@ -162,12 +184,13 @@ def encode_prepared(model: nn.Module, prepared: dict[str, Prepared], config: Mod
 
 
 def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: dict | None = None,
-                   calibration: object = None, progress=None) -> CompressedModel:
+                   calibration: object = None, progress=None, threads: int | None = None) -> CompressedModel:
     """Prune, quantize and encode the selected modules' weights (the model is not modified).
 
     masks: optional module name -> keep mask (True = kept), used as is instead of choosing
     one (e.g. from gradual pruning during training); with calibration data the codes are
     still chosen with error feedback.
+    threads: tensors encoded at once (default: one per core); the result is the same for any count.
     calibration: inputs to calibrate on (see calibrate.as_calibration: CalibrationData, a
     tensor split along dim 0, a list of batches, or texts for a sentence-transformers
     model); needed by methods 'wanda' and 'sparsegpt'.
@@ -181,7 +204,7 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
         prepared = {name: prepare_weight(mod.weight, cfg.for_module(name), None,
                                          None if masks is None else masks[name], name=_weight_key(name))
                     for name, mod in mods}
-        return encode_prepared(model, prepared, cfg)
+        return encode_prepared(model, prepared, cfg, threads=threads)
     if cfg.global_sparsity:
         raise ValueError("global_sparsity applies to magnitude pruning only; calibrated methods prune per layer")
     if masks is not None:
@@ -197,11 +220,11 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
         with torch.no_grad():
             for n, m in mods:
                 m.weight.copy_(saved[n])
-    return encode_prepared(model, res.prepared, cfg, calibration_record(res, cfg, data.info))
+    return encode_prepared(model, res.prepared, cfg, calibration_record(res, cfg, data.info), threads=threads)
 
 
 def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
-    """What the file says about how its codes were chosen (docs/FORMAT.md, section 7)."""
+    """What the file says about how its codes were chosen (docs/FORMAT.md, section 8)."""
     from ..io.records import CALIBRATION
 
     rec = {"method": config.method, "source": "python", "sequential": res.sequential, "blocks": res.blocks,

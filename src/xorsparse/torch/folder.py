@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -23,10 +24,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..io.calibdata import CalibrationSet, builtin_set, read_calibration_file
-from ..io.checkpoint import CheckpointError, is_selected, open_checkpoint
+from ..io.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
+from ..io.checkpoint import CheckpointError, Prepared as CheckpointPrepared, open_checkpoint, select_tensors
+from ..io.records import needs_recomputation
 from ..io.torchconv import torch_dtype_name
 from ..progress import Progress
+from ..tensor.calibrated import check_error_feedback_quantizer
 from ..tensor.pipeline import CompressConfig
 from ..tensor.prune import global_magnitude_masks
 from ..tensor.pipeline import to_float32
@@ -37,7 +40,6 @@ from .recover import LR, SCALE_LR, recover_prepared
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
-SAMPLES = 512
 
 
 class ModelFolderError(ValueError):
@@ -101,6 +103,32 @@ class FolderModel:
         return d
 
 
+def _check_weights_match(path: str, config, cls) -> None:
+    """ModelFolderError unless the checkpoint holds every weight matrix of the model that
+    config.json describes (same name suffix, same shape). Checked on a skeleton on the meta
+    device, before anything is allocated: a bare `{"model_type": "llama"}` would otherwise
+    build a 7B-parameter default model and fill it with random weights."""
+    ck = open_checkpoint(path)
+    shapes: dict[str, list[tuple[str, tuple]]] = {}
+    for n in ck.names:
+        shapes.setdefault(n.rsplit(".", 2)[-2] if n.count(".") >= 1 else n, []).append((n, tuple(ck.info(n)[1])))
+    import transformers
+
+    with torch.device("meta"):
+        skel = transformers.AutoModel.from_config(config) if cls is transformers.AutoModel else cls(config)
+    missing = []
+    for pname, p in skel.named_parameters():
+        if p.dim() < 2:
+            continue
+        key = pname.rsplit(".", 2)[-2] if pname.count(".") >= 1 else pname
+        if not any((c == pname or c.endswith("." + pname) or pname.endswith("." + c)) and shp == tuple(p.shape)
+                   for c, shp in shapes.get(key, [])):
+            missing.append(pname)
+    if missing:
+        raise ModelFolderError(f"{path}: the checkpoint does not hold the weights of the model config.json describes "
+                               f"({len(missing)} weight matrices missing or of another shape, first {missing[0]!r})")
+
+
 def load_folder_model(path: str) -> FolderModel:
     """Instantiate the model of a Hugging Face folder on the CPU, in float32, offline."""
     if not is_model_folder(path):
@@ -123,8 +151,11 @@ def load_folder_model(path: str) -> FolderModel:
         causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
         archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
         cls = getattr(transformers, archs[0]) if archs else transformers.AutoModel
+        _check_weights_match(path, config, cls)
         model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32).eval()
         kind = "causal-lm" if archs and archs[0] in causal else "transformers"
+    except ModelFolderError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, ImportError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFolderError(f"{path}: transformers cannot instantiate this model ({type(e).__name__}: {msg})") \
@@ -166,6 +197,21 @@ def map_to_checkpoint(model: nn.Module, ck, names: Sequence[str]) -> tuple[dict[
     return out, notes
 
 
+def _parameters_of(model: nn.Module, ck, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """checkpoint tensor name -> the model parameter holding it (matched by name suffix, then
+    checked to hold the same values)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out = {}
+    for c in names:
+        t = ck.get(c)
+        for pname, p in params.items():
+            if (c == pname or c.endswith("." + pname) or pname.endswith("." + c)) and \
+                    tuple(p.shape) == tuple(t.shape) and torch.equal(t.to(p.dtype), p.detach()):
+                out[c] = p
+                break
+    return out
+
+
 @dataclass
 class FolderResult:
     prepared: dict[str, Prepared]  # checkpoint tensor name -> prepared weight
@@ -174,27 +220,45 @@ class FolderResult:
     model_kind: str
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def records(self) -> dict:
+        """The .xsp records (docs/FORMAT.md section 8): calibration, and quality if measured."""
+        out = {"calibration": self.calibration}
+        if self.quality is not None:
+            out["quality"] = self.quality
+        return out
+
+    def checkpoint_prepared(self) -> dict[str, CheckpointPrepared]:
+        """The prepared tensors in the form the checkpoint writer encodes (io.checkpoint.Prepared)."""
+        return {n: CheckpointPrepared(p.keep, p.quant, p.dtype) for n, p in self.prepared.items()}
+
 
 def _calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
 
 def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
+                   force_include: Sequence[str] = (), embeddings: bool = True,
                    calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
                    seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
                    recover_lr: float = LR, recover_scale_lr: float = SCALE_LR, with_quality: bool = True,
                    log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
     """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
-    and the quality report; nothing is written."""
+    and the quality report; nothing is written. The selection is the checkpoint writer's
+    (include, exclude, force_include, embeddings); selected tensors that are not weights of
+    modules the calibration can reach (embedding tables, ...) are pruned data-free here too,
+    so that `prepared` holds every selected tensor."""
     say = log or (lambda s: None)
     t0, c0 = time.perf_counter(), time.process_time()
     fm = load_folder_model(src)
     ck = open_checkpoint(src)
-    selected = [n for n in ck.names if is_selected(n, ck.get(n), include, exclude)]
+    selected = select_tensors(ck, include, exclude, force_include, embeddings).compressed
     if not selected:
         raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
     if config.global_sparsity and config.method != "magnitude":
         raise ValueError("--global applies to magnitude pruning only; calibrated methods prune per layer")
+    if config.method != "magnitude" or recover_steps:
+        check_error_feedback_quantizer(config)  # before the model runs (recovery has the same needs)
     cset = _calibration_set(calibration, samples, seed)
     data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
     mapping, notes = map_to_checkpoint(fm.model, ck, selected)
@@ -202,18 +266,34 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     modules = [(m, mods[m]) for m in mapping]
     dtypes = {m: torch_dtype_name(ck.get(c)) for m, c in mapping.items()}
     teacher = copy.deepcopy(fm.model) if (with_quality or recover_steps) else None
+    # selected tensors no calibrated module owns (embedding tables, ...): data-free, and
+    # written into the model first, so that calibration, recovery and the quality report
+    # all see the model the file will hold
+    free = [n for n in selected if n not in mapping.values()]
+    free_masks = None
+    if config.global_sparsity:
+        free_masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, config.sparsity)
+    free_prepared = {n: prepare_weight(ck.get(n), config, None, None if free_masks is None else free_masks[n], name=n)
+                     for n in free}
+    params = _parameters_of(fm.model, ck, free)
+    with torch.no_grad():
+        for n, p in free_prepared.items():
+            if n in params:
+                params[n].copy_(p.torch_weight().to(params[n].device, params[n].dtype))
+    missing = [n for n in free if n not in params]
+    if missing:
+        notes.append(f"{len(missing)} selected tensors are not parameters of the instantiated model (the quality "
+                     f"report does not see their compression), first {missing[0]!r}")
     seconds: dict[str, float] = {}
     rec: dict[str, Any] = {"method": config.method, "model_kind": fm.kind}
     rec.update({k: cset.info[k] for k in ("source", "file", "sha256", "samples", "held_out", "selection")})
     rec.update({"max_length": max_length, "batch_size": batch_size, "seed": seed, "torch": torch.__version__})
     t = time.perf_counter()
     if config.method == "magnitude":
-        masks = None
-        if config.global_sparsity:
-            masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, config.sparsity)
         prepared = {}
         for m, c in mapping.items():
-            prepared[m] = prepare_weight(ck.get(c), config, None, None if masks is None else masks[c], name=c)
+            prepared[m] = prepare_weight(ck.get(c), config, None, None if free_masks is None else free_masks[c],
+                                         name=c)
             with torch.no_grad():
                 mods[m].weight.copy_(prepared[m].torch_weight())
         rec.update({"sequential": False, "blocks": None, "calibrated_tensors": 0})
@@ -221,7 +301,8 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         say(f"calibrating {len(modules)} modules with {config.method} on {cset.info['samples']} samples "
             f"({cset.info['source']}: {os.path.basename(str(cset.info.get('file')))})")
         res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes,
-                              progress=Progress("calibrate", progress))
+                              progress=Progress("calibrate", sys.stderr.isatty() if progress is None else progress,
+                                                       unit="modules"))
         prepared = res.prepared
         notes += res.notes
         rec.update({"sequential": res.sequential, "blocks": res.blocks,
@@ -231,7 +312,7 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         say(f"recovery: {recover_steps} steps of distillation from the original model")
         t = time.perf_counter()
         prepared = recover_prepared(fm.model, teacher, data, recover_steps, prepared=prepared, lr=recover_lr,
-                                    scale_lr=recover_scale_lr, seed=seed, progress=Progress("recover", progress))
+                                    scale_lr=recover_scale_lr, seed=seed, progress=Progress("recover", progress, unit="steps"))
         seconds["recovery"] = time.perf_counter() - t
         rec.update({"recover_steps": recover_steps, "recover_lr": recover_lr, "recover_scale_lr": recover_scale_lr,
                     "recover_seed": seed})
@@ -248,35 +329,32 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
     rec["seconds"] = seconds
-    unmapped = [n for n in selected if n not in mapping.values()]
-    if unmapped:
-        notes.append(f"{len(unmapped)} selected tensors are not weights of calibratable modules "
-                     f"(data-free magnitude pruning), first {unmapped[0]!r}")
+    if free:
+        notes.append(f"{len(free)} selected tensors are not weights of calibratable modules "
+                     f"(data-free magnitude pruning), first {free[0]!r}")
     rec["notes"] = notes
-    return FolderResult({mapping[m]: p for m, p in prepared.items()}, rec, quality, fm.kind, notes)
+    out = {mapping[m]: p for m, p in prepared.items()}
+    out.update(free_prepared)
+    return FolderResult(out, rec, quality, fm.kind, notes)
 
 
 __all__ = ["FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
            "map_to_checkpoint", "prepare_folder"]
 
 
-def compress_folder(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None,
-                    **kwargs) -> tuple[list[dict], FolderResult]:
-    """prepare_folder, then the checkpoint writer encodes the prepared tensors (and the rest)."""
+def compress_model_folder(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
+                          exclude: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None,
+                          force_include: Sequence[str] = (), embeddings: bool = True, **kwargs):
+    """prepare_folder, then the checkpoint writer encodes the prepared tensors (and stores the
+    rest) into an .xsp file or model folder with the records; returns (CompressReport,
+    FolderResult)."""
     from ..io.checkpoint import compress_checkpoint
 
-    res = prepare_folder(src, config, include=include, exclude=exclude, **kwargs)
-    extra = {"calibration": res.calibration}
-    if res.quality is not None:
-        extra["quality"] = res.quality
-    rows = compress_checkpoint(src, out, config, include, exclude, progress, prepared=res.prepared, extra=extra)
-    return rows, res
-
-
-def needs_recomputation(record: dict | None) -> bool:
-    """True when a file's codes depend on calibration data or training (not on weights alone)."""
-    return bool(record) and (record.get("method") != "magnitude" or bool(record.get("recover_steps")))
+    res = prepare_folder(src, config, include=include, exclude=exclude, force_include=force_include,
+                         embeddings=embeddings, **kwargs)
+    report = compress_checkpoint(src, out, config, include, exclude, progress, prepared=res.checkpoint_prepared(),
+                                 force_include=force_include, embeddings=embeddings, extra=res.records)
+    return report, res
 
 
 def recompute_references(xsp_names: Sequence[str], against: str, config: CompressConfig, record: dict,
@@ -311,4 +389,4 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
     return {n: from_float32(p.dense(), p.dtype, "torch") for n, p in res.prepared.items()}
 
 
-__all__ += ["compress_folder", "needs_recomputation", "recompute_references"]
+__all__ += ["compress_model_folder", "needs_recomputation", "recompute_references"]

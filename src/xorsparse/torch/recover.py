@@ -17,7 +17,6 @@ numpy, exactly as the codec will store them; the model holds those values afterw
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -29,12 +28,30 @@ from torch.nn.utils import parametrize
 from ..progress import Progress
 from ..tensor.calibrated import requantize
 from ..tensor.quant import Quantized
-from .calibrate import CalibrationData, Prepared, as_calibration, run_model
-from .modules import levels_torch
+from .calibrate import Prepared, as_calibration, run_model
 
 PREPARED_ATTR = "_xorsparse_prepared"
 LR, SCALE_LR = 1e-3, 1e-4  # Adam step sizes of the latent weights and of the scales (warm-up, cosine decay)
 
+
+def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) -> torch.Tensor:
+    """tensor.dequant.levels_table in torch (the same float32 operations in the same order),
+    differentiable in the scales: (rows, groups, 2^q) levels of every group."""
+    if quantizer not in ("bcq", "uniform"):
+        raise ValueError(f"recovery supports the bcq and uniform quantizers, not {quantizer!r}")
+    s = scales.to(torch.float32)
+    dev = s.device
+    codes = torch.arange(1 << q, device=dev)
+    if quantizer == "bcq":
+        out = torch.zeros(s.shape[0], s.shape[1], 1 << q, dtype=torch.float32, device=dev)
+        for i in range(q):
+            sign = (((codes >> i) & 1) * 2 - 1).to(torch.float32)
+            out = out + s[:, :, i : i + 1] * sign
+        return out
+    c = codes.to(torch.float32)
+    if symmetric:
+        return s[:, :, 0:1] * (c - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32, device=dev))
+    return s[:, :, 1:2] + s[:, :, 0:1] * c
 
 def attach_prepared(model: nn.Module, prepared: Mapping[str, Prepared], config: Any = None,
                     record: dict | None = None) -> nn.Module:
@@ -255,7 +272,7 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
     order: list[int] = []
     cache: dict[int, dict[str, torch.Tensor]] = {}
     cache_budget = 1 << 28  # bytes of cached teacher outputs
-    bar = progress or Progress("recover")
+    bar = progress or Progress("recover", unit="steps")
     ema = None
     # layer-wise distillation: every block's output is matched too (far more signal per step)
     ttap, stap = _BlockTap(teacher), _BlockTap(model)
