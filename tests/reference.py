@@ -137,14 +137,97 @@ def golomb_mask(payload: bytes, offsets: list[int], params: list[int], block: in
     return keep
 
 
+# --- ctx mask (section 3.2, version 2) --------------------------------------------------------
+
+CTX_RHO = float.fromhex("0x1.1082b577d34edp+0")
+
+
+def ctx_table() -> dict[int, int]:
+    p1, o = {}, 1.0
+    for z in range(256):
+        p1[z] = min(max(math.floor(65536.0 * o / (1.0 + o) + 0.5), 1), 65535)
+        o = o * CTX_RHO
+    for z in range(1, 256):
+        p1[-z] = 65536 - p1[z]
+    return p1
+
+
+class RangeDecoder:
+    def __init__(self, data: bytes):
+        self.d = data
+        self.range = 0xFFFFFFFF
+        self.code = (self.byte(0) << 24) | (self.byte(1) << 16) | (self.byte(2) << 8) | self.byte(3)
+        self.pos = 4
+
+    def byte(self, i: int) -> int:
+        return self.d[i] if i < len(self.d) else 0
+
+    def decode(self, p1: int) -> int:
+        bound = (self.range >> 16) * p1
+        if self.code < bound:
+            self.range, bit = bound, 1
+        else:
+            self.code, self.range, bit = self.code - bound, self.range - bound, 0
+        while self.range < 1 << 24:
+            self.range = (self.range << 8) % (1 << 32)
+            self.code = ((self.code << 8) % (1 << 32)) | self.byte(self.pos)
+            self.pos += 1
+        return bit
+
+
+def ctx_indices(dec: RangeDecoder, count: int) -> list[int]:
+    a = [32768] * 18
+
+    def bit(k: int) -> int:
+        b = dec.decode(a[k])
+        a[k] = a[k] + ((65536 - a[k]) >> 5) if b else a[k] - (a[k] >> 5)
+        return b
+
+    out = []
+    for _ in range(count):
+        if not bit(0):
+            out.append(0)
+            continue
+        neg = bit(1)
+        m = 1
+        while m < 255:
+            if not bit(2 + min(m - 1, 15)):
+                break
+            m += 1
+        out.append(-m if neg else m)
+    return out
+
+
+def ctx_mask(mk: dict, payload: bytes, offsets: list[int], model: bytes) -> list[int]:
+    length, block, rows, cols = mk["length"], mk["block"], mk["rows"], mk["cols"]
+    assert rows * cols == length and block % 64 == 0
+    dec = RangeDecoder(model)
+    ia = ctx_indices(dec, rows) if mk["row_step"] else [0] * rows
+    ib = ctx_indices(dec, cols) if mk["col_step"] else [0] * cols
+    p1 = ctx_table()
+    keep = []
+    for i in range(len(offsets)):
+        start = offsets[i - 1] if i else 0
+        d = RangeDecoder(payload[start : offsets[i]])
+        for p in range(i * block, min(length, (i + 1) * block)):
+            r, c = divmod(p, cols)
+            z = min(max(mk["base"] + mk["row_step"] * ia[r] + mk["col_step"] * ib[c], -255), 255)
+            keep.append(d.decode(p1[z]))
+    return keep
+
+
 def decode_tensor(path: str, name: str) -> list[float]:
     """Row-major float32 values of compressed tensor `name`, from the file alone."""
     meta, header, data = read_xsp(path)
     t = meta["tensors"][name]
     part = lambda p: entry(header, data, name + ".__xs__." + p)  # noqa: E731
     length = t["mask"]["length"]
+    nb = -(-length // t["mask"]["block"]) if t["mask"]["block"] else 0
     if t["mask"]["codec"] == "bitmask":
         keep = [bit_at(part("mask"), p) for p in range(length)]
+    elif t["mask"]["codec"] == "ctx":
+        offsets = list(struct.unpack(f"<{nb}I", part("mask_offsets")))
+        keep = ctx_mask(t["mask"], part("mask"), offsets, part("mask_model"))
     else:
         nb = -(-length // t["mask"]["block"])
         offsets = list(struct.unpack(f"<{nb}I", part("mask_offsets")))

@@ -176,7 +176,9 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto")
+    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
+                   help="mask coding: Golomb gaps (entropy), row x column range coding (ctx), a "
+                        "plain bitmask, or the smallest of them (auto, the default)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")

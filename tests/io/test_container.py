@@ -159,7 +159,8 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
 
 @pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
                                  CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
-                                 CompressConfig(0.7, 4, "uniform", max_n_s=0)])
+                                 CompressConfig(0.7, 4, "uniform", max_n_s=0),
+                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx")])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     from .. import reference
 
@@ -189,3 +190,62 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
     with XspFile(p) as f:
         with pytest.raises(XspError, match=msg):
             f.dense("a.weight")
+
+
+@pytest.fixture
+def ctx_xsp(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((60, 80)).astype(np.float32) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
+    cfg = CompressConfig(0.8, 2, mask_codec="ctx")
+    ct = compress_tensor(w, cfg)
+    assert ct.mask.codec == "ctx" and ct.mask.model.row_step > 0
+    p = tmp_path / "c.xsp"
+    write_xsp(p, {"w": ct}, {}, cfg)
+    return p, ct
+
+
+def test_ctx_mask_file_round_trip(ctx_xsp):
+    p, ct = ctx_xsp
+    with XspFile(p) as f:
+        assert f.version == 2
+        assert decompress_tensor(f.compressed("w")).tobytes() == decompress_tensor(ct).tobytes()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda mk: mk.update(row_step=True), "mask.row_step must be an integer"),
+    (lambda mk: mk.update(base=2.0), "mask.base must be an integer"),
+    (lambda mk: mk.update(col_step=99), "col_step 99 outside"),
+    (lambda mk: mk.update(rows=7), "does not cover"),
+    (lambda mk: mk.update(block=100), "block 100"),
+    (lambda mk: mk.update(block=64), "block table has"),
+    (lambda mk: mk.update(codec="zip"), "unknown mask codec 'zip'"),
+    (lambda mk: mk.pop("base"), "field 'base' missing"),
+])
+def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"]["w"]["mask"]))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=msg):
+            f.dense("w")
+
+
+def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
+    rng = np.random.default_rng(0)
+    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy")),
+           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
+    p = tmp_path / "v1.xsp"
+    write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
+    _rewrite_meta(p, lambda m: m.update(version=1))
+    with XspFile(p) as f:
+        assert f.version == 1
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    c, _ = ctx_xsp
+    _rewrite_meta(c, lambda m: m.update(version=1))
+    with XspFile(c) as f:
+        with pytest.raises(XspError, match="unknown mask codec 'ctx' in a version 1 file"):
+            f.compressed("w")
+    for bad in (2.0, "2", True, 3):
+        _rewrite_meta(c, lambda m: m.update(version=bad))
+        with pytest.raises(XspError, match="unsupported format version"):
+            XspFile(c)

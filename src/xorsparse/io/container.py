@@ -22,7 +22,8 @@ from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 META_KEY = "xorsparse"
 SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
 
@@ -66,6 +67,11 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     parts.append(("mask", m.data))
     if m.codec == "entropy":
         parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_params", m.params.astype("<u4"))]
+    mask_meta = {"codec": m.codec, "length": m.length, "block": m.block}
+    if m.codec == "ctx":
+        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_model", m.model.data)]
+        mask_meta.update(rows=m.model.rows, cols=m.model.cols, base=m.model.base,
+                         row_step=m.model.row_step, col_step=m.model.col_step)
     planes = []
     for i, p in enumerate(ct.planes):
         data, k, nbits = p.patch_data()
@@ -78,7 +84,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
-        "mask": {"codec": m.codec, "length": m.length, "block": m.block},
+        "mask": mask_meta,
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
     }
@@ -115,6 +121,13 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
 
 
+def _int_field(path: str, name: str, field: str, v: Any) -> int:
+    """A JSON integer (not a bool, float or string), or an error naming file, tensor and field."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise XspError(f"{path}: tensor {name!r}: field {field} must be an integer, got {v!r}")
+    return v
+
+
 class XspFile:
     """Lazy access to an .xsp file: metadata at open, tensors one at a time."""
 
@@ -136,10 +149,12 @@ class XspFile:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             self.close()
             raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
+        version = meta.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
             self.close()
-            raise XspError(f"{self.path}: unsupported format version {meta.get('version')!r} "
-                           f"(this xorsparse reads version {FORMAT_VERSION})")
+            raise XspError(f"{self.path}: unsupported format version {version!r} "
+                           f"(this xorsparse reads versions {', '.join(map(str, READ_VERSIONS))})")
+        self.version = int(version)
         self.meta = meta
         self.tensors: dict[str, dict] = meta.get("tensors", {})
         self.raw_tensors: dict[str, dict] = meta.get("raw", {})
@@ -172,10 +187,7 @@ class XspFile:
         if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
         try:
-            mk = m["mask"]
-            mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
-                            self._part(name, "mask_offsets") if mk["codec"] == "entropy" else None,
-                            self._part(name, "mask_params") if mk["codec"] == "entropy" else None)
+            mask = self._mask(name, m["mask"])
             planes = []
             for i, p in enumerate(m["planes"]):
                 planes.append(EncodedPlane.from_patch_data(
@@ -204,6 +216,28 @@ class XspFile:
         except ValueError as e:
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
         return ct
+
+    def _mask(self, name: str, mk: dict) -> MaskCode:
+        codec = mk["codec"]
+        known = ("bitmask", "entropy") if self.version == 1 else ("bitmask", "entropy", "ctx")
+        if codec not in known:
+            raise XspError(f"{self.path}: tensor {name!r}: unknown mask codec {codec!r} "
+                           f"in a version {self.version} file")
+        length = _int_field(self.path, name, "mask.length", mk["length"])
+        block = _int_field(self.path, name, "mask.block", mk["block"])
+        if codec != "ctx":
+            return MaskCode(codec, length, self._part(name, "mask"), block,
+                            self._part(name, "mask_offsets") if codec == "entropy" else None,
+                            self._part(name, "mask_params") if codec == "entropy" else None)
+        from ..tensor.maskctx import check_ctx_fields, ctx_model_from_parts
+
+        f = {k: _int_field(self.path, name, f"mask.{k}", mk[k])
+             for k in ("rows", "cols", "base", "row_step", "col_step")}
+        check_ctx_fields(length, block, **f)  # before the model's indices are decoded
+        model = ctx_model_from_parts(f["rows"], f["cols"], f["base"], f["row_step"], f["col_step"],
+                                     self._part(name, "mask_model"))
+        return MaskCode("ctx", length, self._part(name, "mask"), block, self._part(name, "mask_offsets"),
+                        None, model)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

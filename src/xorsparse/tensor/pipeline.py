@@ -55,8 +55,8 @@ class CompressConfig:
         limit = 4 if self.quantizer == "bcq" else 8
         if not isinstance(self.bits, int) or not 1 <= self.bits <= limit:
             raise ValueError(f"bits must be in 1..{limit} for {self.quantizer}, got {self.bits}")
-        if self.mask_codec not in ("auto", "bitmask", "entropy"):
-            raise ValueError(f"mask_codec must be auto, bitmask or entropy, got {self.mask_codec!r}")
+        if self.mask_codec not in ("auto", "bitmask", "entropy", "ctx"):
+            raise ValueError(f"mask_codec must be auto, bitmask, entropy or ctx, got {self.mask_codec!r}")
         if self.group_size is not None and self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.max_n_s is not None and not 0 <= self.max_n_s < MAX_WINDOW:
@@ -209,7 +209,7 @@ def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: Compres
     coded = [to_coded(p, step) for p in qz.planes]
     decoder = choose(coded[0], care, max_n_s=cfg.max_n_s, max_window=cfg.max_window, seed=cfg.seed)
     planes = [encode_plane(p, care, decoder, verify=verify) for p in coded]
-    mask = encode_mask(flat, cfg.mask_codec)
+    mask = encode_mask(flat, cfg.mask_codec, cols=qz.cols)
     stripped = replace(qz, planes=np.zeros((0, 0), np.uint8))
     return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, step)
 
