@@ -235,6 +235,16 @@ def decode_tensor(path: str, name: str) -> list[float]:
         keep = golomb_mask(part("mask"), offsets, params, t["mask"]["block"], length)
     planes = []
     for i, pl in enumerate(t["planes"]):
+        if pl.get("kind") == "packed":  # section 1.7: j-th kept position gets stream bit j
+            stream = part(f"plane{i}.stream")
+            assert len(stream) == -(-pl["care_bits"] // 8) and sum(keep) == pl["care_bits"]
+            natural, j = [0] * length, 0
+            for p in range(length):
+                if keep[p]:
+                    natural[p] = bit_at(stream, j)
+                    j += 1
+            planes.append(natural)
+            continue
         patches = rice_positions(part(f"plane{i}.patches"), pl["patches"], pl["rice_k"])
         coded = decode(length, pl["n_in"], pl["n_out"], pl["n_s"], int(pl["seed"]), pl["chunk_slices"],
                        part(f"plane{i}.stream"), patches)
@@ -245,21 +255,32 @@ def decode_tensor(path: str, name: str) -> list[float]:
             natural[64 * j : 64 * j + 64] = coded[64 * k : 64 * k + 64]
         planes.append(natural)
     rows, cols, g, q = t["rows"], t["cols"], t["group_size"], t["bits"]
-    sc = part("scales")
-    dt = header[name + ".__xs__.scales"]["dtype"]
-    fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
-    scales = [struct.unpack("<" + fmt, sc[i : i + size])[0] for i in range(0, len(sc), size)]
+    rs = t.get("scale_rows", 1)  # section 4.1
+
+    def floats(part_name: str) -> list[float]:
+        raw = part(part_name)
+        dt = header[name + ".__xs__." + part_name]["dtype"]
+        fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
+        return [struct.unpack("<" + fmt, raw[i : i + size])[0] for i in range(0, len(raw), size)]
+
+    scales = floats("scales")
     ngroups = -(-cols // g) if cols else 1
-    k = len(scales) // max(rows * ngroups, 1)
+    srows = -(-rows // rs) if rows else 1
+    k = len(scales) // max(srows * ngroups, 1)
+    book = floats("codebook") if t["quantizer"] == "codebook" else None
     out = []
     for p in range(length):
         if not keep[p]:
             out.append(0.0)
             continue
         r, c = divmod(p, cols)
-        s = scales[(r * ngroups + c // g) * k : (r * ngroups + c // g + 1) * k]
+        at = (r // rs) * ngroups + c // g
+        s = scales[at * k : (at + 1) * k]
         code = sum(planes[i][p] << i for i in range(q))
-        if t["quantizer"] == "bcq":
+        if t["quantizer"] == "codebook":  # section 4.2
+            b = r // t["codebook_rows"]
+            w = f32(s[0] * book[b * (1 << q) + code])
+        elif t["quantizer"] == "bcq":
             w = 0.0
             for i in range(q):
                 w = f32(w + f32(s[i] * (1.0 if (code >> i) & 1 else -1.0)))

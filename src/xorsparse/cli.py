@@ -69,7 +69,26 @@ def _config(args):
     return CompressConfig(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
                           global_sparsity=args.global_sparsity, mask_codec=args.mask_codec,
-                          max_n_s=args.ns, max_window=args.window)
+                          max_n_s=args.ns, max_window=args.window, **layout_options(args))
+
+
+def layout_options(args) -> dict:
+    """The version-2 scale layout, codebook and small-tensor options of compress and demo."""
+    rows = args.scale_rows
+    return dict(scale_rows=rows if rows == "auto" else int(rows), error_budget=args.error_budget,
+                codebook_rows=args.codebook_rows, packed_below=args.packed_below)
+
+
+def _scale_rows(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return v
 
 
 def cmd_compress(args) -> int:
@@ -173,12 +192,24 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors")
     c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
-    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
+    c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
+                   help="binary coding (bcq, default), uniform integers, or a fitted codebook of 2^q "
+                        "levels times a per-row scale (codebook)")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
     c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
                    help="mask coding: Golomb gaps (entropy), row x column range coding (ctx), a "
                         "plain bitmask, or the smallest of them (auto, the default)")
+    c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
+                   help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
+                        "weight error stays within --error-budget of per-row scales")
+    c.add_argument("--error-budget", type=float, default=0.01,
+                   help="for --scale-rows auto: allowed relative increase of ||W - Wq|| (default 0.01)")
+    c.add_argument("--codebook-rows", type=int, default=None, metavar="N",
+                   help="codebook quantizer: rows sharing one codebook (default: one per tensor)")
+    c.add_argument("--packed-below", type=int, default=0, metavar="N",
+                   help="tensors of fewer than N weights store one bit per kept weight instead of the "
+                        "XOR code (exact size where the XOR code's fixed costs show; default 0: never)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")

@@ -160,7 +160,12 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
 @pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
                                  CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
                                  CompressConfig(0.7, 4, "uniform", max_n_s=0),
-                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx")])
+                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx"),
+                                 CompressConfig(0.8, 2, "codebook"), CompressConfig(0.6, 3, "codebook", codebook_rows=5,
+                                                                                    scale_rows=4, group_size=7),
+                                 CompressConfig(0.8, 2, scale_rows=8, packed_below=1 << 20),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5),
+                                 CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx")])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     from .. import reference
 
@@ -249,3 +254,53 @@ def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
         _rewrite_meta(c, lambda m: m.update(version=bad))
         with pytest.raises(XspError, match="unsupported format version"):
             XspFile(c)
+
+
+@pytest.fixture
+def v2_xsp(tmp_path):
+    rng = np.random.default_rng(2)
+    w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
+    cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
+                                                         mask_codec="entropy")),
+           "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
+    p = tmp_path / "v2.xsp"
+    write_xsp(p, cts, {}, None)
+    return p, cts
+
+
+@pytest.mark.parametrize("tensor,edit,msg", [
+    ("cb", lambda t: t.update(scale_rows=0), "scale_rows 0 outside"),
+    ("cb", lambda t: t.update(scale_rows=41), "scale_rows 41 outside"),
+    ("cb", lambda t: t.update(scale_rows=8), "scales have shape"),
+    ("cb", lambda t: t.update(scale_rows=4.0), "scale_rows must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=True), "codebook_rows must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=20), "codebook has shape"),
+    ("cb", lambda t: t.update(codebook_rows=0), "codebook_rows 0 outside"),
+    ("cb", lambda t: t.pop("codebook_rows"), "codebook_rows' missing"),
+    ("cb", lambda t: t.update(bits=5), "bits 5 outside"),
+    ("cb", lambda t: t.update(quantizer="kmeans"), "unknown quantizer 'kmeans'"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 9), "packed plane"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 1), "bits for"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=-1), "care_bits -1 outside"),
+    ("pk", lambda t: t["planes"][0].update(care_bits="7"), "care_bits must be an integer"),
+    ("pk", lambda t: t["planes"][0].update(kind="dense"), "unknown plane kind 'dense'"),
+])
+def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
+    p, _ = v2_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"][tensor]))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=msg):
+            f.dense(tensor)
+
+
+def test_version_2_fields_rejected_in_version_1(v2_xsp):
+    p, cts = v2_xsp
+    with XspFile(p) as f:
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    _rewrite_meta(p, lambda m: m.update(version=1))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="unknown quantizer 'codebook' in a version 1 file"):
+            f.compressed("cb")
+        with pytest.raises(XspError, match="missing or invalid"):
+            f.compressed("pk")  # a packed plane is not a version-1 plane

@@ -18,7 +18,8 @@ import numpy as np
 from . import safetensors_io as st
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
-from ..tensor.quant import Quantized
+from ..tensor.packed import PackedPlane
+from ..tensor.quant import MAX_BITS, Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
@@ -63,6 +64,8 @@ def meta_crc(meta: dict) -> int:
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
     parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
+    if q.quantizer == "codebook":
+        parts.append(("codebook", q.codebook))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
@@ -74,6 +77,10 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
                          row_step=m.model.row_step, col_step=m.model.col_step)
     planes = []
     for i, p in enumerate(ct.planes):
+        if isinstance(p, PackedPlane):
+            parts.append((f"plane{i}.stream", p.stream))
+            planes.append({"kind": "packed", "care_bits": p.care_bits})
+            continue
         data, k, nbits = p.patch_data()
         parts += [(f"plane{i}.stream", p.stream), (f"plane{i}.patches", np.frombuffer(data, np.uint8))]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
@@ -85,6 +92,8 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
         "mask": mask_meta,
+        **({"scale_rows": q.scale_rows} if q.scale_rows != 1 else {}),
+        **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
     }
@@ -189,16 +198,24 @@ class XspFile:
         try:
             mask = self._mask(name, m["mask"])
             planes = []
+            v2 = self.version >= 2
             for i, p in enumerate(m["planes"]):
+                if v2 and isinstance(p, dict) and "kind" in p:
+                    if p["kind"] != "packed":
+                        raise XspError(f"{self.path}: tensor {name!r}: unknown plane kind {p['kind']!r}")
+                    care = _int_field(self.path, name, f"planes[{i}].care_bits", p["care_bits"])
+                    if not 0 <= care <= mask.length:
+                        raise XspError(f"{self.path}: tensor {name!r}: field planes[{i}].care_bits {care} "
+                                       f"outside 0..{mask.length}")
+                    planes.append(PackedPlane(mask.length, care, self._part(name, f"plane{i}.stream")))
+                    continue
                 planes.append(EncodedPlane.from_patch_data(
                     data=self._part(name, f"plane{i}.patches").tobytes(), count=int(p["patches"]),
                     k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
                     n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
                     chunk_slices=int(p["chunk_slices"]), stream=self._part(name, f"plane{i}.stream"),
                     care_bits=int(p.get("care_bits", -1))))
-            q = Quantized(m["quantizer"], int(m["bits"]), np.zeros((0, 0), np.uint8),
-                          self._part(name, "scales"), int(m["rows"]), int(m["cols"]),
-                          int(m["group_size"]), bool(m["symmetric"]))
+            q = self._quantized(name, m)
             shape = tuple(int(s) for s in m["shape"])
             dtype = str(m["dtype"])
             if m["order"]["kind"] != "blocks64":
@@ -216,6 +233,32 @@ class XspFile:
         except ValueError as e:
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
         return ct
+
+    def _quantized(self, name: str, m: dict) -> Quantized:
+        quantizer = m["quantizer"]
+        known = ("bcq", "uniform") if self.version == 1 else ("bcq", "uniform", "codebook")
+        if quantizer not in known:
+            raise XspError(f"{self.path}: tensor {name!r}: unknown quantizer {quantizer!r} "
+                           f"in a version {self.version} file")
+        bits = _int_field(self.path, name, "bits", m["bits"])
+        if not 1 <= bits <= MAX_BITS[quantizer]:
+            raise XspError(f"{self.path}: tensor {name!r}: field bits {bits} outside 1..{MAX_BITS[quantizer]}")
+        scale_rows, book_rows, book = 1, 0, None
+        if self.version >= 2:
+            scale_rows = _int_field(self.path, name, "scale_rows", m.get("scale_rows", 1))
+        elif "scale_rows" in m:
+            raise XspError(f"{self.path}: tensor {name!r}: field scale_rows in a version 1 file")
+        if quantizer == "codebook":
+            book_rows = _int_field(self.path, name, "codebook_rows", m["codebook_rows"])
+            book = self._part(name, "codebook")
+            if book.dtype not in (np.float16, np.float32):
+                raise XspError(f"{self.path}: tensor {name!r}: codebook must be F16 or F32, got {book.dtype}")
+        scales = self._part(name, "scales")
+        if scales.dtype not in (np.float16, np.float32):
+            raise XspError(f"{self.path}: tensor {name!r}: scales must be F16 or F32, got {scales.dtype}")
+        return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales,
+                         int(m["rows"]), int(m["cols"]), int(m["group_size"]), bool(m["symmetric"]),
+                         scale_rows, book, book_rows)
 
     def _mask(self, name: str, mk: dict) -> MaskCode:
         codec = mk["codec"]

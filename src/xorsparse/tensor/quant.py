@@ -9,6 +9,11 @@ where their coarser relative precision costs nothing measurable.
 
 Dequantization is one function used both by the reference path and by decompression, so
 "bit-exact" means the codec returned exactly the planes the quantizer produced.
+
+Scales are per (row, column group) by default; `scale_rows` > 1 shares one scale set among
+that many consecutive rows (format version 2), which is what short-row tensors (depthwise
+convolutions: rows of 9 or 25 weights) need, where per-row scales cost more than the codes.
+The `codebook` quantizer (codebook.py) is the third quantizer.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import numpy as np
 from numba import njit, prange
 
 
-Quantizer = Literal["bcq", "uniform"]
+Quantizer = Literal["bcq", "uniform", "codebook"]
+QUANTIZERS = ("bcq", "uniform", "codebook")
+MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4}
 FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
 
@@ -37,7 +44,26 @@ class Quantized:
     cols: int
     group_size: int  # columns per group; == cols when one group per row
     symmetric: bool = True
+    scale_rows: int = 1  # consecutive rows sharing one set of scales (version 2)
+    codebook: np.ndarray | None = None  # codebook quantizer: (books, 2^q) float16/float32 levels
+    codebook_rows: int = 0  # codebook quantizer: consecutive rows sharing one codebook
 
+    @property
+    def scale_bits(self) -> int:
+        """Bits of the scales and of the codebook, as stored."""
+        n = self.scales.size * self.scales.dtype.itemsize * 8
+        if self.codebook is not None:
+            n += self.codebook.size * self.codebook.dtype.itemsize * 8
+        return n
+
+    @property
+    def scale_count(self) -> int:
+        """Scales per (scale row, group): q for bcq, 1 or 2 for uniform, 1 for codebook."""
+        if self.quantizer == "bcq":
+            return self.bits
+        if self.quantizer == "uniform":
+            return 1 if self.symmetric else 2
+        return 1
 
 def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, cols): dim 0 is the output dimension of Linear and Conv weights."""
@@ -209,9 +235,9 @@ def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
 
 
 def _check_bits(quantizer: str, bits: int) -> None:
-    limit = 4 if quantizer == "bcq" else 8
-    if quantizer not in ("bcq", "uniform"):
-        raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
+    limit = MAX_BITS[quantizer]
     if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= limit:
         raise ValueError(f"{quantizer} bits must be in 1..{limit}, got {bits}")
 
@@ -275,10 +301,64 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
     return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
 
 
+def scale_groups(rows: int, cols: int, group_size: int, scale_rows: int) -> tuple[int, int]:
+    """(scale rows, column groups) of the scales array."""
+    return -(-rows // scale_rows), max(1, -(-cols // group_size))
+
+
+def to_row_groups(a: np.ndarray, scale_rows: int, gsize: int, fill) -> np.ndarray:
+    """(rows, cols) -> (scale rows, column groups * scale_rows * gsize): one virtual row per
+    scale row, holding each column group's slices of its rows side by side, so the per-row
+    quantizers fit one scale set to `scale_rows` rows at once. Padding gets `fill`."""
+    rows, cols = a.shape
+    rs, gc = scale_groups(rows, cols, gsize, scale_rows)
+    pad = np.full((rs * scale_rows, gc * gsize), fill, dtype=a.dtype)
+    pad[:rows, :cols] = a
+    return np.ascontiguousarray(pad.reshape(rs, scale_rows, gc, gsize).transpose(0, 2, 1, 3)
+                                .reshape(rs, gc * scale_rows * gsize))
+
+
+def from_row_groups(v: np.ndarray, rows: int, cols: int, scale_rows: int, gsize: int) -> np.ndarray:
+    rs, gc = scale_groups(rows, cols, gsize, scale_rows)
+    out = v.reshape(rs, gc, scale_rows, gsize).transpose(0, 2, 1, 3).reshape(rs * scale_rows, gc * gsize)
+    return np.ascontiguousarray(out[:rows, :cols])
+
+
+def _check_scale_rows(scale_rows: int) -> int:
+    if isinstance(scale_rows, bool) or not isinstance(scale_rows, (int, np.integer)) or scale_rows < 1:
+        raise ValueError(f"scale_rows must be a positive integer, got {scale_rows!r}")
+    return int(scale_rows)
+
+
 def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits: int = 2,
-             symmetric: bool = True, group_size: int | None = None, iters: int = 15) -> Quantized:
-    if quantizer == "bcq":
-        return quantize_bcq(w, keep, bits, group_size, iters)
-    if quantizer == "uniform":
+             symmetric: bool = True, group_size: int | None = None, iters: int = 15,
+             scale_rows: int = 1, codebook_rows: int | None = None,
+             importance: np.ndarray | None = None) -> Quantized:
+    """Quantize the kept weights. scale_rows: consecutive rows sharing one scale set;
+    codebook_rows (codebook only): rows per codebook (None: one for the tensor);
+    importance (codebook only): per-weight weights of the k-means fit (e.g. from calibration)."""
+    scale_rows = _check_scale_rows(scale_rows)
+    if quantizer == "codebook":
+        from .codebook import quantize_codebook
+
+        return quantize_codebook(w, keep, bits, group_size, scale_rows, codebook_rows, importance, iters)
+    if quantizer not in ("bcq", "uniform"):
+        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
+    rows, cols = row_layout(np.shape(w))
+    if scale_rows == 1 or rows <= 1:
+        if quantizer == "bcq":
+            return quantize_bcq(w, keep, bits, group_size, iters)
         return quantize_uniform(w, keep, bits, symmetric, group_size)
-    raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+    gsize, _ = _groups(cols, group_size)
+    scale_rows = min(scale_rows, rows)
+    w2 = np.asarray(w, dtype=np.float32).reshape(rows, cols)
+    k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
+    vw, vk = to_row_groups(w2, scale_rows, gsize, 0.0), to_row_groups(k2, scale_rows, gsize, False)
+    vg = scale_rows * gsize
+    if quantizer == "bcq":
+        v = quantize_bcq(vw, vk, bits, vg, iters)
+    else:
+        v = quantize_uniform(vw, vk, bits, symmetric, vg)
+    codes = from_row_groups(_planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
+    return Quantized(quantizer, bits, _codes_to_planes(codes, bits), v.scales, rows, cols, gsize, v.symmetric,
+                     scale_rows)

@@ -18,6 +18,7 @@ from torch import nn
 from ..codec.plane import _tables
 from ..io.container import XspFile
 from ..tensor.maskcode import decode_mask
+from ..tensor.packed import PackedPlane
 from ..tensor.pipeline import CompressedTensor
 from .compress import MODULE_TYPES
 
@@ -86,10 +87,18 @@ def to_natural_torch(coded: torch.Tensor, step: int) -> torch.Tensor:
     return torch.cat([blocks.reshape(-1), coded[nfull * 64:]])
 
 
-def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) -> torch.Tensor:
-    """quant.levels_table in torch: the same float32 operations in the same order."""
+def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool, scale_rows: int = 1,
+                 rows: int | None = None, codebook: torch.Tensor | None = None, codebook_rows: int = 1) -> torch.Tensor:
+    """quant.levels_table in torch: the same float32 operations in the same order, one table
+    per row (scale row groups repeated)."""
     s = scales.to(torch.float32)
     dev = s.device
+    if rows is not None and scale_rows > 1:
+        s = s[torch.arange(rows, device=dev) // scale_rows]
+    if quantizer == "codebook":
+        r = torch.arange(s.shape[0], device=dev)
+        book = codebook.to(torch.float32)[r // codebook_rows]  # (rows, 2^q)
+        return s[:, :, 0:1] * book[:, None, :]
     codes = torch.arange(1 << q, device=dev)
     if quantizer == "bcq":
         out = torch.zeros(s.shape[0], s.shape[1], 1 << q, dtype=torch.float32, device=dev)
@@ -104,13 +113,15 @@ def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) 
 
 
 def dequantize_torch(planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
-                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int) -> torch.Tensor:
+                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int,
+                     scale_rows: int = 1, codebook: torch.Tensor | None = None,
+                     codebook_rows: int = 1) -> torch.Tensor:
     """Row-major float32 weights from natural-order planes: a look-up in the levels table."""
     dev = scales.device
     code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
     for i, p in enumerate(planes):
         code |= p.to(torch.int64) << i
-    levels = levels_torch(scales, len(planes), quantizer, symmetric)
+    levels = levels_torch(scales, len(planes), quantizer, symmetric, scale_rows, rows, codebook, codebook_rows)
     r = torch.arange(rows, device=dev)[:, None]
     g = (torch.arange(cols, device=dev) // group_size)[None, :]
     out = levels[r, g, code.reshape(rows, cols)]
@@ -126,14 +137,19 @@ class XorWeight(nn.Module):
         self.dtype_name = ct.dtype
         q = ct.quant
         self.meta = dict(quantizer=q.quantizer, symmetric=q.symmetric, rows=q.rows, cols=q.cols,
-                         group_size=q.group_size)
+                         group_size=q.group_size, scale_rows=q.scale_rows, codebook_rows=max(q.codebook_rows, 1))
         self.block_step = ct.block_step
         self.length = ct.numel
         keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
         self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
         self.register_buffer("scales", torch.from_numpy(q.scales.copy()))
+        self.register_buffer("codebook", torch.from_numpy(q.codebook.copy()) if q.codebook is not None else None)
         self.planes = []
         for i, p in enumerate(ct.planes):
+            if isinstance(p, PackedPlane):  # one bit per kept weight, row-major (FORMAT.md 1.7)
+                self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
+                self.planes.append(("packed", p.care_bits))
+                continue
             self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
             self.register_buffer(f"patches{i}", torch.from_numpy(p.patches.astype(np.int64)))
             self.planes.append((p.n_in, p.n_out, p.n_s, p.seed, p.chunk_slices))
@@ -150,13 +166,19 @@ class XorWeight(nn.Module):
             return self._cached
         dev = self.scales.device
         planes = []
-        for i, (n_in, n_out, n_s, seed, cs) in enumerate(self.planes):
+        keep = unpack_bits(self.mask_bits, self.length).bool()
+        for i, params in enumerate(self.planes):
+            if params[0] == "packed":
+                plane = torch.zeros(self.length, dtype=torch.uint8, device=dev)
+                plane[keep] = unpack_bits(getattr(self, f"stream{i}"), params[1])
+                planes.append(plane)
+                continue
+            n_in, n_out, n_s, seed, cs = params
             table = decoder_table(n_in, n_out, n_s, seed).to(dev)
             coded = decode_plane_torch(getattr(self, f"stream{i}"), getattr(self, f"patches{i}"), self.length,
                                        n_in, n_out, n_s, cs, table)
             planes.append(to_natural_torch(coded, self.block_step))
-        keep = unpack_bits(self.mask_bits, self.length).bool()
-        w = dequantize_torch(planes, self.scales, keep, **self.meta)
+        w = dequantize_torch(planes, self.scales, keep, codebook=self.codebook, **self.meta)
         w = w.reshape(self.shape).to(getattr(torch, self.dtype_name))
         if self.cache:
             self._cached = w
