@@ -200,6 +200,8 @@ class XspFile:
             planes = []
             v2 = self.version >= 2
             for i, p in enumerate(m["planes"]):
+                if not v2 and isinstance(p, dict) and "kind" in p:
+                    raise XspError(f"{self.path}: tensor {name!r}: field planes[{i}].kind in a version 1 file")
                 if v2 and isinstance(p, dict) and "kind" in p:
                     if p["kind"] != "packed":
                         raise XspError(f"{self.path}: tensor {name!r}: unknown plane kind {p['kind']!r}")
