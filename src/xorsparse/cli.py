@@ -207,9 +207,9 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
                    help="for --scale-rows auto: allowed relative increase of ||W - Wq|| (default 0.01)")
     c.add_argument("--codebook-rows", type=int, default=None, metavar="N",
                    help="codebook quantizer: rows sharing one codebook (default: one per tensor)")
-    c.add_argument("--packed-below", type=int, default=0, metavar="N",
+    c.add_argument("--packed-below", type=int, default=1 << 14, metavar="N",
                    help="tensors of fewer than N weights store one bit per kept weight instead of the "
-                        "XOR code (exact size where the XOR code's fixed costs show; default 0: never)")
+                        "XOR code (exact size where the XOR code's fixed costs show; default 16384; 0: never)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")

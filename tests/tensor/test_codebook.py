@@ -93,7 +93,7 @@ def test_packed_planes_cost_the_care_bits():
     kept = int(magnitude_mask(w, 0.8).sum())
     assert ct.value_bits == 2 * kept + ct.scale_bits and ct.efficiency == 1.0
     assert decompress_tensor(ct).tobytes() == reference_prune_quantize(w, cfg).tobytes()
-    xor = compress_tensor(w, CompressConfig(0.8, 2))
+    xor = compress_tensor(w, CompressConfig(0.8, 2, packed_below=0))
     assert ct.value_bits < xor.value_bits
 
 

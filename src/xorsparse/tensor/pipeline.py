@@ -57,7 +57,7 @@ class CompressConfig:
     scale_rows: int | str = 1
     error_budget: float = 0.01
     codebook_rows: int | None = None
-    packed_below: int = 0
+    packed_below: int = 1 << 14
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity) < 1.0:
