@@ -271,7 +271,7 @@ def zipnn_dense(dense: np.ndarray, sp: Sparse) -> Stored:
     """The real `zipnn` package on the dense float32 tensor (its byte grouping + entropy coding)."""
     import zipnn
 
-    z = zipnn.ZipNN(input_format="numpy", bytearray_dtype="float32")
+    z = zipnn.ZipNN(input_format="numpy", bytearray_dtype="float32", threads=1)
     a = np.ascontiguousarray(dense, dtype=np.float32)
     blob = z.compress(a)
 
