@@ -54,23 +54,25 @@ def mobilenet_v2_shapes(classes: int = 1000, width: float = 1.0) -> list[tuple[s
     return out
 
 
-def random_weights(seed: int = 0, channel_spread: float = 0.5) -> list[tuple[str, np.ndarray]]:
+def random_weights(seed: int = 0, channel_spread: float = 0.5, width: float = 1.0) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     out = []
-    for name, shape, fan_in in mobilenet_v2_shapes():
+    for name, shape, fan_in in mobilenet_v2_shapes(width=width):
         w = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
         scale = rng.lognormal(0.0, channel_spread, (shape[0],) + (1,) * (len(shape) - 1)).astype(np.float32)
         out.append((name, w * scale))
     return out
 
 
-CONFIGS = {
-    "v1 defaults (per-row fp16 scales, Golomb mask)": dict(mask_codec="entropy"),
-    "+ ctx mask": dict(mask_codec="auto"),
-    "+ scale_rows auto": dict(mask_codec="auto", scale_rows="auto"),
-    "+ packed small tensors": dict(mask_codec="auto", scale_rows="auto", packed_below=1 << 16),
-    "codebook, all of the above": dict(quantizer="codebook", mask_codec="auto", scale_rows="auto",
-                                       packed_below=1 << 16),
+CONFIGS = {  # short name: (label, CompressConfig options)
+    "v1": ("bcq, version-1 layout (per-row fp16 scales, Golomb mask, XOR planes)",
+           dict(mask_codec="entropy", packed_below=0)),
+    "ctx": ("bcq + ctx mask (auto)", dict(mask_codec="auto", packed_below=0)),
+    "scales": ("bcq + ctx + scale_rows auto", dict(mask_codec="auto", scale_rows="auto", packed_below=0)),
+    "packed": ("bcq + ctx + scale_rows auto + packed below 65536",
+               dict(mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
+    "codebook": ("codebook + ctx + scale_rows auto + packed below 65536",
+                 dict(quantizer="codebook", mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
 }
 
 
@@ -79,17 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--error-budget", type=float, default=0.01, help="for scale_rows auto (default 0.01)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width multiplier (default 1.0)")
     p.add_argument("--channel-spread", type=float, default=0.5,
                    help="sigma of the log-normal per-output-channel scale (0: plain Kaiming init)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="which configurations to run (default: all)")
     p.add_argument("--per-tensor", action="store_true", help="also print every tensor of the last configuration")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    tensors = random_weights(args.seed, args.channel_spread)
+    tensors = random_weights(args.seed, args.channel_spread, args.width)
     n = sum(w.size for _, w in tensors)
     norm2 = sum(float(np.sum(w.astype(np.float64) ** 2)) for _, w in tensors)
     print(f"MobileNetV2 shapes: {len(tensors)} weight tensors, {n} weights "
@@ -97,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
           f"channel spread {args.channel_spread}, error budget {args.error_budget}")
     rows, per_tensor = [], []
     ok = True
-    for label, kw in CONFIGS.items():
+    for key in args.configs:
+        label, kw = CONFIGS[key]
         cfg = CompressConfig(args.sparsity, args.bits, error_budget=args.error_budget, **kw)
         tot = dict(total=0, value=0, scale=0, mask=0, kept=0, err2=0.0, dw_total=0, dw_n=0)
         per_tensor = []
