@@ -17,13 +17,16 @@ from ..tensor.prune import magnitude_mask
 from ..tensor.dequant import dequantize
 from ..tensor.quant import quantize
 from ..tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 
 ALEXNET_FC = [(4096, 9216), (4096, 4096), (1000, 4096)]  # fc6, fc7, fc8 as (out, in)
 PAPER_QUOTED = 0.28  # Kwon et al. 2020: AlexNet FC, 91% pruned, 1 bit, patches included, mask not
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time decodes by wall clock or by this process's CPU time (robust on a loaded "
+                        "machine; give numba one thread: NUMBA_NUM_THREADS=1)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH.png", help="bits/weight against sparsity, one line per format")
@@ -63,7 +66,7 @@ def minilm_tensors() -> list[tuple[str, np.ndarray]]:
 
 
 def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, log,
-                quantizer: str = "bcq") -> list[dict]:
+                quantizer: str = "bcq", timer=best_time) -> list[dict]:
     from .sparse_formats import FORMATS, from_quantized
 
     acc: dict[str, dict] = {}
@@ -88,12 +91,12 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
         weights += n
         kept_total += int(keep.sum())
         dst = np.empty_like(ref)
-        floor_t += best_time(lambda: dst.fill(1.0), repeat=repeat)
+        floor_t += timer(lambda: dst.fill(1.0), repeat=repeat)
         scale_bits += qz.scale_bits
         for label, cfg in (("xorsparse", CompressConfig(sparsity, q, quantizer)),
                            ("xorsparse paper (n_s=0)", CompressConfig(sparsity, q, quantizer, max_n_s=0))):
             ct = compress_quantized(keep, qz, "float32", cfg)
-            t = best_time(lambda: decompress_tensor(ct), repeat=repeat)
+            t = timer(lambda: decompress_tensor(ct), repeat=repeat)
             ok = decompress_tensor(ct).tobytes() == ref.tobytes()
             add(label, ct.value_bits, ct.total_bits, t, ok)
         sp = from_quantized(qz, keep)
@@ -102,7 +105,7 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
         code_entropy_bits += float(-(freq * np.log2(freq)).sum()) * sp.codes.size
         for fmt, enc in FORMATS.items():
             st = enc(sp)
-            t = best_time(st.decode, repeat=repeat)
+            t = timer(st.decode, repeat=repeat)
             ok = st.decode().tobytes() == ref.tobytes()
             add(fmt, st.value_bits, st.total_bits, t, ok)
         log(f"    {name} {w.shape[0]}x{w.shape[1]} done")
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         for s in sparsities:
             for q in args.bits:
                 log(f"  {name} S={s} q={q} ({sum(t.size for _, t in tensors)} weights)")
-                rows += measure_set(name, tensors, s, q, args.repeat, log, args.quantizer)
+                rows += measure_set(name, tensors, s, q, args.repeat, log, args.quantizer, clock(args.clock))
     print()
     print("bits per weight over each tensor set; value = values + patches + scales, total = value + "
           "index or mask; decode/floor = time to rebuild the dense float32 tensor over the time numpy "

@@ -4,8 +4,9 @@ Magnitude masks of real weights are not i.i.d.: rows and columns differ in densi
 the `ctx` codec's row x column model exploits. Here every mask coder codes the same masks:
 `entropy` (Golomb-coded gaps per block), `ctx` (range coding with the row x column model,
 model and block table counted), and zstd level 19 and lzma (preset 9) over the packed
-bitmask. Decode speeds are millions of positions per second, on the threads numba is given
-(NUMBA_NUM_THREADS), both codecs decoding blocks in parallel.
+bitmask. Decode speeds are millions of positions per second of CPU time by default
+(--clock cpu; with NUMBA_NUM_THREADS=1 that is per core); both codecs decode blocks in
+parallel when given threads.
 
     python -m xorsparse.bench masks
 """
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..tensor.maskcode import binary_entropy, decode_mask_words, encode_mask
 from ..tensor.prune import magnitude_mask
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors
 
 
@@ -31,12 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="shrink the AlexNet shapes per side")
     p.add_argument("--masks", metavar="FILE.npz", nargs="*", default=[],
                    help="more masks to measure: .npz files of boolean arrays (e.g. from calibrated pruning)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
+                   help="time decodes by wall clock or by this process's CPU time (robust on a loaded "
+                        "machine; give numba one thread: NUMBA_NUM_THREADS=1)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--markdown", metavar="PATH")
     p.set_defaults(run=run)
 
 
-def measure(set_name: str, masks: list[np.ndarray], sparsity: float | str) -> dict:
+def measure(set_name: str, masks: list[np.ndarray], sparsity: float | str, timer=best_time) -> dict:
     import zstandard
 
     n = sum(m.size for m in masks)
@@ -55,7 +59,7 @@ def measure(set_name: str, masks: list[np.ndarray], sparsity: float | str) -> di
                                   m2.ravel()):
                 raise AssertionError(f"{codec} mask decode differs")
             bits[label] += code.nbits
-            t[label] += best_time(lambda: decode_mask_words(code), repeat=3)
+            t[label] += timer(lambda: decode_mask_words(code), repeat=3)
         packed = np.packbits(m2.ravel(), bitorder="little").tobytes()
         bits["zstd-19"] += 8 * len(zstandard.ZstdCompressor(level=19).compress(packed))
         bits["lzma"] += 8 * len(lzma.compress(packed, preset=9))
@@ -80,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
         sets.append(("alexnet-fc", alexnet_tensors(args.scale), args.alexnet_sparsity))
     for name, tensors, sparsities in sets:
         for s in sparsities:
-            rows.append(measure(name, [magnitude_mask(w, s) for _, w in tensors], s))
+            rows.append(measure(name, [magnitude_mask(w, s) for _, w in tensors], s, clock(args.clock)))
             print(f"  {name} S={s} done", flush=True)
     for path in args.masks:
         with np.load(path) as z:
             masks = [z[k] for k in z.files]
-        rows.append(measure(path, masks, "given"))
+        rows.append(measure(path, masks, "given", clock(args.clock)))
     columns = [("set", "masks", "s"), ("sparsity", "S", ""), ("H(S)", "H(S)", ".4f"),
                ("entropy (Golomb)", "Golomb", ".4f"), ("ctx", "ctx", ".4f"), ("ctx_vs_H", "ctx vs H(S)", "+.1%"),
                ("zstd-19", "zstd-19", ".4f"), ("lzma", "lzma", ".4f"),

@@ -8,7 +8,9 @@ total bits per weight and the relative weight error ||W - Wq|| / ||W|| (pruned w
 included) over the tensor set; then, at the error of each point on xorsparse's frontier,
 each format's fewest bits at that error or less. The real `zipnn` package compressing the
 dense pruned-and-quantized float32 tensor is the lossless-compression anchor. Decode time
-is to the dense float32 tensor, as a ratio to numpy filling a tensor of that size.
+is to the dense float32 tensor, as a ratio to numpy filling a tensor of that size, in CPU
+time of this process by default (--clock cpu; run with NUMBA_NUM_THREADS=1: every decoder on
+one core, which a shared, loaded machine measures far better than wall time).
 
     python -m xorsparse.bench rd --json docs/bench-rd.json --markdown docs/bench-rd.md --plot docs/bench-rd.png
 """
@@ -24,7 +26,7 @@ from ..tensor.dequant import dequantize
 from ..tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
 from ..tensor.prune import magnitude_mask
 from ..tensor.quant import quantize
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors
 
 FIXED_RATE = ("xorsparse", "csr-int32", "bitmask+int8")
@@ -32,6 +34,9 @@ VARIABLE_RATE = ("deep-compression", "zstd-19", "lzma", "zipnn")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
+                   help="time decodes by wall clock or by this process's CPU time (robust on a loaded "
+                        "machine; give numba one thread: NUMBA_NUM_THREADS=1)")
     p.add_argument("--json", metavar="PATH", help="also write every point as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown")
     p.add_argument("--plot", metavar="PATH.png", help="bits against error, and decode cost against bits")
@@ -47,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def measure_points(set_name: str, tensors, sparsity: float, quantizer: str, q: int, repeat: int) -> list[dict]:
+def measure_points(set_name: str, tensors, sparsity: float, quantizer: str, q: int, repeat: int,
+                   timer=best_time) -> list[dict]:
     """One point per format: total bits and decode time summed over the set, one error."""
     from .sparse_formats import FORMATS, from_quantized, zipnn_dense
 
@@ -71,15 +77,15 @@ def measure_points(set_name: str, tensors, sparsity: float, quantizer: str, q: i
         err2 += float(np.sum((ref.astype(np.float64) - w) ** 2))
         norm2 += float(np.sum(w.astype(np.float64) ** 2))
         dst = np.empty_like(ref)
-        floor_t += best_time(lambda: dst.fill(1.0), repeat=repeat)
+        floor_t += timer(lambda: dst.fill(1.0), repeat=repeat)
         ct = compress_quantized(keep, qz, "float32", CompressConfig(sparsity, q, quantizer))
-        add("xorsparse", ct.total_bits, best_time(lambda: decompress_tensor(ct), repeat=repeat),
+        add("xorsparse", ct.total_bits, timer(lambda: decompress_tensor(ct), repeat=repeat),
             decompress_tensor(ct).tobytes() == ref.tobytes())
         sp = from_quantized(qz, keep)
         stores = {fmt: enc(sp) for fmt, enc in FORMATS.items()}
         stores["zipnn"] = zipnn_dense(ref, sp)
         for fmt, st in stores.items():
-            add(fmt, st.total_bits, best_time(st.decode, repeat=repeat), st.decode().tobytes() == ref.tobytes())
+            add(fmt, st.total_bits, timer(st.decode, repeat=repeat), st.decode().tobytes() == ref.tobytes())
     rel = float(np.sqrt(err2 / norm2)) if norm2 else 0.0
     rows = []
     for fmt, a in acc.items():
@@ -209,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             for quantizer in args.quantizers:
                 for q in args.bits:
                     log(f"  {name} S={s} {quantizer} q={q} ({sum(t.size for _, t in tensors)} weights)")
-                    rows += measure_points(name, tensors, s, quantizer, q, args.repeat)
+                    rows += measure_points(name, tensors, s, quantizer, q, args.repeat, clock(args.clock))
     eq = equal_error_table(rows)
     print("\nevery point: total bits per weight (mask, values, patches, scales, codebooks) and relative weight error")
     print_table(rows, POINT_COLUMNS)
