@@ -263,7 +263,22 @@ def decode_tensor(path: str, name: str) -> list[float]:
         fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
         return [struct.unpack("<" + fmt, raw[i : i + size])[0] for i in range(0, len(raw), size)]
 
-    scales = floats("scales")
+    if t.get("scale_format") == "log8":  # section 4.3
+        raw = part("scales")
+        ref = floats("scale_ref")
+        steps = [struct.unpack("<f", struct.pack("<I", b))[0] for b in
+                 (0x3F800000, 0x3F6AC0C7, 0x3F5744FD, 0x3F45672A, 0x3F3504F3, 0x3F25FED7, 0x3F1837F0, 0x3F0B95C2)]
+        scales = []
+        for n, v in enumerate(raw):
+            m = v & 127
+            if m == 0:
+                scales.append(0.0)
+                continue
+            e, j = divmod(m - 1, 8)
+            x = f32(f32(ref[n % len(ref)] * steps[j]) * 2.0**-e)
+            scales.append(-x if v >> 7 else x)
+    else:
+        scales = floats("scales")
     ngroups = -(-cols // g) if cols else 1
     srows = -(-rows // rs) if rows else 1
     k = len(scales) // max(srows * ngroups, 1)

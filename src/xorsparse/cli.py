@@ -75,7 +75,8 @@ def _config(args):
 def layout_options(args) -> dict:
     """The version-2 scale layout, codebook and small-tensor options of compress and demo."""
     rows = args.scale_rows
-    return dict(scale_rows=rows if rows == "auto" else int(rows), error_budget=args.error_budget,
+    return dict(scale_rows=rows if rows == "auto" else int(rows), scale_format=args.scale_format,
+                error_budget=args.error_budget,
                 codebook_rows=args.codebook_rows, packed_below=args.packed_below)
 
 
@@ -203,8 +204,12 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
                    help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
                         "weight error stays within --error-budget of per-row scales")
+    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="float16",
+                   help="scales as float16 (default), one byte each in the log domain (log8), or "
+                        "whichever costs less within --error-budget (auto)")
     c.add_argument("--error-budget", type=float, default=0.01,
-                   help="for --scale-rows auto: allowed relative increase of ||W - Wq|| (default 0.01)")
+                   help="for --scale-rows/--scale-format auto: allowed relative increase of ||W - Wq|| "
+                        "over per-row float16 scales (default 0.01)")
     c.add_argument("--codebook-rows", type=int, default=None, metavar="N",
                    help="codebook quantizer: rows sharing one codebook (default: one per tensor)")
     c.add_argument("--packed-below", type=int, default=1 << 14, metavar="N",

@@ -165,7 +165,11 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
                                                                                     scale_rows=4, group_size=7, packed_below=0),
                                  CompressConfig(0.8, 2, scale_rows=8, packed_below=1 << 20),
                                  CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5, packed_below=0),
-                                 CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx")])
+                                 CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx"),
+                                 CompressConfig(0.8, 3, scale_format="log8", packed_below=0),
+                                 CompressConfig(0.6, 2, "codebook", scale_format="log8", scale_rows=3),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_format="log8",
+                                                group_size=16)])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     from .. import reference
 
@@ -262,6 +266,7 @@ def v2_xsp(tmp_path):
     w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
     cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
                                                          mask_codec="entropy", packed_below=0)),
+           "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_format="log8", mask_codec="entropy")),
            "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
     p = tmp_path / "v2.xsp"
     write_xsp(p, cts, {}, None)
@@ -284,6 +289,9 @@ def v2_xsp(tmp_path):
     ("pk", lambda t: t["planes"][0].update(care_bits=-1), "care_bits -1 outside"),
     ("pk", lambda t: t["planes"][0].update(care_bits="7"), "care_bits must be an integer"),
     ("pk", lambda t: t["planes"][0].update(kind="dense"), "unknown plane kind 'dense'"),
+    ("l8", lambda t: t.update(scale_format="log4"), "unknown scale_format 'log4'"),
+    ("l8", lambda t: t.pop("scale_format"), "scales must be F16 or F32"),
+    ("cb", lambda t: t.update(scale_format="log8"), "missing entry"),
 ])
 def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
     p, _ = v2_xsp
@@ -304,3 +312,24 @@ def test_version_2_fields_rejected_in_version_1(v2_xsp):
             f.compressed("cb")
         with pytest.raises(XspError, match=r"planes\[0\].kind in a version 1 file"):
             f.compressed("pk")
+
+
+def test_hostile_log8_reference(v2_xsp):
+    p, _ = v2_xsp
+    with st.Reader(p) as r:
+        meta = r.metadata
+        entries = []
+        for n, i in r.entries.items():
+            data = r.read_bytes(n)
+            if n == "l8.__xs__.scale_ref":
+                data = np.array([np.nan, 1.0], np.float32).tobytes()
+                i = dict(i, shape=[2])
+            entries.append(st.Entry(n, i["dtype"], i["shape"], data))
+    m = json.loads(meta["xorsparse"])
+    from xorsparse.io.container import _crc
+
+    m["tensors"]["l8"]["crc32"]["scale_ref"] = _crc(np.array([np.nan, 1.0], np.float32).tobytes())
+    st.write(p, entries, {"xorsparse": json.dumps(m)})
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="one finite F32 scale_ref per scale"):
+            f.compressed("l8")

@@ -107,13 +107,14 @@ def test_packed_planes_cost_the_care_bits():
     st.sampled_from([None, 3]),
     st.booleans(),
     st.sampled_from(["auto", "ctx"]),
+    st.sampled_from(["float16", "log8", "auto"]),
     st.integers(0, 2**31),
 )
-def test_bit_exact_property_version_2(shape, sparsity, qb, scale_rows, codebook_rows, group, packed, mask, seed):
+def test_bit_exact_property_version_2(shape, sparsity, qb, scale_rows, codebook_rows, group, packed, mask, fmt, seed):
     w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     cfg = CompressConfig(sparsity, qb[1], qb[0], symmetric=seed % 2 == 0, group_size=group, scale_rows=scale_rows,
                          codebook_rows=codebook_rows, packed_below=1 << 20 if packed else 0, mask_codec=mask,
-                         error_budget=0.1)
+                         error_budget=0.1, scale_format=fmt)
     ct = compress_tensor(w, cfg, verify=True)
     out = decompress_tensor(ct)
     ref = reference_prune_quantize(w, cfg)
@@ -122,6 +123,40 @@ def test_bit_exact_property_version_2(shape, sparsity, qb, scale_rows, codebook_
 
 def test_config_rejects_bad_layout_values():
     for kw in ({"scale_rows": 0}, {"scale_rows": "some"}, {"scale_rows": True}, {"error_budget": -1},
-               {"codebook_rows": 0}, {"packed_below": -1}, {"quantizer": "codebook", "bits": 5}):
+               {"codebook_rows": 0}, {"packed_below": -1}, {"quantizer": "codebook", "bits": 5},
+               {"scale_format": "log4"}):
         with pytest.raises(ValueError):
             CompressConfig(**kw)
+
+
+def test_log8_scales_round_trip_and_nearest():
+    from xorsparse.tensor.logscale import decode_log8, encode_log8
+
+    rng = np.random.default_rng(5)
+    s = (rng.lognormal(0, 2, (50, 3, 2)) * rng.choice([-1, 1], (50, 3, 2))).astype(np.float32)
+    s[0, 0, 0] = 0.0
+    codes, ref = encode_log8(s)
+    v = decode_log8(codes, ref)
+    assert v.dtype == np.float32 and v[0, 0, 0] == 0 and np.all(np.sign(v) == np.sign(s))
+    big = np.abs(s) > ref * 2.0**-15  # inside the 16 octaves: within half a step
+    assert np.all(np.abs(np.log2(np.abs(v[big]) / np.abs(s[big]))) <= 1 / 16 + 0.01)  # nearest in value
+    assert np.all(codes[s == 0] == 0)
+
+
+@pytest.mark.parametrize("quantizer", ["bcq", "uniform", "codebook"])
+def test_log8_halves_scale_bits_at_little_error(weights, quantizer):
+    w, keep = weights
+    f16 = CompressConfig(0.7, 2, quantizer)
+    l8 = CompressConfig(0.7, 2, quantizer, scale_format="log8")
+    a, b = compress_tensor(w, f16, keep=keep), compress_tensor(w, l8, keep=keep)
+    assert b.quant.scale_format == "log8" and b.quant.scales.dtype == np.uint8
+    assert b.scale_bits == a.scale_bits - 8 * a.quant.scales.size + 32 * a.quant.scale_count \
+        if quantizer != "codebook" else b.scale_bits < a.scale_bits
+    ea = np.linalg.norm(decompress_tensor(a) - w)
+    eb = np.linalg.norm(decompress_tensor(b) - w)
+    assert eb <= 1.02 * ea
+    assert decompress_tensor(b).tobytes() == reference_prune_quantize(w, l8, keep=keep).tobytes()
+    auto = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_format="auto", error_budget=0.05), keep=keep)
+    assert auto.quant.scale_format == "log8"
+    strict = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_format="auto", error_budget=0.0), keep=keep)
+    assert np.linalg.norm(decompress_tensor(strict) - w) <= ea * (1 + 1e-9)

@@ -73,6 +73,9 @@ CONFIGS = {  # short name: (label, CompressConfig options)
                dict(mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
     "codebook": ("codebook + ctx + scale_rows auto + packed below 65536",
                  dict(quantizer="codebook", mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
+    "log8": ("codebook + ctx + scale_rows and scale_format auto + packed below 65536",
+             dict(quantizer="codebook", mask_codec="auto", scale_rows="auto", scale_format="auto",
+                  packed_below=1 << 16)),
 }
 
 

@@ -66,6 +66,8 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
     if q.quantizer == "codebook":
         parts.append(("codebook", q.codebook))
+    if q.scale_format == "log8":
+        parts.append(("scale_ref", q.scale_ref.astype("<f4")))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
@@ -94,6 +96,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "mask": mask_meta,
         **({"scale_rows": q.scale_rows} if q.scale_rows != 1 else {}),
         **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
+        **({"scale_format": "log8"} if q.scale_format == "log8" else {}),
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
     }
@@ -256,11 +259,24 @@ class XspFile:
             if book.dtype not in (np.float16, np.float32):
                 raise XspError(f"{self.path}: tensor {name!r}: codebook must be F16 or F32, got {book.dtype}")
         scales = self._part(name, "scales")
-        if scales.dtype not in (np.float16, np.float32):
+        fmt = m.get("scale_format", "float") if self.version >= 2 else "float"
+        if self.version == 1 and "scale_format" in m:
+            raise XspError(f"{self.path}: tensor {name!r}: field scale_format in a version 1 file")
+        ref = None
+        if fmt == "log8":
+            ref = self._part(name, "scale_ref")
+            if scales.dtype != np.uint8 or ref.dtype != np.float32 or ref.ndim != 1 or \
+                    (scales.ndim and ref.shape[0] != scales.shape[-1]) or not np.all(np.isfinite(ref)):
+                raise XspError(f"{self.path}: tensor {name!r}: log8 scales need U8 scales and one finite F32 "
+                               f"scale_ref per scale, got {scales.dtype} {tuple(scales.shape)} and "
+                               f"{ref.dtype} {tuple(ref.shape)}")
+        elif fmt != "float":
+            raise XspError(f"{self.path}: tensor {name!r}: unknown scale_format {fmt!r}")
+        elif scales.dtype not in (np.float16, np.float32):
             raise XspError(f"{self.path}: tensor {name!r}: scales must be F16 or F32, got {scales.dtype}")
         return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales,
                          int(m["rows"]), int(m["cols"]), int(m["group_size"]), bool(m["symmetric"]),
-                         scale_rows, book, book_rows)
+                         scale_rows, book, book_rows, ref)
 
     def _mask(self, name: str, mk: dict) -> MaskCode:
         codec = mk["codec"]

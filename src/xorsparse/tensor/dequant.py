@@ -23,7 +23,7 @@ def levels_table(qz: Quantized) -> np.ndarray:
     if qz.quantizer == "codebook":
         from .codebook import codebook_levels
 
-        return codebook_levels(qz.scales, qz.codebook, qz.scale_rows, qz.codebook_rows, qz.rows)
+        return codebook_levels(qz.scale_values(), qz.codebook, qz.scale_rows, qz.codebook_rows, qz.rows)
     out = _scale_row_levels(qz)
     if qz.scale_rows > 1:
         out = np.ascontiguousarray(out[np.arange(qz.rows) // qz.scale_rows])
@@ -31,7 +31,7 @@ def levels_table(qz: Quantized) -> np.ndarray:
 
 
 def _scale_row_levels(qz: Quantized) -> np.ndarray:
-    s = qz.scales.astype(np.float32)
+    s = qz.scale_values()
     q = qz.bits
     codes = np.arange(1 << q)
     shape = s.shape[:2] + (1 << q,)

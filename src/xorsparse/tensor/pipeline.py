@@ -33,9 +33,11 @@ class CompressConfig:
     bits / quantizer: q bit-planes from binary coding ('bcq', q <= 4), integers
     ('uniform', q <= 8, symmetric or not) or a fitted codebook ('codebook', q <= 4: per-row
     scale times a shared table of 2^q levels); group_size: columns per scale (None = per row);
-    scale_rows: consecutive rows sharing one scale set (1 = per row; "auto" = the most rows,
-    among 1, 4, 16, 64 and the whole tensor, whose weight error ||W - Wq|| stays within
-    error_budget (relative) of per-row scales; ties to fewer bits);
+    scale_rows: consecutive rows sharing one scale set (1 = per row; "auto" = among 1, 4, 16,
+    64 and the whole tensor, the layout with the fewest scale bits whose weight error
+    ||W - Wq|| stays within error_budget (relative) of per-row float16 scales);
+    scale_format: "float16" (float32 where a scale falls outside float16), "log8" (one byte
+    per scale, 2^(1/8) steps below a per-tensor reference) or "auto" (chosen as above);
     codebook_rows: rows per codebook (None = one codebook per tensor);
     packed_below: tensors of fewer positions store their planes packed (one bit per kept
     weight, no XOR network: exact size, where the XOR code's fixed overheads show); 0 = never;
@@ -55,6 +57,7 @@ class CompressConfig:
     seed: int = DEFAULT_SEED
     bcq_iters: int = 15
     scale_rows: int | str = 1
+    scale_format: str = "float16"
     error_budget: float = 0.01
     codebook_rows: int | None = None
     packed_below: int = 1 << 14
@@ -80,6 +83,8 @@ class CompressConfig:
         if self.scale_rows != "auto" and (isinstance(self.scale_rows, bool) or not isinstance(self.scale_rows, int)
                                           or self.scale_rows < 1):
             raise ValueError(f"scale_rows must be a positive integer or 'auto', got {self.scale_rows!r}")
+        if self.scale_format not in SCALE_FORMATS:
+            raise ValueError(f"scale_format must be one of {', '.join(SCALE_FORMATS)}, got {self.scale_format!r}")
         if not 0.0 <= float(self.error_budget) <= 10.0:
             raise ValueError(f"error_budget must be in [0, 10], got {self.error_budget}")
         if self.codebook_rows is not None and (not isinstance(self.codebook_rows, int) or self.codebook_rows < 1):
@@ -125,6 +130,8 @@ class CompressedTensor:
         want = scale_groups(q.rows, q.cols, q.group_size, q.scale_rows) + (q.scale_count,)
         if tuple(q.scales.shape) != want:
             raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if q.scale_format == "log8" and (q.scale_ref is None or tuple(q.scale_ref.shape) != (q.scale_count,)):
+            raise ValueError(f"log8 scales need {q.scale_count} references")
         if q.quantizer == "codebook":
             if not 1 <= q.codebook_rows <= max(q.rows, 1):
                 raise ValueError(f"codebook_rows {q.codebook_rows} outside 1..{max(q.rows, 1)}")
@@ -220,32 +227,44 @@ def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = 
 
 
 AUTO_SCALE_ROWS = (1, 4, 16, 64)
+SCALE_FORMATS = ("float16", "log8", "auto")
 
 
 def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig) -> Quantized:
-    """Quantize with cfg.scale_rows, or for "auto" with the coarsest row grouping whose error
-    ||W - Wq|| (pruned weights included) is at most (1 + error_budget) times per-row scales'."""
+    """Quantize with cfg.scale_rows and cfg.scale_format; where either is "auto", the layout
+    with the fewest scale bits whose error ||W - Wq|| (pruned weights included) is at most
+    (1 + error_budget) times that of float16 scales at the fixed (or per-row) row grouping."""
+    from .logscale import requantize_log8
 
-    def run(rows_per_scale: int) -> Quantized:
-        return quantize(w32, keep, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters,
-                        scale_rows=rows_per_scale, codebook_rows=cfg.codebook_rows)
+    def run(rows_per_scale: int, fmt: str) -> Quantized:
+        qz = quantize(w32, keep, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters,
+                      scale_rows=rows_per_scale, codebook_rows=cfg.codebook_rows)
+        return requantize_log8(qz, w32, keep) if fmt == "log8" else qz
 
-    if cfg.scale_rows != "auto":
-        return run(int(cfg.scale_rows))
     rows = row_layout(w32.shape)[0]
+    fmts = ["float16", "log8"] if cfg.scale_format == "auto" else [cfg.scale_format]
+    if cfg.scale_rows == "auto":
+        groups = [1] + sorted({min(g, rows) for g in AUTO_SCALE_ROWS[1:] + (rows,) if min(g, rows) > 1})
+    else:
+        groups = [int(cfg.scale_rows)]
+    if len(groups) * len(fmts) == 1:
+        return run(groups[0], fmts[0])
     flat = w32.reshape(-1).astype(np.float64)
 
     def err(qz: Quantized) -> float:
         return float(np.sum((dequantize(qz, keep).reshape(-1) - flat) ** 2))
 
-    base = run(1)
+    base = run(groups[0], "float16")
     limit = err(base) * (1.0 + float(cfg.error_budget)) ** 2
     best = base
-    for g in sorted({min(g, rows) for g in AUTO_SCALE_ROWS[1:] + (rows,) if 1 < min(g, rows)}, reverse=True):
-        cand = run(g)
-        if cand.scale_bits < best.scale_bits and err(cand) <= limit:
-            best = cand
-            break  # the coarsest within budget: the fewest bits
+    # coarsest grouping first; within one, the cheaper format first: stop at the first fit
+    for g in reversed(groups):
+        for fmt in sorted(fmts, key=lambda f: f != "log8"):
+            if (g, fmt) == (groups[0], "float16"):
+                continue
+            cand = run(g, fmt)
+            if cand.scale_bits < best.scale_bits and err(cand) <= limit:
+                best = cand
     return best
 
 

@@ -47,11 +47,27 @@ class Quantized:
     scale_rows: int = 1  # consecutive rows sharing one set of scales (version 2)
     codebook: np.ndarray | None = None  # codebook quantizer: (books, 2^q) float16/float32 levels
     codebook_rows: int = 0  # codebook quantizer: consecutive rows sharing one codebook
+    scale_ref: np.ndarray | None = None  # log8 scales (uint8 `scales`): float32 reference per index
+
+    @property
+    def scale_format(self) -> str:
+        """'log8' for 8-bit log-domain scales (version 2), else 'float' (F16 or F32)."""
+        return "log8" if self.scales.dtype == np.uint8 else "float"
+
+    def scale_values(self) -> np.ndarray:
+        """The scales as float32, decoded from log8 bytes where stored so."""
+        if self.scale_format == "log8":
+            from .logscale import decode_log8
+
+            return decode_log8(self.scales, self.scale_ref)
+        return self.scales.astype(np.float32)
 
     @property
     def scale_bits(self) -> int:
-        """Bits of the scales and of the codebook, as stored."""
+        """Bits of the scales (and their log8 references) and of the codebook, as stored."""
         n = self.scales.size * self.scales.dtype.itemsize * 8
+        if self.scale_ref is not None:
+            n += self.scale_ref.size * 32
         if self.codebook is not None:
             n += self.codebook.size * self.codebook.dtype.itemsize * 8
         return n

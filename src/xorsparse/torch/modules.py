@@ -142,7 +142,9 @@ class XorWeight(nn.Module):
         self.length = ct.numel
         keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
         self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
-        self.register_buffer("scales", torch.from_numpy(q.scales.copy()))
+        # log8 scales (one byte each) are decoded once to float32 here
+        self.register_buffer("scales", torch.from_numpy(q.scale_values() if q.scale_format == "log8"
+                                                        else q.scales.copy()))
         self.register_buffer("codebook", torch.from_numpy(q.codebook.copy()) if q.codebook is not None else None)
         self.planes = []
         for i, p in enumerate(ct.planes):
