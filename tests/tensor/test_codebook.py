@@ -97,7 +97,7 @@ def test_packed_planes_cost_the_care_bits():
     assert ct.value_bits < xor.value_bits
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     st.lists(st.integers(0, 30), min_size=1, max_size=3),
     st.floats(0, 0.99),
