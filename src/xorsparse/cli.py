@@ -52,7 +52,8 @@ def print_summary(rows: list[dict], total: dict) -> None:
     table = [head]
     for r in rows:
         table.append([r["name"], "x".join(map(str, r["shape"])), f"{r['sparsity']:.3f}", str(r["bits"]),
-                      f"{r['n_in']}/{r['n_out']}/{r['n_s']}", f"{r['value_bits_per_weight']:.4f}",
+                      "packed" if r.get("planes") == "packed" else f"{r['n_in']}/{r['n_out']}/{r['n_s']}",
+                      f"{r['value_bits_per_weight']:.4f}",
                       f"{r['total_bits_per_weight']:.4f}", f"{r['efficiency']:.4f}", str(r["patches"])])
     table.append(["TOTAL", f"{total['weights']} weights", f"{total['sparsity']:.3f}", "", "",
                   f"{total['value_bits_per_weight']:.4f}", f"{total['total_bits_per_weight']:.4f}", "", ""])
