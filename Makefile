@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats fashion-mnist verify-minilm data venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-rtl fashion-mnist verify-minilm data hdl hdl-bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,32 @@ data:
 		echo "note: could not install dataset-fashion-mnist; its tests will be skipped"; \
 	fi
 
+# Hardware tools from Debian, installed when we can (root with apt): Icarus Verilog runs the
+# co-simulation tests, Yosys the synthesis statistics; Verilator (hdl-bench) compiles the long
+# benchmark runs. Where they cannot be installed those tests are skipped and say so.
+HDL_TEST := iverilog yosys
+HDL_BENCH := $(HDL_TEST) verilator
+define apt_install
+	@missing=""; for p in $(1); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) || \
+		echo "note: could not install$$missing; the tests that need them will be skipped"; \
+	elif [ -n "$$missing" ]; then \
+		echo "note:$$missing not installed (needs root with apt); the tests that need them will be skipped"; \
+	fi
+endef
+
+hdl:
+	$(call apt_install,$(HDL_TEST))
+
+hdl-bench:
+	$(call apt_install,$(HDL_BENCH))
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/xorsparse demo
 
-test: $(VENV)/.installed data
+test: $(VENV)/.installed data hdl
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed
@@ -34,10 +56,14 @@ bench-codec: $(VENV)/.installed
 bench-formats: $(VENV)/.installed
 	$(PY) -m xorsparse.bench formats --json docs/bench-formats.json --plot docs/bench-formats.png --markdown docs/bench-formats.md
 
+# decoder cost table and co-simulation of each decoder over 100,000 slices (docs/HARDWARE.md)
+bench-rtl: $(VENV)/.installed hdl-bench
+	$(PY) -m xorsparse.bench rtl --cosim-slices 100000 --json docs/bench-rtl.json --markdown docs/bench-rtl.md
+
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
-bench: bench-codec bench-formats
+bench: bench-codec bench-formats bench-rtl
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

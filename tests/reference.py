@@ -235,7 +235,7 @@ def decode_tensor(path: str, name: str) -> list[float]:
         keep = golomb_mask(part("mask"), offsets, params, t["mask"]["block"], length)
     planes = []
     for i, pl in enumerate(t["planes"]):
-        if pl.get("kind") == "packed":  # section 1.7: j-th kept position gets stream bit j
+        if pl.get("kind") == "packed":  # section 1.8: j-th kept position gets stream bit j
             stream = part(f"plane{i}.stream")
             assert len(stream) == -(-pl["care_bits"] // 8) and sum(keep) == pl["care_bits"]
             natural, j = [0] * length, 0

@@ -62,3 +62,17 @@ def test_masks_and_mobilenet_benchmarks_small(tmp_path):
     res = json.loads(out.read_text())
     assert all(r["lossless"] for r in res["configs"])
     assert res["configs"][-1]["total_bits_per_weight"] < res["configs"][0]["total_bits_per_weight"]
+
+
+def test_rtl_benchmark_small(tmp_path):
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    assert main(["rtl", "--positions", "50000", "--sparsity", "0.9", "--no-yosys", "--json", str(out),
+                 "--markdown", str(md)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["auto", "paper"]
+    for r in rows:
+        assert r["xor2_shared"] < r["xor2_unshared"] and r["xor2_per_output_bit"] > 0
+        assert r["decoded_gbit_s"] == r["n_out"] * 0.5
+    assert rows[1]["n_s"] == 0
+    assert "XOR2 per out bit" in md.read_text()

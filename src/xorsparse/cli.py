@@ -1,4 +1,4 @@
-"""The `xorsparse` command: compress, decompress, inspect, verify, demo.
+"""The `xorsparse` command: compress, decompress, inspect, verify, demo, export-rtl.
 
 Errors print one line naming what is wrong and exit non-zero; --debug shows the traceback.
 """
@@ -146,6 +146,106 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """Decimal or 0x-prefixed hexadecimal seed."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def cmd_export_rtl(args) -> int:
+    from .rtl.cost import decoder_cost
+    from .rtl.export import decoder_from_params, decoders_in_file, write_text_atomic
+    from .rtl.sim import cosim_planes, random_stream_plane
+    from .rtl.netlist import build_netlist
+    from .rtl.verilog import decoder_verilog, module_name_for
+
+    explicit = [args.n_in, args.n_out]
+    if args.xsp is not None:
+        if any(v is not None for v in explicit + [args.ns, args.seed]):
+            raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
+        uses = decoders_in_file(args.xsp)
+        if not uses:
+            raise ValueError(f"{args.xsp}: no XOR-coded planes (no compressed tensors, or all packed), "
+                             "so no decoders to export")
+        if args.chunk_slices is not None:
+            for u in uses:
+                u.chunk_slices.clear()
+                u.chunk_slices[args.chunk_slices] += 1
+        source = os.path.basename(args.xsp)
+    else:
+        if args.n_in is None or args.n_out is None:
+            raise ValueError("give an .xsp file, or at least --n-in and --n-out")
+        from .codec.xornet import DEFAULT_SEED
+
+        uses = [decoder_from_params(args.n_in, args.n_out, 0 if args.ns is None else args.ns,
+                                    DEFAULT_SEED if args.seed is None else args.seed, args.chunk_slices)]
+        source = None
+    to_stdout = args.output == "-"
+    as_dir = not to_stdout and (args.xsp is not None or os.path.isdir(args.output) or args.output.endswith(os.sep))
+    if to_stdout and len(uses) > 1:
+        raise ValueError(f"{len(uses)} decoders to write: give a folder with -o, not '-'")
+    if as_dir:
+        os.makedirs(args.output, exist_ok=True)
+    rows = []
+    for u in uses:
+        d = u.decoder
+        cs = u.default_chunk_slices
+        net = build_netlist(d.window_matrix(), "paar") if args.sharing == "paar" else None
+        label = source
+        if source and len(u.planes):
+            label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
+            if len(u.chunk_slices) > 1:
+                label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
+        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
+                               patch_bits=args.patch_bits)
+        if args.check:
+            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
+            check_cs = cs if cs and args.check >= 2 * cs else 64
+            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
+                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
+            try:
+                res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
+                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
+            except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
+                if args.debug:
+                    raise
+                raise ValueError(f"--check: {str(e).splitlines()[0]}") from None
+            print(("check: " if res.ok else "check FAILED: ") + res.summary(), file=sys.stderr if not res.ok else sys.stdout)
+            if not res.ok:
+                return EXIT_MISMATCH
+        name = module_name_for(d)
+        if to_stdout:
+            sys.stdout.write(text)
+            path = "-"
+        else:
+            path = os.path.join(args.output, name + ".v") if as_dir else args.output
+            write_text_atomic(path, text)
+        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
+                            patch_bits=args.patch_bits)
+        row = cost.as_dict()
+        row.update(module=name, file=path, planes=len(u.planes))
+        rows.append(row)
+    if not to_stdout:
+        table = [["module", "n_in/n_out/n_s", "CHUNK_SLICES", "XOR2 unshared", "shared", "depth", "FFs",
+                  "XOR2/out bit", f"Gpos/s @{args.clock_mhz:g}MHz"] + (["yosys XOR2/cells"] if args.yosys else [])
+                 + ["file"]]
+        for r in rows:
+            ys = r.get("yosys")
+            table.append([r["module"], f"{r['n_in']}/{r['n_out']}/{r['n_s']}", str(r["chunk_slices"]),
+                          str(r["xor2_unshared"]), str(r["xor2_shared"]), str(r["depth_shared"]),
+                          str(r["flip_flops"]), f"{r['xor2_per_output_bit']:.1f}", f"{r['decoded_gbit_s']:.1f}"]
+                         + ([f"{ys['xor2']}/{ys['cells']}" if ys else "no yosys"] if args.yosys else []) + [r["file"]])
+        print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
+                         ([True] if args.yosys else []) + [False]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+            f.write("\n")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -182,6 +282,34 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
     v.set_defaults(func=cmd_verify)
 
+    r = sub.add_parser("export-rtl", help="write synthesizable Verilog of the plane decoders (docs/HARDWARE.md)",
+                       description="Verilog-2005 of the XOR-gate plane decoder: for given --n-in/--n-out/--ns/--seed, "
+                                   "or one module per decoder an .xsp file uses. Prints each module's cost.")
+    r.add_argument("xsp", nargs="?", help=".xsp file whose decoders to export (one .v per decoder)")
+    r.add_argument("-o", "--output", required=True,
+                   help="the .v file to write, a folder (one NAME.v per decoder; always a folder with an .xsp "
+                        "file), or '-' for standard output")
+    r.add_argument("--n-in", type=int, help="stream bits per slice (1..64)")
+    r.add_argument("--n-out", type=int, help="plane positions per slice (1..1024)")
+    r.add_argument("--ns", type=int, help="decoder memory in slices (default 0: the paper's network)")
+    r.add_argument("--seed", type=_seed, help="matrix seed, decimal or 0x hex (default 0x5EED)")
+    r.add_argument("--chunk-slices", type=int, default=None,
+                   help="default of the module's CHUNK_SLICES parameter: 0 = chunk starts only from in_start "
+                        "(default: the file's chunk_slices, or the library's default for n_out)")
+    r.add_argument("--sharing", choices=["paar", "none"], default="paar",
+                   help="paar: shared XOR sub-terms, one wire per gate (default); none: one reduction XOR per output")
+    r.add_argument("--patch-bits", type=int, default=0, metavar="BITS",
+                   help="add the patch stage, taking patch positions of BITS bits (0: none, the default)")
+    r.add_argument("--check", type=int, default=0, metavar="SLICES",
+                   help="co-simulate each module over SLICES random slices against the Python decoder first")
+    r.add_argument("--simulator", choices=["auto", "iverilog", "verilator"], default="auto",
+                   help="simulator for --check (default: Icarus Verilog if installed, else Verilator)")
+    r.add_argument("--yosys", action="store_true", help="add Yosys generic-gate synthesis statistics (needs yosys)")
+    r.add_argument("--clock-mhz", type=float, default=500.0,
+                   help="clock for the derived throughput (an assumption, not a timing result; default 500)")
+    r.add_argument("--json", metavar="PATH", help="also write the cost rows as JSON")
+    r.set_defaults(func=cmd_export_rtl)
+
     m = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 and compare embeddings")
     add_compress_options(m, demo=True)
     m.add_argument("--out", default=os.path.join("out", "minilm.xsp"), help="where to write the .xsp file")
@@ -213,9 +341,9 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
                         "over per-row float16 scales (default 0.01)")
     c.add_argument("--codebook-rows", type=int, default=None, metavar="N",
                    help="codebook quantizer: rows sharing one codebook (default: one per tensor)")
-    c.add_argument("--packed-below", type=int, default=1 << 14, metavar="N",
+    c.add_argument("--packed-below", type=int, default=0, metavar="N",
                    help="tensors of fewer than N weights store one bit per kept weight instead of the "
-                        "XOR code (exact size where the XOR code's fixed costs show; default 16384; 0: never)")
+                        "XOR code, exact where its fixed costs show (16384 suits conv nets; default 0: never)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")

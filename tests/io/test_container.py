@@ -12,7 +12,7 @@ from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 @pytest.fixture
 def xsp(tmp_path):
     rng = np.random.default_rng(0)
-    cfg = CompressConfig(0.8, 2, packed_below=0)
+    cfg = CompressConfig(0.8, 2)
     w = {"a.weight": rng.standard_normal((30, 40)).astype(np.float32),
          "b.weight": rng.standard_normal((5, 7)).astype(np.float16)}
     cts = {k: compress_tensor(v, cfg) for k, v in w.items()}
@@ -30,7 +30,7 @@ def test_round_trip_and_lazy_reading(xsp):
             assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
         a, dt = f.raw("a.bias")
         assert dt == "F32" and a.tolist() == list(range(30))
-        assert f.config == CompressConfig(0.8, 2, packed_below=0)
+        assert f.config == CompressConfig(0.8, 2)
 
 
 def test_standard_safetensors_tools_can_list_it(xsp):
@@ -157,16 +157,16 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
         assert r.entries["w"]["dtype"] == "BF16"
 
 
-@pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2, packed_below=0), CompressConfig(0.5, 3, "uniform", symmetric=False, packed_below=0),
-                                 CompressConfig(0.95, 1, mask_codec="bitmask", packed_below=0), CompressConfig(0.6, 2, group_size=5, packed_below=0),
-                                 CompressConfig(0.7, 4, "uniform", max_n_s=0, packed_below=0),
-                                 CompressConfig(0.8, 2, mask_codec="ctx", packed_below=0), CompressConfig(0.3, 1, mask_codec="ctx", packed_below=0),
-                                 CompressConfig(0.8, 2, "codebook", packed_below=0), CompressConfig(0.6, 3, "codebook", codebook_rows=5,
-                                                                                    scale_rows=4, group_size=7, packed_below=0),
+@pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
+                                 CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
+                                 CompressConfig(0.7, 4, "uniform", max_n_s=0),
+                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx"),
+                                 CompressConfig(0.8, 2, "codebook"), CompressConfig(0.6, 3, "codebook", codebook_rows=5,
+                                                                                    scale_rows=4, group_size=7),
                                  CompressConfig(0.8, 2, scale_rows=8, packed_below=1 << 20),
-                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5, packed_below=0),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5),
                                  CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx"),
-                                 CompressConfig(0.8, 3, scale_format="log8", packed_below=0),
+                                 CompressConfig(0.8, 3, scale_format="log8"),
                                  CompressConfig(0.6, 2, "codebook", scale_format="log8", scale_rows=3),
                                  CompressConfig(0.5, 3, "uniform", symmetric=False, scale_format="log8",
                                                 group_size=16)])
@@ -205,7 +205,7 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
 def ctx_xsp(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((60, 80)).astype(np.float32) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
-    cfg = CompressConfig(0.8, 2, mask_codec="ctx", packed_below=0)
+    cfg = CompressConfig(0.8, 2, mask_codec="ctx")
     ct = compress_tensor(w, cfg)
     assert ct.mask.codec == "ctx" and ct.mask.model.row_step > 0
     p = tmp_path / "c.xsp"
@@ -240,8 +240,8 @@ def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
 
 def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
     rng = np.random.default_rng(0)
-    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy", packed_below=0)),
-           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask", packed_below=0))}
+    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy")),
+           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
     p = tmp_path / "v1.xsp"
     write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
     _rewrite_meta(p, lambda m: m.update(version=1))
@@ -265,7 +265,7 @@ def v2_xsp(tmp_path):
     rng = np.random.default_rng(2)
     w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
     cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
-                                                         mask_codec="entropy", packed_below=0)),
+                                                         mask_codec="entropy")),
            "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_format="log8", mask_codec="entropy")),
            "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
     p = tmp_path / "v2.xsp"

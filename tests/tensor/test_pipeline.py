@@ -22,7 +22,7 @@ SHAPES = [(0,), (1,), (2,), (101,), (7, 13), (3, 0), (0, 5), (4, 3, 3, 3), (17, 
 def test_bit_exact_numpy(shape, dtype):
     rng = np.random.default_rng(len(shape) * 100 + sum(shape))
     w = rng.standard_normal(shape).astype(dtype)
-    for cfg in (CompressConfig(0.9, 2, packed_below=0), CompressConfig(0.5, 3, "uniform", packed_below=0), CompressConfig(0.0, 1, packed_below=0)):
+    for cfg in (CompressConfig(0.9, 2), CompressConfig(0.5, 3, "uniform"), CompressConfig(0.0, 1)):
         ct = compress_tensor(w, cfg, verify=True)
         out = decompress_tensor(ct)
         assert same_bits(out, reference_prune_quantize(w, cfg))
@@ -32,7 +32,7 @@ def test_bit_exact_numpy(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_bit_exact_torch(dtype):
     w = torch.randn(33, 70, generator=torch.Generator().manual_seed(0)).to(dtype)
-    cfg = CompressConfig(0.8, 2, packed_below=0)
+    cfg = CompressConfig(0.8, 2)
     out = decompress_tensor(compress_tensor(w, cfg), framework="torch")
     ref = reference_prune_quantize(w, cfg, framework="torch")
     assert out.dtype == dtype and same_bits(out, ref)
@@ -51,7 +51,7 @@ def test_bit_exact_torch(dtype):
 )
 def test_bit_exact_property(shape, sparsity, qb, symmetric, group, seed):
     w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    cfg = CompressConfig(sparsity, qb[1], qb[0], symmetric=symmetric, group_size=group, max_n_s=seed % 3 * 7, packed_below=0)
+    cfg = CompressConfig(sparsity, qb[1], qb[0], symmetric=symmetric, group_size=group, max_n_s=seed % 3 * 7)
     ct = compress_tensor(w, cfg, verify=True)
     assert same_bits(decompress_tensor(ct), reference_prune_quantize(w, cfg))
 
@@ -61,7 +61,7 @@ def test_given_mask_and_zeros():
     w = rng.standard_normal((40, 50)).astype(np.float32)
     w[:, :10] = 0  # pruned elsewhere
     keep = rng.random(w.shape) < 0.3
-    cfg = CompressConfig(0.5, 2, packed_below=0)
+    cfg = CompressConfig(0.5, 2)
     ct = compress_tensor(w, cfg, keep=keep)
     out = decompress_tensor(ct)
     assert same_bits(out, reference_prune_quantize(w, cfg, keep=keep))
@@ -73,7 +73,7 @@ def test_given_mask_and_zeros():
 def test_bits_accounting_near_bound():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((512, 1024)).astype(np.float32)
-    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="entropy", packed_below=0))
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="entropy"))
     n = w.size
     bound = binary_entropy(0.1) + 0.2
     assert ct.total_bits == ct.value_bits + ct.mask.nbits

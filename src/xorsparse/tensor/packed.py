@@ -4,7 +4,7 @@ The XOR-gate code spends about 2% more than the care bits and has fixed costs pe
 (the rate grid, the last slices of a chunk), which on small tensors (a 3x3 convolution of
 864 weights) push its efficiency down to 0.7. There the bits are stored as they are: exactly
 one bit per kept weight, decoded by walking the mask, which costs nothing at that size.
-Format version 2; layout in docs/FORMAT.md section 1.7.
+Format version 2; layout in docs/FORMAT.md section 1.8.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ class CompressConfig:
     per scale, 2^(1/8) steps below a per-tensor reference) or "auto" (chosen as above);
     codebook_rows: rows per codebook (None = one codebook per tensor);
     packed_below: tensors of fewer positions store their planes packed (one bit per kept
-    weight, no XOR network: exact size, where the XOR code's fixed overheads show); 0 = never;
+    weight, no XOR network: exact size, where the XOR code's fixed overheads show; 16384
+    suits conv nets); 0 = never (the default);
     max_n_s: longest decoder memory the rate search may use (0 = the paper's network);
     max_window: cap on n_in * (n_s + 1); 256 codes ~0.5% smaller, encodes ~3x slower.
     """
@@ -60,7 +61,7 @@ class CompressConfig:
     scale_format: str = "float16"
     error_budget: float = 0.01
     codebook_rows: int | None = None
-    packed_below: int = 1 << 14
+    packed_below: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity) < 1.0:

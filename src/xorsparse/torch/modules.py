@@ -148,7 +148,7 @@ class XorWeight(nn.Module):
         self.register_buffer("codebook", torch.from_numpy(q.codebook.copy()) if q.codebook is not None else None)
         self.planes = []
         for i, p in enumerate(ct.planes):
-            if isinstance(p, PackedPlane):  # one bit per kept weight, row-major (FORMAT.md 1.7)
+            if isinstance(p, PackedPlane):  # one bit per kept weight, row-major (FORMAT.md 1.8)
                 self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
                 self.planes.append(("packed", p.care_bits))
                 continue
