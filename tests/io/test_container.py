@@ -333,3 +333,11 @@ def test_hostile_log8_reference(v2_xsp):
     with XspFile(p) as f:
         with pytest.raises(XspError, match="one finite F32 scale_ref per scale"):
             f.compressed("l8")
+
+
+def test_ctx_mask_length_checked_before_the_model_is_decoded(ctx_xsp):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(length=10**12, rows=10**6, cols=10**6))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="mask.length 1000000000000 is not the tensor's 4800 weights"):
+            f.compressed("w")

@@ -199,7 +199,10 @@ class XspFile:
         if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
         try:
-            mask = self._mask(name, m["mask"])
+            dims = [_int_field(self.path, name, "shape", d) for d in m["shape"]]
+            if any(d < 0 for d in dims):
+                raise XspError(f"{self.path}: tensor {name!r}: field shape {dims} has a negative size")
+            mask = self._mask(name, m["mask"], int(np.prod(dims, dtype=object)) if dims else 1)
             planes = []
             v2 = self.version >= 2
             for i, p in enumerate(m["planes"]):
@@ -278,13 +281,16 @@ class XspFile:
                          int(m["rows"]), int(m["cols"]), int(m["group_size"]), bool(m["symmetric"]),
                          scale_rows, book, book_rows, ref)
 
-    def _mask(self, name: str, mk: dict) -> MaskCode:
+    def _mask(self, name: str, mk: dict, numel: int) -> MaskCode:
         codec = mk["codec"]
         known = ("bitmask", "entropy") if self.version == 1 else ("bitmask", "entropy", "ctx")
         if codec not in known:
             raise XspError(f"{self.path}: tensor {name!r}: unknown mask codec {codec!r} "
                            f"in a version {self.version} file")
         length = _int_field(self.path, name, "mask.length", mk["length"])
+        if length != numel:  # before anything is sized by it
+            raise XspError(f"{self.path}: tensor {name!r}: field mask.length {length} is not the "
+                           f"tensor's {numel} weights")
         block = _int_field(self.path, name, "mask.block", mk["block"])
         if codec != "ctx":
             return MaskCode(codec, length, self._part(name, "mask"), block,
