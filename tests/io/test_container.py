@@ -201,6 +201,132 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
             f.dense("a.weight")
 
 
+# --- version 2: the affine quantizer; version 1 files stay readable ---------------------------
+
+import os  # noqa: E402
+
+from xorsparse.tensor import compress_quantized  # noqa: E402
+from xorsparse.tensor.quant import given_keep, quantize_given, round_to_bfloat16  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def _affine_ct(rng, symmetric, scale_dtype, shape=(20, 96), group=32, bits=4, dtype="bfloat16"):
+    codes = rng.integers(-(1 << bits - 1), 1 << bits - 1, shape).astype(np.int8)
+    codes[rng.random(shape) < 0.7] = 0
+    scales = (rng.random((shape[0], shape[1] // group)) * 0.05).astype(np.float32)
+    scales = {"bfloat16": round_to_bfloat16, "float16": lambda s: s.astype(np.float16).astype(np.float32),
+              "float32": lambda s: s}[scale_dtype](scales)
+    zp = None if symmetric else rng.integers(-2, 3, (shape[0], shape[1] // group)).astype(np.int8)
+    qz = quantize_given(codes, scales, zp, bits, group, scale_dtype)
+    keep = given_keep(codes, qz.scales, qz.zero_points, group)
+    return compress_quantized(keep, qz, dtype, CompressConfig())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
+def test_affine_round_trip_and_reference_decoder(tmp_path, symmetric, scale_dtype):
+    from .. import reference
+
+    ct = _affine_ct(np.random.default_rng(11), symmetric, scale_dtype, dtype="float32")
+    p = tmp_path / "a.xsp"
+    write_xsp(p, {"w": ct}, {})
+    with XspFile(p) as f:
+        assert f.version == 2
+        back = f.compressed("w")
+        assert back.quant.scale_dtype == scale_dtype and (back.quant.zero_points is None) == symmetric
+        ours = decompress_tensor(back)
+    assert ours.tobytes() == decompress_tensor(ct).tobytes()
+    ref = np.array(reference.decode_tensor(str(p), "w"), dtype=np.float32)
+    assert ours.ravel().tobytes() == ref.tobytes()
+    with st.Reader(p) as r:
+        want = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[scale_dtype]
+        assert r.entries["w.__xs__.scales"]["dtype"] == want
+        assert ("w.__xs__.zero_points" in r.entries) == (not symmetric)
+
+
+def test_version_1_files_stay_readable():
+    expected = np.load(os.path.join(DATA, "v1-expected.npz"))
+    with XspFile(os.path.join(DATA, "v1.xsp")) as f:
+        assert f.version == 1
+        for name in expected.files:
+            assert f.dense(name).astype(np.float32).tobytes() == expected[name].tobytes()
+        assert f.raw("a.bias")[0].tolist() == list(range(24))
+
+
+@pytest.fixture
+def affine_xsp(tmp_path):
+    p = tmp_path / "af.xsp"
+    write_xsp(p, {"w": _affine_ct(np.random.default_rng(2), False, "bfloat16")}, {})
+    return p
+
+
+def _rewrite_entries(p, fn):
+    with st.Reader(p) as r:
+        meta = r.metadata
+        entries = {n: st.Entry(n, i["dtype"], i["shape"], r.read_bytes(n)) for n, i in r.entries.items()}
+    fn(entries)
+    st.write(p, list(entries.values()), meta)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda m: m.update(version=1), "'affine' needs format version 2"),
+    (lambda m: m.update(version=True), "unsupported format version True"),
+    (lambda m: m["tensors"]["w"].update(bits=True), "bits must be in 1..8"),
+    (lambda m: m["tensors"]["w"].update(bits=4.0), "bits must be in 1..8"),
+    (lambda m: m["tensors"]["w"].update(bits=9), "bits must be in 1..8"),
+    (lambda m: m["tensors"]["w"].update(symmetric=1), "'symmetric' must be true or false"),
+    (lambda m: m["tensors"]["w"].update(symmetric=True), "present for a symmetric tensor"),
+    (lambda m: m["tensors"]["w"].update(group_size=48), "scales have shape"),
+    (lambda m: m["tensors"]["w"].update(quantizer="affinity"), "unknown quantizer 'affinity'"),
+])
+def test_affine_metadata_is_validated(affine_xsp, edit, msg):
+    _rewrite_meta(affine_xsp, edit)
+    with pytest.raises(XspError, match=msg):
+        with XspFile(affine_xsp) as f:
+            f.dense("w", framework="torch")
+
+
+def _retype(name, dtype, shape=None, data=None):
+    def fn(entries):
+        e = entries[name]
+        entries[name] = st.Entry(name, dtype, e.shape if shape is None else shape, e.data if data is None else data)
+    return fn
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (_retype("w.__xs__.zero_points", "U8"), "'zero_points': dtype U8, expected I8"),
+    (_retype("w.__xs__.zero_points", "I8", (60,)), r"zero points have shape \(60,\)"),
+    (_retype("w.__xs__.scales", "I16"), "'scales': dtype I16"),
+    (lambda e: e.pop("w.__xs__.zero_points"), "missing entry 'w.__xs__.zero_points'"),
+    (_retype("w.__xs__.scales", "BF16", None, b"\x80\x7f" * 60), "NaN or infinite"),
+])
+def test_affine_parts_are_validated(affine_xsp, edit, msg):
+    from xorsparse.io.container import _crc, meta_crc
+
+    _rewrite_entries(affine_xsp, edit)
+
+    def resign(m):  # the checksums of the edited parts match: only the validation can stop them
+        t = m["tensors"]["w"]
+        with st.Reader(affine_xsp) as r:
+            for part in list(t["crc32"]):
+                if "w.__xs__." + part in r.entries:
+                    t["crc32"][part] = _crc(r.read_bytes("w.__xs__." + part))
+        t["meta_crc32"] = meta_crc(t)
+    _rewrite_meta(affine_xsp, resign, fix_crc=False)
+    with pytest.raises(XspError, match=msg):
+        with XspFile(affine_xsp) as f:
+            f.dense("w", framework="torch")
+
+
+def test_bcq_scales_in_bfloat16_are_rejected(xsp):
+    p, _ = xsp
+    _rewrite_entries(p, _retype("a.weight.__xs__.scales", "BF16"))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="'scales': dtype BF16 \\(bcq scales are F16 or F32\\)"):
+            f.compressed("a.weight")
+
+
 @pytest.fixture
 def ctx_xsp(tmp_path):
     rng = np.random.default_rng(1)

@@ -42,7 +42,7 @@ def test_export_from_xsp(st_file, tmp_path, capsys):
     xsp = str(tmp_path / "m.xsp")
     assert run(capsys, "compress", st_file, xsp, "--sparsity", "0.8", "--bits", "2")[0] == 0
     uses = decoders_in_file(xsp)
-    assert uses and sum(len(u.planes) for u in uses) == 4 * 2  # four compressed tensors, two planes each
+    assert uses and sum(len(u.planes) for u in uses) == 5 * 2  # five compressed tensors (embedding included), two planes each
     out = tmp_path / "rtl"
     code, text, err = run(capsys, "export-rtl", xsp, "-o", str(out))
     assert code == 0, err

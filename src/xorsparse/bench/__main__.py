@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,rd,masks,mobilenet} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,rd,masks,mobilenet} ..."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, masks, mobilenet, rd, rtl, tensor
+    from . import codec, ct, formats, hf, masks, mobilenet, rd, rtl, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
     rtl.add_arguments(sub.add_parser("rtl", help="hardware cost of the default decoders, with co-simulation"))
+    ct.add_arguments(sub.add_parser("ct", help="compressed-tensors checkpoints through xorsparse and back"))
+    hf.add_arguments(sub.add_parser("hf", help="the MiniLM folder through compress, loaded by transformers and "
+                                              "sentence-transformers"))
+    speed.add_arguments(sub.add_parser("speed", help="decode, on-demand forward and compression speed, as ratios"))
     rd.add_arguments(sub.add_parser("rd", help="rate-distortion: bits against weight error, every format"))
     masks.add_arguments(sub.add_parser("masks", help="mask coders alone against H(S)"))
     mobilenet.add_arguments(sub.add_parser("mobilenet", help="a MobileNetV2-shaped conv net: bits against the bound"))

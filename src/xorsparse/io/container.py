@@ -19,11 +19,11 @@ from . import safetensors_io as st
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
 from ..tensor.packed import PackedPlane
-from ..tensor.quant import MAX_BITS, Quantized
+from ..tensor.quant import MAX_BITS, QUANTIZERS, Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # written; READ_VERSIONS are read (docs/FORMAT.md: what version 2 adds)
 READ_VERSIONS = (1, 2)
 META_KEY = "xorsparse"
 SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
@@ -61,9 +61,23 @@ def meta_crc(meta: dict) -> int:
     return _crc(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
+def _scale_part(q: Quantized) -> np.ndarray | st.Entry:
+    """Scales as stored: their own dtype (bcq, uniform), or the affine tensor's scale dtype."""
+    if q.quantizer != "affine":
+        return q.scales
+    s = np.ascontiguousarray(q.scales, dtype=np.float32)
+    if q.scale_dtype == "float16":
+        return s.astype(np.float16)
+    if q.scale_dtype == "bfloat16":  # exact bfloat16 values: the high half of their float32 bits
+        return st.Entry("", "BF16", s.shape, (s.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+    return s
+
+
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
-    parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
+    parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
+    if q.zero_points is not None:
+        parts.append(("zero_points", q.zero_points.astype(np.int8)))
     if q.quantizer == "codebook":
         parts.append(("codebook", q.codebook))
     if q.scale_format == "log8":
@@ -88,7 +102,8 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
                        "chunk_slices": p.chunk_slices, "patches": int(p.patches.size),
                        "rice_k": k, "patch_nbits": nbits, "care_bits": p.care_bits})
-    entries = [st.array_entry(name + SEP + part, a) for part, a in parts]
+    entries = [st.Entry(name + SEP + part, a.dtype, a.shape, a.data) if isinstance(a, st.Entry)
+               else st.array_entry(name + SEP + part, a) for part, a in parts]
     meta = {
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
@@ -98,7 +113,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
         **({"scale_format": "log8"} if q.scale_format == "log8" else {}),
         "planes": planes,
-        "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
+        "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
     meta["meta_crc32"] = meta_crc(meta)
     return entries, meta
@@ -130,14 +145,162 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
         for name, r in raw.items():
             data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
             rmeta[name] = {"crc32": _crc(data)}
-    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+    # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
+    return st.write(path, entries, {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
 
 
-def _int_field(path: str, name: str, field: str, v: Any) -> int:
+_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def _scales_from_part(a: np.ndarray, code: str) -> np.ndarray:
+    """Stored scales as float32 values (BF16 arrives as its uint16 bit patterns)."""
+    if code == "BF16":
+        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return a.astype(np.float32)
+
+
+def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]], version: int,
+                          where: str) -> CompressedTensor:
+    """A CompressedTensor from its JSON description and its parts, validated.
+
+    `part(name)` returns (array, safetensors dtype code) of a checksummed part; `where`
+    names file and tensor in errors. Shared by XspFile and the transformers loader, which
+    receives the parts from transformers' own safetensors reading.
+    """
+    if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
+        raise XspError(f"{where}: checksum mismatch in its metadata")
+    try:
+        quantizer = m["quantizer"]
+        if quantizer not in QUANTIZERS:
+            raise XspError(f"{where}: field 'quantizer': unknown quantizer {quantizer!r}")
+        if quantizer in ("affine", "codebook") and version < 2:
+            raise XspError(f"{where}: field 'quantizer': {quantizer!r} needs format version 2, "
+                           f"file is version {version}")
+        dims = [_int_field(where, "shape", d) for d in m["shape"]]
+        if any(d < 0 for d in dims):
+            raise XspError(f"{where}: field 'shape': {dims} has a negative size")
+        mask = _mask_from_parts(m["mask"], part, version, where, int(np.prod(dims, dtype=object)) if dims else 1)
+        planes = []
+        for i, p in enumerate(m["planes"]):
+            if isinstance(p, dict) and "kind" in p:
+                planes.append(_packed_from_parts(p, i, part, version, where, mask.length))
+                continue
+            planes.append(EncodedPlane.from_patch_data(
+                data=part(f"plane{i}.patches")[0].tobytes(), count=int(p["patches"]),
+                k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
+                n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
+                chunk_slices=int(p["chunk_slices"]), stream=part(f"plane{i}.stream")[0],
+                care_bits=int(p.get("care_bits", -1))))
+        scales, scode = part("scales")
+        symmetric = m["symmetric"]
+        if quantizer == "affine":
+            if type(symmetric) is not bool:
+                raise XspError(f"{where}: field 'symmetric' must be true or false, got {symmetric!r}")
+            if scode not in _SCALE_DTYPES:
+                raise XspError(f"{where}: field 'scales': dtype {scode} (affine scales are F16, BF16 or F32)")
+            zero_points = None
+            if symmetric and "zero_points" in m.get("crc32", {}):
+                raise XspError(f"{where}: field 'zero_points': present for a symmetric tensor")
+            if not symmetric:
+                zero_points, zcode = part("zero_points")
+                if zcode != "I8":
+                    raise XspError(f"{where}: field 'zero_points': dtype {zcode}, expected I8")
+            q = Quantized("affine", m["bits"], np.zeros((0, 0), np.uint8), _scales_from_part(scales, scode),
+                          int(m["rows"]), int(m["cols"]), int(m["group_size"]), True if symmetric else False,
+                          zero_points, _SCALE_DTYPES[scode])
+        else:
+            q = _quantized_from_parts(m, quantizer, scales, scode, part, version, where)
+        shape = tuple(dims)
+        dtype = str(m["dtype"])
+        if m["order"]["kind"] != "blocks64":
+            raise XspError(f"{where}: unknown order {m['order']['kind']!r}")
+        step = int(m["order"]["step"])
+    except (KeyError, TypeError) as e:
+        raise XspError(f"{where}: metadata field {e} missing or invalid") from None
+    except ValueError as e:
+        if isinstance(e, XspError):
+            raise
+        raise XspError(f"{where}: {e}") from None
+    ct = CompressedTensor(shape, dtype, q, mask, planes, step)
+    try:
+        ct.validate()
+    except ValueError as e:
+        raise XspError(f"{where}: {e}") from None
+    return ct
+
+
+def _int_field(where: str, field: str, v: Any) -> int:
     """A JSON integer (not a bool, float or string), or an error naming file, tensor and field."""
     if isinstance(v, bool) or not isinstance(v, int):
-        raise XspError(f"{path}: tensor {name!r}: field {field} must be an integer, got {v!r}")
+        raise XspError(f"{where}: field {field} must be an integer, got {v!r}")
     return v
+
+
+def _packed_from_parts(p: dict, i: int, part, version: int, where: str, length: int) -> PackedPlane:
+    """A packed plane (docs/FORMAT.md 1.8, version 2)."""
+    if version < 2:
+        raise XspError(f"{where}: field planes[{i}].kind in a version 1 file")
+    if p["kind"] != "packed":
+        raise XspError(f"{where}: unknown plane kind {p['kind']!r}")
+    care = _int_field(where, f"planes[{i}].care_bits", p["care_bits"])
+    if not 0 <= care <= length:
+        raise XspError(f"{where}: field planes[{i}].care_bits {care} outside 0..{length}")
+    return PackedPlane(length, care, part(f"plane{i}.stream")[0])
+
+
+def _quantized_from_parts(m: dict, quantizer: str, scales: np.ndarray, scode: str, part, version: int,
+                          where: str) -> Quantized:
+    """bcq, uniform and codebook, with the version-2 scale layouts (FORMAT.md 4.1-4.3)."""
+    bits = _int_field(where, "bits", m["bits"])
+    if not 1 <= bits <= MAX_BITS[quantizer]:
+        raise XspError(f"{where}: field bits {bits} outside 1..{MAX_BITS[quantizer]}")
+    scale_rows, book, book_rows, ref = 1, None, 0, None
+    for key in ("scale_rows", "scale_format", "codebook_rows"):
+        if version < 2 and key in m:
+            raise XspError(f"{where}: field {key} in a version 1 file")
+    if version >= 2:
+        scale_rows = _int_field(where, "scale_rows", m.get("scale_rows", 1))
+    if quantizer == "codebook":
+        book_rows = _int_field(where, "codebook_rows", m["codebook_rows"])
+        book, bcode = part("codebook")
+        if bcode not in ("F16", "F32"):
+            raise XspError(f"{where}: codebook must be F16 or F32, got {bcode}")
+    fmt = m.get("scale_format", "float")
+    if fmt == "log8":
+        ref, rcode = part("scale_ref")
+        if scode != "U8" or rcode != "F32" or ref.ndim != 1 or (scales.ndim and ref.shape[0] != scales.shape[-1]) \
+                or not np.all(np.isfinite(ref)):
+            raise XspError(f"{where}: log8 scales need U8 scales and one finite F32 scale_ref per scale, got "
+                           f"{scode} {tuple(scales.shape)} and {rcode} {tuple(ref.shape)}")
+    elif fmt != "float":
+        raise XspError(f"{where}: unknown scale_format {fmt!r}")
+    elif scode not in ("F16", "F32"):
+        raise XspError(f"{where}: field 'scales': dtype {scode} ({quantizer} scales are F16 or F32)")
+    return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales, int(m["rows"]), int(m["cols"]),
+                     int(m["group_size"]), bool(m["symmetric"]), scale_rows=scale_rows, codebook=book,
+                     codebook_rows=book_rows, scale_ref=ref)
+
+
+def _mask_from_parts(mk: dict, part, version: int, where: str, numel: int) -> MaskCode:
+    codec = mk["codec"]
+    known = ("bitmask", "entropy") if version == 1 else ("bitmask", "entropy", "ctx")
+    if codec not in known:
+        raise XspError(f"{where}: unknown mask codec {codec!r} in a version {version} file")
+    length = _int_field(where, "mask.length", mk["length"])
+    if length != numel:  # before anything is sized by it
+        raise XspError(f"{where}: field mask.length {length} is not the tensor's {numel} weights")
+    block = _int_field(where, "mask.block", mk["block"])
+    if codec != "ctx":
+        return MaskCode(codec, length, part("mask")[0], block,
+                        part("mask_offsets")[0] if codec == "entropy" else None,
+                        part("mask_params")[0] if codec == "entropy" else None)
+    from ..tensor.maskctx import check_ctx_fields, ctx_model_from_parts
+
+    f = {k: _int_field(where, f"mask.{k}", mk[k]) for k in ("rows", "cols", "base", "row_step", "col_step")}
+    check_ctx_fields(length, block, **f)  # before the model's indices are decoded
+    model = ctx_model_from_parts(f["rows"], f["cols"], f["base"], f["row_step"], f["col_step"],
+                                 part("mask_model")[0])
+    return MaskCode("ctx", length, part("mask")[0], block, part("mask_offsets")[0], None, model)
 
 
 class XspFile:
@@ -162,11 +325,11 @@ class XspFile:
             self.close()
             raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
         version = meta.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
+        if type(version) is not int or version not in READ_VERSIONS:
             self.close()
             raise XspError(f"{self.path}: unsupported format version {version!r} "
                            f"(this xorsparse reads versions {', '.join(map(str, READ_VERSIONS))})")
-        self.version = int(version)
+        self.version = version
         self.meta = meta
         self.tensors: dict[str, dict] = meta.get("tensors", {})
         self.raw_tensors: dict[str, dict] = meta.get("raw", {})
@@ -181,6 +344,9 @@ class XspFile:
         return list(self.tensors) + list(self.raw_tensors)
 
     def _part(self, name: str, part: str) -> np.ndarray:
+        return self._part_with_dtype(name, part)[0]
+
+    def _part_with_dtype(self, name: str, part: str) -> tuple[np.ndarray, str]:
         entry = name + SEP + part
         try:
             data = self._r.read_bytes(entry)
@@ -190,121 +356,13 @@ class XspFile:
         if want is None or _crc(data) != want:
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
         info = self._r.entries[entry]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
 
     def compressed(self, name: str) -> CompressedTensor:
         if name not in self.tensors:
             raise XspError(f"{self.path}: no compressed tensor {name!r}")
-        m = self.tensors[name]
-        if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
-        try:
-            dims = [_int_field(self.path, name, "shape", d) for d in m["shape"]]
-            if any(d < 0 for d in dims):
-                raise XspError(f"{self.path}: tensor {name!r}: field shape {dims} has a negative size")
-            mask = self._mask(name, m["mask"], int(np.prod(dims, dtype=object)) if dims else 1)
-            planes = []
-            v2 = self.version >= 2
-            for i, p in enumerate(m["planes"]):
-                if not v2 and isinstance(p, dict) and "kind" in p:
-                    raise XspError(f"{self.path}: tensor {name!r}: field planes[{i}].kind in a version 1 file")
-                if v2 and isinstance(p, dict) and "kind" in p:
-                    if p["kind"] != "packed":
-                        raise XspError(f"{self.path}: tensor {name!r}: unknown plane kind {p['kind']!r}")
-                    care = _int_field(self.path, name, f"planes[{i}].care_bits", p["care_bits"])
-                    if not 0 <= care <= mask.length:
-                        raise XspError(f"{self.path}: tensor {name!r}: field planes[{i}].care_bits {care} "
-                                       f"outside 0..{mask.length}")
-                    planes.append(PackedPlane(mask.length, care, self._part(name, f"plane{i}.stream")))
-                    continue
-                planes.append(EncodedPlane.from_patch_data(
-                    data=self._part(name, f"plane{i}.patches").tobytes(), count=int(p["patches"]),
-                    k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
-                    n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
-                    chunk_slices=int(p["chunk_slices"]), stream=self._part(name, f"plane{i}.stream"),
-                    care_bits=int(p.get("care_bits", -1))))
-            q = self._quantized(name, m)
-            shape = tuple(int(s) for s in m["shape"])
-            dtype = str(m["dtype"])
-            if m["order"]["kind"] != "blocks64":
-                raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
-            step = int(m["order"]["step"])
-        except (KeyError, TypeError) as e:
-            raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
-        except ValueError as e:
-            if isinstance(e, XspError):
-                raise
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        ct = CompressedTensor(shape, dtype, q, mask, planes, step)
-        try:
-            ct.validate()
-        except ValueError as e:
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        return ct
-
-    def _quantized(self, name: str, m: dict) -> Quantized:
-        quantizer = m["quantizer"]
-        known = ("bcq", "uniform") if self.version == 1 else ("bcq", "uniform", "codebook")
-        if quantizer not in known:
-            raise XspError(f"{self.path}: tensor {name!r}: unknown quantizer {quantizer!r} "
-                           f"in a version {self.version} file")
-        bits = _int_field(self.path, name, "bits", m["bits"])
-        if not 1 <= bits <= MAX_BITS[quantizer]:
-            raise XspError(f"{self.path}: tensor {name!r}: field bits {bits} outside 1..{MAX_BITS[quantizer]}")
-        scale_rows, book_rows, book = 1, 0, None
-        if self.version >= 2:
-            scale_rows = _int_field(self.path, name, "scale_rows", m.get("scale_rows", 1))
-        elif "scale_rows" in m:
-            raise XspError(f"{self.path}: tensor {name!r}: field scale_rows in a version 1 file")
-        if quantizer == "codebook":
-            book_rows = _int_field(self.path, name, "codebook_rows", m["codebook_rows"])
-            book = self._part(name, "codebook")
-            if book.dtype not in (np.float16, np.float32):
-                raise XspError(f"{self.path}: tensor {name!r}: codebook must be F16 or F32, got {book.dtype}")
-        scales = self._part(name, "scales")
-        fmt = m.get("scale_format", "float") if self.version >= 2 else "float"
-        if self.version == 1 and "scale_format" in m:
-            raise XspError(f"{self.path}: tensor {name!r}: field scale_format in a version 1 file")
-        ref = None
-        if fmt == "log8":
-            ref = self._part(name, "scale_ref")
-            if scales.dtype != np.uint8 or ref.dtype != np.float32 or ref.ndim != 1 or \
-                    (scales.ndim and ref.shape[0] != scales.shape[-1]) or not np.all(np.isfinite(ref)):
-                raise XspError(f"{self.path}: tensor {name!r}: log8 scales need U8 scales and one finite F32 "
-                               f"scale_ref per scale, got {scales.dtype} {tuple(scales.shape)} and "
-                               f"{ref.dtype} {tuple(ref.shape)}")
-        elif fmt != "float":
-            raise XspError(f"{self.path}: tensor {name!r}: unknown scale_format {fmt!r}")
-        elif scales.dtype not in (np.float16, np.float32):
-            raise XspError(f"{self.path}: tensor {name!r}: scales must be F16 or F32, got {scales.dtype}")
-        return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales,
-                         int(m["rows"]), int(m["cols"]), int(m["group_size"]), bool(m["symmetric"]),
-                         scale_rows, book, book_rows, ref)
-
-    def _mask(self, name: str, mk: dict, numel: int) -> MaskCode:
-        codec = mk["codec"]
-        known = ("bitmask", "entropy") if self.version == 1 else ("bitmask", "entropy", "ctx")
-        if codec not in known:
-            raise XspError(f"{self.path}: tensor {name!r}: unknown mask codec {codec!r} "
-                           f"in a version {self.version} file")
-        length = _int_field(self.path, name, "mask.length", mk["length"])
-        if length != numel:  # before anything is sized by it
-            raise XspError(f"{self.path}: tensor {name!r}: field mask.length {length} is not the "
-                           f"tensor's {numel} weights")
-        block = _int_field(self.path, name, "mask.block", mk["block"])
-        if codec != "ctx":
-            return MaskCode(codec, length, self._part(name, "mask"), block,
-                            self._part(name, "mask_offsets") if codec == "entropy" else None,
-                            self._part(name, "mask_params") if codec == "entropy" else None)
-        from ..tensor.maskctx import check_ctx_fields, ctx_model_from_parts
-
-        f = {k: _int_field(self.path, name, f"mask.{k}", mk[k])
-             for k in ("rows", "cols", "base", "row_step", "col_step")}
-        check_ctx_fields(length, block, **f)  # before the model's indices are decoded
-        model = ctx_model_from_parts(f["rows"], f["cols"], f["base"], f["row_step"], f["col_step"],
-                                     self._part(name, "mask_model"))
-        return MaskCode("ctx", length, self._part(name, "mask"), block, self._part(name, "mask_offsets"),
-                        None, model)
+        return compressed_from_parts(self.tensors[name], lambda part: self._part_with_dtype(name, part),
+                                     self.version, f"{self.path}: tensor {name!r}")
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

@@ -141,4 +141,4 @@ def quantize_codebook(w: np.ndarray, keep: np.ndarray, bits: int, group_size: in
     if rows and cols:
         _assign(w2, k2, lv4, gsize, 1, 1 << 62, codes)
     return Quantized("codebook", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, True,
-                     scale_rows, stored_book, book_rows)
+                     scale_rows=scale_rows, codebook=stored_book, codebook_rows=book_rows)

@@ -17,11 +17,13 @@ from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words
-from .quant import QUANTIZERS, MAX_BITS, Quantized, quantize, row_layout, scale_groups
+from .fused import decode_dense
+from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, quantize, row_layout, scale_groups
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+CONFIG_QUANTIZERS = ("bcq", "uniform", "codebook")  # the ones that quantize (affine takes given codes)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
+        if self.quantizer not in CONFIG_QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(CONFIG_QUANTIZERS)}, got {self.quantizer!r}")
         limit = MAX_BITS[self.quantizer]
         if not isinstance(self.bits, int) or not 1 <= self.bits <= limit:
             raise ValueError(f"bits must be in 1..{limit} for {self.quantizer}, got {self.bits}")
@@ -126,11 +128,19 @@ class CompressedTensor:
             raise ValueError(f"rows x cols = {q.rows} x {q.cols} does not match shape {self.shape}")
         if q.group_size < 1:
             raise ValueError(f"invalid group size {q.group_size}")
-        if not 1 <= q.scale_rows <= max(q.rows, 1):
+        if q.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {q.quantizer!r}")
+        groups = max(1, -(-q.cols // q.group_size))
+        if not 1 <= q.scale_rows <= max(q.rows, 1) or (q.quantizer == "affine" and q.scale_rows != 1):
             raise ValueError(f"scale_rows {q.scale_rows} outside 1..{max(q.rows, 1)}")
-        want = scale_groups(q.rows, q.cols, q.group_size, q.scale_rows) + (q.scale_count,)
-        if tuple(q.scales.shape) != want:
-            raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if q.quantizer == "affine":
+            check_given_parameters(q.bits, q.scales, q.zero_points, q.scale_dtype, q.rows, groups)
+            if q.symmetric != (q.zero_points is None):
+                raise ValueError("an affine tensor has zero points exactly when it is not symmetric")
+        else:
+            want = scale_groups(q.rows, q.cols, q.group_size, q.scale_rows) + (q.scale_count,)
+            if tuple(q.scales.shape) != want:
+                raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
         if q.scale_format == "log8" and (q.scale_ref is None or tuple(q.scale_ref.shape) != (q.scale_count,)):
             raise ValueError(f"log8 scales need {q.scale_count} references")
         if q.quantizer == "codebook":
@@ -162,8 +172,8 @@ class CompressedTensor:
 
     @property
     def scale_bits(self) -> int:
-        """Scales and codebook, as stored."""
-        return self.quant.scale_bits
+        """Scales in their stored dtype, zero points (affine) and codebook."""
+        return self.quant.parameter_bits
 
     @property
     def value_bits(self) -> int:
@@ -300,8 +310,34 @@ def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: Compres
     return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, step)
 
 
-def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
-    """The dense pruned-and-quantized tensor in its original shape and dtype."""
+def decompress_tensor(ct: CompressedTensor, framework: str | None = None, *, parallel: bool = True):
+    """The dense pruned-and-quantized tensor in its original shape and dtype.
+
+    One fused pass (tensor/fused.py) writes the output in its dtype; parallel=False keeps
+    it on the calling thread (the kernel releases the GIL, for thread pools).
+    """
+    ct.validate()
+    if any(isinstance(p, PackedPlane) for p in ct.planes):  # small tensors: no XOR streams to fuse
+        return decompress_tensor_unfused(ct, framework)
+    flat = decode_dense(ct, parallel=parallel)
+    return wrap_dense(flat, ct.dtype, ct.shape, framework)
+
+
+def wrap_dense(flat: np.ndarray, dtype: str, shape: tuple[int, ...], framework: str | None = None):
+    """A fused decoder's flat output (bfloat16 as uint16 bits) as a numpy array or torch tensor."""
+    fw = framework or ("torch" if dtype == "bfloat16" else "numpy")
+    if fw == "numpy":
+        if dtype == "bfloat16":
+            raise ValueError("numpy has no bfloat16; ask for framework='torch'")
+        return flat.reshape(shape)
+    import torch
+
+    t = torch.from_numpy(flat.view(np.int16) if dtype == "bfloat16" else flat)
+    return (t.view(torch.bfloat16) if dtype == "bfloat16" else t).reshape(shape)
+
+
+def decompress_tensor_unfused(ct: CompressedTensor, framework: str | None = None):
+    """The decoder before the fused one (plane by plane, then a scatter): kept to check against."""
     ct.validate()
     n = ct.numel
     mask = decode_mask_words(ct.mask)
@@ -313,3 +349,24 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
         else:
             words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
     return from_float32(dequantize_words(ct.quant, mask, planes).reshape(ct.shape), ct.dtype, framework)
+
+
+def decompress_codes(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, unsigned codes) in the tensor's shape: the planes read back as integers
+    (codes are 0 at pruned positions). What a writer of another integer format needs."""
+    ct.validate()
+    n = ct.numel
+    mask = decode_mask_words(ct.mask)
+    keep = np.unpackbits(mask.astype("<u8").view(np.uint8), bitorder="little")[:n].astype(bool)
+    codes = np.zeros(n, dtype=np.int64)
+    words = np.zeros(mask.size, dtype=np.uint64)
+    for i, p in enumerate(ct.planes):
+        if isinstance(p, PackedPlane):
+            words[:] = 0
+            unpack_plane_words(p, mask, words)
+        else:
+            words_to_natural(decode_plane_packed(p), n, ct.block_step, out=words)
+        bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
+        codes |= bits.astype(np.int64) << i
+    codes[~keep] = 0
+    return keep.reshape(ct.shape), codes.reshape(ct.shape)

@@ -14,6 +14,10 @@ Scales are per (row, column group) by default; `scale_rows` > 1 shares one scale
 that many consecutive rows (format version 2), which is what short-row tensors (depthwise
 convolutions: rows of 9 or 25 weights) need, where per-row scales cost more than the codes.
 The `codebook` quantizer (codebook.py) is the third quantizer.
+
+A third kind, `affine`, does not quantize at all: it takes integer codes, scales and zero
+points that already exist (compressed-tensors int4/int8 checkpoints) and stores them as
+they are, so nothing is re-quantized (`quantize_given`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from numba import njit, prange
 
 
 Quantizer = Literal["bcq", "uniform", "codebook"]
-QUANTIZERS = ("bcq", "uniform", "codebook")
-MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4}
+QUANTIZERS = ("bcq", "uniform", "codebook", "affine")  # "affine": given codes (quantize_given)
+MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4, "affine": 8}
+SCALE_DTYPES = ("float16", "bfloat16", "float32")  # what an `affine` scale may be stored as
 FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
 
@@ -44,10 +49,31 @@ class Quantized:
     cols: int
     group_size: int  # columns per group; == cols when one group per row
     symmetric: bool = True
+    # affine only: int8 zero points (rows, groups), None when symmetric (zero point 0);
+    # scales then hold float32 values exactly representable in `scale_dtype`
+    zero_points: np.ndarray | None = None
+    scale_dtype: str = ""  # "" = the numpy dtype of `scales` (bcq, uniform, codebook)
     scale_rows: int = 1  # consecutive rows sharing one set of scales (version 2)
     codebook: np.ndarray | None = None  # codebook quantizer: (books, 2^q) float16/float32 levels
     codebook_rows: int = 0  # codebook quantizer: consecutive rows sharing one codebook
     scale_ref: np.ndarray | None = None  # log8 scales (uint8 `scales`): float32 reference per index
+
+    @property
+    def scale_storage_dtype(self) -> str:
+        return self.scale_dtype or self.scales.dtype.name
+
+    @property
+    def parameter_bits(self) -> int:
+        """Bits of scales (in their stored dtype; log8: 8 each plus 32 per reference), zero
+        points and codebook."""
+        sb = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64, "uint8": 8}[self.scale_storage_dtype]
+        zb = 0 if self.zero_points is None else 8 * self.zero_points.size
+        n = self.scales.size * sb + zb
+        if self.scale_ref is not None:
+            n += self.scale_ref.size * 32
+        if self.codebook is not None:
+            n += self.codebook.size * self.codebook.dtype.itemsize * 8
+        return n
 
     @property
     def scale_format(self) -> str:
@@ -64,22 +90,18 @@ class Quantized:
 
     @property
     def scale_bits(self) -> int:
-        """Bits of the scales (and their log8 references) and of the codebook, as stored."""
-        n = self.scales.size * self.scales.dtype.itemsize * 8
-        if self.scale_ref is not None:
-            n += self.scale_ref.size * 32
-        if self.codebook is not None:
-            n += self.codebook.size * self.codebook.dtype.itemsize * 8
-        return n
+        """parameter_bits: everything but the planes that gives the codes their values."""
+        return self.parameter_bits
 
     @property
     def scale_count(self) -> int:
-        """Scales per (scale row, group): q for bcq, 1 or 2 for uniform, 1 for codebook."""
+        """Scales per (scale row, group): q for bcq, 1 or 2 for uniform, 1 for codebook and affine."""
         if self.quantizer == "bcq":
             return self.bits
         if self.quantizer == "uniform":
             return 1 if self.symmetric else 2
         return 1
+
 
 def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, cols): dim 0 is the output dimension of Linear and Conv weights."""
@@ -164,7 +186,7 @@ def _nearest_codes(vals, alpha, q, out_codes):
         out_codes[n] = _nearest(vals[n], levels)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
     """Greedy residual BCQ, then alternating least-squares alphas / nearest sign patterns."""
     rows, cols = w.shape
@@ -226,7 +248,7 @@ def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
                 codes[r, idx[k]] = code[k]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bcq_reassign(w, keep, q, gsize, alphas, codes):
     """Best sign patterns for the stored (rounded) alphas."""
     rows, cols = w.shape
@@ -238,9 +260,23 @@ def _bcq_reassign(w, keep, q, gsize, alphas, codes):
                     codes[r, c] = _nearest(w[r, c], levels)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _split_planes(flat, planes):
+    q = planes.shape[0]
+    for p in prange(flat.shape[0]):
+        c = flat[p]
+        for i in range(q):
+            planes[i, p] = (c >> i) & 1
+
+
 def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
-    flat = codes.reshape(-1)
-    return np.stack([((flat >> i) & 1).astype(np.uint8) for i in range(q)]) if q else np.zeros((0, flat.size), np.uint8)
+    """(q, size) uint8 bit-planes of integer codes, in one pass (numpy's shift-and-stack
+    per plane cost as much as binary-coding quantization itself)."""
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    planes = np.empty((q, flat.size), dtype=np.uint8)
+    if q and flat.size:
+        _split_planes(flat, planes)
+    return planes
 
 
 def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
@@ -267,7 +303,7 @@ def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | N
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
     gsize, ngroups = _groups(cols, group_size)
     alphas = np.zeros((rows, ngroups, bits), dtype=np.float64)
-    codes = np.zeros((rows, cols), dtype=np.int64)
+    codes = np.zeros((rows, cols), dtype=np.uint8)
     _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
     sdt = _scale_dtype(alphas)
     stored = alphas.astype(sdt)
@@ -312,7 +348,7 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
         else:
             x = (wg - s32[..., 1:2]) / s32[..., 0:1]
     x = np.where(np.isfinite(x), x, 0.0)
-    codes = np.clip(np.rint(x), 0, levels).astype(np.int64)
+    codes = np.clip(np.rint(x), 0, levels).astype(np.uint8)
     codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
     return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
 
@@ -377,4 +413,96 @@ def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits
         v = quantize_uniform(vw, vk, bits, symmetric, vg)
     codes = from_row_groups(_planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
     return Quantized(quantizer, bits, _codes_to_planes(codes, bits), v.scales, rows, cols, gsize, v.symmetric,
-                     scale_rows)
+                     scale_rows=scale_rows)
+
+
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), returned as float32 values; inf stays inf."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
+def round_to_scale_dtype(x: np.ndarray, scale_dtype: str) -> np.ndarray:
+    """One IEEE rounding of float32 values to float16 / bfloat16 (identity for float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    if scale_dtype == "float32":
+        return x
+    if scale_dtype == "float16":
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).astype(np.float32)
+    if scale_dtype == "bfloat16":
+        return round_to_bfloat16(x)
+    raise ValueError(f"scale dtype must be one of {', '.join(SCALE_DTYPES)}, got {scale_dtype!r}")
+
+
+def code_range(bits: int) -> tuple[int, int]:
+    """Signed q-bit codes: [-2^(q-1), 2^(q-1) - 1], stored on the planes as code + 2^(q-1)."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def check_given_parameters(bits: int, scales: np.ndarray, zero_points: np.ndarray | None, scale_dtype: str,
+                           rows: int, groups: int) -> None:
+    """What an affine tensor's parameters must satisfy (shared by quantize_given and validation)."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise ValueError(f"affine bits must be in 1..8, got {bits!r}")
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"affine scale dtype must be one of {', '.join(SCALE_DTYPES)}, got {scale_dtype!r}")
+    if tuple(scales.shape) != (rows, groups, 1):
+        raise ValueError(f"scales have shape {tuple(scales.shape)}, expected {(rows, groups, 1)}")
+    s = np.asarray(scales, dtype=np.float32)
+    if s.size and not np.all(np.isfinite(s)):
+        raise ValueError("scales contain NaN or infinite values")
+    if s.size and not np.array_equal(round_to_scale_dtype(s, scale_dtype).view(np.uint32), s.view(np.uint32)):
+        raise ValueError(f"scales are not {scale_dtype} values")
+    if zero_points is not None:
+        if zero_points.dtype != np.int8:
+            raise ValueError(f"zero points must be int8, got {zero_points.dtype}")
+        if tuple(zero_points.shape) != (rows, groups):
+            raise ValueError(f"zero points have shape {tuple(zero_points.shape)}, expected {(rows, groups)}")
+
+
+def given_keep(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+               group_size: int) -> np.ndarray:
+    """Kept positions of an affine tensor: all but those that dequantize to +0.0 because
+    their code equals the zero point (and the scale's sign bit is clear, so 0 * scale = +0).
+
+    Those positions decode to +0.0 as pruned weights, exactly what the given parameters
+    give; every other code, even one whose value rounds to zero, is stored as it is.
+    """
+    rows, cols = row_layout(codes.shape)
+    c = np.asarray(codes).reshape(rows, cols)
+    gidx = np.arange(cols) // max(group_size, 1)
+    z = np.zeros((rows, 1), np.int64) if zero_points is None else zero_points.astype(np.int64)[:, gidx]
+    positive = ~np.signbit(np.asarray(scales, dtype=np.float32)[:, :, 0])[:, gidx]
+    return ~((c == z) & positive).reshape(codes.shape)
+
+
+def quantize_given(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int,
+                   group_size: int | None, scale_dtype: str) -> Quantized:
+    """An `affine` Quantized from codes, scales and zero points that already exist.
+
+    codes: signed integers in [-2^(q-1), 2^(q-1) - 1], shape of the tensor (row-major);
+    scales: (rows, groups) values of `scale_dtype` (float16, bfloat16 or float32);
+    zero_points: (rows, groups) int8, or None for symmetric codes (zero point 0).
+    The level of code c is round_{scale_dtype}(float32(c - z) * float32(s)): exactly what
+    compressed-tensors computes in the scale's dtype (docs/FORMAT.md, affine quantizer).
+    """
+    rows, cols = row_layout(np.shape(codes))
+    gsize, ngroups = _groups(cols, group_size)
+    s = np.asarray(scales, dtype=np.float32).reshape(rows, ngroups, 1)
+    zp = None if zero_points is None else np.asarray(zero_points)
+    if zp is not None:
+        if zp.size and (zp.min() < -128 or zp.max() > 127 or not np.issubdtype(zp.dtype, np.integer)):
+            raise ValueError("zero points must be integers in -128..127")
+        zp = zp.astype(np.int8).reshape(rows, ngroups)
+    check_given_parameters(bits, s, zp, scale_dtype, rows, ngroups)
+    c = np.asarray(codes)
+    if not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got {c.dtype}")
+    lo, hi = code_range(bits)
+    if c.size and (c.min() < lo or c.max() > hi):
+        raise ValueError(f"codes outside the {bits}-bit range {lo}..{hi}")
+    unsigned = (c.astype(np.int64) - lo).reshape(rows, cols)
+    return Quantized("affine", int(bits), _codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
+                     zp is None, zp, scale_dtype)
