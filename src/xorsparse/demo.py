@@ -63,6 +63,7 @@ def _mb(bits: float) -> str:
 def run_demo(args) -> int:
     import torch
 
+    from .cli import layout_options
     from .io.calibdata import builtin_set
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
@@ -74,7 +75,7 @@ def run_demo(args) -> int:
     method = getattr(args, "method", None) or "sparsegpt"
     base = dict(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer, symmetric=not args.asymmetric,
                 group_size=args.group_size, mask_codec=args.mask_codec, max_n_s=args.ns, max_window=args.window,
-                module_types=("Linear",))
+                module_types=("Linear",), **layout_options(args))
     cfg = ModelConfig(method=method, global_sparsity=args.global_sparsity and method == "magnitude", **base)
     model, tok = _load()
     print(f"loaded all-MiniLM-L6-v2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) "

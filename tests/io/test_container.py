@@ -159,7 +159,17 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
 
 @pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
                                  CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
-                                 CompressConfig(0.7, 4, "uniform", max_n_s=0)])
+                                 CompressConfig(0.7, 4, "uniform", max_n_s=0),
+                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx"),
+                                 CompressConfig(0.8, 2, "codebook"), CompressConfig(0.6, 3, "codebook", codebook_rows=5,
+                                                                                    scale_rows=4, group_size=7),
+                                 CompressConfig(0.8, 2, scale_rows=8, packed_below=1 << 20),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5),
+                                 CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx"),
+                                 CompressConfig(0.8, 3, scale_format="log8"),
+                                 CompressConfig(0.6, 2, "codebook", scale_format="log8", scale_rows=3),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_format="log8",
+                                                group_size=16)])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     from .. import reference
 
@@ -315,6 +325,150 @@ def test_bcq_scales_in_bfloat16_are_rejected(xsp):
     with XspFile(p) as f:
         with pytest.raises(XspError, match="'scales': dtype BF16 \\(bcq scales are F16 or F32\\)"):
             f.compressed("a.weight")
+
+
+@pytest.fixture
+def ctx_xsp(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((60, 80)).astype(np.float32) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
+    cfg = CompressConfig(0.8, 2, mask_codec="ctx")
+    ct = compress_tensor(w, cfg)
+    assert ct.mask.codec == "ctx" and ct.mask.model.row_step > 0
+    p = tmp_path / "c.xsp"
+    write_xsp(p, {"w": ct}, {}, cfg)
+    return p, ct
+
+
+def test_ctx_mask_file_round_trip(ctx_xsp):
+    p, ct = ctx_xsp
+    with XspFile(p) as f:
+        assert f.version == 2
+        assert decompress_tensor(f.compressed("w")).tobytes() == decompress_tensor(ct).tobytes()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda mk: mk.update(row_step=True), "mask.row_step must be an integer"),
+    (lambda mk: mk.update(base=2.0), "mask.base must be an integer"),
+    (lambda mk: mk.update(col_step=99), "col_step 99 outside"),
+    (lambda mk: mk.update(rows=7), "does not cover"),
+    (lambda mk: mk.update(block=100), "block 100"),
+    (lambda mk: mk.update(block=64), "block table has"),
+    (lambda mk: mk.update(codec="zip"), "unknown mask codec 'zip'"),
+    (lambda mk: mk.pop("base"), "field 'base' missing"),
+])
+def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"]["w"]["mask"]))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=msg):
+            f.dense("w")
+
+
+def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
+    rng = np.random.default_rng(0)
+    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy")),
+           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
+    p = tmp_path / "v1.xsp"
+    write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
+    _rewrite_meta(p, lambda m: m.update(version=1))
+    with XspFile(p) as f:
+        assert f.version == 1
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    c, _ = ctx_xsp
+    _rewrite_meta(c, lambda m: m.update(version=1))
+    with XspFile(c) as f:
+        with pytest.raises(XspError, match="unknown mask codec 'ctx' in a version 1 file"):
+            f.compressed("w")
+    for bad in (2.0, "2", True, 3):
+        _rewrite_meta(c, lambda m: m.update(version=bad))
+        with pytest.raises(XspError, match="unsupported format version"):
+            XspFile(c)
+
+
+@pytest.fixture
+def v2_xsp(tmp_path):
+    rng = np.random.default_rng(2)
+    w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
+    cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
+                                                         mask_codec="entropy")),
+           "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_format="log8", mask_codec="entropy")),
+           "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
+    p = tmp_path / "v2.xsp"
+    write_xsp(p, cts, {}, None)
+    return p, cts
+
+
+@pytest.mark.parametrize("tensor,edit,msg", [
+    ("cb", lambda t: t.update(scale_rows=0), "scale_rows 0 outside"),
+    ("cb", lambda t: t.update(scale_rows=41), "scale_rows 41 outside"),
+    ("cb", lambda t: t.update(scale_rows=8), "scales have shape"),
+    ("cb", lambda t: t.update(scale_rows=4.0), "scale_rows must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=True), "codebook_rows must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=20), "codebook has shape"),
+    ("cb", lambda t: t.update(codebook_rows=0), "codebook_rows 0 outside"),
+    ("cb", lambda t: t.pop("codebook_rows"), "codebook_rows' missing"),
+    ("cb", lambda t: t.update(bits=5), "bits 5 outside"),
+    ("cb", lambda t: t.update(quantizer="kmeans"), "unknown quantizer 'kmeans'"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 9), "packed plane"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 1), "bits for"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=-1), "care_bits -1 outside"),
+    ("pk", lambda t: t["planes"][0].update(care_bits="7"), "care_bits must be an integer"),
+    ("pk", lambda t: t["planes"][0].update(kind="dense"), "unknown plane kind 'dense'"),
+    ("l8", lambda t: t.update(scale_format="log4"), "unknown scale_format 'log4'"),
+    ("l8", lambda t: t.pop("scale_format"), r"dtype U8 \(bcq scales are F16 or F32\)"),
+    ("cb", lambda t: t.update(scale_format="log8"), "missing entry"),
+])
+def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
+    p, _ = v2_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"][tensor]))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match=msg):
+            f.dense(tensor)
+
+
+def test_version_2_fields_rejected_in_version_1(v2_xsp):
+    p, cts = v2_xsp
+    with XspFile(p) as f:
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    _rewrite_meta(p, lambda m: m.update(version=1))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="'codebook' needs format version 2, file is version 1"):
+            f.compressed("cb")
+        with pytest.raises(XspError, match=r"planes\[0\].kind in a version 1 file"):
+            f.compressed("pk")
+
+
+def test_hostile_log8_reference(v2_xsp):
+    p, _ = v2_xsp
+    with st.Reader(p) as r:
+        meta = r.metadata
+        entries = []
+        for n, i in r.entries.items():
+            data = r.read_bytes(n)
+            if n == "l8.__xs__.scale_ref":
+                data = np.array([np.nan, 1.0], np.float32).tobytes()
+                i = dict(i, shape=[2])
+            entries.append(st.Entry(n, i["dtype"], i["shape"], data))
+    m = json.loads(meta["xorsparse"])
+    from xorsparse.io.container import _crc
+
+    m["tensors"]["l8"]["crc32"]["scale_ref"] = _crc(np.array([np.nan, 1.0], np.float32).tobytes())
+    st.write(p, entries, {"xorsparse": json.dumps(m)})
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="one finite F32 scale_ref per scale"):
+            f.compressed("l8")
+
+
+def test_ctx_mask_length_checked_before_the_model_is_decoded(ctx_xsp):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(length=10**12, rows=10**6, cols=10**6))
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="mask.length 1000000000000 is not the tensor's 4800 weights"):
+            f.compressed("w")
+
+
 QUALITY = {"kind": "sentence-transformers", "mean_cosine": 0.93, "min_cosine": 0.7, "nn_agreement": 0.9,
            "held_out": {"source": "builtin", "file": "heldout_en.txt", "sha256": "0" * 64, "samples": 256,
                         "selection": "all"}}
@@ -337,12 +491,10 @@ def test_records_round_trip(xsp_records):
         assert f.config.method == "sparsegpt"
 
 
-def test_version_1_files_still_read(xsp):
-    p, cts = xsp
-    _rewrite_meta(p, lambda m: m.update(version=1))
-    with XspFile(p) as f:
-        assert f.version == 1 and f.records == {} and f.config.method == "magnitude"
-        assert decompress_tensor(f.compressed("a.weight")).tobytes() == decompress_tensor(cts["a.weight"]).tobytes()
+def test_version_1_files_have_no_records_and_magnitude_configs():
+    with XspFile(os.path.join(DATA, "v1.xsp")) as f:  # written by the version-1 release
+        assert f.version == 1 and f.records == {}
+        assert f.config is None or f.config.method == "magnitude"
 
 
 def test_records_are_not_part_of_version_1(xsp_records):

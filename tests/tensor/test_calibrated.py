@@ -170,3 +170,13 @@ def test_quantizers_without_error_feedback_are_refused():
                           calib_block=128, calib_passes=1, group_size=None, symmetric=True, bcq_iters=5)
     with pytest.raises(ValueError, match="support the quantizers bcq and uniform, not 'codebook'"):
         calibrated_prune_quantize(w, np.eye(16), cfg)
+
+
+@pytest.mark.parametrize("layout,msg", [(dict(scale_rows=4), "scale_rows=4"), (dict(scale_format="log8"), "log8"),
+                                        (dict(scale_rows="auto"), "scale_rows='auto'")])
+def test_scale_layouts_the_pass_does_not_refit_are_refused(layout, msg):
+    from xorsparse.tensor.calibrated import calibrated_prune_quantize
+
+    w = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match=msg):
+        calibrated_prune_quantize(w, np.eye(16), CompressConfig(0.5, 2, method="sparsegpt", **layout))

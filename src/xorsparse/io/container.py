@@ -19,7 +19,8 @@ from . import safetensors_io as st
 from .records import CHECKS, RecordError
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
-from ..tensor.quant import QUANTIZERS, Quantized
+from ..tensor.packed import PackedPlane
+from ..tensor.quant import MAX_BITS, QUANTIZERS, Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
@@ -78,12 +79,25 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
     if q.zero_points is not None:
         parts.append(("zero_points", q.zero_points.astype(np.int8)))
+    if q.quantizer == "codebook":
+        parts.append(("codebook", q.codebook))
+    if q.scale_format == "log8":
+        parts.append(("scale_ref", q.scale_ref.astype("<f4")))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
         parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_params", m.params.astype("<u4"))]
+    mask_meta = {"codec": m.codec, "length": m.length, "block": m.block}
+    if m.codec == "ctx":
+        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_model", m.model.data)]
+        mask_meta.update(rows=m.model.rows, cols=m.model.cols, base=m.model.base,
+                         row_step=m.model.row_step, col_step=m.model.col_step)
     planes = []
     for i, p in enumerate(ct.planes):
+        if isinstance(p, PackedPlane):
+            parts.append((f"plane{i}.stream", p.stream))
+            planes.append({"kind": "packed", "care_bits": p.care_bits})
+            continue
         data, k, nbits = p.patch_data()
         parts += [(f"plane{i}.stream", p.stream), (f"plane{i}.patches", np.frombuffer(data, np.uint8))]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
@@ -95,7 +109,10 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
-        "mask": {"codec": m.codec, "length": m.length, "block": m.block},
+        "mask": mask_meta,
+        **({"scale_rows": q.scale_rows} if q.scale_rows != 1 else {}),
+        **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
+        **({"scale_format": "log8"} if q.scale_format == "log8" else {}),
         "planes": planes,
         "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
@@ -251,14 +268,18 @@ def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]],
         quantizer = m["quantizer"]
         if quantizer not in QUANTIZERS:
             raise XspError(f"{where}: field 'quantizer': unknown quantizer {quantizer!r}")
-        if quantizer == "affine" and version < 2:
-            raise XspError(f"{where}: field 'quantizer': 'affine' needs format version 2, file is version {version}")
-        mk = m["mask"]
-        mask = MaskCode(mk["codec"], int(mk["length"]), part("mask")[0], int(mk["block"]),
-                        part("mask_offsets")[0] if mk["codec"] == "entropy" else None,
-                        part("mask_params")[0] if mk["codec"] == "entropy" else None)
+        if quantizer in ("affine", "codebook") and version < 2:
+            raise XspError(f"{where}: field 'quantizer': {quantizer!r} needs format version 2, "
+                           f"file is version {version}")
+        dims = [_int_field(where, "shape", d) for d in m["shape"]]
+        if any(d < 0 for d in dims):
+            raise XspError(f"{where}: field 'shape': {dims} has a negative size")
+        mask = _mask_from_parts(m["mask"], part, version, where, int(np.prod(dims, dtype=object)) if dims else 1)
         planes = []
         for i, p in enumerate(m["planes"]):
+            if isinstance(p, dict) and "kind" in p:
+                planes.append(_packed_from_parts(p, i, part, version, where, mask.length))
+                continue
             planes.append(EncodedPlane.from_patch_data(
                 data=part(f"plane{i}.patches")[0].tobytes(), count=int(p["patches"]),
                 k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
@@ -283,11 +304,8 @@ def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]],
                           int(m["rows"]), int(m["cols"]), int(m["group_size"]), True if symmetric else False,
                           zero_points, _SCALE_DTYPES[scode])
         else:
-            if scode not in ("F16", "F32"):
-                raise XspError(f"{where}: field 'scales': dtype {scode} ({quantizer} scales are F16 or F32)")
-            q = Quantized(quantizer, int(m["bits"]), np.zeros((0, 0), np.uint8), scales, int(m["rows"]),
-                          int(m["cols"]), int(m["group_size"]), bool(symmetric))
-        shape = tuple(int(s) for s in m["shape"])
+            q = _quantized_from_parts(m, quantizer, scales, scode, part, version, where)
+        shape = tuple(dims)
         dtype = str(m["dtype"])
         if m["order"]["kind"] != "blocks64":
             raise XspError(f"{where}: unknown order {m['order']['kind']!r}")
@@ -304,6 +322,80 @@ def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]],
     except ValueError as e:
         raise XspError(f"{where}: {e}") from None
     return ct
+
+
+def _int_field(where: str, field: str, v: Any) -> int:
+    """A JSON integer (not a bool, float or string), or an error naming file, tensor and field."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise XspError(f"{where}: field {field} must be an integer, got {v!r}")
+    return v
+
+
+def _packed_from_parts(p: dict, i: int, part, version: int, where: str, length: int) -> PackedPlane:
+    """A packed plane (docs/FORMAT.md 1.8, version 2)."""
+    if version < 2:
+        raise XspError(f"{where}: field planes[{i}].kind in a version 1 file")
+    if p["kind"] != "packed":
+        raise XspError(f"{where}: unknown plane kind {p['kind']!r}")
+    care = _int_field(where, f"planes[{i}].care_bits", p["care_bits"])
+    if not 0 <= care <= length:
+        raise XspError(f"{where}: field planes[{i}].care_bits {care} outside 0..{length}")
+    return PackedPlane(length, care, part(f"plane{i}.stream")[0])
+
+
+def _quantized_from_parts(m: dict, quantizer: str, scales: np.ndarray, scode: str, part, version: int,
+                          where: str) -> Quantized:
+    """bcq, uniform and codebook, with the version-2 scale layouts (FORMAT.md 4.1-4.3)."""
+    bits = _int_field(where, "bits", m["bits"])
+    if not 1 <= bits <= MAX_BITS[quantizer]:
+        raise XspError(f"{where}: field bits {bits} outside 1..{MAX_BITS[quantizer]}")
+    scale_rows, book, book_rows, ref = 1, None, 0, None
+    for key in ("scale_rows", "scale_format", "codebook_rows"):
+        if version < 2 and key in m:
+            raise XspError(f"{where}: field {key} in a version 1 file")
+    if version >= 2:
+        scale_rows = _int_field(where, "scale_rows", m.get("scale_rows", 1))
+    if quantizer == "codebook":
+        book_rows = _int_field(where, "codebook_rows", m["codebook_rows"])
+        book, bcode = part("codebook")
+        if bcode not in ("F16", "F32"):
+            raise XspError(f"{where}: codebook must be F16 or F32, got {bcode}")
+    fmt = m.get("scale_format", "float")
+    if fmt == "log8":
+        ref, rcode = part("scale_ref")
+        if scode != "U8" or rcode != "F32" or ref.ndim != 1 or (scales.ndim and ref.shape[0] != scales.shape[-1]) \
+                or not np.all(np.isfinite(ref)):
+            raise XspError(f"{where}: log8 scales need U8 scales and one finite F32 scale_ref per scale, got "
+                           f"{scode} {tuple(scales.shape)} and {rcode} {tuple(ref.shape)}")
+    elif fmt != "float":
+        raise XspError(f"{where}: unknown scale_format {fmt!r}")
+    elif scode not in ("F16", "F32"):
+        raise XspError(f"{where}: field 'scales': dtype {scode} ({quantizer} scales are F16 or F32)")
+    return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales, int(m["rows"]), int(m["cols"]),
+                     int(m["group_size"]), bool(m["symmetric"]), scale_rows=scale_rows, codebook=book,
+                     codebook_rows=book_rows, scale_ref=ref)
+
+
+def _mask_from_parts(mk: dict, part, version: int, where: str, numel: int) -> MaskCode:
+    codec = mk["codec"]
+    known = ("bitmask", "entropy") if version == 1 else ("bitmask", "entropy", "ctx")
+    if codec not in known:
+        raise XspError(f"{where}: unknown mask codec {codec!r} in a version {version} file")
+    length = _int_field(where, "mask.length", mk["length"])
+    if length != numel:  # before anything is sized by it
+        raise XspError(f"{where}: field mask.length {length} is not the tensor's {numel} weights")
+    block = _int_field(where, "mask.block", mk["block"])
+    if codec != "ctx":
+        return MaskCode(codec, length, part("mask")[0], block,
+                        part("mask_offsets")[0] if codec == "entropy" else None,
+                        part("mask_params")[0] if codec == "entropy" else None)
+    from ..tensor.maskctx import check_ctx_fields, ctx_model_from_parts
+
+    f = {k: _int_field(where, f"mask.{k}", mk[k]) for k in ("rows", "cols", "base", "row_step", "col_step")}
+    check_ctx_fields(length, block, **f)  # before the model's indices are decoded
+    model = ctx_model_from_parts(f["rows"], f["cols"], f["base"], f["row_step"], f["col_step"],
+                                 part("mask_model")[0])
+    return MaskCode("ctx", length, part("mask")[0], block, part("mask_offsets")[0], None, model)
 
 
 class XspFile:
