@@ -161,3 +161,16 @@ def test_a_config_the_checkpoint_does_not_match_falls_back_to_magnitude(tmp_path
     assert info["config"]["method"] == "magnitude" and "quality" not in info
     code, _, err = run(capsys, "compress", src, str(tmp_path / "x.xsp"), "--method", "wanda")
     assert code == 2 and "does not hold the weights" in err and len(err.strip().splitlines()) == 1
+
+
+def test_quantizers_calibration_cannot_refit(tiny_st_dir, tmp_path, capsys):
+    """codebook / shared or log8 scales: the default falls back to magnitude (still measured);
+    asking for a calibrated method with them is a one-line error before the model runs."""
+    out = str(tmp_path / "cb.xsp")
+    code, text, _ = run(capsys, "compress", tiny_st_dir, out, "--quantizer", "codebook", "--bits", "2")
+    assert code == 0 and "is not calibrated: --method magnitude" in text
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert info["config"]["method"] == "magnitude" and info["quality"]["kind"] == "sentence-transformers"
+    for extra in (["--quantizer", "codebook"], ["--scale-format", "log8"], ["--scale-rows", "4"]):
+        code, _, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--method", "sparsegpt", *extra)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "calibrated methods" in err

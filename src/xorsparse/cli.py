@@ -108,6 +108,18 @@ def _folder_method(args) -> tuple[str, bool]:
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
                              f"config.json); {kind}")
         return "magnitude", False
+    if args.method is None:
+        from .tensor.calibrated import check_error_feedback_quantizer
+
+        try:  # a quantizer or scale layout the calibrated pass cannot refit: data-free masks, still measured
+            check_error_feedback_quantizer(_config(args, 0.5))
+        except ValueError:
+            if args.recover:
+                raise
+            print(f"note: --quantizer {args.quantizer} / --scale-rows {args.scale_rows} / --scale-format "
+                  f"{args.scale_format} is not calibrated: --method magnitude (quality report still measured)",
+                  file=sys.stderr if args.json else sys.stdout)
+            return "magnitude", True
     return args.method or DEFAULT_METHOD, True
 
 
