@@ -62,6 +62,21 @@ def test_rd_benchmark_small(tmp_path):
     assert all(r["lossless"] and 0 < r["rel_error"] < 1 for r in res["points"])
     assert res["equal_error"] and all("lowest_fixed_rate" in r for r in res["equal_error"])
     assert os.path.getsize(png) > 1000 and "At equal error" in md.read_text()
+    # parts run as separate processes join into the same tables
+    parts = []
+    for quantizer in ("bcq", "codebook"):
+        part = tmp_path / f"part-{quantizer}.json"
+        part.write_text(json.dumps({"points": [r for r in res["points"] if r["quantizer"] == quantizer]}))
+        parts.append(str(part))
+    joined = tmp_path / "joined.json"
+    assert main(["rd", "--merge", *parts, "--json", str(joined)]) == 0
+    assert json.loads(joined.read_text())["equal_error"] == res["equal_error"]
+    try:
+        main(["rd", "--merge", parts[0], parts[0]])
+    except SystemExit as e:
+        assert "also in" in str(e)
+    else:
+        raise AssertionError("a point measured twice was accepted")
 
 
 def test_masks_and_mobilenet_benchmarks_small(tmp_path):

@@ -13,11 +13,17 @@ time of this process by default (--clock cpu; run with NUMBA_NUM_THREADS=1: ever
 one core, which a shared, loaded machine measures far better than wall time).
 
     python -m xorsparse.bench rd --json docs/bench-rd.json --markdown docs/bench-rd.md --plot docs/bench-rd.png
+
+Parts of the grid can run as separate processes (each with its own --json) and be joined
+into one set of tables and one plot afterwards:
+
+    python -m xorsparse.bench rd --merge a.json b.json --json docs/bench-rd.json --markdown ... --plot ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -49,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0,
                    help="shrink the AlexNet shapes by this factor per side (for quick runs)")
     p.add_argument("--repeat", type=int, default=2, help="timed decodes per format (best is kept)")
+    p.add_argument("--merge", metavar="JSON", nargs="+",
+                   help="measure nothing: join the points of earlier runs' --json files (e.g. tensor sets or "
+                        "quantizers run as separate processes) into one set of tables and one plot")
     p.set_defaults(run=run)
 
 
@@ -146,6 +155,24 @@ def equal_error_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def load_points(paths: list[str]) -> list[dict]:
+    """The points of earlier --json outputs, in order; a point measured twice is an error."""
+    rows: list[dict] = []
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+            raise SystemExit(f"{path}: not a 'bench rd --json' output (no 'points' list)")
+        for r in data["points"]:
+            key = (r["tensor_set"], r["sparsity"], r["quantizer"], r["q"], r["format"])
+            if key in seen:
+                raise SystemExit(f"{path}: point {key} is also in {seen[key]}")
+            seen[key] = path
+            rows.append(r)
+    return rows
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -205,11 +232,11 @@ def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     sets = []
-    if "alexnet-fc" in args.sets:
+    if not args.merge and "alexnet-fc" in args.sets:
         sets.append(("alexnet-fc", alexnet_tensors(args.scale), args.alexnet_sparsity))
-    if "minilm" in args.sets:
+    if not args.merge and "minilm" in args.sets:
         sets.append(("minilm", minilm_tensors(), args.minilm_sparsity))
-    rows: list[dict] = []
+    rows: list[dict] = load_points(args.merge) if args.merge else []
     for name, tensors, sparsities in sets:
         for s in sparsities:
             for quantizer in args.quantizers:
