@@ -108,11 +108,17 @@ def measure_points(set_name: str, tensors, sparsity: float, quantizer: str, q: i
     return rows
 
 
+FRONTIER_MIN_GAIN = 1e-4
+
+
 def frontier(points: list[dict]) -> list[dict]:
-    """Pareto frontier: points no other point beats on both error and bits, by error."""
+    """Pareto frontier: points no other point beats on both error and bits, by error. A point
+    of larger error enters only if it saves more than FRONTIER_MIN_GAIN of the bits (relative):
+    two quantizers' codes at the same q cost the same bits give or take a few patch bits, and
+    a millionth of a bit is no reason to accept a larger error."""
     out = []
     for p in sorted(points, key=lambda r: (r["rel_error"], r["total_bits_per_weight"])):
-        if not out or p["total_bits_per_weight"] < out[-1]["total_bits_per_weight"]:
+        if not out or p["total_bits_per_weight"] < out[-1]["total_bits_per_weight"] * (1 - FRONTIER_MIN_GAIN):
             out.append(p)
     return out
 
@@ -179,12 +185,19 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import LogFormatter
+
     keys = list(dict.fromkeys((r["tensor_set"], r["sparsity"]) for r in rows))
-    fig, axes = plt.subplots(2, len(keys), figsize=(4.6 * len(keys), 8.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(keys), figsize=(max(4.6 * len(keys), 12), 8.5), squeeze=False)
     fmts = list(dict.fromkeys(r["format"] for r in rows))
     for col, key in enumerate(keys):
         sub = [r for r in rows if (r["tensor_set"], r["sparsity"]) == key]
         top, bot = axes[0][col], axes[1][col]
+        # the error range of xorsparse's frontier; points far beyond it (e.g. 1-bit uniform codes) are left off
+        own = [r for r in sub if r["format"] == "xorsparse"] or sub
+        errs = [p["rel_error"] for p in frontier(own)]
+        lo, hi = min(errs), max(errs)
+        pad = 0.15 * (hi - lo) if hi > lo else 0.01 * hi
         for k, f in enumerate(fmts):
             pts = [r for r in sub if r["format"] == f]
             if not pts:
@@ -199,6 +212,7 @@ def plot(rows: list[dict], path: str) -> None:
                      lw=lw, marker="o", ms=3, label=f + ("" if f in FIXED_RATE else " (variable rate)"))
             bot.plot([p["total_bits_per_weight"] for p in fr], [p["decode_ratio_to_floor"] for p in fr], ls,
                      color=color, lw=lw, marker="o", ms=3)
+        top.set_xlim(lo - pad, hi + pad)
         top.set_title(f"{key[0]} S={key[1]:g}")
         top.set_xlabel("||W - Wq|| / ||W|| (pruning included)")
         top.set_ylabel("total bits per weight (log)")
@@ -207,11 +221,14 @@ def plot(rows: list[dict], path: str) -> None:
         bot.set_ylabel("decode time / numpy fill (log)")
         bot.set_xscale("log")
         bot.set_yscale("log")
+        bot.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        bot.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         for ax in (top, bot):
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("solid: fixed-rate formats; dashed: variable-rate coders. Top: frontier of bits against error "
-                 "(dots: every quantizer and q). Bottom: what the frontier points cost to decode.", fontsize=9)
+                 "(dots: every quantizer and q;\nthose beyond the error range of xorsparse's frontier are off the plot). Bottom: what the frontier "
+                 "points cost to decode, per core.", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
