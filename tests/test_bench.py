@@ -103,3 +103,14 @@ def test_rtl_benchmark_small(tmp_path):
         assert r["decoded_gbit_s"] == r["n_out"] * 0.5
     assert rows[1]["n_s"] == 0
     assert "XOR2 per out bit" in md.read_text()
+
+
+def test_rd_frontier_ignores_negligible_savings():
+    from xorsparse.bench.rd import frontier
+
+    def pt(err, bits):
+        return {"rel_error": err, "total_bits_per_weight": bits}
+
+    pts = [pt(0.77, 0.5313025), pt(0.95, 0.5313008), pt(0.76, 0.8), pt(0.80, 0.4), pt(0.79, 0.9)]
+    assert [(p["rel_error"], p["total_bits_per_weight"]) for p in frontier(pts)] == \
+        [(0.76, 0.8), (0.77, 0.5313025), (0.80, 0.4)]
