@@ -2,7 +2,9 @@
 
 Standard safetensors tools list every entry; the JSON under the metadata key "xorsparse"
 says how the entries of each compressed tensor fit together (docs/FORMAT.md, section 2).
-Every entry carries a CRC-32 so corruption is reported with the tensor it hit.
+Every entry carries a CRC-32 so corruption is reported with the tensor it hit, and (version
+2) one more CRC-32 covers the whole description: the JSON and every header entry's name,
+dtype, shape and offsets. Everything read goes through io/validate.py first.
 """
 
 from __future__ import annotations
@@ -11,24 +13,24 @@ import json
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from . import safetensors_io as st
+from . import validate
+from .validate import SEP, XspError, meta_crc  # noqa: F401  (re-exported)
+from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 1
-META_KEY = "xorsparse"
-SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
-
-
-class XspError(ValueError):
-    """Anything wrong with an .xsp file; the message names the file and the tensor."""
+FORMAT_VERSION = 2
+READ_VERSIONS = validate.READ_VERSIONS
+META_KEY = validate.META_KEY
+CHECKSUM_KEY = validate.CHECKSUM_KEY
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,6 @@ class RawTensor:
 
 def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
-
-
-def meta_crc(meta: dict) -> int:
-    """CRC-32 of a tensor's description: sorted keys, no spaces, without its checksums.
-
-    The data checksums cannot see an edited parameter (a different n_out decodes valid
-    data into wrong weights), so the description carries one of its own.
-    """
-    body = {k: v for k, v in meta.items() if k not in ("crc32", "meta_crc32")}
-    return _crc(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
@@ -82,22 +74,27 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "planes": planes,
         "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
     }
-    meta["meta_crc32"] = meta_crc(meta)
     return entries, meta
 
 
 def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor],
               raw: Mapping[str, RawTensor], config: CompressConfig | None = None,
-              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> int:
-    """Write atomically; returns the file size in bytes."""
+              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None, *,
+              inputs: Iterable[str | os.PathLike] = (), force: bool = True) -> int:
+    """Write a version-2 file atomically; returns its size in bytes.
+
+    inputs: files the output must not replace; force=False also refuses an existing output
+    or a symlink (io/output.py).
+    """
     clash = set(compressed) & set(raw)
     if clash:
         raise ValueError(f"tensor {sorted(clash)[0]!r} given both compressed and raw")
     entries: list[st.Entry] = []
     tmeta: dict[str, Any] = {}
+    for name in list(compressed) + list(raw):
+        if not name or SEP in name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r} (empty, reserved, or contains {SEP!r})")
     for name, ct in compressed.items():
-        if SEP in name:
-            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
         e, m = _compressed_entries(name, ct)
         entries += e
         tmeta[name] = m
@@ -107,117 +104,102 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
 
-    if raw:
-        # checksums must be in the header, which precedes the data: compute them first
-        for name, r in raw.items():
-            data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
-            rmeta[name] = {"crc32": _crc(data)}
-    return st.write(path, entries, {META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+    # checksums must be in the header, which precedes the data: compute them first
+    for name, r in raw.items():
+        data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
+        rmeta[name] = {"crc32": _crc(data)}
+    metadata = {META_KEY: json.dumps(meta, separators=(",", ":"))}
+    metadata[CHECKSUM_KEY] = validate.format_crc(validate.description_crc(metadata, st.plan(entries)))
+    return st.write(path, entries, metadata, progress, inputs=inputs, force=force)
 
 
 class XspFile:
-    """Lazy access to an .xsp file: metadata at open, tensors one at a time."""
+    """Lazy access to an .xsp file: the validated description at open, tensors one at a time.
 
-    def __init__(self, path: str | os.PathLike):
+    Opening checks the whole description (io/validate.py); `compressed` and `raw` check
+    each part's CRC-32 and values as they read it; `dense` refuses a tensor whose decoding
+    would need more than max_tensor_bytes (default: XORSPARSE_MAX_TENSOR_BYTES or 16 GiB).
+    """
+
+    def __init__(self, path: str | os.PathLike, max_tensor_bytes: int | None = None):
         self.path = os.fspath(path)
+        self.max_tensor_bytes = max_tensor_bytes
+        self._r = st.Reader(self.path)
         try:
-            self._r = st.Reader(self.path)
-        except st.FormatError as e:
-            raise XspError(str(e)) from None
-        raw_meta = self._r.metadata.get(META_KEY)
-        if raw_meta is None:
+            self.desc = validate.validate_description(self._r.metadata, self._r.infos, self.path)
+            cfg = self.desc.config
+            try:
+                self.config = CompressConfig.from_dict(cfg) if cfg else None
+            except (ValueError, TypeError) as e:
+                raise XspError(f"{self.path}: config: {e}") from None
+        except BaseException:
             self.close()
-            raise XspError(f"{self.path}: not an xorsparse file (no '{META_KEY}' metadata)")
-        try:
-            meta = json.loads(raw_meta)
-        except json.JSONDecodeError:
-            self.close()
-            raise XspError(f"{self.path}: corrupt xorsparse metadata (not JSON)") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            self.close()
-            raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
-        if meta.get("version") != FORMAT_VERSION:
-            self.close()
-            raise XspError(f"{self.path}: unsupported format version {meta.get('version')!r} "
-                           f"(this xorsparse reads version {FORMAT_VERSION})")
-        self.meta = meta
-        self.tensors: dict[str, dict] = meta.get("tensors", {})
-        self.raw_tensors: dict[str, dict] = meta.get("raw", {})
-        cfg = meta.get("config")
-        self.config = CompressConfig.from_dict(cfg) if cfg else None
-        for name in self.raw_tensors:
-            if name not in self._r.entries:
-                self.close()
-                raise XspError(f"{self.path}: tensor {name!r}: missing entry")
+            raise
+        self.meta = self.desc.doc
+        self.version = self.desc.version
+        self.tensors: dict[str, dict] = {n: s.meta for n, s in self.desc.tensors.items()}
+        self.raw_tensors: dict[str, dict] = self.meta["raw"]
 
     def names(self) -> list[str]:
-        return list(self.tensors) + list(self.raw_tensors)
+        """Every tensor the file holds, in the order of info.order when the file gives one."""
+        return list(self.desc.order)
 
     def _part(self, name: str, part: str) -> np.ndarray:
         entry = name + SEP + part
-        try:
-            data = self._r.read_bytes(entry)
-        except st.FormatError:
-            raise XspError(f"{self.path}: tensor {name!r}: missing entry {entry!r}") from None
-        want = self.tensors[name].get("crc32", {}).get(part)
-        if want is None or _crc(data) != want:
+        data = self._r.read_bytes(entry)
+        if _crc(data) != self.desc.tensors[name].crc[part]:
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
-        info = self._r.entries[entry]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+        info = self._r.infos[entry]
+        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy()
 
     def compressed(self, name: str) -> CompressedTensor:
-        if name not in self.tensors:
+        """The tensor's parts, checksummed and checked, as the decoder takes them."""
+        spec = self.desc.tensors.get(name)
+        if spec is None:
             raise XspError(f"{self.path}: no compressed tensor {name!r}")
-        m = self.tensors[name]
-        if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in its metadata")
+        arrays = {part: self._part(name, part) for part in spec.parts}
+        validate.check_tensor_data(self.path, spec, arrays)
+        n = spec.length
+        mk = spec.mask
+        mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
+                        arrays.get("mask_offsets"), arrays.get("mask_params"))
+        planes = []
+        for i, p in enumerate(spec.planes):
+            try:
+                pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
+            except ValueError as e:
+                raise XspError(f"{self.path}: tensor {name!r}: plane{i}.patches: {e}") from None
+            validate.check_patch_list(self.path, spec, i, pos)
+            planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
+                                       chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
+                                       patches=pos, care_bits=p.care_bits, _rice_k=p.rice_k))
+        q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
+                      spec.cols, spec.group_size, spec.symmetric)
+        ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
         try:
-            mk = m["mask"]
-            mask = MaskCode(mk["codec"], int(mk["length"]), self._part(name, "mask"), int(mk["block"]),
-                            self._part(name, "mask_offsets") if mk["codec"] == "entropy" else None,
-                            self._part(name, "mask_params") if mk["codec"] == "entropy" else None)
-            planes = []
-            for i, p in enumerate(m["planes"]):
-                planes.append(EncodedPlane.from_patch_data(
-                    data=self._part(name, f"plane{i}.patches").tobytes(), count=int(p["patches"]),
-                    k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
-                    n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
-                    chunk_slices=int(p["chunk_slices"]), stream=self._part(name, f"plane{i}.stream"),
-                    care_bits=int(p.get("care_bits", -1))))
-            q = Quantized(m["quantizer"], int(m["bits"]), np.zeros((0, 0), np.uint8),
-                          self._part(name, "scales"), int(m["rows"]), int(m["cols"]),
-                          int(m["group_size"]), bool(m["symmetric"]))
-            shape = tuple(int(s) for s in m["shape"])
-            dtype = str(m["dtype"])
-            if m["order"]["kind"] != "blocks64":
-                raise XspError(f"{self.path}: tensor {name!r}: unknown order {m['order']['kind']!r}")
-            step = int(m["order"]["step"])
-        except (KeyError, TypeError) as e:
-            raise XspError(f"{self.path}: tensor {name!r}: metadata field {e} missing or invalid") from None
-        except ValueError as e:
-            if isinstance(e, XspError):
-                raise
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
-        ct = CompressedTensor(shape, dtype, q, mask, planes, step)
-        try:
-            ct.validate()
+            ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
         except ValueError as e:
             raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
         return ct
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""
-        if name not in self.raw_tensors:
+        if name not in self.desc.raw:
             raise XspError(f"{self.path}: no stored tensor {name!r}")
         data = self._r.read_bytes(name)
-        if _crc(data) != self.raw_tensors[name].get("crc32"):
+        if _crc(data) != self.desc.raw[name]:
             raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch")
-        info = self._r.entries[name]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
+        info = self._r.infos[name]
+        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy(), info.dtype
+
+    def check_cost(self, name: str) -> None:
+        """Refuse (XspError) a tensor whose decoding would need more than the memory limit."""
+        validate.check_decode_cost(self.path, self.desc.tensors[name], self.max_tensor_bytes)
 
     def dense(self, name: str, framework: str | None = None):
         """The tensor as a model uses it: decoded if compressed, as stored otherwise."""
-        if name in self.tensors:
+        if name in self.desc.tensors:
+            self.check_cost(name)
             ct = self.compressed(name)
             try:
                 return decompress_tensor(ct, framework)
