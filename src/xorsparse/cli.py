@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -76,11 +77,9 @@ def cmd_compress(args) -> int:
     from .io.checkpoint import compress_checkpoint, totals
 
     cfg = _config(args)
-    if os.path.abspath(args.input) == os.path.abspath(args.output):
-        raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
     rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                               Progress("compress"))
+                               Progress("compress"), force=args.force)
     print_summary(rows, totals(rows))
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {time.perf_counter() - t0:.1f}s")
     return 0
@@ -89,7 +88,7 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
-    size = decompress_checkpoint(args.input, args.output, Progress("decompress"))
+    size = decompress_checkpoint(args.input, args.output, Progress("decompress"), force=args.force)
     print(f"wrote {args.output} ({size / 1e6:.3f} MB)")
     return 0
 
@@ -139,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp")
     c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face model folder")
     c.add_argument("output", help="the .xsp file to write")
+    add_force_option(c)
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="compress only tensors whose names match (repeatable)")
@@ -147,17 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights as safetensors")
-    d.add_argument("input")
-    d.add_argument("output")
+    d.add_argument("input", help="the .xsp file to decode")
+    d.add_argument("output", help="the .safetensors file to write")
+    add_force_option(d)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("inspect", help="per-tensor sizes, bits per weight and codec parameters")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("input", help="the .xsp file to describe")
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
-    v.add_argument("input")
+    v.add_argument("input", help="the .xsp file to check")
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
     v.set_defaults(func=cmd_verify)
 
@@ -168,23 +169,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_force_option(c: argparse.ArgumentParser) -> None:
+    c.add_argument("-f", "--force", action="store_true",
+                   help="replace an existing output (through a symlink, the file it points to); an output "
+                        "that is an input, a device or a folder is refused even so")
+
+
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
     c.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (default 0.9)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors")
     c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
-    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
+    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq",
+                   help="binary coding (bcq, q <= 4) or uniform integers (q <= 8)")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto")
+    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto",
+                   help="how the pruning mask is stored (auto: the smaller)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
 
 
+def _one_line(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    return " ".join(msg.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("xorsparse")
+    if not log.handlers:  # warnings (e.g. a stale temporary file removed) go to stderr
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("xorsparse: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -193,10 +215,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as e:
         if args.debug:
             raise
-        msg = str(e) or type(e).__name__
-        if isinstance(e, OSError) and e.filename:
-            msg = f"{e.filename}: {e.strerror}"
-        print(f"xorsparse: error: {msg}", file=sys.stderr)
+        print(f"xorsparse: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        if args.debug:
+            raise
+        print("xorsparse: error: out of memory", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"xorsparse: internal error: {type(e).__name__}: {_one_line(e)[:300]} (run with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import pickle
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 
 from .torchconv import raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspFile, write_xsp
+from .output import check_output
 from ..tensor.maskcode import binary_entropy
 from ..tensor.prune import global_magnitude_masks
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_tensor, \
@@ -34,6 +37,7 @@ class Checkpoint:
     path: str
     names: list[str]
     _load: Callable[[str], Any]
+    files: list[str] = field(default_factory=list)  # every file read (an output must not replace one)
 
     def get(self, name: str):
         return self._load(name)
@@ -55,7 +59,22 @@ def _safetensors_files(files: Sequence[str]) -> Checkpoint:
         with safe_open(where[name], framework="pt") as h:
             return h.get_tensor(name)
 
-    return Checkpoint(files[0] if len(files) == 1 else os.path.dirname(files[0]), list(where), load)
+    return Checkpoint(files[0] if len(files) == 1 else os.path.dirname(files[0]), list(where), load, list(files))
+
+
+def _refusal(path: str, e: Exception) -> CheckpointError:
+    """One line for torch.load(weights_only=True) refusing a pickle: what it held, never how to
+    bypass the check."""
+    text = str(e)
+    g = re.search(r"GLOBAL ([\w.]+)", text)
+    if g:
+        detail = f"it refers to the Python object {g.group(1)}"
+    else:
+        op = re.search(r"Unsupported operand (\S+)", text)
+        detail = f"unsupported pickle opcode {op.group(1)}" if op else "unsupported content"
+    return CheckpointError(f"{path}: refused to load: the pickle holds more than tensors ({detail}); the file may "
+                           "be unsafe, since loading a pickle can run code. Use a .safetensors copy from a "
+                           "trusted source")
 
 
 def _torch_file(path: str) -> Checkpoint:
@@ -63,8 +82,11 @@ def _torch_file(path: str) -> Checkpoint:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refusal(path, e) from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -73,7 +95,7 @@ def _torch_file(path: str) -> Checkpoint:
     sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
-    return Checkpoint(path, list(sd), sd.__getitem__)
+    return Checkpoint(path, list(sd), sd.__getitem__, [path])
 
 
 def _index_shards(folder: str, index_name: str) -> list[str] | None:
@@ -95,7 +117,9 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if os.path.isdir(p):
         shards = _index_shards(p, "model.safetensors.index.json")
         if shards is not None:
-            return _safetensors_files(shards)
+            ck = _safetensors_files(shards)
+            ck.files.append(os.path.join(p, "model.safetensors.index.json"))
+            return ck
         st_files = sorted(f for f in os.listdir(p) if f.endswith(".safetensors"))
         if st_files:
             return _safetensors_files([os.path.join(p, f) for f in st_files])
@@ -103,7 +127,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if shards is not None:
             parts = [_torch_file(s) for s in shards]
             where = {n: ck for ck in parts for n in ck.names}
-            return Checkpoint(p, list(where), lambda n: where[n].get(n))
+            return Checkpoint(p, list(where), lambda n: where[n].get(n),
+                              shards + [os.path.join(p, "pytorch_model.bin.index.json")])
         for name in ("pytorch_model.bin", "model.pt", "model.pth"):
             if os.path.exists(os.path.join(p, name)):
                 return _torch_file(os.path.join(p, name))
@@ -171,9 +196,14 @@ def totals(rows: Iterable[dict]) -> dict[str, Any]:
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                         exclude: Sequence[str] = (),
-                        progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
-    """Compress the selected tensors of a checkpoint into one .xsp file; returns per-tensor stats."""
+                        progress: Callable[[int, int, str], None] | None = None, force: bool = True) -> list[dict]:
+    """Compress the selected tensors of a checkpoint into one .xsp file; returns per-tensor stats.
+
+    force=False refuses an existing output or a symlink (the command line's default); an
+    output that is one of the checkpoint's files is refused either way.
+    """
     ck = open_checkpoint(src)
+    check_output(out, ck.files, force)
     selected = [n for n in ck.names if is_selected(n, ck.get(n), include, exclude)]
     if not selected:
         raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
@@ -202,26 +232,49 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
         progress(total, total, "")
     info = {"order": ck.names, "pruning": "global" if config.global_sparsity else "per-tensor",
             "source": os.path.basename(os.path.normpath(src))}
-    write_xsp(out, compressed, raw, config, info)
+    write_xsp(out, compressed, raw, config, info, inputs=ck.files, force=force)
     return rows
 
 
-def decompress_checkpoint(src: str, out: str, progress: Callable[[int, int, str], None] | None = None) -> int:
-    """Dense pruned-and-quantized weights (and the untouched tensors) as one safetensors file."""
+_ST_CODE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
+def decompress_checkpoint(src: str, out: str, progress: Callable[[int, int, str], None] | None = None,
+                          force: bool = True) -> int:
+    """Dense pruned-and-quantized weights (and the untouched tensors) as one safetensors file.
+
+    Every tensor the file holds is written, in info.order; each is decoded while it is
+    written, so memory holds one dense tensor at a time.
+    """
     from . import safetensors_io as st
 
+    check_output(out, [src], force)
     with XspFile(src) as f:
-        order = [n for n in f.meta.get("info", {}).get("order", []) if n in f.tensors or n in f.raw_tensors]
-        names = order or f.names()
+        names = f.names()
+        for n in f.tensors:
+            f.check_cost(n)  # refuse before writing anything
+
+        def producer(i: int, name: str):
+            def data():
+                if progress:
+                    progress(i, len(names), name)
+                return raw_from_torch(f.dense(name, framework="torch"))[2]
+            return data
+
         entries = []
         for i, name in enumerate(names):
-            if progress:
-                progress(i, len(names), name)
-            code, shape, data = raw_from_torch(f.dense(name, framework="torch"))
-            entries.append(st.Entry(name, code, shape, data))
+            if name in f.tensors:
+                spec = f.desc.tensors[name]
+                code, shape = _ST_CODE[spec.dtype], spec.shape
+            else:
+                info = f._r.infos[name]
+                code, shape = info.dtype, info.shape
+            entries.append(st.Entry(name, code, tuple(shape), producer(i, name)))
+        size = st.write(out, entries, {"format": "pt", "xorsparse_source": os.path.basename(src)},
+                        inputs=[src], force=force)
         if progress:
             progress(len(names), len(names), "")
-    return st.write(out, entries, {"format": "pt", "xorsparse_source": os.path.basename(src)})
+    return size
 
 
 def verify_checkpoint(src: str, against: str | None = None,

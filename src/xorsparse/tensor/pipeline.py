@@ -16,7 +16,7 @@ from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words
-from .quant import Quantized, quantize
+from .quant import Quantized, fit_output_range, quantize
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
@@ -182,8 +182,12 @@ def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = 
     cfg = config or CompressConfig()
     w32, dtype = to_float32(w)
     k = _keep_mask(w32, cfg, keep, name)
-    qz = quantize(w32, k, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters)
-    return k, qz, dtype
+    bad = int(np.count_nonzero(~np.isfinite(w32[k])))
+    if bad:
+        raise ValueError(f"tensor {name!r}: {bad} kept weights are NaN, infinite or beyond float32's range")
+    with np.errstate(over="ignore", invalid="ignore"):  # near float32's limit: fit_output_range repairs
+        qz = quantize(w32, k, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters)
+    return k, fit_output_range(qz, w32, k, dtype), dtype
 
 
 def reference_prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = None,
