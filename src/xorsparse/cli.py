@@ -198,14 +198,19 @@ def _one_line(e: BaseException) -> str:
     return " ".join(msg.split())
 
 
+class _Stderr(logging.Handler):
+    """Library warnings (e.g. a stale temporary file removed) as `xorsparse: ...` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"xorsparse: {record.getMessage()}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     log = logging.getLogger("xorsparse")
-    if not log.handlers:  # warnings (e.g. a stale temporary file removed) go to stderr
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("xorsparse: %(message)s"))
-        log.addHandler(h)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr(logging.WARNING))
         log.setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,fuzz} ..."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, tensor
+    from . import codec, formats, fuzz, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
+    fuzz.add_arguments(sub.add_parser("fuzz", help="mutated .xsp files through the CLI: crashes, hangs, silent loss"))
     args = p.parse_args(argv)
     return args.run(args)
 

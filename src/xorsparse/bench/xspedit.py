@@ -100,25 +100,28 @@ class XspImage:
                     if isinstance(r, dict) and name in self.blobs:
                         r["crc32"] = crc(self.blobs[name])
 
-    def dumps(self, resign: bool = True, doc_text: str | None = None, header_text: str | None = None) -> bytes:
-        """The file's bytes. doc_text / header_text replace the serialized JSON (for edits
-        json.dumps cannot make: duplicate keys, deep nesting); the description checksum is
-        recomputed over what is finally written when resign is set and it can be."""
+    def dumps(self, resign: bool = True, doc_edits=(), header_edit=None) -> bytes:
+        """The file's bytes. doc_edits (text -> text) rewrite the serialized document and
+        header_edit (header dict -> text) the serialized header, for edits json.dumps cannot
+        make (duplicate keys, NaN tokens, deep nesting). With resign, every checksum is
+        recomputed over what the document finally says (before header_edit)."""
         if resign:
             self.resign()
         if self.doc is not None and isinstance(self.metadata, dict):
-            if doc_text is None:
-                doc_text = json.dumps(self.doc, separators=(",", ":"))
-            self.metadata["xorsparse"] = doc_text
-            if resign:
+            text = json.dumps(self.doc, separators=(",", ":"))
+            for fn in doc_edits:
+                text = fn(text)
+            self.metadata["xorsparse"] = text
+            if resign and self.version != 1:  # version 1 has no description checksum
                 try:
                     entries = {k: v for k, v in self._header().items() if k != "__metadata__"}
                     self.metadata[validate.CHECKSUM_KEY] = validate.format_crc(
                         validate.description_crc(self.metadata, entries))
                 except Exception:  # hostile values the checksum cannot be computed over
                     pass
-        raw = (header_text if header_text is not None else json.dumps(self._header(), separators=(",", ":"))).encode(
-            "utf-8", "surrogatepass")
+        header = self._header()
+        text = header_edit(header) if header_edit else json.dumps(header, separators=(",", ":"))
+        raw = text.encode("utf-8", "surrogatepass")
         raw += b" " * (-(8 + len(raw)) % 8)
         data = b"".join(self.blobs.get(e["name"], b"") for e in self.entries)
         return struct.pack("<Q", len(raw)) + raw + data
