@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..codec.plane import _tables
-from ..io.container import XspFile
+from ..io.container import XspFile, XspError
+from ..io.validate import max_tensor_bytes
 from ..tensor.maskcode import decode_mask
 from ..tensor.pipeline import CompressedTensor
 from .compress import MODULE_TYPES
@@ -115,6 +116,19 @@ def dequantize_torch(planes: list[torch.Tensor], scales: torch.Tensor, keep: tor
     g = (torch.arange(cols, device=dev) // group_size)[None, :]
     out = levels[r, g, code.reshape(rows, cols)]
     return torch.where(keep.reshape(rows, cols), out, torch.zeros((), dtype=torch.float32, device=dev))
+
+
+def ondemand_decode_bytes(ct: CompressedTensor) -> int:
+    """Peak working memory of XorWeight.dense: decode_plane_torch's window tensors (int64
+    bytes of every slice's window) dominate, then the int64 codes and the levels table."""
+    n = ct.numel
+    plane = 0
+    for p in ct.planes:
+        n_slices = -(-n // p.n_out)
+        nbytes = -(-(p.n_in * (p.n_s + 1)) // 8)
+        plane = max(plane, n_slices * (136 * nbytes + 80 * -(-p.n_out // 64)))
+    q = ct.quant
+    return plane + 32 * n + 4 * q.scales.shape[0] * q.scales.shape[1] * (1 << q.bits)
 
 
 class XorWeight(nn.Module):
@@ -245,8 +259,17 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
         unknown = [n for n in f.names() if n not in state]
         if unknown:
             raise ValueError(f"{path}: tensor {unknown[0]!r} has no place in this model")
+        def fits(name: str, shape) -> None:
+            if tuple(shape) != tuple(state[name].shape):
+                raise ValueError(f"{path}: tensor {name!r}: shape {list(shape)} does not fit the model's "
+                                 f"{list(state[name].shape)}")
+
         for name in f.raw_tensors:
-            state[name].copy_(f.dense(name, framework="torch"))
+            t = f.dense(name, framework="torch")
+            fits(name, t.shape)
+            state[name].copy_(t)
+        for name in f.tensors:
+            fits(name, f.desc.tensors[name].shape)
         modules = dict(model.named_modules())
         for name in f.tensors:
             mod_name = name[: -len(".weight")] if name.endswith(".weight") else None
@@ -257,6 +280,11 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
                 mod.weight.copy_(f.dense(name, framework="torch"))
                 continue
             ct = f.compressed(name)
+            limit = f.max_tensor_bytes if f.max_tensor_bytes is not None else max_tensor_bytes()
+            need = ondemand_decode_bytes(ct)
+            if need > limit:
+                raise XspError(f"{path}: tensor {name!r}: on-demand decoding needs about {need / 2**20:.0f} MiB, "
+                               f"above the limit of {limit / 2**20:.0f} MiB (set XORSPARSE_MAX_TENSOR_BYTES to allow it)")
             if isinstance(mod, nn.Linear):
                 new = XorLinear(ct, mod.bias, cache)
             elif isinstance(mod, nn.Conv2d):
