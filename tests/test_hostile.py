@@ -1,7 +1,6 @@
 """Issue 11's findings, each from its minimal reproduction (the safe-output findings are in
 tests/io/test_output.py, the validator's rules one by one in tests/io/test_validate.py)."""
 
-import json
 import os
 import struct
 import subprocess
@@ -163,7 +162,8 @@ def test_decompress_and_verify_cover_every_tensor(tmp_path, base, capsys):
     (lambda img: img.doc["tensors"]["u.weight"].update(mask="x"), {}, "mask: must be an object"),
     (lambda img: img.doc["tensors"]["u.weight"].update(planes=[1, 2, 3]), {}, r"planes\[0\]: must be an object"),
     (lambda img: img.doc["tensors"]["u.weight"].update(order=None), {}, "order: must be an object"),
-    (lambda img: img.doc["tensors"]["u.weight"].update(bits="@@"), {"doc_edits": [lambda t: t.replace('"@@"', "Infinity")]},
+    (lambda img: img.doc["tensors"]["u.weight"].update(bits="@@"),
+     {"doc_edits": [lambda t: t.replace('"@@"', "Infinity")]},
      "Infinity is not a JSON number"),  # OverflowError before
     (lambda img: img.doc["tensors"]["u.weight"]["planes"][0].update(n_out=2**64), {},
      r"planes\[0\].n_out: must be in 1..1024"),

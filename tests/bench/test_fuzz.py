@@ -1,12 +1,10 @@
 """The fuzz harness: it must see crashes, hangs and memory blowups, and a short run has no bad outcome."""
 
 import ctypes
-import os
 import random
 import time
 
 import numpy as np
-import pytest
 
 from xorsparse.bench import fuzz
 from xorsparse.bench.xspedit import XspImage

@@ -2,14 +2,12 @@
 
 import json
 import os
-import struct
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st_
 
 from xorsparse.bench.xspedit import XspImage
-from xorsparse.io import safetensors_io as st
 from xorsparse.io import validate
 from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.io.validate import EntryInfo, description_crc, load_json, parse_header
@@ -402,7 +400,8 @@ def test_any_byte_edit_is_caught(good, tmp_path, data):
 
 @settings(max_examples=25, deadline=None)
 @given(rows=st_.integers(1, 40), cols=st_.integers(1, 90), sparsity=st_.floats(0.0, 0.95), q=st_.integers(1, 4),
-       quantizer=st_.sampled_from(["bcq", "uniform"]), sym=st_.booleans(), codec=st_.sampled_from(["bitmask", "entropy"]),
+       quantizer=st_.sampled_from(["bcq", "uniform"]), sym=st_.booleans(),
+       codec=st_.sampled_from(["bitmask", "entropy"]),
        ns=st_.sampled_from([None, 0]), seed=st_.integers(0, 1000))
 def test_every_file_the_writer_makes_passes_the_validator(tmp_path_factory, rows, cols, sparsity, q, quantizer, sym,
                                                           codec, ns, seed):

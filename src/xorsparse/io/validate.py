@@ -267,8 +267,10 @@ def parse_header(raw: bytes, file_size: int, path: str) -> tuple[dict[str, str],
         if base + info.end > file_size:
             raise w.error(None, f"truncated: tensor {name!r} ends at byte {base + info.end}, file has {file_size}")
         if info.begin != pos:
-            what = "overlaps the entry before it" if info.begin < pos else f"leaves {info.begin - pos} bytes unaccounted for before it"
-            raise w.error(f"tensor {name!r}", f"data_offsets begin at {info.begin}: {what} (entries must be contiguous)")
+            what = ("overlaps the entry before it" if info.begin < pos
+                    else f"leaves {info.begin - pos} bytes unaccounted for before it")
+            raise w.error(f"tensor {name!r}",
+                          f"data_offsets begin at {info.begin}: {what} (entries must be contiguous)")
         pos = info.end
     if base + pos != file_size:
         raise w.error(None, f"{file_size - base - pos} bytes after the last tensor's data (trailing data)")

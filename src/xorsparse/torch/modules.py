@@ -284,7 +284,8 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
             need = ondemand_decode_bytes(ct)
             if need > limit:
                 raise XspError(f"{path}: tensor {name!r}: on-demand decoding needs about {need / 2**20:.0f} MiB, "
-                               f"above the limit of {limit / 2**20:.0f} MiB (set XORSPARSE_MAX_TENSOR_BYTES to allow it)")
+                               f"above the limit of {limit / 2**20:.0f} MiB "
+                               "(set XORSPARSE_MAX_TENSOR_BYTES to allow it)")
             if isinstance(mod, nn.Linear):
                 new = XorLinear(ct, mod.bias, cache)
             elif isinstance(mod, nn.Conv2d):
