@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats fashion-mnist verify-minilm data venv clean
+.PHONY: demo test bench bench-codec bench-formats bench-fuzz fashion-mnist verify-minilm data venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
 bench: bench-codec bench-formats
+
+# hostile files: 100,000 mutated .xsp files through the CLI (about 2 hours on 2 cores)
+bench-fuzz: $(VENV)/.installed
+	$(PY) -m xorsparse.bench fuzz --cases 100000 --seed 100 --json docs/bench-fuzz.json --markdown docs/bench-fuzz.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

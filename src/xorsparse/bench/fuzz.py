@@ -869,12 +869,16 @@ def main(args) -> int:
     t0 = time.perf_counter()
     last = [0.0]
 
+    tty = sys.stderr.isatty()
+
     def progress(done: int, counts: dict) -> None:
         now = time.perf_counter()
-        if sys.stderr.isatty() and (now - last[0] > 1 or done == args.cases):
+        step = max(1, args.cases // 20)
+        if (tty and (now - last[0] > 1 or done == args.cases)) or (not tty and done % step == 0):
             last[0] = now
             bad = sum(v for (k, f), v in counts.items() if is_bad(k, f))
-            sys.stderr.write(f"\rfuzz {done}/{args.cases} cases, {bad} bad, {now - t0:.0f}s")
+            line = f"fuzz {done}/{args.cases} cases, {bad} bad, {now - t0:.0f}s"
+            sys.stderr.write("\r" + line if tty else line + "\n")
             sys.stderr.flush()
 
     res = run(args.cases, args.seed, args.workers, progress, args.keep)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import safetensors_io as st
 from . import validate
-from .validate import SEP, XspError, meta_crc  # noqa: F401  (re-exported)
+from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
@@ -148,7 +148,7 @@ class XspFile:
         entry = name + SEP + part
         data = self._r.read_bytes(entry)
         if _crc(data) != self.desc.tensors[name].crc[part]:
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
+            raise XspError(f"{self.path}: tensor {_q(name)}: checksum mismatch in {part}")
         info = self._r.infos[entry]
         return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy()
 
@@ -156,7 +156,7 @@ class XspFile:
         """The tensor's parts, checksummed and checked, as the decoder takes them."""
         spec = self.desc.tensors.get(name)
         if spec is None:
-            raise XspError(f"{self.path}: no compressed tensor {name!r}")
+            raise XspError(f"{self.path}: no compressed tensor {_q(name)}")
         arrays = {part: self._part(name, part) for part in spec.parts}
         validate.check_tensor_data(self.path, spec, arrays)
         n = spec.length
@@ -168,7 +168,7 @@ class XspFile:
             try:
                 pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
             except ValueError as e:
-                raise XspError(f"{self.path}: tensor {name!r}: plane{i}.patches: {e}") from None
+                raise XspError(f"{self.path}: tensor {_q(name)}: plane{i}.patches: {e}") from None
             validate.check_patch_list(self.path, spec, i, pos)
             planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
                                        chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
@@ -179,16 +179,16 @@ class XspFile:
         try:
             ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
         except ValueError as e:
-            raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+            raise XspError(f"{self.path}: tensor {_q(name)}: {e}") from None
         return ct
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""
         if name not in self.desc.raw:
-            raise XspError(f"{self.path}: no stored tensor {name!r}")
+            raise XspError(f"{self.path}: no stored tensor {_q(name)}")
         data = self._r.read_bytes(name)
         if _crc(data) != self.desc.raw[name]:
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch")
+            raise XspError(f"{self.path}: tensor {_q(name)}: checksum mismatch")
         info = self._r.infos[name]
         return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy(), info.dtype
 
@@ -204,7 +204,7 @@ class XspFile:
             try:
                 return decompress_tensor(ct, framework)
             except ValueError as e:
-                raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+                raise XspError(f"{self.path}: tensor {_q(name)}: {e}") from None
         a, dt = self.raw(name)
         if dt == "BF16" or framework == "torch":
             from .torchconv import st_to_torch

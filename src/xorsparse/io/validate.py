@@ -130,6 +130,12 @@ def _show(v: Any) -> str:
     return type(v).__name__
 
 
+def _q(name: str) -> str:
+    """A name for a one-line message: quoted, escaped, at most about 80 characters."""
+    r = repr(name)
+    return r if len(r) <= 80 else r[:72] + "..." + r[0]
+
+
 def _utf8(s: str) -> bytes:
     try:
         return s.encode("utf-8")
@@ -149,7 +155,7 @@ class Where:
     def error(self, fld: str | None, msg: str) -> XspError:
         parts = [self.path]
         if self.tensor is not None:
-            parts.append(f"tensor {self.tensor!r}")
+            parts.append(f"tensor {_q(self.tensor)}")
         if fld:
             parts.append(fld)
         return XspError(": ".join(parts) + ": " + msg)
@@ -265,11 +271,11 @@ def parse_header(raw: bytes, file_size: int, path: str) -> tuple[dict[str, str],
     pos = 0
     for name, info in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end, kv[0])):
         if base + info.end > file_size:
-            raise w.error(None, f"truncated: tensor {name!r} ends at byte {base + info.end}, file has {file_size}")
+            raise w.error(None, f"truncated: tensor {_q(name)} ends at byte {base + info.end}, file has {file_size}")
         if info.begin != pos:
             what = ("overlaps the entry before it" if info.begin < pos
                     else f"leaves {info.begin - pos} bytes unaccounted for before it")
-            raise w.error(f"tensor {name!r}",
+            raise w.error(f"tensor {_q(name)}",
                           f"data_offsets begin at {info.begin}: {what} (entries must be contiguous)")
         pos = info.end
     if base + pos != file_size:
@@ -606,7 +612,7 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
         entry = name + SEP + part
         e = entries.get(entry)
         if e is None:
-            raise w.error(None, f"missing entry {entry!r}")
+            raise w.error(None, f"missing entry {_q(entry)}")
         if e.dtype not in ps.dtypes:
             raise w.error(part, f"dtype {e.dtype} where the format has {' or '.join(ps.dtypes)}")
         if ps.shape is None:
@@ -748,14 +754,14 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
         rw.members(r, ("crc32",), "raw entry")
         raw[name] = rw.int_field(r, "crc32", "raw.", 0, 0xFFFFFFFF)
         if name not in entries:
-            raise rw.error(None, f"missing entry {name!r}")
+            raise rw.error(None, f"missing entry {_q(name)}")
 
     described = set(raw)
     for spec in tensors.values():
         described.update(spec.name + SEP + p for p in spec.parts)
     orphans = sorted(n for n in entries if n not in described)
     if orphans:
-        raise w.error(None, f"entry {orphans[0]!r} is not described by the xorsparse metadata")
+        raise w.error(None, f"entry {_q(orphans[0])} is not described by the xorsparse metadata")
 
     names = list(tensors) + list(raw)
     order = names
@@ -766,13 +772,13 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
         seen: set[str] = set()
         for n in ov:
             if n in seen:
-                raise w.error("info.order", f"names {n!r} twice")
+                raise w.error("info.order", f"names {_q(n)} twice")
             if n not in tensors and n not in raw:
-                raise w.error("info.order", f"names {n!r}, which the file does not hold")
+                raise w.error("info.order", f"names {_q(n)}, which the file does not hold")
             seen.add(n)
         missing = [n for n in names if n not in seen]
         if missing:
-            raise w.error("info.order", f"does not name tensor {missing[0]!r}")
+            raise w.error("info.order", f"does not name tensor {_q(missing[0])}")
         order = list(ov)
     if "pruning" in info and info["pruning"] not in ("per-tensor", "global"):
         raise w.error("info.pruning", f"must be \"per-tensor\" or \"global\", got {_show(info['pruning'])}")
