@@ -748,28 +748,47 @@ def is_bad(outcome: str, forged: bool) -> bool:
     return outcome in ("traceback", "crash", "hang", "memory") or (outcome == "different" and not forged)
 
 
-def run(cases: int, seed: int = 0, workers: int = 2, progress: Callable[[int, dict], None] | None = None,
-        keep: str | None = None) -> dict:
-    """Run `cases` mutated files; returns the counts, the worst examples and timings."""
+def run(cases: int, seed: int = 0, workers: int = 2, progress: Callable[[int, dict, Callable[[], dict]], None]
+        | None = None, keep: str | None = None) -> dict:
+    """Run `cases` mutated files; returns the counts, the worst examples and timings.
+
+    progress(done, counts, summary) is called after every case; summary() gives the result
+    so far (for a partial report of a long run).
+    """
     from .. import cli  # noqa: F401  (fail early if the package does not import)
 
     t_start = time.perf_counter()
+    bases: list[str] = []
+    counts = {(k, f): 0 for k in OUTCOMES for f in (False, True)}
+    kinds: dict[str, dict[str, int]] = {}
+    bad_examples: list[dict] = []
+    peak_max = {"kb": 0, "size": 0}
+    slow = [0.0]
+    done = 0
+
+    def summary() -> dict:
+        total = {k: counts[(k, False)] + counts[(k, True)] for k in OUTCOMES}
+        bad = sum(counts[(k, f)] for (k, f) in counts if is_bad(k, f))
+        return {"cases": done, "requested": cases, "complete": done == cases, "seed": seed, "workers": workers,
+                "bases": [os.path.basename(b) for b in bases],
+                "counts": {f"{k}{'/forged' if f else ''}": v for (k, f), v in counts.items()}, "total": total,
+                "bad": bad,
+                "raw_cases": sum(v.get(o, 0) for k, v in kinds.items() if k.startswith("raw:") for o in v),
+                "by_kind": kinds, "bad_examples": bad_examples[:50], "slowest_case_s": slow[0],
+                "peak_extra_mb": peak_max["kb"] / 1024, "peak_case_bytes": peak_max["size"],
+                "memory_bound": f"{MEM_BASE >> 20} MiB + {MEM_PER_FILE_BYTE} x file size",
+                "tensor_limit_mib": FUZZ_LIMIT >> 20, "seconds": time.perf_counter() - t_start}
+
     root = tempfile.mkdtemp(prefix="xsp-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
-        bases = make_bases(os.path.join(root, "bases"))
+        bases += make_bases(os.path.join(root, "bases"))
         base_bytes = [open(b, "rb").read() for b in bases]
         expected = []
         for b in bases:
             expected.append(decode_all(b, os.path.join(root, "expected.safetensors")))
         pool = [_start_worker(bases) for _ in range(max(1, workers))]
         rng = random.Random(seed)
-        counts = {(k, f): 0 for k in OUTCOMES for f in (False, True)}
-        kinds: dict[str, dict[str, int]] = {}
-        bad_examples: list[dict] = []
-        peak_max = {"kb": 0, "size": 0}
-        done = 0
         issued = 0
-        slow = 0.0
         while done < cases:
             for i, wk in enumerate(pool):
                 if wk.busy is None and issued < cases:
@@ -802,9 +821,9 @@ def run(cases: int, seed: int = 0, workers: int = 2, progress: Callable[[int, di
                 k = job["kind"].split("+")[0]
                 kinds.setdefault(k, {}).setdefault(outcome, 0)
                 kinds[k][outcome] += 1
-                slow = max(slow, res.get("seconds", 0.0))
+                slow[0] = max(slow[0], res.get("seconds", 0.0))
                 if res.get("peak_kb", 0) > peak_max["kb"]:
-                    peak_max = {"kb": res["peak_kb"], "size": job["size"]}
+                    peak_max.update(kb=res["peak_kb"], size=job["size"])
                 if is_bad(outcome, job["forged"]):
                     ex = {"case": job["n"], "base": os.path.basename(bases[job["base"]]), "kind": job["kind"],
                           "forged": job["forged"], "outcome": outcome, "detail": res.get("detail", "")}
@@ -816,21 +835,13 @@ def run(cases: int, seed: int = 0, workers: int = 2, progress: Callable[[int, di
                     bad_examples.append(ex)
                 done += 1
                 if progress:
-                    progress(done, counts)
+                    progress(done, counts, summary)
         for wk in pool:
             wk.proc.stdin.close()
             wk.proc.wait(timeout=30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    total = {k: counts[(k, False)] + counts[(k, True)] for k in OUTCOMES}
-    bad = sum(counts[(k, f)] for (k, f) in counts if is_bad(k, f))
-    return {"cases": cases, "seed": seed, "workers": workers, "bases": [os.path.basename(b) for b in bases],
-            "counts": {f"{k}{'/forged' if f else ''}": v for (k, f), v in counts.items()}, "total": total,
-            "bad": bad, "raw_cases": sum(v.get(o, 0) for k, v in kinds.items() if k.startswith("raw:") for o in v),
-            "by_kind": kinds, "bad_examples": bad_examples[:50], "slowest_case_s": slow,
-            "peak_extra_mb": peak_max["kb"] / 1024, "peak_case_bytes": peak_max["size"],
-            "memory_bound": f"{MEM_BASE >> 20} MiB + {MEM_PER_FILE_BYTE} x file size",
-            "tensor_limit_mib": FUZZ_LIMIT >> 20, "seconds": time.perf_counter() - t_start}
+    return summary()
 
 
 def table(result: dict) -> list[dict]:
@@ -871,15 +882,17 @@ def main(args) -> int:
 
     tty = sys.stderr.isatty()
 
-    def progress(done: int, counts: dict) -> None:
+    def progress(done: int, counts: dict, summary: Callable[[], dict]) -> None:
         now = time.perf_counter()
-        step = max(1, args.cases // 20)
+        step = max(1, args.cases // 50)
         if (tty and (now - last[0] > 1 or done == args.cases)) or (not tty and done % step == 0):
             last[0] = now
             bad = sum(v for (k, f), v in counts.items() if is_bad(k, f))
             line = f"fuzz {done}/{args.cases} cases, {bad} bad, {now - t0:.0f}s"
             sys.stderr.write("\r" + line if tty else line + "\n")
             sys.stderr.flush()
+        if args.json and done % max(1, args.cases // 50) == 0 and done < args.cases:
+            write_json(args.json, summary())  # a partial report survives an interrupted long run
 
     res = run(args.cases, args.seed, args.workers, progress, args.keep)
     if sys.stderr.isatty():
