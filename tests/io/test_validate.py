@@ -412,3 +412,20 @@ def test_every_file_the_writer_makes_passes_the_validator(tmp_path_factory, rows
     write_xsp(p, {"w": ct}, {}, cfg)
     with XspFile(p) as f:
         assert f.dense("w").tobytes() == decompress_tensor(ct).tobytes()
+
+
+def test_version1_file_through_the_cli(tmp_path, capsys):
+    from xorsparse.cli import main
+
+    p = os.path.join(DATA, "v1.xsp")
+    assert main(["inspect", p]) == 0
+    assert "xorsparse format v1" in capsys.readouterr().out
+    assert main(["verify", p]) == 0
+    out = tmp_path / "d.safetensors"
+    assert main(["decompress", p, str(out)]) == 0
+    from safetensors.numpy import load_file
+
+    got = load_file(str(out))
+    want = np.load(os.path.join(DATA, "v1-expected.npz"))
+    assert list(got) == ["a.weight", "a.bias", "b.weight"]
+    assert got["b.weight"].tobytes() == want["b.weight"].tobytes()
