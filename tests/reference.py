@@ -92,6 +92,20 @@ def f32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
+def round_scale_dtype(x: float, code: str) -> float:
+    """Section 4, affine: round a float32 value to the scale dtype (F32, F16 or BF16), ties to even."""
+    if code == "F32":
+        return x
+    if code == "F16":
+        try:
+            return struct.unpack("<e", struct.pack("<e", x))[0]
+        except OverflowError:
+            return math.copysign(math.inf, x)
+    b = struct.unpack("<I", struct.pack("<f", x))[0]
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", b))[0]
+
+
 def read_xsp(path: str) -> tuple[dict, dict, bytes]:
     with open(path, "rb") as f:
         blob = f.read()
@@ -164,9 +178,15 @@ def decode_tensor(path: str, name: str) -> list[float]:
     rows, cols, g, q = t["rows"], t["cols"], t["group_size"], t["bits"]
     sc = part("scales")
     dt = header[name + ".__xs__.scales"]["dtype"]
-    fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
-    scales = [struct.unpack("<" + fmt, sc[i : i + size])[0] for i in range(0, len(sc), size)]
+    if dt == "BF16":  # the upper half of a float32
+        scales = [struct.unpack("<f", b"\0\0" + sc[i : i + 2])[0] for i in range(0, len(sc), 2)]
+    else:
+        fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
+        scales = [struct.unpack("<" + fmt, sc[i : i + size])[0] for i in range(0, len(sc), size)]
     ngroups = -(-cols // g) if cols else 1
+    zero_points = None
+    if t["quantizer"] == "affine" and not t["symmetric"]:
+        zero_points = list(struct.unpack(f"<{rows * ngroups}b", part("zero_points")))
     k = len(scales) // max(rows * ngroups, 1)
     out = []
     for p in range(length):
@@ -180,6 +200,9 @@ def decode_tensor(path: str, name: str) -> list[float]:
             w = 0.0
             for i in range(q):
                 w = f32(w + f32(s[i] * (1.0 if (code >> i) & 1 else -1.0)))
+        elif t["quantizer"] == "affine":
+            z = zero_points[r * ngroups + c // g] if zero_points is not None else 0
+            w = round_scale_dtype(f32((code - (1 << (q - 1)) - z) * s[0]), dt)
         elif t["symmetric"]:
             w = f32(s[0] * f32(float(code) - ((1 << q) - 1) / 2))
         else:

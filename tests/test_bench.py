@@ -38,3 +38,17 @@ def test_tensor_benchmark_small(tmp_path):
     assert main(["tensor", "--shape", "64", "300", "--window", "128", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())
     assert row["lossless"] and row["total_bits_per_weight"] > row["total_target"]
+
+
+def test_rtl_benchmark_small(tmp_path):
+    out = tmp_path / "r.json"
+    md = tmp_path / "r.md"
+    assert main(["rtl", "--positions", "50000", "--sparsity", "0.9", "--no-yosys", "--json", str(out),
+                 "--markdown", str(md)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["auto", "paper"]
+    for r in rows:
+        assert r["xor2_shared"] < r["xor2_unshared"] and r["xor2_per_output_bit"] > 0
+        assert r["decoded_gbit_s"] == r["n_out"] * 0.5
+    assert rows[1]["n_s"] == 0
+    assert "XOR2 per out bit" in md.read_text()

@@ -23,13 +23,15 @@ def test_compress_verify_inspect_decompress(request, tmp_path, capsys, src):
     out = str(tmp_path / "m.xsp")
     code, text, _ = run(capsys, "compress", path, out, "--sparsity", "0.7", "--bits", "2")
     assert code == 0 and "TOTAL" in text
-    assert "layer0.linear.weight" in text and "embed.weight" not in text and "norm" not in text
+    assert "layer0.linear.weight" in text and "embed.weight" in text and "norm.weight  " not in text
+    assert "selected 4 weight tensors and 1 embedding table of 8 tensors" in text
     code, text, _ = run(capsys, "verify", out, "--against", path)
     assert code == 0 and text.startswith("OK:") and "bit-identical" in text
     code, text, _ = run(capsys, "inspect", out, "--json")
     info = json.loads(text)
     names = [t["name"] for t in info["tensors"]]
-    assert sorted(names) == ["head.weight", "layer0.linear.weight", "layer1.conv.weight", "layer1.linear.weight"]
+    assert sorted(names) == ["embed.weight", "head.weight", "layer0.linear.weight", "layer1.conv.weight",
+                             "layer1.linear.weight"]
     for t in info["tensors"]:
         assert {"name", "shape", "sparsity", "bits", "value_bits_per_weight", "total_bits_per_weight",
                 "efficiency", "patches"} <= set(t)
@@ -129,3 +131,17 @@ def test_minilm_layer_round_trip(tmp_path, capsys, sparsity, bits):
     assert code == 0
     code, text, _ = run(capsys, "verify", out, "--against", model)
     assert code == 0, text
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(st_file, tmp_path):
+    """`xorsparse inspect ... | head` must not end in "Broken pipe"."""
+    import os
+
+    out = str(tmp_path / "m.xsp")
+    subprocess.run([sys.executable, "-m", "xorsparse.cli", "compress", st_file, out], check=True, capture_output=True)
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write
+    res = subprocess.run([sys.executable, "-m", "xorsparse.cli", "inspect", out], stdout=w, stderr=subprocess.PIPE,
+                         text=True)
+    os.close(w)
+    assert res.returncode == 0 and "Broken pipe" not in res.stderr, res.stderr

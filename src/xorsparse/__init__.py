@@ -8,4 +8,8 @@ quantization, masks, whole tensors), `io` (safetensors, the .xsp container, chec
 from .codec import EncodedPlane, XorDecoder, decode_plane, encode_plane, get_decoder
 
 __version__ = "0.1.0"
+
+from .io import hf as _hf  # noqa: E402
+
+_hf.install()  # transformers and sentence-transformers load xorsparse folders (see xorsparse.io.hf)
 __all__ = ["EncodedPlane", "XorDecoder", "decode_plane", "encode_plane", "get_decoder", "__version__"]

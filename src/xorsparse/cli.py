@@ -1,4 +1,4 @@
-"""The `xorsparse` command: compress, decompress, inspect, verify, demo.
+"""The `xorsparse` command: compress, decompress, inspect, verify, demo, export-rtl.
 
 Errors print one line naming what is wrong and exit non-zero; --debug shows the traceback.
 """
@@ -18,15 +18,27 @@ EXIT_MISMATCH = 1
 
 
 class Progress:
-    """A one-line progress bar on a terminal (stderr), silent otherwise."""
+    """Progress on stderr: a one-line bar on a terminal; elsewhere (logs, CI, pipes) a line
+    at every tenth of the work, naming the tensor, so long runs are never silent."""
 
-    def __init__(self, label: str, enabled: bool | None = None):
+    def __init__(self, label: str, enabled: bool | None = None, tty: bool | None = None):
         self.label = label
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.enabled = True if enabled is None else enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self.t0 = time.perf_counter()
+        self._tenth = -1
 
     def __call__(self, i: int, n: int, name: str) -> None:
         if not self.enabled:
+            return
+        if not self.tty:
+            tenth = 10 * i // n if n else 10
+            if tenth > self._tenth:
+                self._tenth = tenth
+                el = time.perf_counter() - self.t0
+                what = f" {name}" if name and i < n else " done"
+                sys.stderr.write(f"{self.label}: {i}/{n} tensors ({100 * i // max(n, 1)}%) {el:.1f}s{what}\n")
+                sys.stderr.flush()
             return
         width = 30
         done = int(width * i / n) if n else width
@@ -48,6 +60,19 @@ def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
     return "\n".join(out)
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f}"
+
+
+def print_sizes(sizes) -> None:
+    """Bytes per category, input against output; the last row is the files on disk."""
+    table = [["", "tensors", "input MB", "output MB", "ratio"]]
+    for r in sizes:
+        table.append([r.label, str(r.tensors) if r.tensors else "", _mb(r.input_bytes), _mb(r.output_bytes),
+                      f"x{r.ratio:.2f}" if r.output_bytes else "-"])
+    print(_fmt_table(table, [False, True, True, True, True]))
+
+
 def print_summary(rows: list[dict], total: dict) -> None:
     head = ["tensor", "shape", "sparsity", "q", "n_in/n_out/n_s", "value b/w", "total b/w", "eff", "patches"]
     table = [head]
@@ -60,14 +85,15 @@ def print_summary(rows: list[dict], total: dict) -> None:
     print(_fmt_table(table, [False, False, True, True, True, True, True, True, True]))
     bound = total.get("bound_bits_per_weight")
     extra = f"; bound H(S)+(1-S)q = {bound:.4f}" if bound else ""
-    print(f"compressed tensors: {total['total_bits'] / 8 / 1e6:.3f} MB vs {total['weights'] * 2 / 1e6:.3f} MB "
-          f"fp16 dense (x{total['ratio_to_fp16']:.1f} smaller){extra}")
+    print(f"compressed tensors alone: {total['total_bits'] / 8 / 1e6:.3f} MB of coded data, "
+          f"{total['total_bits_per_weight']:.4f} bits per weight{extra}")
 
 
-def _config(args):
+def _config(args, sparsity: float | None = None):
     from .tensor import CompressConfig
 
-    return CompressConfig(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer,
+    return CompressConfig(sparsity=args.sparsity if sparsity is None else sparsity, bits=args.bits,
+                          quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
                           global_sparsity=args.global_sparsity, mask_codec=args.mask_codec,
                           max_n_s=args.ns, max_window=args.window)
@@ -75,21 +101,38 @@ def _config(args):
 
 def cmd_compress(args) -> int:
     from .io.checkpoint import compress_checkpoint, totals
+    from .io.compressed_tensors import is_compressed_tensors_folder
 
-    cfg = _config(args)
+    sparsity = args.sparsity
+    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
+        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
+    cfg = _config(args, sparsity)
     t0 = time.perf_counter()
-    rows = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                               Progress("compress"), force=args.force)
-    print_summary(rows, totals(rows))
-    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.3f} MB) in {time.perf_counter() - t0:.1f}s")
+    report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude, Progress("compress"),
+                                 force_include=args.force_include, embeddings=args.embeddings,
+                                 keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
+                                 load_mode=args.load_mode, force=args.force)
+    print(report.selection.describe())
+    for note in report.notes:
+        print(note)
+    if args.sparsity is None and sparsity == 0.0:
+        print("pruning: the checkpoint's own zeros only (compressed-tensors input; --sparsity prunes more)")
+    print_summary(report.rows, totals(report.rows))
+    print()
+    print_sizes(report.sizes)
+    tot = report.total
+    how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
+    print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
+          f"({how}, whole files) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
-    size = decompress_checkpoint(args.input, args.output, Progress("decompress"), force=args.force)
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB)")
+    size = decompress_checkpoint(args.input, args.output, Progress("decompress"), args.format,
+                                 force=args.force)
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
     return 0
 
 
@@ -100,10 +143,18 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB, "
-          f"{len(info['tensors'])} compressed and {info['stored_tensors']} stored tensors")
+    print(f"{info['file']}: xorsparse format v{info['version']}, {info['bytes'] / 1e6:.3f} MB in "
+          f"{len(info['files'])} file(s): {len(info['tensors'])} compressed tensors "
+          f"({_mb(info['compressed_bytes'])} MB), {info['stored_tensors']} stored as they are "
+          f"({_mb(info['stored_bytes'])} MB)")
     if info["tensors"]:
         print_summary(info["tensors"], info["total"])
+    if info["stored"]:
+        print()
+        table = [["stored as it is", "dtype", "shape", "bytes"]]
+        for r in info["stored"]:
+            table.append([r["name"], r["dtype"], "x".join(map(str, r["shape"])) or "scalar", str(r["bytes"])])
+        print(_fmt_table(table, [False, False, False, True]))
     return 0
 
 
@@ -124,6 +175,105 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """Decimal or 0x-prefixed hexadecimal seed."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def cmd_export_rtl(args) -> int:
+    from .rtl.cost import decoder_cost
+    from .rtl.export import decoder_from_params, decoders_in_file, write_text_atomic
+    from .rtl.sim import cosim_planes, random_stream_plane
+    from .rtl.netlist import build_netlist
+    from .rtl.verilog import decoder_verilog, module_name_for
+
+    explicit = [args.n_in, args.n_out]
+    if args.xsp is not None:
+        if any(v is not None for v in explicit + [args.ns, args.seed]):
+            raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
+        uses = decoders_in_file(args.xsp)
+        if not uses:
+            raise ValueError(f"{args.xsp}: no compressed tensors, so no decoders to export")
+        if args.chunk_slices is not None:
+            for u in uses:
+                u.chunk_slices.clear()
+                u.chunk_slices[args.chunk_slices] += 1
+        source = os.path.basename(args.xsp)
+    else:
+        if args.n_in is None or args.n_out is None:
+            raise ValueError("give an .xsp file, or at least --n-in and --n-out")
+        from .codec.xornet import DEFAULT_SEED
+
+        uses = [decoder_from_params(args.n_in, args.n_out, 0 if args.ns is None else args.ns,
+                                    DEFAULT_SEED if args.seed is None else args.seed, args.chunk_slices)]
+        source = None
+    to_stdout = args.output == "-"
+    as_dir = not to_stdout and (args.xsp is not None or os.path.isdir(args.output) or args.output.endswith(os.sep))
+    if to_stdout and len(uses) > 1:
+        raise ValueError(f"{len(uses)} decoders to write: give a folder with -o, not '-'")
+    if as_dir:
+        os.makedirs(args.output, exist_ok=True)
+    rows = []
+    for u in uses:
+        d = u.decoder
+        cs = u.default_chunk_slices
+        net = build_netlist(d.window_matrix(), "paar") if args.sharing == "paar" else None
+        label = source
+        if source and len(u.planes):
+            label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
+            if len(u.chunk_slices) > 1:
+                label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
+        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
+                               patch_bits=args.patch_bits)
+        if args.check:
+            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
+            check_cs = cs if cs and args.check >= 2 * cs else 64
+            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
+                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
+            try:
+                res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
+                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
+            except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
+                if args.debug:
+                    raise
+                raise ValueError(f"--check: {str(e).splitlines()[0]}") from None
+            print(("check: " if res.ok else "check FAILED: ") + res.summary(), file=sys.stderr if not res.ok else sys.stdout)
+            if not res.ok:
+                return EXIT_MISMATCH
+        name = module_name_for(d)
+        if to_stdout:
+            sys.stdout.write(text)
+            path = "-"
+        else:
+            path = os.path.join(args.output, name + ".v") if as_dir else args.output
+            write_text_atomic(path, text)
+        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
+                            patch_bits=args.patch_bits)
+        row = cost.as_dict()
+        row.update(module=name, file=path, planes=len(u.planes))
+        rows.append(row)
+    if not to_stdout:
+        table = [["module", "n_in/n_out/n_s", "CHUNK_SLICES", "XOR2 unshared", "shared", "depth", "FFs",
+                  "XOR2/out bit", f"Gpos/s @{args.clock_mhz:g}MHz"] + (["yosys XOR2/cells"] if args.yosys else [])
+                 + ["file"]]
+        for r in rows:
+            ys = r.get("yosys")
+            table.append([r["module"], f"{r['n_in']}/{r['n_out']}/{r['n_s']}", str(r["chunk_slices"]),
+                          str(r["xor2_unshared"]), str(r["xor2_shared"]), str(r["depth_shared"]),
+                          str(r["flip_flops"]), f"{r['xor2_per_output_bit']:.1f}", f"{r['decoded_gbit_s']:.1f}"]
+                         + ([f"{ys['xor2']}/{ys['cells']}" if ys else "no yosys"] if args.yosys else []) + [r["file"]])
+        print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
+                         ([True] if args.yosys else []) + [False]))
+    if args.json:
+        from .io.output import write_bytes
+
+        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -131,36 +281,84 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
+    p.add_argument("--version", action="version", version=f"xorsparse {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp")
-    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face model folder")
-    c.add_argument("output", help="the .xsp file to write")
+    c = sub.add_parser("compress", help="prune, quantize and encode a checkpoint into .xsp (a file or a model folder)")
+    c.add_argument("input", help=".safetensors, .pt/.bin state dict, or a Hugging Face / sentence-transformers "
+                                 "model folder (compressed-tensors checkpoints included)")
+    c.add_argument("output", help="an .xsp file, or (from a model folder) the model folder to write: "
+                                  "config, tokenizer and other files carried over, weights as .xsp")
     add_force_option(c)
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
-                   help="compress only tensors whose names match (repeatable)")
+                   help="compress only weight matrices whose names match (repeatable); never widens the "
+                        "selection to 1-D tensors, norms or biases")
     c.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="never compress tensors whose names match (repeatable)")
+    c.add_argument("--force-include", action="append", default=[], metavar="GLOB",
+                   help="also compress floating-point tensors whose names match even if they are 1-D, norms "
+                        "or biases (repeatable)")
+    c.add_argument("--no-embeddings", dest="embeddings", action="store_false",
+                   help="store embedding tables as they are (by default they are compressed like other weights)")
+    c.add_argument("--keep-dtype", choices=["input", "float32", "float16", "bfloat16"], default="input",
+                   help="dtype of the floating-point tensors stored as they are (default: as in the input)")
+    c.add_argument("--load-mode", choices=["decode", "ondemand"], default="decode",
+                   help="how transformers loads the folder: decode every weight once (default) or keep "
+                        "Linear/Conv2d/Embedding weights compressed, decoding in forward")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights as safetensors")
-    d.add_argument("input", help="the .xsp file to decode")
-    d.add_argument("output", help="the .safetensors file to write")
+    d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights: a file or a model folder")
+    d.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    d.add_argument("output", help="a .safetensors file, a PyTorch state dict (.pt/.pth/.bin, torch.save), or, "
+                                  "from a folder, the plain model folder to write")
+    d.add_argument("--format", choices=["safetensors", "compressed-tensors"], default=None,
+                   help="folders only: plain safetensors (default) or compressed-tensors, for folders made "
+                        "from a compressed-tensors checkpoint")
     add_force_option(d)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("inspect", help="per-tensor sizes, bits per weight and codec parameters")
-    i.add_argument("input", help="the .xsp file to describe")
-    i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("input", help="an .xsp file or an xorsparse model folder")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
-    v.add_argument("input", help="the .xsp file to check")
+    v.add_argument("input", help="an .xsp file or an xorsparse model folder")
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("export-rtl", help="write synthesizable Verilog of the plane decoders (docs/HARDWARE.md)",
+                       description="Verilog-2005 of the XOR-gate plane decoder: for given --n-in/--n-out/--ns/--seed, "
+                                   "or one module per decoder an .xsp file uses. Prints each module's cost.")
+    r.add_argument("xsp", nargs="?", help=".xsp file whose decoders to export (one .v per decoder)")
+    r.add_argument("-o", "--output", required=True,
+                   help="the .v file to write, a folder (one NAME.v per decoder; always a folder with an .xsp "
+                        "file), or '-' for standard output")
+    r.add_argument("--n-in", type=int, help="stream bits per slice (1..64)")
+    r.add_argument("--n-out", type=int, help="plane positions per slice (1..1024)")
+    r.add_argument("--ns", type=int, help="decoder memory in slices (default 0: the paper's network)")
+    r.add_argument("--seed", type=_seed, help="matrix seed, decimal or 0x hex (default 0x5EED)")
+    r.add_argument("--chunk-slices", type=int, default=None,
+                   help="default of the module's CHUNK_SLICES parameter: 0 = chunk starts only from in_start "
+                        "(default: the file's chunk_slices, or the library's default for n_out)")
+    r.add_argument("--sharing", choices=["paar", "none"], default="paar",
+                   help="paar: shared XOR sub-terms, one wire per gate (default); none: one reduction XOR per output")
+    r.add_argument("--patch-bits", type=int, default=0, metavar="BITS",
+                   help="add the patch stage, taking patch positions of BITS bits (0: none, the default)")
+    r.add_argument("--check", type=int, default=0, metavar="SLICES",
+                   help="co-simulate each module over SLICES random slices against the Python decoder first")
+    r.add_argument("--simulator", choices=["auto", "iverilog", "verilator"], default="auto",
+                   help="simulator for --check (default: Icarus Verilog if installed, else Verilator)")
+    r.add_argument("--yosys", action="store_true", help="add Yosys generic-gate synthesis statistics (needs yosys)")
+    r.add_argument("--clock-mhz", type=float, default=500.0,
+                   help="clock for the derived throughput (an assumption, not a timing result; default 500)")
+    r.add_argument("--json", metavar="PATH", help="also write the cost rows as JSON")
+    r.set_defaults(func=cmd_export_rtl)
 
     m = sub.add_parser("demo", help="compress the bundled all-MiniLM-L6-v2 and compare embeddings")
     add_compress_options(m, demo=True)
@@ -176,16 +374,20 @@ def add_force_option(c: argparse.ArgumentParser) -> None:
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    c.add_argument("--sparsity", type=float, default=0.9, help="fraction of weights pruned (default 0.9)")
+    c.add_argument("--sparsity", type=float, default=0.9 if demo else None,
+                   help="fraction of weights pruned by magnitude (default 0.9; for a compressed-tensors "
+                        "checkpoint, default: its own zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors")
     c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
     c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq",
-                   help="binary coding (bcq, q <= 4) or uniform integers (q <= 8)")
+                   help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
+                        "levels. compressed-tensors int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
     c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto",
-                   help="how the pruning mask is stored (auto: the smaller)")
+                   help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
+                        "gaps between kept weights) or auto: whichever is smaller, per tensor (default)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
@@ -217,6 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xorsparse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xorsparse inspect ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, OSError, ImportError) as e:
         if args.debug:
             raise

@@ -31,6 +31,7 @@ def _load():
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    logging.disable_progress_bar()  # transformers' "Loading weights" bar would cut through the demo's table
     path = str(pkg.get_model_path())
     model = AutoModel.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)

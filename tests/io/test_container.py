@@ -184,3 +184,112 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
     _rewrite_meta(p, lambda m: edit(m["tensors"]["a.weight"]))
     with pytest.raises(XspError, match=r"m.xsp: tensor 'a.weight': " + msg):
         XspFile(p)
+
+
+# --- version 2: the affine quantizer; version 1 files stay readable ---------------------------
+
+import os  # noqa: E402
+
+from xorsparse.bench.xspedit import XspImage  # noqa: E402
+from xorsparse.io.validate import CHECKSUM_KEY  # noqa: E402
+from xorsparse.tensor import compress_quantized  # noqa: E402
+from xorsparse.tensor.quant import given_keep, quantize_given, round_to_bfloat16  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def _affine_ct(rng, symmetric, scale_dtype, shape=(20, 96), group=32, bits=4, dtype="bfloat16"):
+    codes = rng.integers(-(1 << bits - 1), 1 << bits - 1, shape).astype(np.int8)
+    codes[rng.random(shape) < 0.7] = 0
+    scales = (rng.random((shape[0], shape[1] // group)) * 0.05).astype(np.float32)
+    scales = {"bfloat16": round_to_bfloat16, "float16": lambda s: s.astype(np.float16).astype(np.float32),
+              "float32": lambda s: s}[scale_dtype](scales)
+    zp = None if symmetric else rng.integers(-2, 3, (shape[0], shape[1] // group)).astype(np.int8)
+    qz = quantize_given(codes, scales, zp, bits, group, scale_dtype)
+    keep = given_keep(codes, qz.scales, qz.zero_points, group)
+    return compress_quantized(keep, qz, dtype, CompressConfig())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
+def test_affine_round_trip_and_reference_decoder(tmp_path, symmetric, scale_dtype):
+    from .. import reference
+
+    ct = _affine_ct(np.random.default_rng(11), symmetric, scale_dtype, dtype="float32")
+    p = tmp_path / "a.xsp"
+    write_xsp(p, {"w": ct}, {})
+    with XspFile(p) as f:
+        assert f.version == 2
+        back = f.compressed("w")
+        assert back.quant.scale_dtype == scale_dtype and (back.quant.zero_points is None) == symmetric
+        ours = decompress_tensor(back)
+    assert ours.tobytes() == decompress_tensor(ct).tobytes()
+    ref = np.array(reference.decode_tensor(str(p), "w"), dtype=np.float32)
+    assert ours.ravel().tobytes() == ref.tobytes()
+    with st.Reader(p) as r:
+        want = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[scale_dtype]
+        assert r.entries["w.__xs__.scales"]["dtype"] == want
+        assert ("w.__xs__.zero_points" in r.entries) == (not symmetric)
+
+
+def test_version_1_files_stay_readable():
+    expected = np.load(os.path.join(DATA, "v1-expected.npz"))
+    with XspFile(os.path.join(DATA, "v1.xsp")) as f:
+        assert f.version == 1
+        for name in expected.files:
+            assert f.dense(name).astype(np.float32).tobytes() == expected[name].tobytes()
+        assert f.raw("a.bias")[0].tolist() == list(range(24))
+
+
+@pytest.fixture
+def affine_xsp(tmp_path):
+    p = tmp_path / "af.xsp"
+    write_xsp(p, {"w": _affine_ct(np.random.default_rng(2), False, "bfloat16")}, {})
+    return p
+
+
+def _as_version_1(img):
+    """What a version-1 writer would have written: meta_crc32 per tensor, no description checksum."""
+    from xorsparse.io.container import meta_crc
+
+    img.doc["version"] = 1
+    img.metadata.pop(CHECKSUM_KEY, None)
+    for t in img.doc["tensors"].values():
+        t["meta_crc32"] = meta_crc(t)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (_as_version_1, "quantizer: 'affine' needs format version 2, file is version 1"),
+    (lambda img: img.doc.update(version=True), "unsupported format version true"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=True), "bits: must be an integer, got true"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=4.0), "bits: must be an integer, got 4.0"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=9), "bits: must be in 1..8, got 9"),
+    (lambda img: img.doc["tensors"]["w"].update(symmetric=1), "symmetric: must be true or false, got 1"),
+    (lambda img: img.doc["tensors"]["w"].update(symmetric=True), 'crc32: unknown member "zero_points"'),
+    (lambda img: img.doc["tensors"]["w"].update(group_size=48),
+     r"scales: shape \[20, 3, 1\] where the description needs \[20, 2, 1\]"),
+    (lambda img: img.doc["tensors"]["w"].update(quantizer="affinity"), 'quantizer: unknown value "affinity"'),
+    (lambda img: img.entry("w.__xs__.zero_points").update(dtype="U8"), "zero_points: dtype U8 where the format has I8"),
+    (lambda img: img.entry("w.__xs__.zero_points").update(shape=[60]),
+     r"zero_points: shape \[60\] where the description needs \[20, 3\]"),
+    (lambda img: img.entry("w.__xs__.scales").update(dtype="I16"), "scales: dtype I16 where the format has F16"),
+    (lambda img: img.entries.remove(img.entry("w.__xs__.zero_points")), "missing entry 'w.__xs__.zero_points'"),
+    (lambda img: img.blobs.update({"w.__xs__.scales": b"\x80\x7f" * 60}), "scales: holds a value that is NaN"),
+])
+def test_affine_descriptions_and_parts_are_validated(affine_xsp, edit, msg):
+    """Every checksum re-signed after the edit: only the validation can stop it."""
+    img = XspImage.load(affine_xsp)
+    edit(img)
+    img.save(affine_xsp, resign=True)
+    with pytest.raises(XspError, match=msg):
+        with XspFile(affine_xsp) as f:
+            f.dense("w", framework="torch")
+
+
+def test_bcq_scales_in_bfloat16_are_rejected(xsp):
+    p, _ = xsp
+    img = XspImage.load(p)
+    img.entry("a.weight.__xs__.scales")["dtype"] = "BF16"
+    img.save(p)
+    with pytest.raises(XspError, match="scales: dtype BF16 where the format has F16 or F32"):
+        XspFile(p)

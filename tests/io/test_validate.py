@@ -15,7 +15,9 @@ from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 
 from .. import reference
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+DATA = os.path.join(os.path.dirname(__file__), "data")
+V1 = os.path.join(DATA, "v1-bitmask.xsp")  # bitmask, asymmetric uniform, groups (v1.xsp: entropy, bcq)
+V1_EXPECTED = os.path.join(DATA, "v1-bitmask-expected.npz")
 
 
 @pytest.fixture(scope="module")
@@ -304,9 +306,9 @@ def test_decode_memory_limit(good, tmp_path, monkeypatch):
 
 
 def test_version1_file_still_reads(tmp_path):
-    """tests/data/v1.xsp was written by the version-1 writer (the code before this change)."""
-    p = os.path.join(DATA, "v1.xsp")
-    want = np.load(os.path.join(DATA, "v1-expected.npz"))
+    """v1-bitmask.xsp was written by the version-1 writer (the code before format version 2)."""
+    p = V1
+    want = np.load(V1_EXPECTED)
     with XspFile(p) as f:
         assert f.version == 1 and f.names() == ["a.weight", "a.bias", "b.weight"]
         assert f.dense("a.weight").tobytes() == want["a.weight"].tobytes()
@@ -318,7 +320,7 @@ def test_version1_file_still_reads(tmp_path):
 
 
 def test_version1_checks(tmp_path):
-    data = open(os.path.join(DATA, "v1.xsp"), "rb").read()
+    data = open(V1, "rb").read()
     img = XspImage.loads(data)
     img.doc["tensors"]["a.weight"]["planes"][0]["n_out"] += 1
     _err(_file(tmp_path, img.dumps(resign=False)), "tensor 'a.weight': checksum mismatch in its metadata")
@@ -417,7 +419,7 @@ def test_every_file_the_writer_makes_passes_the_validator(tmp_path_factory, rows
 def test_version1_file_through_the_cli(tmp_path, capsys):
     from xorsparse.cli import main
 
-    p = os.path.join(DATA, "v1.xsp")
+    p = V1
     assert main(["inspect", p]) == 0
     assert "xorsparse format v1" in capsys.readouterr().out
     assert main(["verify", p]) == 0
@@ -426,6 +428,6 @@ def test_version1_file_through_the_cli(tmp_path, capsys):
     from safetensors.numpy import load_file
 
     got = load_file(str(out))
-    want = np.load(os.path.join(DATA, "v1-expected.npz"))
+    want = np.load(V1_EXPECTED)
     assert list(got) == ["a.weight", "a.bias", "b.weight"]
     assert got["b.weight"].tobytes() == want["b.weight"].tobytes()

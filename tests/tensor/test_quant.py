@@ -75,3 +75,91 @@ def test_empty_rows_and_tensors():
 def test_invalid(quantizer, q):
     with pytest.raises(ValueError):
         quantize(np.ones((2, 2), np.float32), np.ones((2, 2), bool), quantizer, q)
+
+
+# --- affine: given codes, scales and zero points --------------------------------------------
+
+from xorsparse.tensor.quant import code_range, given_keep, quantize_given, round_to_bfloat16  # noqa: E402
+
+
+def _given(rng, rows=12, cols=64, group=16, bits=4, symmetric=False, scale_dtype="bfloat16"):
+    lo, hi = code_range(bits)
+    codes = rng.integers(lo, hi + 1, (rows, cols)).astype(np.int8)
+    scales = rng.random((rows, cols // group)).astype(np.float32) * 0.1
+    if scale_dtype == "bfloat16":
+        scales = round_to_bfloat16(scales)
+    elif scale_dtype == "float16":
+        scales = scales.astype(np.float16).astype(np.float32)
+    zp = None if symmetric else rng.integers(lo, hi + 1, (rows, cols // group)).astype(np.int8)
+    return codes, scales, zp
+
+
+def test_bfloat16_rounding_ties_to_even():
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-9, -(1 + 2**-8), 3.4e38, np.inf], np.float32)
+    got = round_to_bfloat16(x)
+    assert got.tolist()[:5] == [1.0, 1.0, 1 + 4 * 2**-8, 1.0, -1.0]
+    assert np.isinf(got[5]) and np.isinf(got[6])  # above bfloat16's largest finite value
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
+def test_affine_levels_are_the_rounded_products(symmetric, scale_dtype):
+    rng = np.random.default_rng(3)
+    codes, scales, zp = _given(rng, symmetric=symmetric, scale_dtype=scale_dtype)
+    qz = quantize_given(codes, scales, zp, 4, 16, scale_dtype)
+    keep = given_keep(codes, qz.scales, qz.zero_points, 16)
+    got = dequantize(qz, keep)
+    z = 0 if zp is None else np.repeat(zp.astype(np.int64), 16, axis=1)
+    exact = (codes.astype(np.float64) - z) * np.repeat(scales.astype(np.float64), 16, axis=1)
+    want = {"bfloat16": lambda v: round_to_bfloat16(v.astype(np.float32)),  # exact product, one rounding
+            "float16": lambda v: v.astype(np.float16).astype(np.float32),
+            "float32": lambda v: v.astype(np.float32)}[scale_dtype](exact)
+    assert got.tobytes() == np.where(keep, want, np.float32(0)).astype(np.float32).tobytes()
+    assert np.all(got[~keep] == 0) and not np.any(np.signbit(got[~keep]))
+
+
+def test_given_keep_prunes_only_zero_point_codes_with_positive_scale():
+    codes = np.array([[0, 1, 0, -1], [0, 0, 2, 0]], np.int8)
+    scales = np.array([[[0.5]], [[-0.5]]], np.float32)
+    keep = given_keep(codes, scales, None, 4)
+    # row 1 has a negative scale: 0 * -0.5 is -0.0, not +0.0, so its zero codes are kept
+    assert keep.tolist() == [[False, True, False, True], [True, True, True, True]]
+    zp = np.array([[1], [2]], np.int8)
+    assert given_keep(codes, np.abs(scales), zp, 4).tolist() == [[True, False, True, True], [True, True, False, True]]
+
+
+def test_affine_through_the_codec_is_lossless():
+    from xorsparse.tensor import CompressConfig, compress_quantized, decompress_tensor
+
+    rng = np.random.default_rng(5)
+    codes, scales, zp = _given(rng, rows=40, cols=96, group=32, bits=4)
+    codes[rng.random(codes.shape) < 0.6] = 0
+    zp[:] = 0
+    qz = quantize_given(codes, scales, zp, 4, 32, "bfloat16")
+    keep = given_keep(codes, qz.scales, qz.zero_points, 32)
+    ct = compress_quantized(keep, qz, "float32", CompressConfig())
+    assert decompress_tensor(ct).tobytes() == dequantize(qz, keep).tobytes()
+    assert ct.scale_bits == 40 * 3 * (16 + 8)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(bits=9), "bits must be in 1..8"),
+    (dict(bits=True), "bits must be in 1..8"),
+    (dict(scale_dtype="float64"), "scale dtype"),
+    (dict(codes_shift=8), "codes outside"),
+    (dict(scale_value=np.nan), "NaN or infinite"),
+    (dict(scale_value=0.1), "not bfloat16 values"),
+    (dict(zp_value=300), "zero points must be integers"),
+])
+def test_quantize_given_rejects(kwargs, msg):
+    rng = np.random.default_rng(0)
+    codes, scales, zp = _given(rng)
+    codes = codes + np.int8(kwargs.pop("codes_shift", 0))
+    if "scale_value" in kwargs:
+        scales[0, 0] = kwargs.pop("scale_value")
+    zp = zp.astype(np.int64)
+    if "zp_value" in kwargs:
+        zp[0, 0] = kwargs.pop("zp_value")
+    args = dict(bits=4, scale_dtype="bfloat16") | kwargs
+    with pytest.raises(ValueError, match=msg):
+        quantize_given(codes, scales, zp, args["bits"], 16, args["scale_dtype"])

@@ -112,3 +112,29 @@ def test_loading_refuses_what_does_not_fit(tmp_path, monkeypatch):
     monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "4k")
     with pytest.raises(XspError, match=r"tensor '0.weight': on-demand decoding needs about"):
         load_compressed(model, p, mode="ondemand")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
+def test_ondemand_affine_weight_matches_numba_decoder(symmetric, scale_dtype):
+    """Given codes, scales and zero points (compressed-tensors' int4) decode the same in torch."""
+    import numpy as np
+
+    from xorsparse.tensor import compress_quantized
+    from xorsparse.tensor.quant import given_keep, quantize_given
+
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-8, 8, (24, 64), generator=g, dtype=torch.int8)
+    codes[torch.rand(24, 64, generator=g) < 0.6] = 0
+    scales = (torch.rand(24, 2, generator=g) * 0.1).to(getattr(torch, scale_dtype)).float().numpy()
+    zp = None if symmetric else torch.randint(-2, 3, (24, 2), generator=g, dtype=torch.int8).numpy()
+    qz = quantize_given(codes.numpy(), scales, zp, 4, 32, scale_dtype)
+    ct = compress_quantized(given_keep(codes.numpy(), qz.scales, qz.zero_points, 32), qz, "bfloat16",
+                            CompressConfig())
+    want = decompress_tensor(ct, "torch")
+    got = XorWeight(ct).dense()
+    assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), want.view(torch.int16))
+    lin = XorLinear(ct, None)
+    x = torch.randn(3, 64, dtype=torch.bfloat16, generator=g)
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, want))
+    assert np.isfinite(scales).all()

@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,fuzz} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,fuzz} ..."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, formats, fuzz, tensor
+    from . import codec, ct, formats, fuzz, hf, rtl, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
     tensor.add_arguments(sub.add_parser("tensor", help="one random tensor: bits against the bound"))
+    rtl.add_arguments(sub.add_parser("rtl", help="hardware cost of the default decoders, with co-simulation"))
+    ct.add_arguments(sub.add_parser("ct", help="compressed-tensors checkpoints through xorsparse and back"))
+    hf.add_arguments(sub.add_parser("hf", help="the MiniLM folder through compress, loaded by transformers and "
+                                              "sentence-transformers"))
     fuzz.add_arguments(sub.add_parser("fuzz", help="mutated .xsp files through the CLI: crashes, hangs, silent loss"))
     args = p.parse_args(argv)
     return args.run(args)

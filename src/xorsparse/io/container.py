@@ -51,9 +51,23 @@ def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+def _scale_part(q: Quantized) -> np.ndarray | st.Entry:
+    """Scales as stored: their own dtype (bcq, uniform), or the affine tensor's scale dtype."""
+    if q.quantizer != "affine":
+        return q.scales
+    s = np.ascontiguousarray(q.scales, dtype=np.float32)
+    if q.scale_dtype == "float16":
+        return s.astype(np.float16)
+    if q.scale_dtype == "bfloat16":  # exact bfloat16 values: the high half of their float32 bits
+        return st.Entry("", "BF16", s.shape, (s.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+    return s
+
+
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
-    parts: list[tuple[str, np.ndarray]] = [("scales", q.scales)]
+    parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
+    if q.zero_points is not None:
+        parts.append(("zero_points", q.zero_points.astype(np.int8)))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
@@ -65,14 +79,15 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
                        "chunk_slices": p.chunk_slices, "patches": int(p.patches.size),
                        "rice_k": k, "patch_nbits": nbits, "care_bits": p.care_bits})
-    entries = [st.array_entry(name + SEP + part, a) for part, a in parts]
+    entries = [st.Entry(name + SEP + part, a.dtype, a.shape, a.data) if isinstance(a, st.Entry)
+               else st.array_entry(name + SEP + part, a) for part, a in parts]
     meta = {
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
         "mask": {"codec": m.codec, "length": m.length, "block": m.block},
         "planes": planes,
-        "crc32": {part: _crc(memoryview(np.ascontiguousarray(a)).cast("B")) for part, a in parts},
+        "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
     return entries, meta
 
@@ -108,9 +123,70 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     for name, r in raw.items():
         data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
         rmeta[name] = {"crc32": _crc(data)}
-    metadata = {META_KEY: json.dumps(meta, separators=(",", ":"))}
+    # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
+    metadata = {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}
     metadata[CHECKSUM_KEY] = validate.format_crc(validate.description_crc(metadata, st.plan(entries)))
     return st.write(path, entries, metadata, progress, inputs=inputs, force=force)
+
+
+_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def _scales_from_part(a: np.ndarray, code: str) -> np.ndarray:
+    """Stored scales as float32 values (BF16 arrives as its uint16 bit patterns)."""
+    if code == "BF16":
+        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return a.astype(np.float32)
+
+
+def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple[np.ndarray, str]],
+                          path: str) -> CompressedTensor:
+    """A CompressedTensor from its checked description and its checksummed parts.
+
+    `part(name)` returns (array, safetensors dtype code) of a part whose CRC-32 matched.
+    Shared by XspFile and the transformers loader, which receives the parts from
+    transformers' own safetensors reading: both go through the same checks of the parts'
+    dtypes, shapes and values (io/validate.py) before anything decodes them.
+    """
+    where = validate.Where(path, spec.name)
+    arrays, codes = {}, {}
+    for name, ps in spec.parts.items():
+        try:
+            a, code = part(name)
+        except KeyError:
+            raise where.error(None, f"missing part {name!r}") from None
+        if code not in ps.dtypes or (ps.shape is not None and tuple(a.shape) != ps.shape) or \
+                (ps.shape is None and a.ndim != 1):
+            raise where.error(name, f"dtype {code} and shape {list(a.shape)} are not what the description needs")
+        arrays[name], codes[name] = a, code
+    validate.check_tensor_data(path, spec, arrays, codes)
+    n = spec.length
+    mk = spec.mask
+    mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
+                    arrays.get("mask_offsets"), arrays.get("mask_params"))
+    planes = []
+    for i, p in enumerate(spec.planes):
+        try:
+            pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
+        except ValueError as e:
+            raise where.error(f"plane{i}.patches", str(e)) from None
+        validate.check_patch_list(path, spec, i, pos)
+        planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
+                                   chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
+                                   patches=pos, care_bits=p.care_bits, _rice_k=p.rice_k))
+    if spec.quantizer == "affine":
+        q = Quantized("affine", spec.bits, np.zeros((0, 0), np.uint8),
+                      _scales_from_part(arrays["scales"], codes["scales"]), spec.rows, spec.cols, spec.group_size,
+                      spec.symmetric, arrays.get("zero_points"), _SCALE_DTYPES[codes["scales"]])
+    else:
+        q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
+                      spec.cols, spec.group_size, spec.symmetric)
+    ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
+    try:
+        ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
+    except ValueError as e:
+        raise where.error(None, str(e)) from None
+    return ct
 
 
 class XspFile:
@@ -144,43 +220,21 @@ class XspFile:
         """Every tensor the file holds, in the order of info.order when the file gives one."""
         return list(self.desc.order)
 
-    def _part(self, name: str, part: str) -> np.ndarray:
+    def _part(self, name: str, part: str) -> tuple[np.ndarray, str]:
+        """(array, safetensors dtype) of a part whose CRC-32 matched (shape and dtype as checked)."""
         entry = name + SEP + part
         data = self._r.read_bytes(entry)
         if _crc(data) != self.desc.tensors[name].crc[part]:
             raise XspError(f"{self.path}: tensor {_q(name)}: checksum mismatch in {part}")
         info = self._r.infos[entry]
-        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy()
+        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy(), info.dtype
 
     def compressed(self, name: str) -> CompressedTensor:
         """The tensor's parts, checksummed and checked, as the decoder takes them."""
         spec = self.desc.tensors.get(name)
         if spec is None:
             raise XspError(f"{self.path}: no compressed tensor {_q(name)}")
-        arrays = {part: self._part(name, part) for part in spec.parts}
-        validate.check_tensor_data(self.path, spec, arrays)
-        n = spec.length
-        mk = spec.mask
-        mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
-                        arrays.get("mask_offsets"), arrays.get("mask_params"))
-        planes = []
-        for i, p in enumerate(spec.planes):
-            try:
-                pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
-            except ValueError as e:
-                raise XspError(f"{self.path}: tensor {_q(name)}: plane{i}.patches: {e}") from None
-            validate.check_patch_list(self.path, spec, i, pos)
-            planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
-                                       chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
-                                       patches=pos, care_bits=p.care_bits, _rice_k=p.rice_k))
-        q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
-                      spec.cols, spec.group_size, spec.symmetric)
-        ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
-        try:
-            ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
-        except ValueError as e:
-            raise XspError(f"{self.path}: tensor {_q(name)}: {e}") from None
-        return ct
+        return compressed_from_parts(spec, lambda part: self._part(name, part), self.path)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""

@@ -200,6 +200,7 @@ class _Writer:
 
     def __init__(self, f, user_path: str):
         self._f = f
+        self.raw = f  # the temporary file itself, for writers that need seek (torch.save)
         self._user = user_path
         self.name = user_path
 

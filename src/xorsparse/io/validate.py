@@ -402,14 +402,16 @@ class QuantizerRule:
 
     parts(t, rows, groups) gives the PartSpecs of the parts it stores (t: the tensor's
     checked members); fields are the extra TENSOR members it reads, checked by `check`;
-    check_data sees the parts' arrays once their CRC-32s matched.
+    check_data sees the parts' arrays (and their dtype codes) once their CRC-32s matched;
+    min_version is the first format version that has this quantizer.
     """
 
     max_bits: int
     parts: Callable[[dict, int, int], dict[str, PartSpec]]
     fields: tuple[str, ...] = ()
     check: Callable[[Where, dict], None] | None = None
-    check_data: Callable[[Where, "TensorSpec", dict[str, np.ndarray]], None] | None = None
+    check_data: Callable[[Where, "TensorSpec", dict[str, np.ndarray], dict[str, str]], None] | None = None
+    min_version: int = 1
 
 
 def _scales_part(k: Callable[[dict], int]) -> Callable[[dict, int, int], dict[str, PartSpec]]:
@@ -421,15 +423,28 @@ def _bcq_check(w: Where, t: dict) -> None:
         raise w.error("symmetric", "must be true for bcq")
 
 
-def _finite_scales(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray]) -> None:
+def _finite_scales(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray], codes: dict[str, str]) -> None:
     s = arrays["scales"]
-    if s.size and not np.isfinite(s).all():
+    if codes.get("scales") == "BF16":  # uint16 bit patterns: all-ones exponent is inf or NaN
+        bad = (s.astype(np.uint16) & np.uint16(0x7F80)) == np.uint16(0x7F80)
+    else:
+        bad = ~np.isfinite(s)
+    if s.size and bad.any():
         raise w.error("scales", "holds a value that is NaN or infinite")
+
+
+def _affine_parts(t: dict, rows: int, groups: int) -> dict[str, PartSpec]:
+    parts = {"scales": PartSpec(("F16", "BF16", "F32"), (rows, groups, 1))}
+    if not t["symmetric"]:
+        parts["zero_points"] = PartSpec(("I8",), (rows, groups))
+    return parts
 
 
 QUANTIZERS: dict[str, QuantizerRule] = {
     "bcq": QuantizerRule(4, _scales_part(lambda t: t["bits"]), check=_bcq_check, check_data=_finite_scales),
     "uniform": QuantizerRule(8, _scales_part(lambda t: 1 if t["symmetric"] else 2), check_data=_finite_scales),
+    # given codes, scales and int8 zero points (compressed-tensors), FORMAT.md section 2.1
+    "affine": QuantizerRule(8, _affine_parts, check_data=_finite_scales, min_version=2),
 }
 
 
@@ -563,6 +578,8 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
     dtype = w.str_field(t, "dtype", "", FLOAT_DTYPES)
     quantizer = w.str_field(t, "quantizer", "", tuple(QUANTIZERS))
     rule = QUANTIZERS[quantizer]
+    if version < rule.min_version:
+        raise w.error("quantizer", f"{quantizer!r} needs format version {rule.min_version}, file is version {version}")
     allowed = TENSOR_FIELDS + rule.fields + (("meta_crc32",) if version == 1 else ())
     w.members(t, allowed, "")
     bits = w.int_field(t, "bits", "", 1, rule.max_bits)
@@ -789,12 +806,14 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
 # Data of the parts, once their checksums matched
 
 
-def check_tensor_data(path: str, spec: TensorSpec, arrays: dict[str, np.ndarray]) -> None:
-    """Values inside the parts that the decoders index with: before any kernel sees them."""
+def check_tensor_data(path: str, spec: TensorSpec, arrays: dict[str, np.ndarray],
+                      codes: dict[str, str] | None = None) -> None:
+    """Values inside the parts that the decoders index with: before any kernel sees them.
+    codes: the parts' safetensors dtypes where the description allows several (scales)."""
     w = Where(path, spec.name)
     rule = QUANTIZERS[spec.quantizer]
     if rule.check_data:
-        rule.check_data(w, spec, arrays)
+        rule.check_data(w, spec, arrays, codes or {})
     MASK_CODECS[spec.mask["codec"]].check_data(w, spec.mask, spec.length, arrays)
     for i, p in enumerate(spec.planes):
         _zero_padding(w, f"plane{i}.stream", arrays[f"plane{i}.stream"], p.n_slices(spec.length) * p.n_in)

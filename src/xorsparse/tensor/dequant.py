@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..codec._bits import ctz64
-from .quant import Quantized, _planes_to_codes
+from .quant import Quantized, _planes_to_codes, code_range, round_to_scale_dtype
 
 
 def levels_table(qz: Quantized) -> np.ndarray:
@@ -28,6 +28,14 @@ def levels_table(qz: Quantized) -> np.ndarray:
         for i in range(q):
             sign = (((codes >> i) & 1) * 2 - 1).astype(np.float32)
             out = out + s[:, :, i : i + 1] * sign
+    elif qz.quantizer == "affine":
+        # signed code c = u - 2^(q-1); c - z is exact, one float32 multiply, one rounding to
+        # the scale's dtype (exact products for float16/bfloat16 scales): compressed-tensors'
+        # dequantization, bit for bit
+        signed = (codes + code_range(q)[0])[None, None, :]
+        z = 0 if qz.zero_points is None else qz.zero_points.astype(np.int64)[:, :, None]
+        with np.errstate(over="ignore"):
+            out = round_to_scale_dtype((signed - z).astype(np.float32) * s[:, :, 0:1], qz.scale_dtype)
     elif qz.symmetric:
         out = s[:, :, 0:1] * (codes.astype(np.float32) - np.float32(((1 << q) - 1) / 2))
     else:

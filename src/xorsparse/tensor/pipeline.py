@@ -16,7 +16,7 @@ from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words
-from .quant import Quantized, fit_output_range, quantize
+from .quant import QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
@@ -99,10 +99,18 @@ class CompressedTensor:
             raise ValueError(f"rows x cols = {q.rows} x {q.cols} does not match shape {self.shape}")
         if q.group_size < 1:
             raise ValueError(f"invalid group size {q.group_size}")
-        k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
-        want = (q.rows, max(1, -(-q.cols // q.group_size)), k)
-        if tuple(q.scales.shape) != want:
-            raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if q.quantizer not in QUANTIZERS:
+            raise ValueError(f"unknown quantizer {q.quantizer!r}")
+        groups = max(1, -(-q.cols // q.group_size))
+        if q.quantizer == "affine":
+            check_given_parameters(q.bits, q.scales, q.zero_points, q.scale_dtype, q.rows, groups)
+            if q.symmetric != (q.zero_points is None):
+                raise ValueError("an affine tensor has zero points exactly when it is not symmetric")
+        else:
+            k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
+            want = (q.rows, groups, k)
+            if tuple(q.scales.shape) != want:
+                raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
         if len(self.planes) != q.bits:
             raise ValueError(f"{len(self.planes)} planes for {q.bits} bits")
         for p in self.planes:
@@ -121,7 +129,8 @@ class CompressedTensor:
 
     @property
     def scale_bits(self) -> int:
-        return self.quant.scales.size * self.quant.scales.dtype.itemsize * 8
+        """Scales in their stored dtype, and zero points (affine)."""
+        return self.quant.parameter_bits
 
     @property
     def value_bits(self) -> int:
@@ -228,3 +237,20 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
     for i, p in enumerate(ct.planes):
         words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
     return from_float32(dequantize_words(ct.quant, mask, planes).reshape(ct.shape), ct.dtype, framework)
+
+
+def decompress_codes(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask, unsigned codes) in the tensor's shape: the planes read back as integers
+    (codes are 0 at pruned positions). What a writer of another integer format needs."""
+    ct.validate()
+    n = ct.numel
+    mask = decode_mask_words(ct.mask)
+    keep = np.unpackbits(mask.astype("<u8").view(np.uint8), bitorder="little")[:n].astype(bool)
+    codes = np.zeros(n, dtype=np.int64)
+    words = np.zeros(mask.size, dtype=np.uint64)
+    for i, p in enumerate(ct.planes):
+        words_to_natural(decode_plane_packed(p), n, ct.block_step, out=words)
+        bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
+        codes |= bits.astype(np.int64) << i
+    codes[~keep] = 0
+    return keep.reshape(ct.shape), codes.reshape(ct.shape)

@@ -9,6 +9,10 @@ where their coarser relative precision costs nothing measurable.
 
 Dequantization is one function used both by the reference path and by decompression, so
 "bit-exact" means the codec returned exactly the planes the quantizer produced.
+
+A third kind, `affine`, does not quantize at all: it takes integer codes, scales and zero
+points that already exist (compressed-tensors int4/int8 checkpoints) and stores them as
+they are, so nothing is re-quantized (`quantize_given`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from numba import njit, prange
 
 
 Quantizer = Literal["bcq", "uniform"]
+QUANTIZERS = ("bcq", "uniform", "affine")
+SCALE_DTYPES = ("float16", "bfloat16", "float32")  # what an `affine` scale may be stored as
 FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
 
@@ -37,6 +43,21 @@ class Quantized:
     cols: int
     group_size: int  # columns per group; == cols when one group per row
     symmetric: bool = True
+    # affine only: int8 zero points (rows, groups), None when symmetric (zero point 0);
+    # scales then hold float32 values exactly representable in `scale_dtype`
+    zero_points: np.ndarray | None = None
+    scale_dtype: str = ""  # "" = the numpy dtype of `scales` (bcq, uniform)
+
+    @property
+    def scale_storage_dtype(self) -> str:
+        return self.scale_dtype or self.scales.dtype.name
+
+    @property
+    def parameter_bits(self) -> int:
+        """Bits of scales (in their stored dtype) and zero points."""
+        sb = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}[self.scale_storage_dtype]
+        zb = 0 if self.zero_points is None else 8 * self.zero_points.size
+        return self.scales.size * sb + zb
 
 
 def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -365,3 +386,95 @@ def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits
     if quantizer == "uniform":
         return quantize_uniform(w, keep, bits, symmetric, group_size)
     raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+
+
+def round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (ties to even), returned as float32 values; inf stays inf."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
+def round_to_scale_dtype(x: np.ndarray, scale_dtype: str) -> np.ndarray:
+    """One IEEE rounding of float32 values to float16 / bfloat16 (identity for float32)."""
+    x = np.asarray(x, dtype=np.float32)
+    if scale_dtype == "float32":
+        return x
+    if scale_dtype == "float16":
+        with np.errstate(over="ignore"):
+            return x.astype(np.float16).astype(np.float32)
+    if scale_dtype == "bfloat16":
+        return round_to_bfloat16(x)
+    raise ValueError(f"scale dtype must be one of {', '.join(SCALE_DTYPES)}, got {scale_dtype!r}")
+
+
+def code_range(bits: int) -> tuple[int, int]:
+    """Signed q-bit codes: [-2^(q-1), 2^(q-1) - 1], stored on the planes as code + 2^(q-1)."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def check_given_parameters(bits: int, scales: np.ndarray, zero_points: np.ndarray | None, scale_dtype: str,
+                           rows: int, groups: int) -> None:
+    """What an affine tensor's parameters must satisfy (shared by quantize_given and validation)."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise ValueError(f"affine bits must be in 1..8, got {bits!r}")
+    if scale_dtype not in SCALE_DTYPES:
+        raise ValueError(f"affine scale dtype must be one of {', '.join(SCALE_DTYPES)}, got {scale_dtype!r}")
+    if tuple(scales.shape) != (rows, groups, 1):
+        raise ValueError(f"scales have shape {tuple(scales.shape)}, expected {(rows, groups, 1)}")
+    s = np.asarray(scales, dtype=np.float32)
+    if s.size and not np.all(np.isfinite(s)):
+        raise ValueError("scales contain NaN or infinite values")
+    if s.size and not np.array_equal(round_to_scale_dtype(s, scale_dtype).view(np.uint32), s.view(np.uint32)):
+        raise ValueError(f"scales are not {scale_dtype} values")
+    if zero_points is not None:
+        if zero_points.dtype != np.int8:
+            raise ValueError(f"zero points must be int8, got {zero_points.dtype}")
+        if tuple(zero_points.shape) != (rows, groups):
+            raise ValueError(f"zero points have shape {tuple(zero_points.shape)}, expected {(rows, groups)}")
+
+
+def given_keep(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+               group_size: int) -> np.ndarray:
+    """Kept positions of an affine tensor: all but those that dequantize to +0.0 because
+    their code equals the zero point (and the scale's sign bit is clear, so 0 * scale = +0).
+
+    Those positions decode to +0.0 as pruned weights, exactly what the given parameters
+    give; every other code, even one whose value rounds to zero, is stored as it is.
+    """
+    rows, cols = row_layout(codes.shape)
+    c = np.asarray(codes).reshape(rows, cols)
+    gidx = np.arange(cols) // max(group_size, 1)
+    z = np.zeros((rows, 1), np.int64) if zero_points is None else zero_points.astype(np.int64)[:, gidx]
+    positive = ~np.signbit(np.asarray(scales, dtype=np.float32)[:, :, 0])[:, gidx]
+    return ~((c == z) & positive).reshape(codes.shape)
+
+
+def quantize_given(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int,
+                   group_size: int | None, scale_dtype: str) -> Quantized:
+    """An `affine` Quantized from codes, scales and zero points that already exist.
+
+    codes: signed integers in [-2^(q-1), 2^(q-1) - 1], shape of the tensor (row-major);
+    scales: (rows, groups) values of `scale_dtype` (float16, bfloat16 or float32);
+    zero_points: (rows, groups) int8, or None for symmetric codes (zero point 0).
+    The level of code c is round_{scale_dtype}(float32(c - z) * float32(s)): exactly what
+    compressed-tensors computes in the scale's dtype (docs/FORMAT.md, affine quantizer).
+    """
+    rows, cols = row_layout(np.shape(codes))
+    gsize, ngroups = _groups(cols, group_size)
+    s = np.asarray(scales, dtype=np.float32).reshape(rows, ngroups, 1)
+    zp = None if zero_points is None else np.asarray(zero_points)
+    if zp is not None:
+        if zp.size and (zp.min() < -128 or zp.max() > 127 or not np.issubdtype(zp.dtype, np.integer)):
+            raise ValueError("zero points must be integers in -128..127")
+        zp = zp.astype(np.int8).reshape(rows, ngroups)
+    check_given_parameters(bits, s, zp, scale_dtype, rows, ngroups)
+    c = np.asarray(codes)
+    if not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got {c.dtype}")
+    lo, hi = code_range(bits)
+    if c.size and (c.min() < lo or c.max() > hi):
+        raise ValueError(f"codes outside the {bits}-bit range {lo}..{hi}")
+    unsigned = (c.astype(np.int64) - lo).reshape(rows, cols)
+    return Quantized("affine", int(bits), _codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
+                     zp is None, zp, scale_dtype)

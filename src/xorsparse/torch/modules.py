@@ -87,11 +87,17 @@ def to_natural_torch(coded: torch.Tensor, step: int) -> torch.Tensor:
     return torch.cat([blocks.reshape(-1), coded[nfull * 64:]])
 
 
-def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) -> torch.Tensor:
+def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool,
+                 zero_points: torch.Tensor | None = None, scale_dtype: str = "") -> torch.Tensor:
     """quant.levels_table in torch: the same float32 operations in the same order."""
     s = scales.to(torch.float32)
     dev = s.device
     codes = torch.arange(1 << q, device=dev)
+    if quantizer == "affine":  # float32 (c - z) * s, rounded once to the scale's dtype
+        signed = (codes - (1 << (q - 1)))[None, None, :]
+        z = 0 if zero_points is None else zero_points.to(torch.int64)[:, :, None]
+        out = (signed - z).to(torch.float32) * s[:, :, 0:1]
+        return out.to(getattr(torch, scale_dtype)).to(torch.float32)
     if quantizer == "bcq":
         out = torch.zeros(s.shape[0], s.shape[1], 1 << q, dtype=torch.float32, device=dev)
         for i in range(q):
@@ -105,13 +111,14 @@ def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) 
 
 
 def dequantize_torch(planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
-                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int) -> torch.Tensor:
+                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int,
+                     zero_points: torch.Tensor | None = None, scale_dtype: str = "") -> torch.Tensor:
     """Row-major float32 weights from natural-order planes: a look-up in the levels table."""
     dev = scales.device
     code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
     for i, p in enumerate(planes):
         code |= p.to(torch.int64) << i
-    levels = levels_torch(scales, len(planes), quantizer, symmetric)
+    levels = levels_torch(scales, len(planes), quantizer, symmetric, zero_points, scale_dtype)
     r = torch.arange(rows, device=dev)[:, None]
     g = (torch.arange(cols, device=dev) // group_size)[None, :]
     out = levels[r, g, code.reshape(rows, cols)]
@@ -140,12 +147,13 @@ class XorWeight(nn.Module):
         self.dtype_name = ct.dtype
         q = ct.quant
         self.meta = dict(quantizer=q.quantizer, symmetric=q.symmetric, rows=q.rows, cols=q.cols,
-                         group_size=q.group_size)
+                         group_size=q.group_size, scale_dtype=q.scale_dtype)
         self.block_step = ct.block_step
         self.length = ct.numel
         keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
         self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
         self.register_buffer("scales", torch.from_numpy(q.scales.copy()))
+        self.register_buffer("zero_points", None if q.zero_points is None else torch.from_numpy(q.zero_points.copy()))
         self.planes = []
         for i, p in enumerate(ct.planes):
             self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
@@ -170,7 +178,7 @@ class XorWeight(nn.Module):
                                        n_in, n_out, n_s, cs, table)
             planes.append(to_natural_torch(coded, self.block_step))
         keep = unpack_bits(self.mask_bits, self.length).bool()
-        w = dequantize_torch(planes, self.scales, keep, **self.meta)
+        w = dequantize_torch(planes, self.scales, keep, zero_points=self.zero_points, **self.meta)
         w = w.reshape(self.shape).to(getattr(torch, self.dtype_name))
         if self.cache:
             self._cached = w
