@@ -40,6 +40,18 @@ def test_tensor_benchmark_small(tmp_path):
     assert row["lossless"] and row["total_bits_per_weight"] > row["total_target"]
 
 
+def test_speed_benchmark_small(tmp_path):
+    out, md = tmp_path / "s.json", tmp_path / "s.md"
+    assert main(["speed", "--parts", "decode", "compress", "--scale", "0.05", "--rounds", "1", "--no-minilm",
+                 "--json", str(out), "--markdown", str(md)]) == 0
+    data = json.loads(out.read_text())
+    rows = data["median"]
+    assert {r["part"] for r in rows} == {"decode", "compress"}
+    assert all(r["lossless"] for r in rows if "lossless" in r)
+    assert all(r["ratio"] > 0 for r in rows if "ratio" in r)
+    assert "| part |" in md.read_text()
+
+
 def test_rtl_benchmark_small(tmp_path):
     out = tmp_path / "r.json"
     md = tmp_path / "r.md"

@@ -145,3 +145,57 @@ def test_output_into_a_closed_pipe_is_not_an_error(st_file, tmp_path):
                          text=True)
     os.close(w)
     assert res.returncode == 0 and "Broken pipe" not in res.stderr, res.stderr
+
+
+# --- sharded folders: workers, resume, refusal ------------------------------------------
+
+
+def test_folder_job_on_workers_resumes_and_refuses(tmp_path, capsys):
+    from tests.io.test_job import make_folder, read_all
+
+    src = make_folder(tmp_path / "model")
+    out = str(tmp_path / "out")
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.8", "--workers", "2")
+    assert code == 0, err
+    assert "4 shard(s), 12 tensors" in err and "2 local worker processes" in err
+    assert "shards 4/4" in err  # progress across shards, readable without a terminal
+    want = read_all(out)
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.8", "--workers", "2")
+    assert code == 0 and "resumed: kept 4 of 4 output shards" in text
+    assert read_all(out) == want
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.6")
+    assert code == 2 and "written by another job" in err and "--force" in err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err
+    code, text, err = run(capsys, "compress", src, out, "--sparsity", "0.6", "--force", "--workers", "1")
+    assert code == 0 and "redone: 4 output shard(s)" in text
+    code, text, err = run(capsys, "verify", out, "--against", src, "--workers", "2")
+    assert code == 0 and text.startswith("OK: 12 tensors")
+    dense = str(tmp_path / "dense")
+    code, text, err = run(capsys, "decompress", out, dense, "--workers", "2")
+    assert code == 0 and sorted(f for f in read_all(dense) if f.endswith(".safetensors"))[-1] == \
+        "model-00004-of-00004.safetensors"
+
+
+def test_executor_options_have_help(capsys):
+    for cmd in ("compress", "verify", "decompress"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "--workers N" in text and "--ray [ADDRESS]" in text
+
+
+def test_bad_worker_count_is_one_line(tmp_path, capsys):
+    from tests.io.test_job import make_folder
+
+    src = make_folder(tmp_path / "model", shards=2)
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--workers", "0")
+    assert code == 2 and "--workers must be at least 1" in err
+
+
+def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
+    from tests.io.test_job import make_folder
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    src = make_folder(tmp_path / "model", shards=2)
+    code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--ray")
+    assert code == 2 and "--ray needs Ray: pip install 'xorsparse[ray]'" in err

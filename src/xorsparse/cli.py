@@ -99,6 +99,29 @@ def _config(args, sparsity: float | None = None):
                           max_n_s=args.ns, max_window=args.window)
 
 
+def _executor(args, folder: bool = True):
+    """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
+    import contextlib
+
+    from .distributed import make_executor
+
+    if not folder:
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        return contextlib.nullcontext(None)
+    return make_executor(args.workers, args.ray)
+
+
+def _job_progress(label: str, src: str, output: str | None = None):
+    """A progress display across shards and tensors for a folder job (None for one file);
+    the job announces its size with a "plan" event."""
+    from .distributed import JobProgress
+
+    if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
+        return None
+    return JobProgress(label)
+
+
 def cmd_compress(args) -> int:
     from .io.checkpoint import compress_checkpoint, totals
     from .io.compressed_tensors import is_compressed_tensors_folder
@@ -108,10 +131,20 @@ def cmd_compress(args) -> int:
         sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
     cfg = _config(args, sparsity)
     t0 = time.perf_counter()
-    report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude, Progress("compress"),
-                                 force_include=args.force_include, embeddings=args.embeddings,
-                                 keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
-                                 load_mode=args.load_mode, force=args.force)
+    bar = _job_progress("compress", args.input, args.output)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
+                                         None if bar else Progress("compress"),
+                                         force_include=args.force_include, embeddings=args.embeddings,
+                                         keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
+                                         load_mode=args.load_mode, executor=ex, force=args.force,
+                                         on_event=bar)
+        finally:
+            if bar is not None:
+                bar.close()
     print(report.selection.describe())
     for note in report.notes:
         print(note)
@@ -130,8 +163,16 @@ def cmd_compress(args) -> int:
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
-    size = decompress_checkpoint(args.input, args.output, Progress("decompress"), args.format,
-                                 force=args.force)
+    bar = _job_progress("decompress", args.input)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            size = decompress_checkpoint(args.input, args.output, None if bar else Progress("decompress"),
+                                         args.format, executor=ex, on_event=bar, force=args.force)
+        finally:
+            if bar is not None:
+                bar.close()
     print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
     return 0
 
@@ -161,7 +202,16 @@ def cmd_inspect(args) -> int:
 def cmd_verify(args) -> int:
     from .io.checkpoint import verify_checkpoint
 
-    res = verify_checkpoint(args.input, args.against, Progress("verify"))
+    bar = _job_progress("verify", args.input)
+    with _executor(args, os.path.isdir(args.input)) as ex:
+        if bar is not None and ex is not None:
+            bar.where = ex.describe()
+        try:
+            res = verify_checkpoint(args.input, args.against, None if bar else Progress("verify"),
+                                    executor=ex, on_event=bar)
+        finally:
+            if bar is not None:
+                bar.close()
     n_c = sum(r["compressed"] for r in res)
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
@@ -293,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "model folder (compressed-tensors checkpoints included)")
     c.add_argument("output", help="an .xsp file, or (from a model folder) the model folder to write: "
                                   "config, tokenizer and other files carried over, weights as .xsp")
-    add_force_option(c)
+    c.add_argument("-f", "--force", action="store_true",
+                   help="replace an existing output file (through a symlink, the file it points to); folders: "
+                        "replace output shards another job wrote (other settings or input). Without it both are "
+                        "refused; shards this same job wrote are always kept (resume). An output that is an "
+                        "input, a device or inside the input folder is refused even so")
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="compress only weight matrices whose names match (repeatable); never widens the "
@@ -310,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--load-mode", choices=["decode", "ondemand"], default="decode",
                    help="how transformers loads the folder: decode every weight once (default) or keep "
                         "Linear/Conv2d/Embedding weights compressed, decoding in forward")
+    add_executor_options(c)
     c.set_defaults(func=cmd_compress)
 
     d = sub.add_parser("decompress", help="write the dense pruned-and-quantized weights: a file or a model folder")
@@ -320,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folders only: plain safetensors (default) or compressed-tensors, for folders made "
                         "from a compressed-tensors checkpoint")
     add_force_option(d)
+    add_executor_options(d)
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("inspect", help="per-tensor sizes, bits per weight and codec parameters")
@@ -330,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="checksums, full decode, optional bit-exact check against the original")
     v.add_argument("input", help="an .xsp file or an xorsparse model folder")
     v.add_argument("--against", metavar="ORIG", help="original checkpoint to recompute the reference from")
+    add_executor_options(v)
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("export-rtl", help="write synthesizable Verilog of the plane decoders (docs/HARDWARE.md)",
@@ -371,6 +428,17 @@ def add_force_option(c: argparse.ArgumentParser) -> None:
     c.add_argument("-f", "--force", action="store_true",
                    help="replace an existing output (through a symlink, the file it points to); an output "
                         "that is an input, a device or a folder is refused even so")
+
+
+def add_executor_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="model folders: shards processed in parallel by N local worker processes, one thread "
+                        "each (default: the number of cores; 1 = in this process). With --ray: the CPUs of "
+                        "the local Ray")
+    c.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="model folders: run the shards as Ray tasks, on the cluster at ADDRESS (ray.init(ADDRESS); "
+                        "every node must see the same paths) or, without ADDRESS, on a local Ray (needs "
+                        "pip install 'xorsparse[ray]'). The output bytes are the same with any executor")
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -423,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (ValueError, TypeError, OSError, ImportError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         if args.debug:
             raise
         print(f"xorsparse: error: {_one_line(e)}", file=sys.stderr)

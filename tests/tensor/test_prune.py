@@ -58,3 +58,67 @@ def test_tiny_tensors(n):
     w = np.arange(n, dtype=np.float32) + 1
     keep = magnitude_mask(w, 0.5)
     assert keep.shape == (n,) and keep.sum() == n - round(0.5 * n)
+
+
+# --- global pruning without holding every tensor: the streaming exact quantile ----------
+
+from hypothesis import given, settings, strategies as hst  # noqa: E402
+
+from xorsparse.tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules  # noqa: E402
+
+
+def _tensors(seed: int, ties: bool, zeros: bool, dtype) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(int(rng.integers(1, 5))):
+        shape = tuple(int(s) for s in rng.integers(1, 30, size=int(rng.integers(1, 3))))
+        a = rng.standard_normal(shape).astype(np.float32)
+        if ties:
+            a = np.round(a * 2) / 2  # few distinct magnitudes: ties across tensors
+        if zeros:
+            a[rng.random(shape) < 0.3] = 0
+            a[rng.random(shape) < 0.05] = -0.0
+        out[f"t{i}"] = a.astype(dtype)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=hst.integers(0, 2**31), ties=hst.booleans(), zeros=hst.booleans(),
+       dtype=hst.sampled_from([np.float32, np.float16, np.float64]),
+       sparsity=hst.one_of(hst.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999]), hst.floats(0, 0.999)))
+def test_streaming_global_rules_give_the_in_memory_masks(seed, ties, zeros, dtype, sparsity):
+    ts = _tensors(seed, ties, zeros, dtype)
+    ref = global_magnitude_masks(ts, sparsity)
+    reads = []
+    rules = streaming_global_rules(list(ts), lambda n: reads.append(n) or ts[n], sparsity)
+    for name, a in ts.items():
+        got = rules[name].keep(a, name)
+        assert got.shape == ref[name].shape
+        assert np.array_equal(got, ref[name]), (name, rules[name])
+    assert len(reads) <= 2 * len(ts)  # two passes at most, one tensor at a time
+
+
+def test_streaming_threshold_is_exact_in_the_low_bits():
+    # magnitudes that share their high 16 bits: only the second pass can tell them apart
+    base = np.float32(1.0).view(np.uint32)
+    vals = (base + np.arange(1000, dtype=np.uint32)).view(np.float32)
+    rng = np.random.default_rng(3)
+    ts = {"a": rng.permutation(vals[:500]), "b": -rng.permutation(vals[500:])}
+    for s in (0.1, 0.5, 0.731, 0.9):
+        ref = global_magnitude_masks(ts, s)
+        rules = streaming_global_rules(["a", "b"], ts.__getitem__, s)
+        for k in ts:
+            assert np.array_equal(rules[k].keep(ts[k]), ref[k])
+
+
+def test_ties_go_to_earlier_tensors_first():
+    ts = {"a": np.ones(10, np.float32), "b": np.ones(10, np.float32)}
+    rules = streaming_global_rules(["a", "b"], ts.__getitem__, 0.75)
+    assert rules["a"] == PruneRule(np.float32(1).view(np.uint32).item(), 10)
+    assert rules["b"].ties == 5
+    assert rules["b"].keep(ts["b"]).tolist() == [False] * 5 + [True] * 5
+
+
+def test_streaming_rules_refuse_non_finite():
+    with pytest.raises(ValueError, match="NaN"):
+        streaming_global_rules(["x"], lambda n: np.array([1.0, np.nan], np.float32), 0.5)

@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,fuzz} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,scale,fuzz} ..."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, ct, formats, fuzz, hf, rtl, tensor
+    from . import codec, ct, formats, fuzz, hf, rtl, scale, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_arguments(sub.add_parser("ct", help="compressed-tensors checkpoints through xorsparse and back"))
     hf.add_arguments(sub.add_parser("hf", help="the MiniLM folder through compress, loaded by transformers and "
                                               "sentence-transformers"))
+    speed.add_arguments(sub.add_parser("speed", help="decode, on-demand forward and compression speed, as ratios"))
+    scale.add_arguments(sub.add_parser("scale", help="a synthetic sharded checkpoint on several executors, "
+                                                     "kill and resume"))
     fuzz.add_arguments(sub.add_parser("fuzz", help="mutated .xsp files through the CLI: crashes, hangs, silent loss"))
     args = p.parse_args(argv)
     return args.run(args)

@@ -124,6 +124,31 @@ def make_bases(folder: str) -> list[str]:
          raws(np.arange(3, dtype=np.int16)), c)
     c = CompressConfig(0.8, 8, "uniform", mask_codec="entropy")
     save("uniform8-f64.xsp", {"d.weight": compress_tensor(rng.standard_normal((9, 50)), c)}, {}, c)
+    # affine (given codes, scales and zero points: compressed-tensors), with the info members
+    # of a sharded job's output (info.shard, info.job)
+    from ..tensor.pipeline import compress_quantized
+    from ..tensor.quant import given_keep, quantize_given, round_to_scale_dtype
+
+    def affine(rows, cols, bits, group, scale_dtype, symmetric, dtype):
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        codes = rng.integers(lo, hi + 1, size=(rows, cols)).astype(np.int8)
+        codes[rng.random(codes.shape) < 0.5] = 0
+        groups = -(-cols // group)
+        scales = round_to_scale_dtype(rng.random((rows, groups)) * 0.02 + 1e-3, scale_dtype)
+        zp = None if symmetric else rng.integers(-3, 4, size=(rows, groups)).astype(np.int8)
+        qz = quantize_given(codes, scales, zp, bits, group, scale_dtype)
+        keep = given_keep(codes, qz.scales, qz.zero_points, group)
+        return compress_quantized(keep, qz, dtype, CompressConfig(0.0, bits, "uniform"))
+
+    job = {"key": "ab" * 32, "input_sha256": "0123456789abcdef" * 4}
+    c = CompressConfig(0.0, 4, "uniform")
+    p = os.path.join(folder, "affine-shard.xsp")
+    write_xsp(p, {"a.weight": affine(12, 64, 4, 32, "bfloat16", False, "bfloat16"),
+                  "s.weight": affine(8, 40, 8, 16, "float16", True, "float16")},
+              raws(np.arange(7, dtype=np.float32)), c,
+              {"order": ["a.weight", "s.weight", "raw0"], "pruning": "per-tensor", "source": "fuzz",
+               "shard": [1, 1], "job": job})
+    out.append(p)
     try:
         import torch
 

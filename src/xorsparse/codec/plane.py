@@ -156,9 +156,8 @@ def encode_plane(
     n_slices = -(-length // d.n_out)
     n_chunks = -(-n_slices // cs)
     # patches happen only at care positions: a chunk's care count bounds its patch count
-    bounds = np.minimum(np.arange(n_chunks + 1, dtype=np.int64) * cs * d.n_out, length)
-    care_cum = np.concatenate(([0], np.cumsum(c, dtype=np.int64)))
-    patch_off = care_cum[bounds]
+    patch_off = np.zeros(n_chunks + 1, dtype=np.int64)
+    _kernels.chunk_care_offsets(c, cs * d.n_out, patch_off)
     patch_buf = np.empty(max(1, int(patch_off[-1])), dtype=np.int64)
     patch_cnt = np.zeros(n_chunks, dtype=np.int64)
     stream = np.zeros(-(-n_slices * d.n_in // 64) + 1, dtype=np.uint64)
@@ -179,7 +178,7 @@ def encode_plane(
     enc = EncodedPlane(
         length=length, n_in=d.n_in, n_out=d.n_out, n_s=d.n_s, seed=int(d.seed), chunk_slices=cs,
         stream=stream.astype("<u8").view(np.uint8)[:nbytes].copy(), patches=patches.astype(np.int64),
-        care_bits=int(care_cum[-1]),
+        care_bits=int(patch_off[-1]),
     )
     if verify:
         out = decode_plane(enc)

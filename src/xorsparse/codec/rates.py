@@ -2,13 +2,24 @@
 
 Patch counts depend on the care pattern in ways no closed formula captures well (rank
 deficiency, the queue of spare variables between slices), so candidates are scored by
-actually encoding a deterministic sample of the plane. The same input always gives the
-same choice.
+actually encoding planes (`score_candidates`). The block order of section 5 of
+docs/FORMAT.md spreads a tensor's care bits evenly over its planes, so what matters is
+the care density: `choose` scores once per density bucket, on a synthetic plane made
+from the bucket alone, and reuses the result (as the ratio of rate to density) for every
+tensor in that bucket. The choice is a pure function of (density, limits, seed): the
+same tensor gets the same decoder whatever was compressed before it, in any thread.
+Planes too small for that to hold (chunk starts weigh more) are scored whole.
+`choose_by_encoding` is the former per-plane search, kept to measure against.
 """
 
 from __future__ import annotations
 
+import math
+import threading
+from functools import lru_cache
+
 import numpy as np
+from numba import njit
 
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, XorDecoder
 
@@ -25,6 +36,43 @@ DEFAULT_WINDOW = 128
 # weigh double, which steers towards rates that hold up on the whole plane.
 PATCH_WEIGHT = 2.0
 MIN_N_OUT = 64
+SYNTHETIC_POSITIONS = 1 << 19  # positions of the synthetic plane scored per bucket
+DENSITY_BUCKET = 1.02  # buckets are 2% wide in density
+SMALL_PLANE = 1 << 14  # planes up to this many positions are scored whole
+DISPERSION_BUCKET = 1.5  # buckets of the spread of care counts between 64-position blocks
+MAX_DISPERSION_BUCKET = 12
+_bucket_lock = threading.Lock()
+
+
+@njit(cache=True, nogil=True)
+def _block_counts_moments(care):
+    """Sum and sum of squares of the care counts of the full 64-position blocks."""
+    nb = care.shape[0] // 64
+    s = 0
+    s2 = 0
+    for b in range(nb):
+        c = 0
+        for i in range(b * 64, b * 64 + 64):
+            c += care[i] != 0
+        s += c
+        s2 += c * c
+    return nb, s, s2
+
+
+def dispersion_bucket(care: np.ndarray) -> int:
+    """How much more care counts vary between 64-position blocks than Bernoulli bits would
+    (magnitude pruning leaves some rows far denser than others), as a bucket index (0 = no
+    more than Bernoulli)."""
+    nb, s, s2 = _block_counts_moments(care.view(np.uint8) if care.dtype == np.bool_ else care)
+    if nb < 2:
+        return 0
+    mean = s / nb
+    var = s2 / nb - mean * mean
+    d = mean / 64
+    binom = 64 * d * (1 - d)
+    if binom <= 0 or var <= binom:
+        return 0
+    return min(MAX_DISPERSION_BUCKET, int(round(math.log(var / binom) / math.log(DISPERSION_BUCKET))))
 
 
 def _sample(bits: np.ndarray, care: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -58,6 +106,58 @@ def candidate_n_in(density: float, max_n_s: int) -> list[int]:
     return out
 
 
+def _limits(method: str, max_n_s: int | None, max_window: int) -> int:
+    if method not in ("elimination", "exhaustive"):
+        raise ValueError(f"method must be 'elimination' or 'exhaustive', got {method!r}")
+    if method == "exhaustive":
+        max_n_s = 0
+    limit_s = MAX_WINDOW - 1 if max_n_s is None else int(max_n_s)
+    if limit_s < 0:
+        raise ValueError(f"max_n_s must be >= 0, got {max_n_s}")
+    if not 1 <= max_window <= MAX_WINDOW:
+        raise ValueError(f"max_window must be in 1..{MAX_WINDOW}, got {max_window}")
+    return limit_s
+
+
+def density_bucket(density: float) -> int:
+    """Index of the 2%-wide density bucket holding `density` (0 < density <= 1)."""
+    return int(round(math.log(density) / math.log(DENSITY_BUCKET)))
+
+
+def synthetic_care(rng: np.random.Generator, n: int, density: float, dispersion: float) -> np.ndarray:
+    """Care bits whose 64-position blocks have beta-binomial counts: mean `density`, and
+    `dispersion` times the variance of Bernoulli bits (1 = Bernoulli)."""
+    if dispersion <= 1.0 or density >= 1.0:
+        return rng.random(n) < density
+    rho = min(0.999, (dispersion - 1.0) / 63.0)  # intra-block correlation of beta-binomial counts
+    ab = 1.0 / rho - 1.0
+    nb = -(-n // 64)
+    p = rng.beta(density * ab, (1.0 - density) * ab, nb)
+    return (rng.random((nb, 64)) < p[:, None]).ravel()[:n]
+
+
+def _synthetic(bucket: int, spread: int, limit_s: int, max_window: int, seed: int):
+    density = min(1.0, DENSITY_BUCKET ** bucket)
+    rng = np.random.default_rng([abs(bucket), int(bucket < 0), spread, limit_s, max_window, seed & 0xFFFFFFFF])
+    n = SYNTHETIC_POSITIONS
+    care = synthetic_care(rng, n, density, DISPERSION_BUCKET ** spread if spread else 1.0)
+    bits = rng.integers(0, 2, n, dtype=np.uint8)
+    return bits, care
+
+
+@lru_cache(maxsize=None)
+def _bucket_choice(bucket: int, spread: int, method: str, limit_s: int, max_window: int,
+                   seed: int) -> tuple[int, int, float]:
+    """(n_in, n_s, rate / density) for a density and dispersion bucket, scored on a synthetic plane.
+
+    The plane's care bits follow the buckets (synthetic_care) and its bits are fair coins,
+    from a generator seeded by the arguments: a pure function of them.
+    """
+    bits, care = _synthetic(bucket, spread, limit_s, max_window, seed)
+    d = choose_by_encoding(bits, care, method=method, max_n_s=limit_s, max_window=max_window, seed=seed)
+    return d.n_in, d.n_s, d.n_in / (care.mean() * d.n_out)
+
+
 def choose(
     bits: np.ndarray,
     care: np.ndarray,
@@ -67,7 +167,38 @@ def choose(
     max_window: int = DEFAULT_WINDOW,
     seed: int = DEFAULT_SEED,
 ) -> XorDecoder:
-    """The decoder that codes this plane in the fewest stream + patch bits.
+    """The decoder for this plane: its density bucket's choice (see the module docstring).
+
+    Costs one count of the care bits once the bucket is known; the first tensor of a
+    bucket in a process pays for scoring the synthetic plane (about a quarter second).
+    """
+    care = np.asarray(care)
+    limit_s = _limits(method, max_n_s, max_window)
+    n_care = int(np.count_nonzero(care))
+    if n_care == 0:
+        return XorDecoder(1, MAX_N_OUT, 0, seed)
+    if care.size <= SMALL_PLANE:
+        return choose_by_encoding(bits, care, method=method, max_n_s=max_n_s, max_window=max_window, seed=seed)
+    from .plane import get_decoder
+
+    density = n_care / care.size
+    key = (density_bucket(density), dispersion_bucket(care), method, limit_s, int(max_window), int(seed))
+    with _bucket_lock:  # one thread scores a bucket, the others wait for its answer
+        n_in, n_s, factor = _bucket_choice(*key)
+    n_out = int(np.clip(round(n_in / (density * factor)), 1, MAX_N_OUT))
+    return get_decoder(n_in, n_out, n_s, seed)
+
+
+def choose_by_encoding(
+    bits: np.ndarray,
+    care: np.ndarray,
+    *,
+    method: str = "elimination",
+    max_n_s: int | None = None,
+    max_window: int = DEFAULT_WINDOW,
+    seed: int = DEFAULT_SEED,
+) -> XorDecoder:
+    """The decoder that codes this plane in the fewest stream + patch bits, by trial encodings.
 
     max_n_s=0 gives the paper's non-sequential network. max_window caps n_in * (n_s + 1):
     the default 128 runs on the fastest kernels; 256 codes about half a percent smaller
@@ -79,13 +210,7 @@ def choose(
 
     bits = np.asarray(bits, dtype=np.uint8)
     care = np.asarray(care, dtype=bool)
-    if method == "exhaustive":
-        max_n_s = 0
-    limit_s = MAX_WINDOW - 1 if max_n_s is None else int(max_n_s)
-    if limit_s < 0:
-        raise ValueError(f"max_n_s must be >= 0, got {max_n_s}")
-    if not 1 <= max_window <= MAX_WINDOW:
-        raise ValueError(f"max_window must be in 1..{MAX_WINDOW}, got {max_window}")
+    limit_s = _limits(method, max_n_s, max_window)
     n_care = int(care.sum())
     if n_care == 0:
         return XorDecoder(1, MAX_N_OUT, 0, seed)

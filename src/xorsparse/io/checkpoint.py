@@ -20,11 +20,12 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .torchconv import ST_TO_TORCH, raw_from_torch, torch_dtype_name
-from .container import RawTensor, XspError, XspFile, write_xsp
+from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
+from .container import RawTensor, XspError, XspFile, XspWriter, write_xsp
 from .output import atomic_file, check_output
 from ..tensor.maskcode import binary_entropy
-from ..tensor.prune import global_magnitude_masks
+from ..tensor.parallel import compress_many
+from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, \
     compress_tensor, reference_prune_quantize, to_float32
@@ -403,10 +404,12 @@ class CompressPlan:
 
     config: CompressConfig
     selected: set[str]
-    masks: Mapping[str, np.ndarray] | None = None  # global pruning: keep masks by name
+    masks: Mapping[str, np.ndarray] | None = None  # keep masks by name, given
+    rules: Mapping[str, PruneRule] | None = None  # global pruning: each tensor's share of the threshold
     prepared: Mapping[str, Prepared] = field(default_factory=dict)
     keep_dtype: str | None = None  # float dtype for tensors stored as they are; None = as input
     info: Mapping[str, Any] = field(default_factory=dict)  # copied into every shard's metadata
+    threads: int | None = None  # tensors compressed at once within a shard (None: one per core)
 
 
 @dataclass
@@ -435,49 +438,71 @@ def _input_bytes(ck: Checkpoint, name: str) -> int:
 
 
 def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: CompressPlan,
-                   progress: Progress | None = None, done: int = 0, total: int | None = None, *,
-                   force: bool = True) -> ShardResult:
+                   progress: Progress | None = None, done: int = 0, total: int | None = None,
+                   on_tensor: Callable[[str, int], None] | None = None, *, force: bool = True) -> ShardResult:
     """Compress the tensors `names` of `ck` into one .xsp file `out` (written atomically).
 
     The unit of work of a folder: one input shard gives one output shard, independently of
-    the others (global pruning masks and prepared codes come in through `plan`). An output
-    that is one of the checkpoint's files is refused; force=False also refuses an existing
-    output or a symlink (io/output.py).
+    the others (global pruning rules and prepared codes come in through `plan`). Memory
+    holds one input tensor at a time: each tensor's coded parts go to the writer's spool
+    as soon as they are made (container.XspWriter), so the peak does not grow with the
+    number of tensors in the shard. An output that is one of the checkpoint's files is
+    refused; force=False also refuses an existing output or a symlink (io/output.py).
     """
-    check_output(out, ck.files, force)
-    compressed: dict[str, CompressedTensor] = {}
-    raw: dict[str, RawTensor] = {}
-    rows, sizes_in = [], {}
+    rows, sizes_in, raw_names = [], {}, set()
     total = len(names) if total is None else total
-    for i, name in enumerate(names):
-        if progress:
-            progress(done + i, total, name)
-        if name in plan.prepared and name in plan.selected:  # (excluded ones are stored as read)
-            p = plan.prepared[name]
-            t0 = time.perf_counter()
-            ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
-            sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
-        elif name in plan.selected:
-            t0 = time.perf_counter()
-            keep = None if plan.masks is None else plan.masks[name]
-            ct = compress_tensor(ck.get(name), plan.config, keep=keep, name=name)
-            sizes_in[name] = _input_bytes(ck, name)
-        else:
-            raw[name] = _stored(ck.get(name), plan.keep_dtype)
-            sizes_in[name] = _input_bytes(ck, name)
-            continue
-        compressed[name] = ct
-        row = tensor_stats(name, ct)
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-    info = dict(plan.info)
-    info["order"] = list(names)
-    size = write_xsp(out, compressed, raw, plan.config, info, inputs=ck.files, force=force)
+    # tensors to prune and quantize here run on plan.threads threads (same bytes for any
+    # count; a worker of a sharded job uses one), coming back in file order; each tensor's
+    # coded parts go to the writer's spool as soon as it is done
+    fresh = [n for n in names if n in plan.selected and n not in plan.prepared]
+    results = compress_many(((n, (lambda n=n: ck.get(n)), _plan_keep(plan, n)) for n in fresh),
+                            plan.config, threads=plan.threads)
+    with XspWriter(out, inputs=ck.files, force=force) as writer:
+        for i, name in enumerate(names):
+            if progress:
+                progress(done + i, total, name)
+            if name in plan.prepared and name in plan.selected:  # (excluded ones are stored as read)
+                p = plan.prepared[name]
+                t0 = time.perf_counter()
+                ct = compress_quantized(p.keep, p.quant, p.dtype, plan.config)
+                seconds = time.perf_counter() - t0
+                sizes_in[name] = p.input_bytes if p.input_bytes is not None else _input_bytes(ck, name)
+            elif name in plan.selected:
+                _, ct, seconds = next(results)
+                sizes_in[name] = _input_bytes(ck, name)
+            else:
+                writer.add_raw(name, _stored(ck.get(name), plan.keep_dtype))
+                raw_names.add(name)
+                sizes_in[name] = _input_bytes(ck, name)
+                if on_tensor:
+                    on_tensor(name, 0)
+                continue
+            writer.add_compressed(name, ct)
+            row = tensor_stats(name, ct)
+            row["seconds"] = seconds
+            rows.append(row)
+            del ct
+            if on_tensor:
+                on_tensor(name, row["weights"])
+        info = dict(plan.info)
+        info["order"] = list(names)
+        size = writer.finish(plan.config, info)
     written = entry_bytes(out)
-    sizes = {n: ("stored as they are" if n in raw else
+    sizes = {n: ("stored as they are" if n in raw_names else
                  "compressed embeddings" if is_embedding(n) else "compressed weights",
                  sizes_in[n], written.get(n, 0)) for n in names}
     return ShardResult(out, rows, sizes, size)
+
+
+def _plan_keep(plan: CompressPlan, name: str):
+    """The keep mask the plan fixes for a tensor (global pruning), or None: prune it alone.
+    For a global threshold's rule, a function of the loaded tensor (compress_many calls it)."""
+    if plan.masks is not None:
+        return plan.masks[name]
+    if plan.rules is not None:
+        rule = plan.rules[name]
+        return lambda t: rule.keep(to_float32(t)[0], name)
+    return None
 
 
 @dataclass
@@ -489,6 +514,7 @@ class CompressReport:
     sizes: list[SizeRow]
     outputs: list[str]
     notes: list[str] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)  # per output shard (io/job.ShardOutcome), folders
 
     @property
     def total(self) -> SizeRow:
@@ -499,8 +525,10 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
                      exclude: Sequence[str] = (), *, prepared: Mapping[str, Prepared] | None = None,
                      force_include: Sequence[str] = (), embeddings: bool = True,
                      keep_dtype: str | None = None, default: Iterable[str] | None = None,
-                     info: Mapping[str, Any] | None = None) -> tuple[CompressPlan, Selection]:
-    """Select the tensors, compute global masks if asked for: what every shard shares.
+                     info: Mapping[str, Any] | None = None, executor=None,
+                     on_event: Callable[[dict], None] | None = None) -> tuple[CompressPlan, Selection]:
+    """Select the tensors and, for global pruning, each tensor's share of the threshold (two
+    streaming passes over the shards, on `executor` if given): what every shard shares.
     `prepared` may compute its values lazily: only its names are read here."""
     prepared = prepared if prepared is not None else {}
     sel = select_tensors(ck, include, exclude, force_include, embeddings,
@@ -508,20 +536,54 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
     selected = set(sel.compressed)
     if not selected:
         raise CheckpointError(f"{ck.path}: no tensor selected for compression (check --include/--exclude)")
-    masks = None
-    if config.global_sparsity:
-        free = [n for n in sel.compressed if n not in prepared]
-        masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in free}, config.sparsity)
     if keep_dtype is not None and keep_dtype not in FLOAT_DTYPES:
         raise ValueError(f"keep dtype must be one of {', '.join(FLOAT_DTYPES)}, got {keep_dtype!r}")
-    return CompressPlan(config, selected, masks, prepared, keep_dtype, dict(info or {})), sel
+    rules = None
+    if config.global_sparsity:
+        free = [n for n in sel.compressed if n not in prepared]
+        rules = checkpoint_global_rules(ck, free, config.sparsity, executor, on_event)
+    return CompressPlan(config, selected, None, rules, prepared, keep_dtype, dict(info or {})), sel
+
+
+def checkpoint_global_rules(ck: Checkpoint, order: Sequence[str], sparsity: float, executor=None,
+                            on_event: Callable[[dict], None] | None = None) -> dict[str, PruneRule]:
+    """The global threshold's share of every tensor in `order`, computed shard by shard
+    (in parallel on `executor`) without holding more than one tensor per worker."""
+    if not order:
+        return {}
+    wanted = set(order)
+    groups = [(f, [n for n in names if n in wanted]) for f, names in ck.shards]
+    if not _plain_safetensors_shards(groups) or sum(len(g) for _, g in groups) != len(wanted):
+        # not tensors read as they are from safetensors shards (a state dict, a
+        # compressed-tensors view): in this process
+        return streaming_global_rules(list(order), lambda n: to_float32(ck.get(n))[0], sparsity)
+    from .job import global_pruning_rules
+
+    return global_pruning_rules(groups, order, sparsity, executor, on_event)
+
+
+def _plain_safetensors_shards(groups: Sequence[tuple[str, Sequence[str]]]) -> bool:
+    """Whether every name is an entry of its safetensors file (so a worker can read it there)."""
+    from . import safetensors_io as st
+
+    try:
+        for f, names in groups:
+            if not f.endswith(".safetensors"):
+                return False
+            with st.Reader(f) as r:
+                if not set(names) <= set(r.entries):
+                    return False
+    except (OSError, ValueError):
+        return False
+    return bool(groups)
 
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                         exclude: Sequence[str] = (), progress: Progress | None = None, *,
                         prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
                         embeddings: bool = True, keep_dtype: str | None = None,
-                        load_mode: str = "decode", force: bool = True) -> CompressReport:
+                        load_mode: str = "decode", executor=None, force: bool = False,
+                        on_event: Callable[[dict], None] | None = None) -> CompressReport:
     """Compress a checkpoint: into one .xsp file, or, when `src` is a model folder and `out`
     does not end in .xsp, into a model folder (see xorsparse.io.folder).
 
@@ -533,7 +595,7 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
 
         return compress_folder(src, out, config, include, exclude, progress, prepared=prepared,
                                force_include=force_include, embeddings=embeddings, keep_dtype=keep_dtype,
-                               load_mode=load_mode, force=force)
+                               load_mode=load_mode, executor=executor, force=force, on_event=on_event)
     ck = open_checkpoint(src)
     check_output(out, ck.files, force)
     plan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
@@ -624,7 +686,8 @@ class XspSet:
 
 
 def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
-                          output_format: str | None = None, force: bool = True) -> int:
+                          output_format: str | None = None, executor=None,
+                          on_event: Callable[[dict], None] | None = None, force: bool = True) -> int:
     """Dense pruned-and-quantized weights (and the untouched tensors): a safetensors file,
     a PyTorch state dict (.pt/.pth/.bin, torch.save), or, from an .xsp model folder, a
     plain model folder (`output_format="compressed-tensors"`: a compressed-tensors folder).
@@ -633,7 +696,8 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
     from .folder import decompress_folder, is_xsp_folder, xsp_files
 
     if is_xsp_folder(src):
-        return decompress_folder(src, out, progress, output_format, force=force)
+        return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
+                                 on_event=on_event)
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
     check_output(out, xsp_files(src), force)
@@ -704,43 +768,56 @@ def _write_torch(src: str, out: str, progress: Progress | None, force: bool = Tr
     return os.path.getsize(out)
 
 
-def verify_checkpoint(src: str, against: str | None = None, progress: Progress | None = None) -> list[dict]:
+def verify_checkpoint(src: str, against: str | None = None, progress: Progress | None = None,
+                      executor=None, on_event: Callable[[dict], None] | None = None) -> list[dict]:
     """Checksums and a full decode of every tensor; with `against`, a bit-exact comparison
-    of each decoded tensor with the reference pruning and quantization of the original."""
-    results = []
+    of each decoded tensor with the reference pruning and quantization of the original.
+
+    Shard by shard: each .xsp file is one item (on `executor` if given); global pruning's
+    threshold is recomputed from the original by the same streaming passes as compress."""
+    from .job import VerifyTask, verify_task
+
     with XspSet(src) as f:
-        orig = _open_original(against) if against else None
-        cfg = f.config or CompressConfig()
-        masks = None
-        if orig is not None:
-            missing = [n for n in f.names() if n not in orig.names]
-            if missing:
-                raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
-            if f.meta.get("info", {}).get("pruning") == "global":
-                free = [n for n in f.tensors if f.where[n].tensors[n].get("quantizer") != "affine"]
-                masks = global_magnitude_masks({n: to_float32(orig.get(n))[0] for n in free}, cfg.sparsity)
         names = f.names()
-        for i, name in enumerate(names):
-            if progress:
-                progress(i, len(names), name)
-            dense = f.dense(name, framework="torch")
-            row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
-            if orig is not None:
-                t = orig.get(name)
-                if name in f.tensors and f.compressed(name).quant.quantizer == "affine":
-                    ref = t  # given codes: the original's own dequantization (compressed-tensors)
-                elif name in f.tensors:
-                    ref = reference_prune_quantize(t, cfg, keep=None if masks is None else masks[name],
-                                                   name=name, framework="torch")
-                elif torch_dtype_name(t) in FLOAT_DTYPES:
-                    ref = t.to(dense.dtype)  # stored as it is, in the dtype asked for (--keep-dtype)
-                else:
-                    ref = t
-                row["exact"] = raw_from_torch(dense) == raw_from_torch(ref)
-            results.append(row)
-        if progress:
-            progress(len(names), len(names), "")
-    return results
+        cfg = f.config or CompressConfig()
+        per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
+        free = [n for n in names if n in f.tensors and f.where[n].tensors[n].get("quantizer") != "affine"]
+        global_pruning = f.meta.get("info", {}).get("pruning") == "global"
+    rules = None
+    if against:
+        orig = _open_original(against)
+        known = set(orig.names)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise CheckpointError(f"{against}: has no tensor {missing[0]!r} that {src} holds")
+        if global_pruning:
+            rules = {n: r.to_list() for n, r in
+                     checkpoint_global_rules(orig, free, cfg.sparsity, executor).items()}
+    tasks = [VerifyTask(path, tuple(ns), against, cfg.to_dict(),
+                        None if rules is None else {n: rules[n] for n in ns if n in rules})
+             for path, ns in per_file]
+    events = on_event
+    if progress is not None:
+        count = [0]
+
+        def events(ev: dict) -> None:
+            if on_event:
+                on_event(ev)
+            if ev.get("kind") == "tensor":
+                count[0] += 1
+                progress(count[0], len(names), ev.get("name", ""))
+    run = executor.map if executor is not None else \
+        (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
+    if on_event:
+        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names)})
+    by_task: list[list[dict]] = [[] for _ in tasks]
+    for i, rows in run(verify_task, tasks, events):
+        by_task[i] = rows
+        if on_event:
+            on_event({"kind": "item", "name": os.path.basename(tasks[i].xsp), "tensors": len(rows)})
+    if progress:
+        progress(len(names), len(names), "")
+    return [r for rows in by_task for r in rows]
 
 
 def _open_original(path: str) -> Checkpoint:

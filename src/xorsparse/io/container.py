@@ -116,17 +116,102 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     rmeta: dict[str, Any] = {}
     for name, r in raw.items():
         entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        # checksums must be in the header, which precedes the data: compute them first
+        rmeta[name] = {"crc32": _crc(entries[-1].payload())}
+    return _write_described(path, entries, tmeta, rmeta, config, info, progress, inputs, force)
+
+
+def _write_described(path: str | os.PathLike, entries: list[st.Entry], tmeta: dict[str, Any],
+                     rmeta: dict[str, Any], config: CompressConfig | None, info: Mapping[str, Any] | None,
+                     progress: Callable[[str], None] | None, inputs: Iterable[str | os.PathLike] = (),
+                     force: bool = True) -> int:
+    """The one place the description is assembled: write_xsp and XspWriter give equal bytes."""
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
-
-    # checksums must be in the header, which precedes the data: compute them first
-    for name, r in raw.items():
-        data = st.Entry(name, r.dtype, tuple(r.shape), r.data).payload()
-        rmeta[name] = {"crc32": _crc(data)}
     # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
     metadata = {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}
     metadata[CHECKSUM_KEY] = validate.format_crc(validate.description_crc(metadata, st.plan(entries)))
     return st.write(path, entries, metadata, progress, inputs=inputs, force=force)
+
+
+class XspWriter:
+    """An .xsp file written tensor by tensor in bounded memory: the same bytes as write_xsp.
+
+    Each tensor's parts go to an unnamed temporary file (the spool) in the output's folder
+    as soon as they are added, so memory holds one tensor at a time plus the description;
+    `finish` writes header and data (atomically, read back from the spool) in write_xsp's
+    order: compressed tensors first, then stored ones, each in the order added. A killed
+    process leaves no spool behind (it has no name). inputs and force are write_xsp's; the
+    output is checked at once (before any work) and again when it is written.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = True):
+        import tempfile
+
+        from .output import check_output
+
+        self.path = os.fspath(path)
+        self.inputs, self.force = list(inputs), force
+        check_output(self.path, self.inputs, force)
+        self._spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)) or ".")
+        self._compressed: list[st.Entry] = []
+        self._raw: list[st.Entry] = []
+        self._tmeta: dict[str, Any] = {}
+        self._rmeta: dict[str, Any] = {}
+
+    def _spooled(self, e: st.Entry) -> tuple[st.Entry, int]:
+        """The entry with its data moved to the spool, and the CRC-32 of those bytes."""
+        payload = e.payload()
+        if len(payload) != e.nbytes():
+            raise ValueError(f"entry {e.name!r}: {len(payload)} bytes for {e.nbytes()} expected")
+        off = self._spool.seek(0, os.SEEK_END)
+        self._spool.write(payload)
+        crc = _crc(payload)
+        return st.Entry(e.name, e.dtype, e.shape, lambda off=off, n=len(payload): self._read(off, n)), crc
+
+    def _read(self, off: int, n: int) -> bytes:
+        self._spool.seek(off)
+        data = self._spool.read(n)
+        if len(data) != n:
+            raise OSError(f"{self.path}: temporary data truncated")
+        return data
+
+    def _check_name(self, name: str) -> None:
+        if name in self._tmeta or name in self._rmeta:
+            raise ValueError(f"tensor {name!r} added twice")
+        if not name or SEP in name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r} (empty, reserved, or contains {SEP!r})")
+
+    def add_compressed(self, name: str, ct: CompressedTensor) -> None:
+        self._check_name(name)
+        entries, meta = _compressed_entries(name, ct)
+        self._compressed += [self._spooled(e)[0] for e in entries]
+        self._tmeta[name] = meta
+
+    def add_raw(self, name: str, r: RawTensor) -> None:
+        self._check_name(name)
+        e, crc = self._spooled(st.Entry(name, r.dtype, tuple(r.shape), r.data))
+        self._raw.append(e)
+        self._rmeta[name] = {"crc32": crc}
+
+    def finish(self, config: CompressConfig | None = None, info: Mapping[str, Any] | None = None,
+               progress: Callable[[str], None] | None = None) -> int:
+        """Write the file (atomically); returns its size. The writer is closed afterwards."""
+        try:
+            self._spool.flush()
+            return _write_described(self.path, self._compressed + self._raw, self._tmeta, self._rmeta,
+                                    config, info, progress, self.inputs, self.force)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> "XspWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 _SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
@@ -150,16 +235,12 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
     """
     where = validate.Where(path, spec.name)
     arrays, codes = {}, {}
-    for name, ps in spec.parts.items():
+    for name in spec.parts:
         try:
-            a, code = part(name)
+            arrays[name], codes[name] = part(name)
         except KeyError:
             raise where.error(None, f"missing part {name!r}") from None
-        if code not in ps.dtypes or (ps.shape is not None and tuple(a.shape) != ps.shape) or \
-                (ps.shape is None and a.ndim != 1):
-            raise where.error(name, f"dtype {code} and shape {list(a.shape)} are not what the description needs")
-        arrays[name], codes[name] = a, code
-    validate.check_tensor_data(path, spec, arrays, codes)
+    validate.check_tensor_data(path, spec, arrays, codes)  # dtypes, shapes and values of every part
     n = spec.length
     mk = spec.mask
     mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),

@@ -60,6 +60,8 @@ READ_VERSIONS = (1, 2)
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
+ST_NUMPY = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "F16": "float16",
+            "BF16": "uint16", "U32": "<u4", "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8"}
 ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
@@ -712,6 +714,30 @@ def _check_config(w: Where, cfg: Any) -> dict | None:
     return cfg
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_info(w: Where, info: dict) -> None:
+    """The informative `info` members that code acts on: typed, so what reads them may rely on it.
+
+    info.shard = [i, N] (a model folder's shard i of N, FORMAT.md section 7); info.job =
+    {"key": K, "input_sha256": H}, two SHA-256 digests in lowercase hex (section 7.4).
+    """
+    if "shard" in info:
+        sh = info["shard"]
+        if not isinstance(sh, list) or len(sh) != 2:
+            raise w.error("info.shard", f"must be [i, N], got {_show(sh)}")
+        i = w.int_(sh[0], "info.shard[0]", 1, MAX_CHUNK_SLICES)
+        w.int_(sh[1], "info.shard[1]", i, MAX_CHUNK_SLICES)
+    if "job" in info:
+        job = w.obj(info["job"], "info.job")
+        w.members(job, ("key", "input_sha256"), "info.job")
+        for k in ("key", "input_sha256"):
+            v = w.str_field(job, k, "info.job.")
+            if not _SHA256.fullmatch(v):
+                raise w.error(f"info.job.{k}", f"must be 64 lowercase hexadecimal digits, got {_show(v)}")
+
+
 def _name(w: Where, n: str, what: str) -> str:
     try:
         _utf8(n)
@@ -799,6 +825,7 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
         order = list(ov)
     if "pruning" in info and info["pruning"] not in ("per-tensor", "global"):
         raise w.error("info.pruning", f"must be \"per-tensor\" or \"global\", got {_show(info['pruning'])}")
+    _check_info(w, info)
     return Description(version, doc, tensors, raw, order, config, dict(entries))
 
 
@@ -809,11 +836,27 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
 def check_tensor_data(path: str, spec: TensorSpec, arrays: dict[str, np.ndarray],
                       codes: dict[str, str] | None = None) -> None:
     """Values inside the parts that the decoders index with: before any kernel sees them.
-    codes: the parts' safetensors dtypes where the description allows several (scales)."""
+
+    arrays: every part of the tensor (as numpy arrays, BF16 as uint16 bit patterns);
+    codes: their safetensors dtype codes. Each part must have the dtype and shape the
+    description fixes (the transformers loader hands parts over from its own reading, so
+    this is checked here again, not only against the header), then its values are checked.
+    """
     w = Where(path, spec.name)
+    codes = codes or {}
+    for part, ps in spec.parts.items():
+        a = arrays.get(part)
+        if a is None:
+            raise w.error(None, f"missing part {part!r}")
+        code = codes.get(part, ps.dtypes[0])
+        if code not in ps.dtypes or a.dtype != np.dtype(ST_NUMPY[code]):
+            raise w.error(part, f"dtype {code} where the format has {' or '.join(ps.dtypes)}")
+        if (ps.shape is None and a.ndim != 1) or (ps.shape is not None and tuple(a.shape) != ps.shape):
+            raise w.error(part, f"shape {list(a.shape)} where the description needs "
+                                f"{list(ps.shape) if ps.shape is not None else 'one dimension'}")
     rule = QUANTIZERS[spec.quantizer]
     if rule.check_data:
-        rule.check_data(w, spec, arrays, codes or {})
+        rule.check_data(w, spec, arrays, codes)
     MASK_CODECS[spec.mask["codec"]].check_data(w, spec.mask, spec.length, arrays)
     for i, p in enumerate(spec.planes):
         _zero_padding(w, f"plane{i}.stream", arrays[f"plane{i}.stream"], p.n_slices(spec.length) * p.n_in)

@@ -52,7 +52,7 @@ def dequantize(qz: Quantized, keep: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(keep).reshape(rows, cols), out, np.float32(0)).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dense_from_words(mask, planes, levels, rows, cols, gsize, out):
     """Zero the output a span at a time, then fill in the kept weights only.
 

@@ -38,7 +38,7 @@ def block_step(length: int) -> int:
     return golden_step(length // BLOCK)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _to_coded(src, nfull, step, dst):
     for j in prange(nfull):
         k = (j * step) % nfull
@@ -56,7 +56,7 @@ def to_coded(a: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _words_to_natural(coded, nfull, step, out):
     for j in prange(nfull):
         out[j] = coded[(j * step) % nfull]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ..codec._bits import U64
+from ..codec._bits import U64, ctz64, read_bits
 
 DEFAULT_BLOCK = 1 << 16
 MAX_GOLOMB = 1 << 20
@@ -52,7 +52,7 @@ def _code_len(g, m, b, u):
     return g // m + 1 + extra
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gaps(keep):
     """Gaps before each kept position, plus the gap to the end of the block (the terminator)."""
     n = 0
@@ -78,7 +78,7 @@ def _golomb_shape(m):
     return b, (1 << b) - m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _best_param(gaps, length):
     """The Golomb parameter with the fewest bits for these gaps, searched near the optimum."""
     n = gaps.shape[0]
@@ -112,7 +112,7 @@ def _put(out, pos, bit):
         out[pos >> 3] |= np.uint8(1 << (pos & 7))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _golomb_encode(gaps, m, out):
     b, u = _golomb_shape(m)
     pos = 0
@@ -134,7 +134,7 @@ def _golomb_encode(gaps, m, out):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encode_blocks(keep, block, params, scratch, sizes):
     nb = params.shape[0]
     for i in range(nb):
@@ -147,56 +147,196 @@ def _encode_blocks(keep, block, params, scratch, sizes):
         sizes[i] = (nbits + 7) // 8
 
 
-@njit(cache=True)
-def _decode_block(data, start, end, m, length, out, w0):
-    """Set the kept bits of one block in `out` (from word w0); False if the data are bad.
+_REV8 = np.array([int(f"{v:08b}"[::-1], 2) for v in range(256)], dtype=np.uint64)
 
-    Bit by bit: unary runs are short on typical masks (about 1.4 bits at 90% sparsity), and
-    this measured faster than reading 64-bit windows.
+
+@njit(inline="always", cache=True)
+def _rev(x, n):
+    """The low n (<= 32) bits of x in reverse order (Golomb remainders are MSB first)."""
+    r = (_REV8[x & U64(255)] << U64(24)) | (_REV8[(x >> U64(8)) & U64(255)] << U64(16)) \
+        | (_REV8[(x >> U64(16)) & U64(255)] << U64(8)) | _REV8[(x >> U64(24)) & U64(255)]
+    return r >> U64(32 - n)
+
+
+@njit(inline="always", cache=True)
+def _golomb_one(data, pos, limit, m, b, u, length):
+    """One Golomb code from bit pos, a word at a time: (gap, new pos), gap -1 if corrupt."""
+    q = 0
+    while True:
+        avail = limit - pos
+        if avail <= 0:
+            return -1, pos
+        ones = ctz64(~read_bits(data, pos, 64))
+        if ones < 64:
+            if ones >= avail:
+                return -1, pos
+            q += ones
+            pos += ones + 1
+            break
+        q += 64
+        pos += 64
+        if q > length:
+            return -1, pos
+    if q > length:
+        return -1, pos
+    r = 0
+    if m > 1:
+        nb = b - 1
+        if pos + nb > limit:
+            return -1, pos
+        if nb > 0:
+            r = np.int64(_rev(read_bits(data, pos, nb), nb))
+            pos += nb
+        if r >= u:
+            if pos >= limit:
+                return -1, pos
+            r = ((r << 1) | np.int64((data[pos >> 6] >> U64(pos & 63)) & U64(1))) - u
+            pos += 1
+    return q * m + r, pos
+
+
+GOLOMB_LOOKAHEAD = 11  # bits per table look-up
+GOLOMB_SYMBOLS = 4  # codes decoded per look-up at most
+MAX_GOLOMB_TABLES = 8
+
+
+@njit(cache=True)
+def golomb_table(m):
+    """For every K-bit lookahead (stream order, first bit = LSB): how many whole codes it holds
+    (up to GOLOMB_SYMBOLS), the bits they use, and for each code the distance from the
+    previous kept position to its own (gap + 1, summed); slots past the last code repeat
+    the last distance, so a decoder can set all slots' bits without a data-dependent branch.
+    int32 (2^K, 2 + GOLOMB_SYMBOLS)."""
+    k = GOLOMB_LOOKAHEAD
+    b = 0
+    while (1 << b) < m:
+        b += 1
+    u = (1 << b) - m
+    tab = np.zeros((1 << k, 2 + GOLOMB_SYMBOLS), dtype=np.int32)
+    for v in range(1 << k):
+        pos = 0
+        n = 0
+        dist = 0
+        while n < GOLOMB_SYMBOLS:
+            q = 0
+            while pos < k and (v >> pos) & 1:
+                q += 1
+                pos += 1
+            if pos >= k:
+                break
+            pos += 1
+            r = 0
+            if m > 1:
+                if pos + b - 1 > k:
+                    break
+                for _ in range(b - 1):
+                    r = (r << 1) | ((v >> pos) & 1)
+                    pos += 1
+                if r >= u:
+                    if pos >= k:
+                        break
+                    r = ((r << 1) | ((v >> pos) & 1)) - u
+                    pos += 1
+            dist += q * m + r + 1
+            tab[v, 2 + n] = dist
+            n += 1
+            tab[v, 1] = pos
+        tab[v, 0] = n
+        for j in range(n, GOLOMB_SYMBOLS):
+            tab[v, 2 + j] = dist
+    return tab
+
+
+@njit(cache=True, nogil=True)
+def golomb_block(data, start, end, m, length, out, w0, table, use_table):
+    """Decode one Golomb-coded mask block into out (kept bits set from word w0).
+
+    With a table for m (use_table), each look-up of the next K bits decodes every
+    whole code they hold; codes longer than K bits, and the block's last bits, go one at a
+    time (unary part by counting trailing ones of a 64-bit word). False if corrupt.
     """
-    b, u = _golomb_shape(m)
+    b = 0
+    while (1 << b) < m:
+        b += 1
+    u = (1 << b) - m
     pos = start * 8
     limit = end * 8
     prev = -1
+    k = GOLOMB_LOOKAHEAD
+    # bits of the current output word gather in a register: read-modify-writes of one word
+    # in memory, one per kept position, would wait on each other
+    cur = np.int64(0)
+    acc = U64(0)
+    # the next bits wait in a register (bb, `have` of them valid), so a look-up waits on
+    # one shift rather than on a memory read at a position that the last look-up gave
+    bb = U64(0)
+    have = 0
+    kmask = U64((1 << k) - 1)
     while True:
-        q = 0
-        while True:
-            if pos >= limit:
-                return False
-            bit = (data[pos >> 3] >> (pos & 7)) & 1
-            pos += 1
-            if bit == 0:
-                break
-            q += 1
-        r = 0
-        if m > 1:
-            if pos + b - 1 > limit:
-                return False
-            for _ in range(b - 1):
-                r = (r << 1) | ((data[pos >> 3] >> (pos & 7)) & 1)
-                pos += 1
-            if r >= u:
-                if pos >= limit:
-                    return False
-                r = ((r << 1) | ((data[pos >> 3] >> (pos & 7)) & 1)) - u
-                pos += 1
-        p = prev + 1 + q * m + r
-        if p == length:
-            return True
-        if p > length:
+        if use_table and pos + k <= limit:
+            if have < k:
+                bb = read_bits(data, pos, 64)
+                have = 64
+            v = bb & kmask
+            last = prev + table[v, 1 + GOLOMB_SYMBOLS]
+            if table[v, 0] > 0 and last < length:
+                used = table[v, 1]
+                pos += used
+                bb >>= U64(used)
+                have -= used
+                for s in range(GOLOMB_SYMBOLS):  # fixed count: no mispredicted loop exit
+                    p = prev + table[v, 2 + s]
+                    w = p >> 6
+                    if w != cur:
+                        out[w0 + cur] |= acc
+                        cur = w
+                        acc = U64(0)
+                    acc |= U64(1) << U64(p & 63)
+                prev = last
+                continue
+        g, pos = _golomb_one(data, pos, limit, m, b, u, length)
+        have = 0
+        if g < 0:
+            out[w0 + cur] |= acc
             return False
-        out[w0 + (p >> 6)] |= U64(1) << U64(p & 63)
+        p = prev + 1 + g
+        if p >= length:
+            out[w0 + cur] |= acc
+            return p == length
+        w = p >> 6
+        if w != cur:
+            out[w0 + cur] |= acc
+            cur = w
+            acc = U64(0)
+        acc |= U64(1) << U64(p & 63)
         prev = p
 
 
-@njit(parallel=True, cache=True)
-def _decode_blocks(data, offsets, params, block, length, words, ok):
+def golomb_tables(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Look-up tables for the most used Golomb parameters (at most MAX_GOLOMB_TABLES, each
+    small enough that a code fits the lookahead); (tables, table index per block or -1).
+    There is always at least one table, so kernels can index it whatever the index says."""
+    vals, counts = np.unique(params, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    chosen = [int(vals[i]) for i in order if vals[i] < (1 << (GOLOMB_LOOKAHEAD - 1))][:MAX_GOLOMB_TABLES]
+    tables = np.zeros((max(len(chosen), 1), 1 << GOLOMB_LOOKAHEAD, 2 + GOLOMB_SYMBOLS), dtype=np.int32)
+    index = np.full(params.size, -1, dtype=np.int64)
+    for t, m in enumerate(chosen):
+        tables[t] = golomb_table(m)
+        index[params == m] = t
+    return tables, index
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _decode_blocks(data, offsets, params, block, length, words, ok, tables, tindex):
     nb = params.shape[0]
     for i in prange(nb):
         s = i * block
         e = min(length, s + block)
         start = offsets[i - 1] if i > 0 else 0
-        ok[i] = _decode_block(data, np.int64(start), np.int64(offsets[i]), params[i], e - s, words, s >> 6)
+        t = tindex[i]
+        ok[i] = golomb_block(data, np.int64(start), np.int64(offsets[i]), params[i], e - s, words, s >> 6,
+                             tables[max(t, 0)], t >= 0)
 
 
 def encode_entropy(keep: np.ndarray, block: int = DEFAULT_BLOCK) -> MaskCode:
@@ -232,6 +372,30 @@ def encode_mask(keep: np.ndarray, codec: str = "auto", block: int = DEFAULT_BLOC
     raise ValueError(f"mask codec must be 'auto', 'bitmask' or 'entropy', got {codec!r}")
 
 
+def check_entropy_tables(code: MaskCode) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, params) as int64 after checking they fit the payload (kernels do not bounds-check)."""
+    n = code.length
+    if code.block <= 0 or code.block % 64:
+        raise ValueError(f"mask block size {code.block} is not a positive multiple of 64")
+    nb = -(-n // code.block)
+    if code.offsets.size != nb or code.params.size != nb:
+        raise ValueError(f"mask block table has {code.offsets.size} entries, expected {nb}")
+    offs = code.offsets.astype(np.int64)
+    if nb and (offs[-1] != code.data.size or np.any(np.diff(offs) < 0)):
+        raise ValueError("mask block offsets do not match the mask data")
+    if np.any(code.params == 0):
+        raise ValueError("mask Golomb parameter of 0 is invalid")
+    return offs, code.params.astype(np.int64)
+
+
+def padded_bytes_as_words(data: np.ndarray, pad_words: int = 2) -> np.ndarray:
+    """uint8 bytes -> little-endian uint64 words, zero-padded (word-at-a-time readers overrun)."""
+    nw = -(-data.size // 8) + pad_words
+    buf = np.zeros(nw * 8, dtype=np.uint8)
+    buf[: data.size] = data
+    return buf.view("<u8")
+
+
 def decode_mask_words(code: MaskCode) -> np.ndarray:
     """The mask as little-endian packed bits in uint64 words (ceil(length/64) + 1 words)."""
     n = code.length
@@ -247,20 +411,13 @@ def decode_mask_words(code: MaskCode) -> np.ndarray:
         return words
     if code.codec != "entropy":
         raise ValueError(f"unknown mask codec {code.codec!r}")
-    if code.block <= 0 or code.block % 64:
-        raise ValueError(f"mask block size {code.block} is not a positive multiple of 64")
-    nb = -(-n // code.block)
-    if code.offsets.size != nb or code.params.size != nb:
-        raise ValueError(f"mask block table has {code.offsets.size} entries, expected {nb}")
-    offs = code.offsets.astype(np.int64)
-    if nb and (offs[-1] != code.data.size or np.any(np.diff(offs) < 0)):
-        raise ValueError("mask block offsets do not match the mask data")
-    if np.any(code.params == 0):
-        raise ValueError("mask Golomb parameter of 0 is invalid")
+    offs, params = check_entropy_tables(code)
+    nb = offs.size
     words = np.zeros(nw, dtype=np.uint64)
     ok = np.ones(max(nb, 1), dtype=np.bool_)
     if nb:
-        _decode_blocks(code.data, offs, code.params.astype(np.int64), code.block, n, words, ok)
+        tables, tindex = golomb_tables(params)
+        _decode_blocks(padded_bytes_as_words(code.data), offs, params, code.block, n, words, ok, tables, tindex)
     if not ok[:nb].all():
         raise ValueError(f"mask block {int(np.argmin(ok[:nb]))} is corrupt or truncated")
     return words

@@ -16,6 +16,7 @@ from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words
+from .fused import decode_dense
 from .quant import QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
@@ -227,8 +228,32 @@ def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: Compres
     return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, step)
 
 
-def decompress_tensor(ct: CompressedTensor, framework: str | None = None):
-    """The dense pruned-and-quantized tensor in its original shape and dtype."""
+def decompress_tensor(ct: CompressedTensor, framework: str | None = None, *, parallel: bool = True):
+    """The dense pruned-and-quantized tensor in its original shape and dtype.
+
+    One fused pass (tensor/fused.py) writes the output in its dtype; parallel=False keeps
+    it on the calling thread (the kernel releases the GIL, for thread pools).
+    """
+    ct.validate()
+    flat = decode_dense(ct, parallel=parallel)
+    return wrap_dense(flat, ct.dtype, ct.shape, framework)
+
+
+def wrap_dense(flat: np.ndarray, dtype: str, shape: tuple[int, ...], framework: str | None = None):
+    """A fused decoder's flat output (bfloat16 as uint16 bits) as a numpy array or torch tensor."""
+    fw = framework or ("torch" if dtype == "bfloat16" else "numpy")
+    if fw == "numpy":
+        if dtype == "bfloat16":
+            raise ValueError("numpy has no bfloat16; ask for framework='torch'")
+        return flat.reshape(shape)
+    import torch
+
+    t = torch.from_numpy(flat.view(np.int16) if dtype == "bfloat16" else flat)
+    return (t.view(torch.bfloat16) if dtype == "bfloat16" else t).reshape(shape)
+
+
+def decompress_tensor_unfused(ct: CompressedTensor, framework: str | None = None):
+    """The decoder before the fused one (plane by plane, then a scatter): kept to check against."""
     ct.validate()
     n = ct.numel
     mask = decode_mask_words(ct.mask)

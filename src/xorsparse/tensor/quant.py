@@ -143,7 +143,7 @@ def _nearest_codes(vals, alpha, q, out_codes):
         out_codes[n] = _nearest(vals[n], levels)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
     """Greedy residual BCQ, then alternating least-squares alphas / nearest sign patterns."""
     rows, cols = w.shape
@@ -205,7 +205,7 @@ def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
                 codes[r, idx[k]] = code[k]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bcq_reassign(w, keep, q, gsize, alphas, codes):
     """Best sign patterns for the stored (rounded) alphas."""
     rows, cols = w.shape
@@ -217,9 +217,23 @@ def _bcq_reassign(w, keep, q, gsize, alphas, codes):
                     codes[r, c] = _nearest(w[r, c], levels)
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _split_planes(flat, planes):
+    q = planes.shape[0]
+    for p in prange(flat.shape[0]):
+        c = flat[p]
+        for i in range(q):
+            planes[i, p] = (c >> i) & 1
+
+
 def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
-    flat = codes.reshape(-1)
-    return np.stack([((flat >> i) & 1).astype(np.uint8) for i in range(q)]) if q else np.zeros((0, flat.size), np.uint8)
+    """(q, size) uint8 bit-planes of integer codes, in one pass (numpy's shift-and-stack
+    per plane cost as much as binary-coding quantization itself)."""
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    planes = np.empty((q, flat.size), dtype=np.uint8)
+    if q and flat.size:
+        _split_planes(flat, planes)
+    return planes
 
 
 def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
@@ -246,7 +260,7 @@ def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | N
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
     gsize, ngroups = _groups(cols, group_size)
     alphas = np.zeros((rows, ngroups, bits), dtype=np.float64)
-    codes = np.zeros((rows, cols), dtype=np.int64)
+    codes = np.zeros((rows, cols), dtype=np.uint8)
     _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
     sdt = _scale_dtype(alphas)
     stored = alphas.astype(sdt)
@@ -291,7 +305,7 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
         else:
             x = (wg - s32[..., 1:2]) / s32[..., 0:1]
     x = np.where(np.isfinite(x), x, 0.0)
-    codes = np.clip(np.rint(x), 0, levels).astype(np.int64)
+    codes = np.clip(np.rint(x), 0, levels).astype(np.uint8)
     codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
     return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
 

@@ -7,11 +7,9 @@
 
 from .compress import MODULE_TYPES, CompressedModel, ModelConfig, compress_model, reference_model_, \
     selected_modules
-from .modules import XorConv2d, XorEmbedding, XorLinear, XorWeight, decode_plane_torch, decoder_table, \
-    dequantize_torch, levels_torch, load_compressed, resident_bytes, shared_table_bytes, to_natural_torch, \
-    unpack_bits
+from .modules import DecodeWorkspace, XorConv2d, XorEmbedding, XorLinear, XorWeight, decoder_table, dense_torch, \
+    load_compressed, resident_bytes, shared_table_bytes, unpack_bits
 
-__all__ = ["MODULE_TYPES", "CompressedModel", "ModelConfig", "XorConv2d", "XorEmbedding", "XorLinear", "XorWeight",
-           "compress_model", "decode_plane_torch", "decoder_table", "dequantize_torch", "levels_torch",
-           "load_compressed", "reference_model_", "resident_bytes", "selected_modules", "shared_table_bytes",
-           "to_natural_torch", "unpack_bits"]
+__all__ = ["MODULE_TYPES", "CompressedModel", "DecodeWorkspace", "ModelConfig", "XorConv2d", "XorEmbedding",
+           "XorLinear", "XorWeight", "compress_model", "decoder_table", "dense_torch", "load_compressed",
+           "reference_model_", "resident_bytes", "selected_modules", "shared_table_bytes", "unpack_bits"]

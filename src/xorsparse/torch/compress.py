@@ -16,6 +16,7 @@ from torch import nn
 from ..io.container import RawTensor, write_xsp
 from ..io.torchconv import raw_from_torch
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_tensor, reference_prune_quantize, to_float32
+from ..tensor.parallel import compress_many
 from ..tensor.prune import global_magnitude_masks
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
@@ -90,19 +91,19 @@ class CompressedModel:
 
 
 def compress_model(model: nn.Module, config: ModelConfig | None = None,
-                   masks: dict | None = None) -> CompressedModel:
+                   masks: dict | None = None, threads: int | None = None) -> CompressedModel:
     """Prune, quantize and encode the selected modules' weights (the model is not modified).
 
     masks: optional module name -> keep mask (True = kept), used as is instead of
-    magnitude pruning (e.g. from gradual pruning during training).
+    magnitude pruning (e.g. from gradual pruning during training). threads: tensors
+    compressed at once (default: one per core); the result is the same for any count.
     """
     cfg = config or ModelConfig()
     mods = selected_modules(model, cfg)
     masks = _weight_masks(mods, cfg, masks)
-    tensors = {}
-    for name, mod in mods:
-        key = f"{name}.weight" if name else "weight"
-        tensors[key] = compress_tensor(mod.weight, cfg, keep=None if masks is None else masks[name], name=key)
+    jobs = [(f"{name}.weight" if name else "weight", mod.weight, None if masks is None else masks[name])
+            for name, mod in mods]
+    tensors = {key: ct for key, ct, _ in compress_many(jobs, cfg, threads=threads)}
     state = model.state_dict()
     raw = {}
     for k, v in state.items():

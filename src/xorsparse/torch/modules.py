@@ -3,12 +3,18 @@ weights compressed in Xor* modules that decode in forward.
 
     load_compressed(model, "model.xsp", mode="ondemand")   # Xor* modules decode in forward
 
-The on-demand modules decode with torch tensor operations only (table look-ups, XOR,
-shifts), so they run wherever the model runs; the result equals the numba decoder's bit
-for bit (tests check it).
+On CPU the modules call the fused numba decoder (tensor/fused.py) on numpy views of their
+own buffers, into a workspace shared by the model's modules: no copy of the compressed
+data, no allocation per forward, and optionally the next layer decodes on a background
+thread while this one computes. On other devices they decode with torch operations,
+chunk by chunk so that the temporaries stay below the size of the dense weight. Both
+paths equal the reference bit for bit (tests check it).
 """
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -16,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..codec.plane import _tables
-from ..io.container import XspFile, XspError
-from ..io.validate import max_tensor_bytes
-from ..tensor.maskcode import decode_mask
+from ..io.container import XspFile
+from ..codec.plane import get_decoder
+from ..tensor import fused
+from ..tensor.maskcode import decode_mask_words
 from ..tensor.pipeline import CompressedTensor
 from .compress import MODULE_TYPES
 
@@ -47,119 +54,252 @@ def unpack_bits(data: torch.Tensor, count: int) -> torch.Tensor:
     return ((data[:, None] >> shifts) & 1).reshape(-1)[:count]
 
 
-def decode_plane_torch(stream: torch.Tensor, patches: torch.Tensor, length: int, n_in: int, n_out: int,
-                       n_s: int, chunk_slices: int, table: torch.Tensor) -> torch.Tensor:
-    """docs/FORMAT.md section 1 in tensor operations; returns uint8 0/1 bits of the plane."""
+# ---------------------------------------------------------------------------------------
+# Chunked decoding with torch operations (devices other than the CPU)
+
+TORCH_CHUNK_MIN_WORDS = 64  # coded words per chunk, at least
+
+
+def _slice_bits_torch(stream: torch.Tensor, t_a: int, t_b: int, n_in: int, n_out: int, n_s: int, cs: int,
+                      table: torch.Tensor) -> torch.Tensor:
+    """Decoder outputs of slices t_a .. t_b - 1 (FORMAT.md 1.3, before patches), uint8 0/1."""
     dev = stream.device
-    n_slices = -(-length // n_out)
-    if n_slices == 0:
-        return torch.zeros(0, dtype=torch.uint8, device=dev)
     window = n_in * (n_s + 1)
-    bits = unpack_bits(stream, n_slices * n_in)
-    padded = torch.cat([torch.zeros(n_s * n_in, dtype=torch.uint8, device=dev), bits])
-    win = padded.unfold(0, window, n_in)  # row t: x_{t-n_s} .. x_t, oldest first
-    local = torch.arange(n_slices, device=dev) % chunk_slices
-    first_valid = ((n_s - local).clamp(min=0) * n_in)[:, None]
-    win = win * (torch.arange(window, device=dev)[None, :] >= first_valid)
+    lo = (t_a - n_s) * n_in
+    first = max(lo, 0)
+    nbits = t_b * n_in - first
+    b0 = first >> 3
+    raw = stream[b0 : (t_b * n_in + 7) // 8 + 1]
+    bits = unpack_bits(raw, raw.numel() * 8)[first - 8 * b0 : first - 8 * b0 + nbits]
+    if first > lo:
+        bits = torch.cat([torch.zeros(first - lo, dtype=torch.uint8, device=dev), bits])
+    win = bits.unfold(0, window, n_in)  # row: x_{t-n_s} .. x_t, oldest first
+    t = torch.arange(t_a, t_b, device=dev)
+    first_valid = ((t - (t // cs) * cs - n_s).neg().clamp(min=0) * n_in)[:, None]
     nbytes = table.shape[0]
-    win = F.pad(win, (0, nbytes * 8 - window)).reshape(n_slices, nbytes, 8).to(torch.int64)
-    byte = (win << torch.arange(8, device=dev)).sum(-1)
+    keep = torch.arange(nbytes * 8, device=dev)[None, :] >= first_valid
+    win = F.pad(win, (0, nbytes * 8 - window))
+    byte = ((win * keep).reshape(t_b - t_a, nbytes, 8).to(torch.int64) << torch.arange(8, device=dev)).sum(-1)
     acc = table[0][byte[:, 0]]
     for m in range(1, nbytes):
         acc = acc ^ table[m][byte[:, m]]
     nwords = table.shape[2]
-    out = torch.empty(n_slices, nwords * 64, dtype=torch.uint8, device=dev)
+    out = torch.empty(t_b - t_a, nwords * 64, dtype=torch.uint8, device=dev)
     for k in range(64):
         out[:, k::64] = ((acc >> k) & 1).to(torch.uint8)
-    plane = out[:, :n_out].reshape(-1)[:length].clone()
-    if patches.numel():
-        plane[patches] ^= 1
-    return plane
+    return out[:, :n_out].reshape(-1)
 
 
-def to_natural_torch(coded: torch.Tensor, step: int) -> torch.Tensor:
-    """Coded-order plane bits -> row-major order (FORMAT.md section 5): a gather of 64-blocks."""
-    nfull = coded.numel() // 64
-    if nfull == 0:
-        return coded
-    j = torch.arange(nfull, device=coded.device)
-    blocks = coded[: nfull * 64].reshape(nfull, 64)[(j * step) % nfull]
-    return torch.cat([blocks.reshape(-1), coded[nfull * 64:]])
+def dense_torch(xw: "XorWeight", out: torch.Tensor | None = None) -> torch.Tensor:
+    """The dense weight with torch operations only, in chunks of coded words.
+
+    Each chunk decodes its slices of every plane, applies the patches, maps its positions
+    to row-major order (FORMAT.md section 5) and writes the levels of its kept weights.
+    Temporaries are bounded by the chunk, which is sized so that they stay below the
+    dense weight's bytes: peak memory is under twice the dense weight.
+    """
+    dev = xw.scales.device
+    dtype = getattr(torch, xw.dtype_name)
+    n = xw.length
+    if out is None:
+        out = torch.zeros(n, dtype=dtype, device=dev)
+    else:
+        out = out.reshape(-1)
+        out.zero_()
+    if n == 0:
+        return out.reshape(xw.shape)
+    rows, cols, gsize = xw.meta["rows"], xw.meta["cols"], xw.meta["group_size"]
+    ngroups = max(1, -(-cols // gsize))
+    scales = xw.scales.reshape(-1).to(torch.float32)
+    k = xw.scale_k
+    q = len(xw.planes)
+    nfull = n // 64
+    nwords = -(-n // 64)
+    inv = pow(xw.block_step, -1, nfull) if nfull > 1 else 0
+    # patches in coded order: natural position p -> coded position
+    ppos = xw.patch_pos[:-1]
+    pxor = xw.patch_xor[:-1]
+    pj = ppos >> 6
+    pk = torch.where(pj < nfull, (pj * xw.block_step) % max(nfull, 1), pj)
+    pcoded, order = torch.sort(pk * 64 + (ppos & 63))
+    pxor = pxor[order]
+    chunk = max(TORCH_CHUNK_MIN_WORDS, -(-n * out.element_size() // (64 * 96)))
+    tables = [decoder_table(n_in, n_out, n_s, seed).to(dev) for n_in, n_out, n_s, seed, _ in xw.planes]
+    lane = torch.arange(64, device=dev)
+    for k0 in range(0, nwords, chunk):
+        k1 = min(nwords, k0 + chunk)
+        pc0, pc1 = 64 * k0, min(n, 64 * k1)
+        code = torch.zeros(pc1 - pc0, dtype=torch.uint8, device=dev)
+        for i, (n_in, n_out, n_s, seed, cs) in enumerate(xw.planes):
+            t_a, t_b = pc0 // n_out, (pc1 - 1) // n_out + 1
+            bits = _slice_bits_torch(xw.streams[i].view(torch.uint8), t_a, t_b, n_in, n_out, n_s, cs, tables[i])
+            code |= bits[pc0 - t_a * n_out : pc1 - t_a * n_out] << i
+        lo, hi = torch.searchsorted(pcoded, torch.tensor([pc0, pc1], device=dev)).tolist()
+        if hi > lo:
+            code[pcoded[lo:hi] - pc0] ^= pxor[lo:hi].to(torch.uint8)
+        kw = torch.arange(k0, k1, device=dev)
+        nat = torch.where(kw < nfull, (kw * inv) % max(nfull, 1), kw)
+        p = (nat[:, None] * 64 + lane).reshape(-1)[: pc1 - pc0]
+        kept = ((xw.mask_bits[p >> 3] >> (p & 7).to(torch.uint8)) & 1).bool()
+        p = p[kept]
+        code = code[kept].to(torch.int64)
+        r = p // cols
+        sidx = (r * ngroups + (p - r * cols) // gsize) * k
+        del r, kept
+        out[p] = _levels_at(scales, sidx, code, q, xw.quant_kind).to(dtype)
+    return out.reshape(xw.shape)
 
 
-def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool,
-                 zero_points: torch.Tensor | None = None, scale_dtype: str = "") -> torch.Tensor:
-    """quant.levels_table in torch: the same float32 operations in the same order."""
-    s = scales.to(torch.float32)
-    dev = s.device
-    codes = torch.arange(1 << q, device=dev)
-    if quantizer == "affine":  # float32 (c - z) * s, rounded once to the scale's dtype
-        signed = (codes - (1 << (q - 1)))[None, None, :]
-        z = 0 if zero_points is None else zero_points.to(torch.int64)[:, :, None]
-        out = (signed - z).to(torch.float32) * s[:, :, 0:1]
-        return out.to(getattr(torch, scale_dtype)).to(torch.float32)
-    if quantizer == "bcq":
-        out = torch.zeros(s.shape[0], s.shape[1], 1 << q, dtype=torch.float32, device=dev)
+def _levels_at(scales: torch.Tensor, sidx: torch.Tensor, code: torch.Tensor, q: int, kind: int) -> torch.Tensor:
+    """FORMAT.md section 4 for each (scale index, code), float32, operation for operation
+    (the kernels' `fused._level`; `kind` is a fused.Q_* quantizer kind)."""
+    if kind == fused.Q_BCQ:
+        w = torch.zeros(code.shape, dtype=torch.float32, device=code.device)
         for i in range(q):
-            sign = (((codes >> i) & 1) * 2 - 1).to(torch.float32)
-            out = out + s[:, :, i : i + 1] * sign
-        return out
-    c = codes.to(torch.float32)
-    if symmetric:
-        return s[:, :, 0:1] * (c - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32, device=dev))
-    return s[:, :, 1:2] + s[:, :, 0:1] * c
+            s = scales[sidx + i]
+            w = w + torch.where(((code >> i) & 1).bool(), s, -s)
+        return w
+    c = code.to(torch.float32)
+    if kind == fused.Q_UNIFORM_SYM:
+        return scales[sidx] * (c - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32, device=code.device))
+    if kind == fused.Q_UNIFORM_ASYM:
+        return scales[sidx + 1] + scales[sidx] * c
+    # affine: (c - z) is an exact integer, one float32 product, rounded once to the scale dtype
+    w = (code - (1 << (q - 1)) - scales[sidx + 1].to(torch.int64)).to(torch.float32) * scales[sidx]
+    if kind == fused.Q_AFFINE_F16:
+        return w.to(torch.float16).to(torch.float32)
+    if kind == fused.Q_AFFINE_BF16:
+        return w.to(torch.bfloat16).to(torch.float32)
+    return w
 
 
-def dequantize_torch(planes: list[torch.Tensor], scales: torch.Tensor, keep: torch.Tensor,
-                     quantizer: str, symmetric: bool, rows: int, cols: int, group_size: int,
-                     zero_points: torch.Tensor | None = None, scale_dtype: str = "") -> torch.Tensor:
-    """Row-major float32 weights from natural-order planes: a look-up in the levels table."""
-    dev = scales.device
-    code = torch.zeros(rows * cols, dtype=torch.int64, device=dev)
-    for i, p in enumerate(planes):
-        code |= p.to(torch.int64) << i
-    levels = levels_torch(scales, len(planes), quantizer, symmetric, zero_points, scale_dtype)
-    r = torch.arange(rows, device=dev)[:, None]
-    g = (torch.arange(cols, device=dev) // group_size)[None, :]
-    out = levels[r, g, code.reshape(rows, cols)]
-    return torch.where(keep.reshape(rows, cols), out, torch.zeros((), dtype=torch.float32, device=dev))
+# ---------------------------------------------------------------------------------------
+# The workspace: reusable output buffers and decoding ahead on CPU
 
 
-def ondemand_decode_bytes(ct: CompressedTensor) -> int:
-    """Peak working memory of XorWeight.dense: decode_plane_torch's window tensors (int64
-    bytes of every slice's window) dominate, then the int64 codes and the levels table."""
-    n = ct.numel
-    plane = 0
-    for p in ct.planes:
-        n_slices = -(-n // p.n_out)
-        nbytes = -(-(p.n_in * (p.n_s + 1)) // 8)
-        plane = max(plane, n_slices * (136 * nbytes + 80 * -(-p.n_out // 64)))
-    q = ct.quant
-    return plane + 32 * n + 4 * q.scales.shape[0] * q.scales.shape[1] * (1 << q.bits)
+class DecodeWorkspace:
+    """Output buffers shared by the on-demand modules of a model, and the decode-ahead thread.
+
+    Forward passes decode into one of two buffers per dtype (grown to the largest weight)
+    instead of allocating a dense weight each time. With prefetch=True the workspace
+    learns the order in which modules ask for their weights and, while module i computes
+    with buffer A, decodes module i + 1 into buffer B on a background thread (the numba
+    kernel releases the GIL). A guess that turns out wrong costs one wasted decode.
+    Buffers are only lent to computations that keep no reference to the weight (no
+    autograd graph); anything else gets a fresh tensor.
+    """
+
+    def __init__(self, prefetch: bool = False):
+        self.prefetch = prefetch
+        self._buffers: dict[torch.dtype, list[torch.Tensor]] = {}
+        self._order: list[XorWeight] = []
+        self._index: dict[int, int] = {}
+        self._slot = 0
+        self._pending: tuple[XorWeight, int, Future] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="xorsparse-prefetch") if prefetch else None
+        self._lock = threading.Lock()
+
+    def buffer_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for bs in self._buffers.values() for b in bs)
+
+    def _buffer(self, dtype: torch.dtype, slot: int, numel: int) -> torch.Tensor:
+        bufs = self._buffers.setdefault(dtype, [torch.empty(0, dtype=dtype), torch.empty(0, dtype=dtype)])
+        if bufs[slot].numel() < numel:
+            bufs[slot] = torch.empty(numel, dtype=dtype)
+        return bufs[slot][:numel]
+
+    def _settle(self) -> tuple["XorWeight", int] | None:
+        """Wait for the background decode, if any; returns what it decoded and where."""
+        if self._pending is None:
+            return None
+        xw, slot, fut = self._pending
+        self._pending = None
+        fut.result()
+        return xw, slot
+
+    def weight(self, xw: "XorWeight") -> torch.Tensor:
+        """xw's dense weight in a workspace buffer, valid until the next call after the next."""
+        with self._lock:
+            done = self._settle()
+            if done is not None and done[0] is xw:
+                slot = done[1]
+                w = self._buffer(xw.torch_dtype, slot, xw.length)
+            else:
+                slot = self._slot
+                w = self._buffer(xw.torch_dtype, slot, xw.length)
+                xw.decode_cpu_into(w, parallel=True)
+            self._slot = 1 - slot
+            if id(xw) not in self._index:
+                self._index[id(xw)] = len(self._order)
+                self._order.append(xw)
+            if self._pool is not None and len(self._order) > 1:
+                nxt = self._order[(self._index[id(xw)] + 1) % len(self._order)]
+                if nxt is not xw:
+                    buf = self._buffer(nxt.torch_dtype, self._slot, nxt.length)
+                    self._pending = (nxt, self._slot, self._pool.submit(nxt.decode_cpu_into, buf, False))
+            return w.view(xw.shape)
+
+    def __deepcopy__(self, memo):  # a copied model gets its own, empty workspace
+        new = DecodeWorkspace(self.prefetch)
+        memo[id(self)] = new
+        return new
+
+    def __getstate__(self):  # pickled models (torch.save) keep the setting, not the buffers
+        return {"prefetch": self.prefetch}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefetch"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._settle()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def __del__(self):  # a pending decode must not outlive its buffer
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class XorWeight(nn.Module):
-    """Holds one compressed weight as buffers and rebuilds the dense tensor on request."""
+    """Holds one compressed weight as buffers and rebuilds the dense tensor on request.
 
-    def __init__(self, ct: CompressedTensor, cache: bool = False):
+    Buffers: `mask_bits` (the mask as a bitmask, padded to whole 64-bit words), `streams`
+    (every plane's stream as int64 words, padded for the kernels' window reads), the merged
+    row-major patch list `patch_pos`/`patch_xor`, and float32 `scales`.
+    """
+
+    def __init__(self, ct: CompressedTensor, cache: bool = False, workspace: DecodeWorkspace | None = None):
         super().__init__()
+        ct.validate()
+        fused.check_planes(ct)  # the kernels read these buffers without bounds checks
         self.shape = tuple(ct.shape)
         self.dtype_name = ct.dtype
+        self.torch_dtype = getattr(torch, ct.dtype)
         q = ct.quant
         self.meta = dict(quantizer=q.quantizer, symmetric=q.symmetric, rows=q.rows, cols=q.cols,
-                         group_size=q.group_size, scale_dtype=q.scale_dtype)
+                         group_size=q.group_size, scale_dtype=q.scale_storage_dtype)
+        scales, self.scale_k, self.quant_kind = fused.kernel_scales(q)
         self.block_step = ct.block_step
         self.length = ct.numel
-        keep = decode_mask(ct.mask)  # the range-coded mask is sequential: kept as a bitmask
-        self.register_buffer("mask_bits", torch.from_numpy(np.packbits(keep, bitorder="little")))
-        self.register_buffer("scales", torch.from_numpy(q.scales.copy()))
-        self.register_buffer("zero_points", None if q.zero_points is None else torch.from_numpy(q.zero_points.copy()))
-        self.planes = []
-        for i, p in enumerate(ct.planes):
-            self.register_buffer(f"stream{i}", torch.from_numpy(p.stream.copy()))
-            self.register_buffer(f"patches{i}", torch.from_numpy(p.patches.astype(np.int64)))
-            self.planes.append((p.n_in, p.n_out, p.n_s, p.seed, p.chunk_slices))
+        mask = decode_mask_words(ct.mask)  # Golomb blocks decode sequentially: kept as a bitmask
+        self.register_buffer("mask_bits", torch.from_numpy(mask.view(np.uint8).copy()))
+        # float32, scale_k per (row, group): the scales (affine: scale, then zero point)
+        self.register_buffer("scales", torch.from_numpy(scales.reshape(q.scales.shape[0], q.scales.shape[1],
+                                                                       self.scale_k)))
+        streams, params, g, wide = fused.plane_arrays(ct.planes)
+        self.register_buffer("streams", torch.from_numpy(streams.view(np.int64)))
+        ppos, pxor = fused.natural_patches(ct.planes, ct.numel, ct.block_step)
+        self.register_buffer("patch_pos", torch.from_numpy(ppos))
+        self.register_buffer("patch_xor", torch.from_numpy(pxor))
+        self.planes = [(p.n_in, p.n_out, p.n_s, p.seed, p.chunk_slices) for p in ct.planes]
+        self._plane_params, self._g, self._wide = params, g, wide
+        self._shared = len(set(self.planes)) == 1
         self.cache = cache
+        self.workspace = workspace
         self._cached: torch.Tensor | None = None
         self._summary = (f"shape={tuple(ct.shape)}, dtype={ct.dtype}, {q.quantizer} q={q.bits}, "
                          f"{ct.total_bits / max(ct.numel, 1):.3f} bits/weight, cache={cache}")
@@ -167,22 +307,56 @@ class XorWeight(nn.Module):
     def extra_repr(self) -> str:
         return self._summary
 
-    def dense(self) -> torch.Tensor:
+    def _plan(self) -> fused.DecodePlan:
+        """A decode plan over numpy views of this module's CPU buffers (no copies)."""
+        mask = self.mask_bits.numpy().view(np.uint64)
+        return fused.DecodePlan(
+            self.length, self.meta["rows"], self.meta["cols"], self.meta["group_size"], self.length // 64,
+            self.block_step, fused.MASK_WORDS, mask, _EMPTY_I64, _EMPTY_I64, 64 * fused.TILE_WORDS, _NO_TABLES,
+            _EMPTY_I64, self.streams.numpy().view(np.uint64), self._plane_params, self._g, self.patch_pos.numpy(),
+            self.patch_xor.numpy(), self.scales.numpy().reshape(-1), self.quant_kind, len(self.planes),
+            self.scale_k, self._wide, self._shared)
+
+    def decode_cpu_into(self, out: torch.Tensor, parallel: bool = True) -> torch.Tensor:
+        """Fused numba decode of the weight into out (a flat CPU tensor of the weight's dtype)."""
+        if self.dtype_name == "bfloat16":
+            view, kind = out.view(torch.int16).numpy().view(np.uint16), fused.OUT_BF16
+        elif self.dtype_name == "float16":
+            view, kind = out.view(torch.int16).numpy().view(np.uint16), fused.OUT_F16
+        else:
+            view, kind = out.numpy(), fused.OUT_KINDS[self.dtype_name]
+        fused.decode_into(self._plan(), view, kind, parallel)
+        return out
+
+    def dense(self, backend: str = "auto") -> torch.Tensor:
+        """A fresh dense weight (the cached one if cache=True). backend: auto, numba or torch."""
         if self._cached is not None:
             return self._cached
-        dev = self.scales.device
-        planes = []
-        for i, (n_in, n_out, n_s, seed, cs) in enumerate(self.planes):
-            table = decoder_table(n_in, n_out, n_s, seed).to(dev)
-            coded = decode_plane_torch(getattr(self, f"stream{i}"), getattr(self, f"patches{i}"), self.length,
-                                       n_in, n_out, n_s, cs, table)
-            planes.append(to_natural_torch(coded, self.block_step))
-        keep = unpack_bits(self.mask_bits, self.length).bool()
-        w = dequantize_torch(planes, self.scales, keep, zero_points=self.zero_points, **self.meta)
-        w = w.reshape(self.shape).to(getattr(torch, self.dtype_name))
+        on_cpu = self.scales.device.type == "cpu"
+        if backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"backend must be auto, numba or torch, got {backend!r}")
+        if backend == "numba" and not on_cpu:
+            raise ValueError("the numba decoder runs on CPU tensors only")
+        if backend == "torch" or not on_cpu:
+            w = dense_torch(self)
+        else:
+            w = self.decode_cpu_into(torch.empty(self.length, dtype=self.torch_dtype)).view(self.shape)
         if self.cache:
             self._cached = w
         return w
+
+    def for_compute(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight for one forward: a workspace buffer when nothing can keep a reference."""
+        if self._cached is not None or self.cache:
+            return self.dense()
+        if (self.workspace is not None and self.scales.device.type == "cpu"
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            return self.workspace.weight(self)
+        return self.dense()
+
+
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_NO_TABLES = np.zeros((1, 1, 1), dtype=np.int32)
 
 
 class XorLinear(nn.Module):
@@ -191,9 +365,10 @@ class XorLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-    def __init__(self, ct: CompressedTensor, bias: torch.Tensor | None, cache: bool = False):
+    def __init__(self, ct: CompressedTensor, bias: torch.Tensor | None, cache: bool = False,
+                 workspace: DecodeWorkspace | None = None):
         super().__init__()
-        self.xw = XorWeight(ct, cache)
+        self.xw = XorWeight(ct, cache, workspace)
         self.out_features, self.in_features = ct.shape
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
 
@@ -202,15 +377,16 @@ class XorLinear(nn.Module):
         return self.xw.dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.xw.dense(), self.bias)
+        return F.linear(x, self.xw.for_compute(x), self.bias)
 
 
 class XorConv2d(nn.Module):
     """nn.Conv2d whose weight stays compressed and is decoded in forward."""
 
-    def __init__(self, ct: CompressedTensor, conv: nn.Conv2d, cache: bool = False):
+    def __init__(self, ct: CompressedTensor, conv: nn.Conv2d, cache: bool = False,
+                 workspace: DecodeWorkspace | None = None):
         super().__init__()
-        self.xw = XorWeight(ct, cache)
+        self.xw = XorWeight(ct, cache, workspace)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.padding_mode = conv.padding_mode
         self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False) if conv.bias is not None else None
@@ -222,15 +398,16 @@ class XorConv2d(nn.Module):
         return self.xw.dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.xw.dense(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.xw.for_compute(x), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class XorEmbedding(nn.Module):
     """nn.Embedding whose table stays compressed and is decoded in forward."""
 
-    def __init__(self, ct: CompressedTensor, emb: nn.Embedding, cache: bool = False):
+    def __init__(self, ct: CompressedTensor, emb: nn.Embedding, cache: bool = False,
+                 workspace: DecodeWorkspace | None = None):
         super().__init__()
-        self.xw = XorWeight(ct, cache)
+        self.xw = XorWeight(ct, cache, workspace)
         self.padding_idx, self.max_norm = emb.padding_idx, emb.max_norm
         self.norm_type, self.scale_grad_by_freq, self.sparse = emb.norm_type, emb.scale_grad_by_freq, emb.sparse
         if emb.max_norm is not None:
@@ -241,7 +418,7 @@ class XorEmbedding(nn.Module):
         return self.xw.dense()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.xw.dense(), self.padding_idx)
+        return F.embedding(ids, self.xw.for_compute(ids), self.padding_idx)
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -253,15 +430,20 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bool = False) -> nn.Module:
+def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bool = False,
+                    prefetch: bool = False) -> nn.Module:
     """Load an .xsp file into `model` (same architecture as when it was compressed).
 
     mode="decode" writes the decoded weights into the existing modules once;
     mode="ondemand" replaces them by Xor* modules that keep only compressed buffers and
-    decode in forward (cache=True keeps the decoded weight after the first call).
+    decode in every forward, into two buffers shared by the model's modules (the
+    workspace, `model.xorsparse_workspace`). cache=True keeps each decoded weight after
+    its first use instead (as much memory as the dense model). prefetch=True decodes the
+    next module's weight on a background thread while the current one computes.
     """
     if mode not in ("decode", "ondemand"):
         raise ValueError(f"mode must be 'decode' or 'ondemand', got {mode!r}")
+    workspace = DecodeWorkspace(prefetch) if mode == "ondemand" and not cache else None
     with XspFile(path) as f:
         state = model.state_dict()
         unknown = [n for n in f.names() if n not in state]
@@ -287,21 +469,18 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
             if mode == "decode":
                 mod.weight.copy_(f.dense(name, framework="torch"))
                 continue
+            f.check_cost(name)  # the fused decode in forward needs what a dense decode needs
             ct = f.compressed(name)
-            limit = f.max_tensor_bytes if f.max_tensor_bytes is not None else max_tensor_bytes()
-            need = ondemand_decode_bytes(ct)
-            if need > limit:
-                raise XspError(f"{path}: tensor {name!r}: on-demand decoding needs about {need / 2**20:.0f} MiB, "
-                               f"above the limit of {limit / 2**20:.0f} MiB "
-                               "(set XORSPARSE_MAX_TENSOR_BYTES to allow it)")
             if isinstance(mod, nn.Linear):
-                new = XorLinear(ct, mod.bias, cache)
+                new = XorLinear(ct, mod.bias, cache, workspace)
             elif isinstance(mod, nn.Conv2d):
-                new = XorConv2d(ct, mod, cache)
+                new = XorConv2d(ct, mod, cache, workspace)
             else:
-                new = XorEmbedding(ct, mod, cache)
+                new = XorEmbedding(ct, mod, cache, workspace)
             parent, attr = _parent(model, mod_name)
             setattr(parent, attr, new)
+    if workspace is not None:
+        model.xorsparse_workspace = workspace
     return model
 
 

@@ -1,0 +1,515 @@
+"""Fused whole-tensor decoding: mask, XOR planes, patches and dequantization in one pass.
+
+The dense output is written once, tile by tile, in row-major order; tiles run in parallel.
+For each tile the mask is decoded into a small local bitmask (one word per 64 positions,
+a few KiB), then every kept weight is computed where it lies:
+
+- its plane bits come straight from the streams. Natural block j is coded block
+  (j * step) mod NB (docs/FORMAT.md section 5), so the coded position of a kept weight
+  is known, hence its slice t and output j; the output bit is parity(G[j] & window_t),
+  and window_t is W stream bits read from bit (t - n_s) * n_in (bits before the chunk's
+  first slice are zero). At 90% sparsity that is cheaper than decoding every position,
+  and it needs no plane in memory at all, so the permuted block order costs nothing;
+- patches are applied from one list of natural positions sorted once per tensor, with
+  the XOR of every plane's flip at that position;
+- the level is computed in float32 in the order of FORMAT.md section 4 and rounded to
+  the output dtype (IEEE half and bfloat16 with round-to-nearest-even).
+
+Only validated input may reach these kernels (they do not bounds-check): `prepare`
+takes a `CompressedTensor` that has passed `validate()` and checks the remaining
+lengths itself. A new mask codec plugs in as one more tile decoder (`_mask_tile`); any
+codec can also go through `MASK_WORDS`, a bitmask of the whole tensor. A new quantizer
+adds one branch to `_level`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ..codec._bits import U64, ctz64, f32_to_bf16_bits, f32_to_f16_bits, low_mask, popcount64, read128, read_bits, \
+    round_f32_to_bf16, round_f32_to_f16, shl128
+from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
+
+# mask kinds
+MASK_WORDS = 0  # a bitmask of the whole tensor in uint64 words (any codec can be decoded to it)
+MASK_GOLOMB = 1  # the `entropy` codec: Golomb-coded gaps per block (FORMAT.md section 3)
+# quantizer kinds: how the kernels turn (scales of a group, code) into a float32 level
+Q_BCQ, Q_UNIFORM_SYM, Q_UNIFORM_ASYM = 0, 1, 2
+Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16 = 3, 4, 5  # `affine`, by scale dtype: [scale, zero point] per group
+# output kinds: float32, float64, IEEE half bits, bfloat16 bits
+OUT_F32, OUT_F64, OUT_F16, OUT_BF16 = 0, 1, 2, 3
+OUT_KINDS = {"float32": OUT_F32, "float64": OUT_F64, "float16": OUT_F16, "bfloat16": OUT_BF16}
+OUT_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.uint16, "bfloat16": np.uint16}
+TILE_WORDS = 1024  # positions per tile for bitmask masks: 64 Ki, a quarter MiB of float32 output
+STREAM_PAD_WORDS = 5  # a window read touches at most 5 words from its first
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Everything the fused kernels read, as flat numpy arrays (views of module buffers work)."""
+
+    length: int
+    rows: int
+    cols: int
+    group_size: int
+    nfull: int  # full 64-position blocks
+    step: int
+    mask_kind: int
+    mask_words: np.ndarray  # uint64: the bitmask (MASK_WORDS) or the Golomb payload, padded
+    mask_offsets: np.ndarray  # int64 end byte of each Golomb block (empty for MASK_WORDS)
+    mask_params: np.ndarray  # int64 Golomb parameter of each block
+    mask_block: int  # positions per Golomb block; tile size for MASK_WORDS
+    gtables: np.ndarray  # int32 Golomb look-up tables (maskcode.golomb_tables)
+    gindex: np.ndarray  # int64 table of each block, -1 for none
+    streams: np.ndarray  # uint64 (q, words), each padded by STREAM_PAD_WORDS zero words
+    plane_params: np.ndarray  # int64 (q, 4): n_in, n_out, n_s, chunk_slices
+    g: np.ndarray  # uint64 (q, max n_out, 4): rows of each plane's window matrix
+    patch_pos: np.ndarray  # int64 sorted natural positions, then a sentinel
+    patch_xor: np.ndarray  # int64 code bits to flip at each
+    scales: np.ndarray  # float32 (rows * groups * k)
+    quant_kind: int
+    bits: int
+    scale_k: int
+    wide: bool  # some window is longer than 128 bits
+    fast_shared: bool = False  # every plane has the same decoder (n_in, n_out, n_s, chunk_slices, seed)
+
+    @property
+    def ntiles(self) -> int:
+        return -(-self.length // self.mask_block) if self.length else 0
+
+
+def _quant_kind(quantizer: str, symmetric: bool, scale_dtype: str = "") -> int:
+    if quantizer == "bcq":
+        return Q_BCQ
+    if quantizer == "uniform":
+        return Q_UNIFORM_SYM if symmetric else Q_UNIFORM_ASYM
+    if quantizer == "affine":
+        kinds = {"float32": Q_AFFINE_F32, "float16": Q_AFFINE_F16, "bfloat16": Q_AFFINE_BF16}
+        if scale_dtype not in kinds:
+            raise ValueError(f"affine scales of dtype {scale_dtype!r} are not supported")
+        return kinds[scale_dtype]
+    raise ValueError(f"the fused decoder does not know quantizer {quantizer!r}")
+
+
+def kernel_scales(q) -> tuple[np.ndarray, int, int]:
+    """(flat float32 parameters, parameters per group, quantizer kind) for the kernels' `_level`.
+
+    bcq and uniform: the scales as stored. affine: each group's scale then its zero point
+    (an integer, exact in float32).
+    """
+    kind = _quant_kind(q.quantizer, q.symmetric, q.scale_storage_dtype)
+    s = np.asarray(q.scales, dtype=np.float32)
+    if kind in (Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16):
+        z = np.zeros(s.shape[:2], np.float32) if q.zero_points is None else q.zero_points.astype(np.float32)
+        s = np.stack([s[:, :, 0], z], axis=-1)
+    return np.ascontiguousarray(s).reshape(-1), int(s.shape[2]) if s.ndim == 3 else 1, kind
+
+
+def natural_patches(planes, length: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every plane's patch positions mapped to row-major order, merged: (positions, code XOR).
+
+    A position patched in several planes appears once with all their bits. Ends with a
+    sentinel (int64 max) so kernels can scan without bounds checks.
+    """
+    nfull = length // 64
+    pos_list, bit_list = [], []
+    for i, p in enumerate(planes):
+        pc = np.asarray(p.patches, dtype=np.int64)
+        if pc.size == 0:
+            continue
+        if pc[0] < 0 or pc[-1] >= length or np.any(np.diff(pc) <= 0):
+            raise ValueError(f"plane {i}: patch positions must be strictly increasing and below {length}")
+        k = pc >> 6
+        nat = pc.copy()
+        full = k < nfull
+        if nfull > 1 and full.any():
+            inv = pow(int(step), -1, nfull)
+            kk = k[full]
+            if nfull < (1 << 31):
+                j = (kk * inv) % nfull
+            else:  # products would overflow int64
+                j = np.array([(int(v) * inv) % nfull for v in kk], dtype=np.int64)
+            nat[full] = j * 64 + (pc[full] & 63)
+        pos_list.append(nat)
+        bit_list.append(np.full(nat.size, 1 << i, dtype=np.int64))
+    if not pos_list:
+        return np.array([np.iinfo(np.int64).max], np.int64), np.zeros(1, np.int64)
+    pos = np.concatenate(pos_list)
+    bits = np.concatenate(bit_list)
+    order = np.argsort(pos, kind="stable")
+    pos, bits = pos[order], bits[order]
+    uniq, start = np.unique(pos, return_index=True)
+    xor = np.bitwise_xor.reduceat(bits, start) if pos.size else bits
+    return (np.concatenate([uniq, [np.iinfo(np.int64).max]]).astype(np.int64),
+            np.concatenate([xor, [0]]).astype(np.int64))
+
+
+def plane_arrays(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(streams, params, g, wide) for the kernels from EncodedPlane objects."""
+    from ..codec.plane import get_decoder
+
+    q = len(planes)
+    max_out = max((p.n_out for p in planes), default=1)
+    nwords = max((-(-p.stream.size // 8) for p in planes), default=0) + STREAM_PAD_WORDS
+    streams = np.zeros((q, nwords), dtype=np.uint64)
+    params = np.zeros((q, 4), dtype=np.int64)
+    g = np.zeros((q, max_out, 4), dtype=np.uint64)
+    wide = False
+    for i, p in enumerate(planes):
+        streams[i].view(np.uint8)[: p.stream.size] = p.stream
+        params[i] = (p.n_in, p.n_out, p.n_s, p.chunk_slices)
+        gw = get_decoder(p.n_in, p.n_out, p.n_s, p.seed).g_words
+        g[i, : p.n_out, : gw.shape[1]] = gw
+        wide |= p.n_in * (p.n_s + 1) > 128
+    return streams, params, g, wide
+
+
+def check_planes(ct) -> None:
+    """What CompressedTensor.validate() leaves to the decoders: stream lengths, chunk sizes."""
+    n = ct.numel
+    for i, p in enumerate(ct.planes):
+        want = -(-(-(-n // p.n_out) * p.n_in) // 8)
+        if p.stream.size != want:
+            raise ValueError(f"plane {i} stream holds {p.stream.size} bytes, expected {want}")
+        if p.chunk_slices <= 0 or p.chunk_slices % 64:
+            raise ValueError(f"plane {i}: chunk_slices must be a positive multiple of 64, got {p.chunk_slices}")
+
+
+def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
+    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open)."""
+    q = ct.quant
+    n = ct.numel
+    check_planes(ct)
+    m = ct.mask
+    if m.codec == "entropy":
+        offs, params = check_entropy_tables(m)
+        kind, words, block = MASK_GOLOMB, padded_bytes_as_words(m.data, 2), int(m.block)
+        gtables, gindex = golomb_tables(params)
+    else:
+        kind, words, block = MASK_WORDS, decode_mask_words(m), 64 * tile_words
+        offs = params = np.zeros(0, np.int64)
+        gtables, gindex = golomb_tables(params)
+    streams, pparams, g, wide = plane_arrays(ct.planes)
+    ppos, pxor = natural_patches(ct.planes, n, ct.block_step)
+    shared = len({(p.n_in, p.n_out, p.n_s, p.chunk_slices, p.seed) for p in ct.planes}) == 1
+    scales, scale_k, quant_kind = kernel_scales(q)
+    return DecodePlan(n, q.rows, q.cols, q.group_size, n // 64, ct.block_step, kind, words, offs, params, block,
+                      gtables, gindex, streams, pparams, g, ppos, pxor, scales, quant_kind, q.bits, scale_k,
+                      wide, shared)
+
+
+# ---------------------------------------------------------------------------------------
+# kernels
+
+
+@njit(inline="always", cache=True)
+def _mask_tile(kind, words, offsets, params, tables, tindex, block, length, tile, wbuf):
+    """The tile's mask as bitmask words in wbuf (zeroed by the caller); False if corrupt."""
+    p0 = tile * block
+    p1 = min(length, p0 + block)
+    if kind == MASK_GOLOMB:
+        start = offsets[tile - 1] if tile > 0 else 0
+        t = tindex[tile]
+        return golomb_block(words, start, offsets[tile], params[tile], p1 - p0, wbuf, 0, tables[max(t, 0)], t >= 0)
+    w0 = p0 >> 6
+    for w in range((p1 - p0 + 63) >> 6):
+        wbuf[w] = words[w0 + w]
+    if p1 & 63:
+        wbuf[(p1 - p0 - 1) >> 6] &= low_mask(p1 & 63)
+    return True
+
+
+@njit(inline="always", cache=True)
+def _div(a, d, inv):
+    """floor(a / d) for 0 <= a < 2^50 through a float64 reciprocal inv = 1/d: integer division
+    costs tens of cycles, and the kernels need several per 64 positions."""
+    t = np.int64(np.float64(a) * inv)
+    if t * d > a:
+        t -= 1
+    elif (t + 1) * d <= a:
+        t += 1
+    return t
+
+
+@njit(inline="always", cache=True)
+def _window(streams, i, t, n_in, n_s, cs, inv_cs):
+    """The first 128 window bits of slice t of plane i (inputs before its chunk are zero)."""
+    s = (t - n_s) * n_in
+    c0 = _div(t, cs, inv_cs) * cs * n_in
+    if s >= c0:
+        return read128(streams[i], s)
+    lo, hi = read128(streams[i], c0)
+    return shl128(lo, hi, c0 - s)
+
+
+@njit(inline="always", cache=True)
+def _window_wide(streams, i, t, n_in, n_s, cs, inv_cs, win):
+    """All 256 window bits of slice t of plane i into win[0..3]."""
+    s = (t - n_s) * n_in
+    c0 = _div(t, cs, inv_cs) * cs * n_in
+    st = streams[i]
+    start = s if s >= c0 else c0
+    for k in range(4):
+        win[k] = read_bits(st, start + 64 * k, 64)
+    if s < c0:  # shift left by c0 - s (< 256) bits
+        sh = c0 - s
+        ws = sh >> 6
+        bs = sh & 63
+        for k in range(3, -1, -1):
+            v = U64(0)
+            if k - ws >= 0:
+                v = win[k - ws] << U64(bs)
+                if bs and k - ws - 1 >= 0:
+                    v |= win[k - ws - 1] >> U64(64 - bs)
+            win[k] = v
+
+
+@njit(inline="always", cache=True)
+def _level(kind, scales, base, q, code):
+    """FORMAT.md section 4 in float32, operation for operation."""
+    if kind == Q_BCQ:
+        w = np.float32(0.0)
+        for i in range(q):
+            s = scales[base + i]
+            if (code >> i) & 1:
+                w = w + s
+            else:
+                w = w + (-s)
+        return w
+    if kind == Q_UNIFORM_SYM:
+        return scales[base] * (np.float32(code) - np.float32(((1 << q) - 1) / 2))
+    if kind == Q_UNIFORM_ASYM:
+        return scales[base + 1] + scales[base] * np.float32(code)
+    # affine: one float32 product of the exact integer c - z, rounded once to the scale dtype
+    w = np.float32(code - (1 << (q - 1)) - np.int64(scales[base + 1])) * scales[base]
+    if kind == Q_AFFINE_F16:
+        return round_f32_to_f16(w)
+    if kind == Q_AFFINE_BF16:
+        return round_f32_to_bf16(w)
+    return w
+
+
+@njit(inline="always", cache=True)
+def _store(out, p, v, out_kind):
+    if out_kind == OUT_F16:
+        out[p] = f32_to_f16_bits(v)
+    elif out_kind == OUT_BF16:
+        out[p] = f32_to_bf16_bits(v)
+    else:
+        out[p] = v
+
+
+def _fused_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, rows, cols,
+                gsize, nfull, step, streams, pp, g, patch_pos, patch_xor, scales, quant_kind, q, scale_k, wide,
+                out_kind, out, ok):
+    """Any valid tensor: per-plane decoders, windows up to 256 bits, grouped scales."""
+    ntiles = (length + block - 1) // block
+    ngroups = (cols + gsize - 1) // gsize
+    one_group = gsize >= cols
+    inv_cols = 1.0 / cols
+    inv_g = 1.0 / gsize
+    for tile in prange(ntiles):
+        p0 = tile * block
+        p1 = min(length, p0 + block)
+        out[p0:p1] = 0
+        nwt = (p1 - p0 + 63) >> 6
+        wbuf = np.zeros(nwt, dtype=np.uint64)
+        if not _mask_tile(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, tile,
+                          wbuf):
+            ok[tile] = False
+            continue
+        send = np.zeros(q, dtype=np.int64)  # per plane: end (coded position) of the current slice
+        win = np.zeros((q, 4), dtype=np.uint64)  # and its window
+        inv_out = np.empty(q, dtype=np.float64)
+        inv_cs = np.empty(q, dtype=np.float64)
+        for i in range(q):
+            inv_out[i] = 1.0 / pp[i, 1]
+            inv_cs[i] = 1.0 / pp[i, 3]
+        ptr = np.searchsorted(patch_pos, p0)
+        r = p0 // cols
+        row0 = r * cols
+        w_first = p0 >> 6
+        k = (w_first * step) % nfull if nfull > 0 else 0
+        for wl in range(nwt):
+            m = wbuf[wl]
+            w = w_first + wl
+            kw = k if w < nfull else w
+            k += step  # coded block of the next natural block: (w + 1) * step mod nfull
+            if k >= nfull:
+                k -= nfull
+            if m == 0:
+                continue
+            cbase = kw * 64
+            for i in range(q):
+                send[i] = -1
+            base = w * 64
+            while m:
+                b = ctz64(m)
+                m &= m - U64(1)
+                p = base + b
+                pc = cbase + b
+                code = 0
+                for i in range(q):
+                    n_out = pp[i, 1]
+                    if pc >= send[i]:
+                        t = _div(pc, n_out, inv_out[i])
+                        send[i] = (t + 1) * n_out
+                        if wide:
+                            _window_wide(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i], win[i])
+                        else:
+                            lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
+                            win[i, 0] = lo
+                            win[i, 1] = hi
+                    jo = pc - send[i] + n_out
+                    if wide:
+                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1])
+                                         ^ (g[i, jo, 2] & win[i, 2]) ^ (g[i, jo, 3] & win[i, 3]))
+                    else:
+                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1]))
+                    code |= (par & 1) << i
+                while patch_pos[ptr] < p:
+                    ptr += 1
+                if patch_pos[ptr] == p:
+                    code ^= patch_xor[ptr]
+                if p - row0 >= cols:
+                    r = _div(p, cols, inv_cols)
+                    row0 = r * cols
+                gi = 0 if one_group else _div(p - row0, gsize, inv_g)
+                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
+                _store(out, p, v, out_kind)
+
+
+def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, rows, cols,
+                     nfull, step, streams, n_in, n_out, n_s, cs, g, patch_pos, patch_xor, scales, quant_kind, q,
+                     scale_k, out_kind, out, ok):
+    """The usual case: one decoder for every plane, windows up to 128 bits, one scale set per row.
+
+    A kept weight then costs one G row load and one AND/popcount per plane, and its level
+    comes from a table of 2^q values per row, already in the output dtype.
+    """
+    ntiles = (length + block - 1) // block
+    nlev = 1 << q
+    inv_out = 1.0 / n_out
+    inv_cs = 1.0 / cs
+    inv_cols = 1.0 / cols
+    for tile in prange(ntiles):
+        p0 = tile * block
+        p1 = min(length, p0 + block)
+        out[p0:p1] = 0
+        nwt = (p1 - p0 + 63) >> 6
+        wbuf = np.zeros(nwt, dtype=np.uint64)
+        if not _mask_tile(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, tile,
+                          wbuf):
+            ok[tile] = False
+            continue
+        wlo = np.zeros(q, dtype=np.uint64)
+        whi = np.zeros(q, dtype=np.uint64)
+        lv = np.zeros(nlev, dtype=out.dtype)
+        ptr = np.searchsorted(patch_pos, p0)
+        r = -1
+        row1 = 0  # positions below row1 are in rows <= r
+        w_first = p0 >> 6
+        k = (w_first * step) % nfull if nfull > 0 else 0
+        for wl in range(nwt):
+            m = wbuf[wl]
+            w = w_first + wl
+            kw = k if w < nfull else w
+            k += step
+            if k >= nfull:
+                k -= nfull
+            if m == 0:
+                continue
+            cbase = kw * 64
+            send = np.int64(-1)
+            sstart = np.int64(0)
+            t = np.int64(0)
+            base = w * 64
+            while m:
+                b = ctz64(m)
+                m &= m - U64(1)
+                p = base + b
+                pc = cbase + b
+                if pc >= send:
+                    if send < 0:
+                        t = _div(pc, n_out, inv_out)
+                        sstart = t * n_out
+                    else:
+                        t = _div(pc, n_out, inv_out) if pc - send >= n_out else t + 1
+                        sstart = t * n_out
+                    send = sstart + n_out
+                    for i in range(q):
+                        lo, hi = _window(streams, i, t, n_in, n_s, cs, inv_cs)
+                        wlo[i] = lo
+                        whi[i] = hi
+                jo = pc - sstart
+                g0 = g[jo, 0]
+                g1 = g[jo, 1]
+                code = 0
+                for i in range(q):
+                    code |= (popcount64((g0 & wlo[i]) ^ (g1 & whi[i])) & 1) << i
+                while patch_pos[ptr] < p:
+                    ptr += 1
+                if patch_pos[ptr] == p:
+                    code ^= patch_xor[ptr]
+                if p >= row1:
+                    r = _div(p, cols, inv_cols)
+                    row1 = (r + 1) * cols
+                    for c in range(nlev):
+                        v = _level(quant_kind, scales, r * scale_k, q, c)
+                        _store(lv, c, v, out_kind)
+                out[p] = lv[code]
+
+
+_fused_parallel = njit(parallel=True, nogil=True, cache=True)(_fused_impl)
+_fused_serial = njit(nogil=True, cache=True)(_fused_impl)
+_fast_parallel = njit(parallel=True, nogil=True, cache=True)(_fused_fast_impl)
+_fast_serial = njit(nogil=True, cache=True)(_fused_fast_impl)
+
+
+def _fast_ok(plan: DecodePlan) -> bool:
+    pp = plan.plane_params
+    return (not plan.wide and plan.bits >= 1 and plan.group_size >= plan.cols and plan.fast_shared
+            and bool(np.all(pp == pp[0])) and plan.cols >= (1 << plan.bits) // 4)
+
+
+def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool = True) -> np.ndarray:
+    """Decode the whole tensor into the flat array out (float32/float64, or uint16 bits).
+
+    parallel=False runs on the calling thread only (the kernels release the GIL, so
+    several tensors can decode at once from a thread pool).
+    """
+    if out.ndim != 1 or out.size != plan.length or not out.flags.c_contiguous:
+        raise ValueError(f"output must be a contiguous flat array of {plan.length} elements")
+    if out.dtype != np.dtype(OUT_DTYPES[[k for k, v in OUT_KINDS.items() if v == out_kind][0]]):
+        raise ValueError(f"output dtype {out.dtype} does not match output kind {out_kind}")
+    ntiles = plan.ntiles
+    ok = np.ones(max(ntiles, 1), dtype=np.bool_)
+    if plan.length:
+        if _fast_ok(plan):
+            n_in, n_out, n_s, cs = (int(v) for v in plan.plane_params[0])
+            kernel = _fast_parallel if parallel else _fast_serial
+            kernel(plan.mask_kind, plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                   plan.mask_block, plan.length, plan.rows, plan.cols, plan.nfull, plan.step, plan.streams,
+                   n_in, n_out, n_s, cs, plan.g[0], plan.patch_pos, plan.patch_xor, plan.scales, plan.quant_kind,
+                   plan.bits, plan.scale_k, out_kind, out, ok)
+        else:
+            kernel = _fused_parallel if parallel else _fused_serial
+            kernel(plan.mask_kind, plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                   plan.mask_block, plan.length, plan.rows, plan.cols, plan.group_size, plan.nfull, plan.step,
+                   plan.streams, plan.plane_params, plan.g, plan.patch_pos, plan.patch_xor, plan.scales,
+                   plan.quant_kind, plan.bits, plan.scale_k, plan.wide, out_kind, out, ok)
+    if not ok[:ntiles].all():
+        raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
+    return out
+
+
+def decode_dense(ct, parallel: bool = True) -> np.ndarray:
+    """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits."""
+    plan = prepare(ct)
+    out = np.empty(plan.length, dtype=OUT_DTYPES[ct.dtype])
+    if ct.dtype == "float16":
+        decode_into(plan, out, OUT_F16, parallel)
+        return out.view(np.float16)
+    return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)

@@ -1,0 +1,168 @@
+"""The fused decoder against the plane-by-plane decoder, the reference path and tests/reference.py."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests import reference
+from xorsparse.codec.plane import encode_plane, get_decoder
+from xorsparse.io.container import write_xsp
+from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+from xorsparse.tensor.fused import MASK_WORDS, OUT_F32, decode_dense, decode_into, prepare
+from xorsparse.tensor.interleave import to_coded
+from xorsparse.tensor.maskcode import decode_mask, decode_mask_words, encode_entropy, golomb_tables
+from xorsparse.tensor.pipeline import decompress_tensor_unfused
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        a = a.view(torch.int16).numpy() if a.dtype == torch.bfloat16 else a.numpy()
+    if isinstance(b, torch.Tensor):
+        b = b.view(torch.int16).numpy() if b.dtype == torch.bfloat16 else b.numpy()
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def weights(shape, dtype, seed):
+    w = torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+    return w.to(getattr(torch, dtype))
+
+
+CONFIGS = [
+    CompressConfig(0.9, 2),
+    CompressConfig(0.5, 3, "uniform"),
+    CompressConfig(0.7, 4, "uniform", symmetric=False, group_size=5),
+    CompressConfig(0.8, 1, max_n_s=0),
+    CompressConfig(0.6, 2, max_window=256, mask_codec="bitmask"),
+    CompressConfig(0.95, 4, group_size=64, mask_codec="entropy"),
+    CompressConfig(0.0, 8, "uniform", mask_codec="bitmask"),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("shape", [(0,), (1,), (63,), (3, 0), (5, 13), (64, 64), (37, 129), (2, 3, 3, 3)])
+def test_fused_equals_reference_and_unfused(cfg, dtype, shape):
+    w = weights(shape, dtype, sum(shape) + len(shape))
+    ct = compress_tensor(w, cfg)
+    fused = decompress_tensor(ct, framework="torch")
+    assert same(fused, reference_prune_quantize(w, cfg, framework="torch"))
+    assert same(fused, decompress_tensor_unfused(ct, framework="torch"))
+    serial = decompress_tensor(ct, framework="torch", parallel=False)
+    assert same(serial, fused)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(0, 70), min_size=1, max_size=3),
+    st.floats(0, 0.99),
+    st.sampled_from([("bcq", 1), ("bcq", 2), ("bcq", 4), ("uniform", 1), ("uniform", 3), ("uniform", 8)]),
+    st.booleans(),
+    st.sampled_from([None, 1, 3, 64]),
+    st.sampled_from(["auto", "bitmask", "entropy"]),
+    st.sampled_from([128, 256]),
+    st.sampled_from(["float32", "float16", "bfloat16", "float64"]),
+    st.integers(0, 2**31),
+)
+def test_fused_property(shape, sparsity, qb, symmetric, group, codec, window, dtype, seed):
+    w = weights(shape, dtype, seed)
+    cfg = CompressConfig(sparsity, qb[1], qb[0], symmetric=symmetric, group_size=group, mask_codec=codec,
+                         max_window=window, max_n_s=None if seed % 3 else 0)
+    ct = compress_tensor(w, cfg)
+    assert same(decompress_tensor(ct, framework="torch"), reference_prune_quantize(w, cfg, framework="torch"))
+
+
+def test_fused_equals_spec_decoder(tmp_path):
+    """tests/reference.py decodes from the file alone; the fused path must agree bit for bit."""
+    rng = np.random.default_rng(5)
+    tensors = {
+        "a": rng.standard_normal((20, 70)).astype(np.float32),
+        "b": rng.standard_normal((9, 33)).astype(np.float32),
+        "c": rng.standard_normal(200).astype(np.float32),
+    }
+    cfgs = {"a": CompressConfig(0.8, 2), "b": CompressConfig(0.5, 3, "uniform", symmetric=False, group_size=4),
+            "c": CompressConfig(0.9, 2, max_window=256, mask_codec="bitmask")}
+    cts = {k: compress_tensor(v, cfgs[k]) for k, v in tensors.items()}
+    path = str(tmp_path / "t.xsp")
+    write_xsp(path, cts, {})
+    for k, ct in cts.items():
+        want = np.array(reference.decode_tensor(path, k), dtype=np.float32)
+        assert decompress_tensor(ct).ravel().tobytes() == want.tobytes()
+
+
+def test_mixed_plane_decoders_and_patches():
+    """Planes with different decoders (the format allows it) take the general kernel."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((50, 90)).astype(np.float32)
+    cfg = CompressConfig(0.7, 3)
+    ct = compress_tensor(w, cfg)
+    from xorsparse.tensor.pipeline import prune_quantize
+
+    keep, qz, _ = prune_quantize(w, cfg)
+    flat = keep.ravel()
+    care = to_coded(flat, ct.block_step)
+    decs = [get_decoder(4, 9, 3), get_decoder(16, 40, 0), get_decoder(9, 30, 20)]  # last: window 189 bits
+    # a too-low rate forces patches, in several planes at shared positions
+    planes = [encode_plane(to_coded(p, ct.block_step), care, d, chunk_slices=64) for p, d in zip(qz.planes, decs)]
+    assert sum(p.patches.size for p in planes) > 10
+    mixed = dataclasses.replace(ct, planes=planes)
+    assert not prepare(mixed).fast_shared
+    assert same(decompress_tensor(mixed), reference_prune_quantize(w, cfg))
+
+
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.05, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("length", [1, 64, 1000, 70001])
+def test_golomb_table_decoder(density, length):
+    keep = np.random.default_rng(int(density * 1000) + length).random(length) < density
+    code = encode_entropy(keep, block=4096)
+    assert np.array_equal(decode_mask(code), keep)
+
+
+def test_golomb_without_tables_and_large_parameters():
+    keep = np.zeros(300_000, bool)
+    keep[[5, 140_000, 299_999]] = True
+    code = encode_entropy(keep, block=1 << 18)
+    assert code.params.max() >= 1 << 10  # no table: the word-at-a-time path
+    _, index = golomb_tables(code.params.astype(np.int64))
+    assert np.all(index == -1)
+    assert np.array_equal(decode_mask(code), keep)
+
+
+def test_corrupt_golomb_block_is_an_error():
+    w = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="entropy"))
+    data = ct.mask.data.copy()
+    data[: data.size // 2] = 0xFF  # long unary runs: positions beyond the block
+    bad = dataclasses.replace(ct, mask=dataclasses.replace(ct.mask, data=data))
+    with pytest.raises(ValueError, match="corrupt"):
+        decompress_tensor(bad)
+    with pytest.raises(ValueError, match="corrupt"):
+        decode_mask_words(bad.mask)
+
+
+def test_bitmask_plan_equals_golomb_plan():
+    w = np.random.default_rng(3).standard_normal((300, 301)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="entropy"))
+    plan = prepare(ct)
+    words = dataclasses.replace(plan, mask_kind=MASK_WORDS, mask_words=decode_mask_words(ct.mask), mask_block=64 * 7)
+    a = decode_into(plan, np.empty(ct.numel, np.float32), OUT_F32)
+    b = decode_into(words, np.empty(ct.numel, np.float32), OUT_F32)
+    assert a.tobytes() == b.tobytes() == decode_dense(ct).tobytes()
+
+
+def test_inconsistent_planes_are_rejected_before_any_kernel():
+    from xorsparse.torch import XorWeight
+
+    w = np.random.default_rng(4).standard_normal((30, 40)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.8, 2))
+    short = dataclasses.replace(ct.planes[0], stream=ct.planes[0].stream[:-1])
+    bad = dataclasses.replace(ct, planes=[short] + ct.planes[1:])
+    for fn in (decompress_tensor, prepare, XorWeight):
+        with pytest.raises(ValueError, match="stream"):
+            fn(bad)
+    far = dataclasses.replace(ct.planes[0], patches=np.array([w.size + 5]))
+    with pytest.raises(ValueError, match="patch"):
+        decompress_tensor(dataclasses.replace(ct, planes=[far] + ct.planes[1:]))
