@@ -151,14 +151,97 @@ def golomb_mask(payload: bytes, offsets: list[int], params: list[int], block: in
     return keep
 
 
+# --- ctx mask (section 3.2, version 2) --------------------------------------------------------
+
+CTX_RHO = float.fromhex("0x1.1082b577d34edp+0")
+
+
+def ctx_table() -> dict[int, int]:
+    p1, o = {}, 1.0
+    for z in range(256):
+        p1[z] = min(max(math.floor(65536.0 * o / (1.0 + o) + 0.5), 1), 65535)
+        o = o * CTX_RHO
+    for z in range(1, 256):
+        p1[-z] = 65536 - p1[z]
+    return p1
+
+
+class RangeDecoder:
+    def __init__(self, data: bytes):
+        self.d = data
+        self.range = 0xFFFFFFFF
+        self.code = (self.byte(0) << 24) | (self.byte(1) << 16) | (self.byte(2) << 8) | self.byte(3)
+        self.pos = 4
+
+    def byte(self, i: int) -> int:
+        return self.d[i] if i < len(self.d) else 0
+
+    def decode(self, p1: int) -> int:
+        bound = (self.range >> 16) * p1
+        if self.code < bound:
+            self.range, bit = bound, 1
+        else:
+            self.code, self.range, bit = self.code - bound, self.range - bound, 0
+        while self.range < 1 << 24:
+            self.range = (self.range << 8) % (1 << 32)
+            self.code = ((self.code << 8) % (1 << 32)) | self.byte(self.pos)
+            self.pos += 1
+        return bit
+
+
+def ctx_indices(dec: RangeDecoder, count: int) -> list[int]:
+    a = [32768] * 18
+
+    def bit(k: int) -> int:
+        b = dec.decode(a[k])
+        a[k] = a[k] + ((65536 - a[k]) >> 5) if b else a[k] - (a[k] >> 5)
+        return b
+
+    out = []
+    for _ in range(count):
+        if not bit(0):
+            out.append(0)
+            continue
+        neg = bit(1)
+        m = 1
+        while m < 255:
+            if not bit(2 + min(m - 1, 15)):
+                break
+            m += 1
+        out.append(-m if neg else m)
+    return out
+
+
+def ctx_mask(mk: dict, payload: bytes, offsets: list[int], model: bytes) -> list[int]:
+    length, block, rows, cols = mk["length"], mk["block"], mk["rows"], mk["cols"]
+    assert rows * cols == length and block % 64 == 0
+    dec = RangeDecoder(model)
+    ia = ctx_indices(dec, rows) if mk["row_step"] else [0] * rows
+    ib = ctx_indices(dec, cols) if mk["col_step"] else [0] * cols
+    p1 = ctx_table()
+    keep = []
+    for i in range(len(offsets)):
+        start = offsets[i - 1] if i else 0
+        d = RangeDecoder(payload[start : offsets[i]])
+        for p in range(i * block, min(length, (i + 1) * block)):
+            r, c = divmod(p, cols)
+            z = min(max(mk["base"] + mk["row_step"] * ia[r] + mk["col_step"] * ib[c], -255), 255)
+            keep.append(d.decode(p1[z]))
+    return keep
+
+
 def decode_tensor(path: str, name: str) -> list[float]:
     """Row-major float32 values of compressed tensor `name`, from the file alone."""
     meta, header, data = read_xsp(path)
     t = meta["tensors"][name]
     part = lambda p: entry(header, data, name + ".__xs__." + p)  # noqa: E731
     length = t["mask"]["length"]
+    nb = -(-length // t["mask"]["block"]) if t["mask"]["block"] else 0
     if t["mask"]["codec"] == "bitmask":
         keep = [bit_at(part("mask"), p) for p in range(length)]
+    elif t["mask"]["codec"] == "ctx":
+        offsets = list(struct.unpack(f"<{nb}I", part("mask_offsets")))
+        keep = ctx_mask(t["mask"], part("mask"), offsets, part("mask_model"))
     else:
         nb = -(-length // t["mask"]["block"])
         offsets = list(struct.unpack(f"<{nb}I", part("mask_offsets")))
@@ -166,6 +249,16 @@ def decode_tensor(path: str, name: str) -> list[float]:
         keep = golomb_mask(part("mask"), offsets, params, t["mask"]["block"], length)
     planes = []
     for i, pl in enumerate(t["planes"]):
+        if pl.get("kind") == "packed":  # section 1.8: j-th kept position gets stream bit j
+            stream = part(f"plane{i}.stream")
+            assert len(stream) == -(-pl["care_bits"] // 8) and sum(keep) == pl["care_bits"]
+            natural, j = [0] * length, 0
+            for p in range(length):
+                if keep[p]:
+                    natural[p] = bit_at(stream, j)
+                    j += 1
+            planes.append(natural)
+            continue
         patches = rice_positions(part(f"plane{i}.patches"), pl["patches"], pl["rice_k"])
         coded = decode(length, pl["n_in"], pl["n_out"], pl["n_s"], int(pl["seed"]), pl["chunk_slices"],
                        part(f"plane{i}.stream"), patches)
@@ -176,27 +269,53 @@ def decode_tensor(path: str, name: str) -> list[float]:
             natural[64 * j : 64 * j + 64] = coded[64 * k : 64 * k + 64]
         planes.append(natural)
     rows, cols, g, q = t["rows"], t["cols"], t["group_size"], t["bits"]
-    sc = part("scales")
+    rs = t.get("scale_rows", 1)  # section 4.1
     dt = header[name + ".__xs__.scales"]["dtype"]
-    if dt == "BF16":  # the upper half of a float32
-        scales = [struct.unpack("<f", b"\0\0" + sc[i : i + 2])[0] for i in range(0, len(sc), 2)]
+
+    def floats(part_name: str) -> list[float]:
+        raw = part(part_name)
+        code = header[name + ".__xs__." + part_name]["dtype"]
+        if code == "BF16":  # the upper half of a float32
+            return [struct.unpack("<f", b"\0\0" + raw[i : i + 2])[0] for i in range(0, len(raw), 2)]
+        fmt, size = ("e", 2) if code == "F16" else ("f", 4)
+        return [struct.unpack("<" + fmt, raw[i : i + size])[0] for i in range(0, len(raw), size)]
+
+    if t.get("scale_format") == "log8":  # section 4.3
+        raw = part("scales")
+        ref = floats("scale_ref")
+        steps = [struct.unpack("<f", struct.pack("<I", b))[0] for b in
+                 (0x3F800000, 0x3F6AC0C7, 0x3F5744FD, 0x3F45672A, 0x3F3504F3, 0x3F25FED7, 0x3F1837F0, 0x3F0B95C2)]
+        scales = []
+        for n, v in enumerate(raw):
+            m = v & 127
+            if m == 0:
+                scales.append(0.0)
+                continue
+            e, j = divmod(m - 1, 8)
+            x = f32(f32(ref[n % len(ref)] * steps[j]) * 2.0**-e)
+            scales.append(-x if v >> 7 else x)
     else:
-        fmt, size = ("e", 2) if dt == "F16" else ("f", 4)
-        scales = [struct.unpack("<" + fmt, sc[i : i + size])[0] for i in range(0, len(sc), size)]
+        scales = floats("scales")
     ngroups = -(-cols // g) if cols else 1
     zero_points = None
     if t["quantizer"] == "affine" and not t["symmetric"]:
         zero_points = list(struct.unpack(f"<{rows * ngroups}b", part("zero_points")))
-    k = len(scales) // max(rows * ngroups, 1)
+    srows = -(-rows // rs) if rows else 1
+    k = len(scales) // max(srows * ngroups, 1)
+    book = floats("codebook") if t["quantizer"] == "codebook" else None
     out = []
     for p in range(length):
         if not keep[p]:
             out.append(0.0)
             continue
         r, c = divmod(p, cols)
-        s = scales[(r * ngroups + c // g) * k : (r * ngroups + c // g + 1) * k]
+        at = (r // rs) * ngroups + c // g
+        s = scales[at * k : (at + 1) * k]
         code = sum(planes[i][p] << i for i in range(q))
-        if t["quantizer"] == "bcq":
+        if t["quantizer"] == "codebook":  # section 4.2
+            b = r // t["codebook_rows"]
+            w = f32(s[0] * book[b * (1 << q) + code])
+        elif t["quantizer"] == "bcq":
             w = 0.0
             for i in range(q):
                 w = f32(w + f32(s[i] * (1.0 if (code >> i) & 1 else -1.0)))

@@ -52,6 +52,30 @@ def test_speed_benchmark_small(tmp_path):
     assert "| part |" in md.read_text()
 
 
+def test_rd_benchmark_small(tmp_path):
+    out, png, md = tmp_path / "rd.json", tmp_path / "rd.png", tmp_path / "rd.md"
+    assert main(["rd", "--sets", "alexnet-fc", "--scale", "0.03", "--bits", "1", "2", "--quantizers", "bcq",
+                 "codebook", "--repeat", "1", "--json", str(out), "--plot", str(png), "--markdown", str(md)]) == 0
+    res = json.loads(out.read_text())
+    fmts = {r["format"] for r in res["points"]}
+    assert {"xorsparse", "csr-int32", "bitmask+int8", "deep-compression", "zstd-19", "lzma", "zipnn"} <= fmts
+    assert all(r["lossless"] and 0 < r["rel_error"] < 1 for r in res["points"])
+    assert res["equal_error"] and all("lowest_fixed_rate" in r for r in res["equal_error"])
+    assert os.path.getsize(png) > 1000 and "At equal error" in md.read_text()
+
+
+def test_masks_and_mobilenet_benchmarks_small(tmp_path):
+    out = tmp_path / "m.json"
+    assert main(["masks", "--sets", "alexnet-fc", "--scale", "0.05", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["ctx"] < 1.01 * row["H(S)"] + 0.01 and row["ctx_Mpos_s"] > 0
+    out = tmp_path / "mb.json"
+    assert main(["mobilenet", "--width", "0.25", "--configs", "v1", "codebook", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert all(r["lossless"] for r in res["configs"])
+    assert res["configs"][-1]["total_bits_per_weight"] < res["configs"][0]["total_bits_per_weight"]
+
+
 def test_rtl_benchmark_small(tmp_path):
     out = tmp_path / "r.json"
     md = tmp_path / "r.md"

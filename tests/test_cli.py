@@ -199,3 +199,23 @@ def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
     src = make_folder(tmp_path / "model", shards=2)
     code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--ray")
     assert code == 2 and "--ray needs Ray: pip install 'xorsparse[ray]'" in err
+
+
+def test_version_2_options(st_file, tmp_path, capsys):
+    out = str(tmp_path / "v2.xsp")
+    code, text, _ = run(capsys, "compress", st_file, out, "--quantizer", "codebook", "--bits", "3",
+                        "--mask-codec", "ctx", "--scale-rows", "auto", "--scale-format", "auto",
+                        "--error-budget", "0.5", "--codebook-rows", "4", "--packed-below", "300")
+    assert code == 0 and "packed" in text
+    info = json.loads(run(capsys, "inspect", out, "--json")[1])
+    assert info["version"] == 2 and info["config"]["quantizer"] == "codebook"
+    assert {t["mask_codec"] for t in info["tensors"]} == {"ctx"}
+    assert any(t["scale_rows"] > 1 or t["scale_format"] == "log8" for t in info["tensors"])
+    assert {t["planes"] for t in info["tensors"]} == {"packed", "xor"}
+    code, text, _ = run(capsys, "verify", out, "--against", st_file)
+    assert code == 0 and "bit-identical" in text
+    for bad in (["--scale-rows", "0"], ["--scale-format", "log4"], ["--quantizer", "kmeans"]):
+        with pytest.raises(SystemExit):
+            main(["compress", st_file, out] + bad)
+    code, _, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--codebook-rows", "0")
+    assert code == 2 and "codebook_rows" in err and "Traceback" not in err

@@ -235,7 +235,13 @@ def test_malicious_pickle_is_refused_in_one_safe_line(tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("cfg", [CompressConfig(0.0, 3, "uniform", symmetric=False), CompressConfig(0.0, 3, "uniform"),
                                  CompressConfig(0.0, 4, "bcq"), CompressConfig(0.5, 2, "uniform", symmetric=False,
-                                                                               group_size=16)])
+                                                                               group_size=16),
+                                 # version-2 layouts: codebooks, shared scale rows, log8 scales
+                                 CompressConfig(0.0, 3, "codebook"), CompressConfig(0.5, 2, "codebook", scale_rows=4,
+                                                                                     codebook_rows=8),
+                                 CompressConfig(0.0, 3, "uniform", symmetric=False, scale_format="log8"),
+                                 CompressConfig(0.0, 3, "uniform", symmetric=False, scale_rows=4),
+                                 CompressConfig(0.0, 4, "bcq", scale_rows=8)])
 def test_finite_float16_weights_never_decode_to_inf(tmp_path, cfg):
     from . import reference
 
@@ -250,6 +256,16 @@ def test_finite_float16_weights_never_decode_to_inf(tmp_path, cfg):
     write_xsp(p, {"w": ct}, {}, cfg)
     spec = np.array(reference.decode_tensor(str(p), "w"), dtype=np.float32).astype(np.float16)
     assert spec.tobytes() == ref.ravel().tobytes()
+
+
+@pytest.mark.parametrize("cfg", [CompressConfig(0.0, 2, "codebook"), CompressConfig(0.0, 3, "uniform", symmetric=False),
+                                 CompressConfig(0.0, 2, "bcq", scale_format="log8")])
+def test_float32_weights_near_the_limit_never_decode_to_inf(cfg):
+    rng = np.random.default_rng(1)
+    w = (rng.uniform(-1, 1, (16, 64)) * 3.4e38).astype(np.float32)
+    w[0, :3] = [3.4028235e38, -3.4028235e38, 3.4e38]
+    d = decompress_tensor(compress_tensor(w, cfg))
+    assert np.isfinite(d).all() and d.tobytes() == reference_prune_quantize(w, cfg).tobytes()
 
 
 def test_nonfinite_kept_weights_are_refused():

@@ -78,7 +78,8 @@ def print_summary(rows: list[dict], total: dict) -> None:
     table = [head]
     for r in rows:
         table.append([r["name"], "x".join(map(str, r["shape"])), f"{r['sparsity']:.3f}", str(r["bits"]),
-                      f"{r['n_in']}/{r['n_out']}/{r['n_s']}", f"{r['value_bits_per_weight']:.4f}",
+                      "packed" if r.get("planes") == "packed" else f"{r['n_in']}/{r['n_out']}/{r['n_s']}",
+                      f"{r['value_bits_per_weight']:.4f}",
                       f"{r['total_bits_per_weight']:.4f}", f"{r['efficiency']:.4f}", str(r["patches"])])
     table.append(["TOTAL", f"{total['weights']} weights", f"{total['sparsity']:.3f}", "", "",
                   f"{total['value_bits_per_weight']:.4f}", f"{total['total_bits_per_weight']:.4f}", "", ""])
@@ -96,7 +97,27 @@ def _config(args, sparsity: float | None = None):
                           quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
                           global_sparsity=args.global_sparsity, mask_codec=args.mask_codec,
-                          max_n_s=args.ns, max_window=args.window)
+                          max_n_s=args.ns, max_window=args.window, **layout_options(args))
+
+
+def layout_options(args) -> dict:
+    """The version-2 scale layout, codebook and small-tensor options of compress and demo."""
+    rows = args.scale_rows
+    return dict(scale_rows=rows if rows == "auto" else int(rows), scale_format=args.scale_format,
+                error_budget=args.error_budget,
+                codebook_rows=args.codebook_rows, packed_below=args.packed_below)
+
+
+def _scale_rows(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return v
 
 
 def _executor(args, folder: bool = True):
@@ -246,7 +267,8 @@ def cmd_export_rtl(args) -> int:
             raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
         uses = decoders_in_file(args.xsp)
         if not uses:
-            raise ValueError(f"{args.xsp}: no compressed tensors, so no decoders to export")
+            raise ValueError(f"{args.xsp}: no XOR-coded planes (no compressed tensors, or all packed), "
+                             "so no decoders to export")
         if args.chunk_slices is not None:
             for u in uses:
                 u.chunk_slices.clear()
@@ -448,14 +470,30 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors")
     c.add_argument("--bits", type=int, default=2, help="bit-planes per weight q (default 2)")
-    c.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq",
+    c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
                    help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
-                        "levels. compressed-tensors int4/int8 weights keep their own codes either way")
+                        "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "
+                        "int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="auto",
+    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
                    help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
-                        "gaps between kept weights) or auto: whichever is smaller, per tensor (default)")
+                        "gaps between kept weights), ctx (range coding with a row x column density model) "
+                        "or auto: whichever is smallest, per tensor (default)")
+    c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
+                   help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
+                        "weight error stays within --error-budget of per-row scales")
+    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="float16",
+                   help="scales as float16 (default), one byte each in the log domain (log8), or "
+                        "whichever costs less within --error-budget (auto)")
+    c.add_argument("--error-budget", type=float, default=0.01,
+                   help="for --scale-rows/--scale-format auto: allowed relative increase of ||W - Wq|| "
+                        "over per-row float16 scales (default 0.01)")
+    c.add_argument("--codebook-rows", type=int, default=None, metavar="N",
+                   help="codebook quantizer: rows sharing one codebook (default: one per tensor)")
+    c.add_argument("--packed-below", type=int, default=0, metavar="N",
+                   help="tensors of fewer than N weights store one bit per kept weight instead of the "
+                        "XOR code, exact where its fixed costs show (16384 suits conv nets; default 0: never)")
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")

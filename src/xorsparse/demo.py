@@ -56,6 +56,7 @@ def _mb(bits: float) -> str:
 def run_demo(args) -> int:
     import torch
 
+    from .cli import layout_options
     from .torch import ModelConfig, compress_model, load_compressed, reference_model_, resident_bytes, \
         shared_table_bytes
 
@@ -64,7 +65,7 @@ def run_demo(args) -> int:
     cfg = ModelConfig(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer,
                       symmetric=not args.asymmetric, group_size=args.group_size,
                       global_sparsity=args.global_sparsity, mask_codec=args.mask_codec, max_n_s=args.ns,
-                      max_window=args.window, module_types=("Linear", "Embedding"))
+                      max_window=args.window, module_types=("Linear", "Embedding"), **layout_options(args))
     model, tok = _load()
     print(f"loaded all-MiniLM-L6-v2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) "
           f"in {time.perf_counter() - t0:.1f}s")

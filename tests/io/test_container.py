@@ -155,7 +155,17 @@ def test_reader_reads_files_written_by_safetensors(tmp_path):
 
 @pytest.mark.parametrize("cfg", [CompressConfig(0.8, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
                                  CompressConfig(0.95, 1, mask_codec="bitmask"), CompressConfig(0.6, 2, group_size=5),
-                                 CompressConfig(0.7, 4, "uniform", max_n_s=0)])
+                                 CompressConfig(0.7, 4, "uniform", max_n_s=0),
+                                 CompressConfig(0.8, 2, mask_codec="ctx"), CompressConfig(0.3, 1, mask_codec="ctx"),
+                                 CompressConfig(0.8, 2, "codebook"), CompressConfig(0.6, 3, "codebook", codebook_rows=5,
+                                                                                    scale_rows=4, group_size=7),
+                                 CompressConfig(0.8, 2, scale_rows=8, packed_below=1 << 20),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_rows="auto", error_budget=0.5),
+                                 CompressConfig(0.7, 4, "codebook", packed_below=1 << 20, mask_codec="ctx"),
+                                 CompressConfig(0.8, 3, scale_format="log8"),
+                                 CompressConfig(0.6, 2, "codebook", scale_format="log8", scale_rows=3),
+                                 CompressConfig(0.5, 3, "uniform", symmetric=False, scale_format="log8",
+                                                group_size=16)])
 def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
     from .. import reference
 
@@ -292,4 +302,190 @@ def test_bcq_scales_in_bfloat16_are_rejected(xsp):
     img.entry("a.weight.__xs__.scales")["dtype"] = "BF16"
     img.save(p)
     with pytest.raises(XspError, match="scales: dtype BF16 where the format has F16 or F32"):
+        XspFile(p)
+
+
+def _as_version1(p):
+    """The file as a version-1 writer would have made it: meta_crc32 per tensor, no
+    description checksum (the layout is unchanged otherwise)."""
+    from xorsparse.bench.xspedit import XspImage
+    from xorsparse.io.validate import CHECKSUM_KEY
+
+    img = XspImage.load(p)
+    img.doc["version"] = 1
+    for t in img.doc["tensors"].values():
+        t["meta_crc32"] = 0  # recomputed by the re-signing
+    img.metadata.pop(CHECKSUM_KEY, None)
+    img.save(p, resign=True)
+
+
+@pytest.fixture
+def ctx_xsp(tmp_path):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((60, 80)).astype(np.float32) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
+    cfg = CompressConfig(0.8, 2, mask_codec="ctx")
+    ct = compress_tensor(w, cfg)
+    assert ct.mask.codec == "ctx" and ct.mask.model.row_step > 0
+    p = tmp_path / "c.xsp"
+    write_xsp(p, {"w": ct}, {}, cfg)
+    return p, ct
+
+
+def test_ctx_mask_file_round_trip(ctx_xsp):
+    p, ct = ctx_xsp
+    with XspFile(p) as f:
+        assert f.version == 2
+        assert decompress_tensor(f.compressed("w")).tobytes() == decompress_tensor(ct).tobytes()
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda mk: mk.update(row_step=True), "mask.row_step: must be an integer, got true"),
+    (lambda mk: mk.update(base=2.0), "mask.base: must be an integer, got 2.0"),
+    (lambda mk: mk.update(base=-1021), r"mask.base: must be in -1020..1020"),
+    (lambda mk: mk.update(col_step=99), r"mask.col_step: must be in 0..64, got 99"),
+    (lambda mk: mk.update(rows=7), "does not cover"),
+    (lambda mk: mk.update(block=100), "mask.block: must be a multiple of 64"),
+    (lambda mk: mk.update(block=1 << 25), r"mask.block: must be in 64..16777216"),
+    (lambda mk: mk.update(block=64), "mask_offsets: shape"),
+    (lambda mk: mk.update(codec="zip"), 'mask.codec: unknown value "zip"'),
+    (lambda mk: mk.pop("base"), "mask.base: missing"),
+    (lambda mk: mk.update(extra=1), 'unknown member "extra"'),
+])
+def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"]["w"]["mask"]))
+    with pytest.raises(XspError, match=msg):
+        with XspFile(p) as f:
+            f.dense("w")
+
+
+def test_ctx_offsets_that_decrease_are_errors(ctx_xsp):
+    from xorsparse.bench.xspedit import XspImage
+
+    p, _ = ctx_xsp
+    img = XspImage.load(p)
+    offs = np.frombuffer(img.blobs["w.__xs__.mask_offsets"], "<u4").copy()
+    offs[-1] += 1
+    img.blobs["w.__xs__.mask_offsets"] = offs.tobytes()
+    img.save(p, resign=True)
+    with pytest.raises(XspError, match="mask_offsets: last offset .* does not match"):
+        with XspFile(p) as f:
+            f.dense("w")
+    offs = np.array([offs[-1] - 1, 5, offs[-1] - 1], "<u4")  # as if three blocks: one offset decreases
+    img.blobs["w.__xs__.mask_offsets"] = offs.tobytes()
+    img.entry("w.__xs__.mask_offsets")["shape"] = [3]
+    img.doc["tensors"]["w"]["mask"]["block"] = 1664  # ceil(4800 / 1664) = 3 blocks
+    img.save(p, resign=True)
+    with pytest.raises(XspError, match="mask_offsets: block 1: offsets must not decrease"):
+        with XspFile(p) as f:
+            f.dense("w")
+
+
+def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
+    rng = np.random.default_rng(0)
+    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy")),
+           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
+    p = tmp_path / "v1.xsp"
+    write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
+    _as_version1(p)
+    with XspFile(p) as f:
+        assert f.version == 1
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    c, _ = ctx_xsp
+    _as_version1(c)
+    with pytest.raises(XspError, match="mask.codec: 'ctx' needs format version 2, file is version 1"):
+        XspFile(c)
+    for bad in (2.0, "2", True, 3):
+        _rewrite_meta(c, lambda m: m.update(version=bad))
+        with pytest.raises(XspError, match="unsupported format version"):
+            XspFile(c)
+
+
+@pytest.fixture
+def v2_xsp(tmp_path):
+    rng = np.random.default_rng(2)
+    w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
+    cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
+                                                         mask_codec="entropy")),
+           "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_format="log8", mask_codec="entropy")),
+           "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
+    p = tmp_path / "v2.xsp"
+    write_xsp(p, cts, {}, None)
+    return p, cts
+
+
+@pytest.mark.parametrize("tensor,edit,msg", [
+    ("cb", lambda t: t.update(scale_rows=0), r"scale_rows: must be in 1..40, got 0"),
+    ("cb", lambda t: t.update(scale_rows=41), r"scale_rows: must be in 1..40, got 41"),
+    ("cb", lambda t: t.update(scale_rows=8), "scales: shape"),
+    ("cb", lambda t: t.update(scale_rows=4.0), "scale_rows: must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=True), "codebook_rows: must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=20), "codebook: shape"),
+    ("cb", lambda t: t.update(codebook_rows=0), r"codebook_rows: must be in 1..40"),
+    ("cb", lambda t: t.pop("codebook_rows"), "codebook_rows: missing"),
+    ("cb", lambda t: t.update(symmetric=False), "symmetric: must be true for codebook"),
+    ("cb", lambda t: t.update(bits=5), r"bits: must be in 1..4, got 5"),
+    ("cb", lambda t: t.update(quantizer="kmeans"), 'quantizer: unknown value "kmeans"'),
+    ("l8", lambda t: t.update(codebook_rows=1), 'unknown member "codebook_rows"'),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 9), r"plane0.stream: shape"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 1), "bits for"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=-1), r"planes\[0\].care_bits: must be in 0..144, got -1"),
+    ("pk", lambda t: t["planes"][0].update(care_bits="7"), r"planes\[0\].care_bits: must be an integer"),
+    ("pk", lambda t: t["planes"][0].update(kind="dense"), r'planes\[0\].kind: unknown value "dense"'),
+    ("pk", lambda t: t["planes"][0].update(n_in=3), r'unknown member "n_in"'),
+    ("l8", lambda t: t.update(scale_format="log4"), 'scale_format: unknown value "log4"'),
+    ("l8", lambda t: t.pop("scale_format"), 'crc32: unknown member "scale_ref"'),
+    ("cb", lambda t: t.update(scale_format="log8"), "crc32.scale_ref: missing"),
+])
+def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
+    p, _ = v2_xsp
+    _rewrite_meta(p, lambda m: edit(m["tensors"][tensor]))
+    with pytest.raises(XspError, match=msg):
+        with XspFile(p) as f:
+            f.dense(tensor)
+
+
+def test_version_2_fields_rejected_in_version_1(v2_xsp):
+    from xorsparse.bench.xspedit import XspImage
+
+    p, cts = v2_xsp
+    with XspFile(p) as f:
+        for k, ct in cts.items():
+            assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
+    for name, msg in (("cb", "quantizer: 'codebook' needs format version 2, file is version 1"),
+                      ("pk", r"planes\[0\].kind: packed planes need format version 2"),
+                      ("l8", "scale_format: not allowed with version 1")):
+        q = p.with_name(name + ".xsp")
+        img = XspImage.load(p)
+        img.doc["tensors"] = {name: img.doc["tensors"][name]}
+        img.entries = [e for e in img.entries if e["name"].startswith(name + ".__xs__.")]
+        img.save(q, resign=True)
+        _as_version1(q)
+        with pytest.raises(XspError, match=msg):
+            XspFile(q)
+
+
+def test_hostile_log8_reference(v2_xsp):
+    from xorsparse.bench.xspedit import XspImage
+
+    p, _ = v2_xsp
+    img = XspImage.load(p)
+    ref = np.frombuffer(img.blobs["l8.__xs__.scale_ref"], np.float32).copy()
+    ref[0] = np.nan
+    img.blobs["l8.__xs__.scale_ref"] = ref.tobytes()
+    img.save(p, resign=True)
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="scale_ref: holds a value that is NaN or infinite"):
+            f.compressed("l8")
+        f.compressed("cb")  # the other tensors are fine
+
+
+def test_ctx_mask_length_checked_before_the_model_is_decoded(ctx_xsp):
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(length=10**12, rows=10**6, cols=10**6))
+    with pytest.raises(XspError, match="mask.length: 1000000000000 does not match the 4800 weights"):
+        XspFile(p)
+    _rewrite_meta(p, lambda m: m["tensors"]["w"].update(shape=[10**6, 10**6], rows=10**6, cols=10**6))
+    with pytest.raises(XspError, match="scales: shape|order.step"):  # what the file's bytes cannot back
         XspFile(p)

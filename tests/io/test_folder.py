@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -210,6 +211,40 @@ def test_sharded_folder_round_trip(tmp_path, capsys):
     info = json.loads(run(capsys, "inspect", out, "--json")[1])
     assert len(info["files"]) == n and info["stored_tensors"] > 0
     assert all({"name", "dtype", "shape", "bytes"} <= set(s) for s in info["stored"])
+
+
+@pytest.mark.parametrize("options", [
+    ["--quantizer", "codebook", "--bits", "3", "--codebook-rows", "8", "--mask-codec", "ctx"],
+    ["--scale-format", "log8", "--scale-rows", "4", "--mask-codec", "entropy"],
+])
+def test_every_part_kind_loads_through_transformers(tmp_path, capsys, options):
+    """Each part a version-2 file can hold (codebook, scale_ref, mask_model, ...) reaches the
+    quantizer's converter: transformers loads what `decompress` writes, in both load modes."""
+    from transformers import AutoModel
+
+    from xorsparse.io.hf import load_mode
+    from xorsparse.io.hf.quantizer import _PART_PATTERNS
+
+    src, out, plain = tmp_path / "src", tmp_path / "out", tmp_path / "plain"
+    _tiny_bert(src, shards=False)
+    assert run(capsys, "compress", src, out, "--sparsity", "0.7", *options)[0] == 0
+    with st.Reader(out / "model.safetensors") as r:
+        parts = {e.split(".__xs__.")[1] for e in r.entries if ".__xs__." in e}
+    assert parts and all(any(re.fullmatch(p, ".__xs__." + part) for p in _PART_PATTERNS.values())
+                         for part in parts), parts
+    assert run(capsys, "decompress", out, plain)[0] == 0
+    ref = AutoModel.from_pretrained(plain).state_dict()
+    for mode in ("decode", "ondemand"):
+        with load_mode(mode):
+            model = AutoModel.from_pretrained(out)
+        if mode == "decode":
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, ref[k]), k
+        else:
+            ids = torch.tensor([[1, 5, 9, 3]])
+            plain_model = AutoModel.from_pretrained(plain)
+            with torch.no_grad():
+                assert torch.equal(model(ids).last_hidden_state, plain_model(ids).last_hidden_state)
 
 
 def test_other_copies_of_the_weights_are_not_carried(tmp_path, capsys):

@@ -17,7 +17,7 @@ def structured_masks():
     yield np.repeat(np.random.default_rng(0).random(n // 1000) < 0.2, 1000)  # whole rows
 
 
-@pytest.mark.parametrize("codec", ["bitmask", "entropy", "auto"])
+@pytest.mark.parametrize("codec", ["bitmask", "entropy", "ctx", "auto"])
 def test_round_trip_structured(codec):
     for m in structured_masks():
         assert np.array_equal(decode_mask(encode_mask(m, codec)), m)
@@ -27,7 +27,7 @@ def test_round_trip_structured(codec):
 @given(st.integers(0, 5000), st.floats(0, 1), st.integers(0, 2**32 - 1), st.sampled_from([64, 1024, 65536]))
 def test_round_trip_random(n, p, seed, block):
     m = np.random.default_rng(seed).random(n) < p
-    for codec in ("bitmask", "entropy"):
+    for codec in ("bitmask", "entropy", "ctx"):
         code = encode_mask(m, codec, block=block)
         assert np.array_equal(decode_mask(code), m)
 
@@ -42,9 +42,9 @@ def test_entropy_codec_near_binary_entropy(s):
 def test_auto_picks_smaller():
     m = np.random.default_rng(4).random(100_000) < 0.5
     auto = encode_mask(m)
-    assert auto.nbits == min(encode_mask(m, "bitmask").nbits, encode_mask(m, "entropy").nbits)
+    assert auto.nbits == min(encode_mask(m, c).nbits for c in ("bitmask", "entropy", "ctx"))
     sparse = np.random.default_rng(4).random(100_000) < 0.05
-    assert encode_mask(sparse).codec == "entropy"
+    assert encode_mask(sparse).codec in ("entropy", "ctx")
 
 
 def test_corrupt_tables_rejected():

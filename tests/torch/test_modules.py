@@ -36,7 +36,10 @@ def inputs():
 
 @pytest.mark.parametrize("cfg", [CompressConfig(0.9, 2), CompressConfig(0.5, 3, "uniform", symmetric=False),
                                  CompressConfig(0.7, 1, max_n_s=0), CompressConfig(0.8, 4, group_size=7),
-                                 CompressConfig(0.9, 2, max_window=256)])
+                                 CompressConfig(0.9, 2, max_window=256),
+                                 CompressConfig(0.8, 2, "codebook", codebook_rows=3, scale_rows=2, mask_codec="ctx"),
+                                 CompressConfig(0.6, 3, "bcq", scale_rows=4, packed_below=1 << 20, group_size=5),
+                                 CompressConfig(0.7, 2, "uniform", symmetric=False, scale_format="log8")])
 @pytest.mark.parametrize("shape,dtype", [((40, 128), torch.float32), ((8, 3, 3, 3), torch.float16),
                                          ((3, 1000), torch.bfloat16), ((1,), torch.float32), ((0, 4), torch.float32)])
 def test_torch_decoder_matches_numba_bit_for_bit(cfg, shape, dtype):

@@ -17,17 +17,22 @@ from ..tensor.prune import magnitude_mask
 from ..tensor.dequant import dequantize
 from ..tensor.quant import quantize
 from ..tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 
 ALEXNET_FC = [(4096, 9216), (4096, 4096), (1000, 4096)]  # fc6, fc7, fc8 as (out, in)
 PAPER_QUOTED = 0.28  # Kwon et al. 2020: AlexNet FC, 91% pruned, 1 bit, patches included, mask not
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time decodes by wall clock or by this process's CPU time (robust on a loaded "
+                        "machine; give numba one thread: NUMBA_NUM_THREADS=1)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="PATH.png", help="bits/weight against sparsity, one line per format")
     p.add_argument("--bits", type=int, nargs="*", default=[1, 2, 4])
+    p.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
+                   help="whose codes every format stores (default bcq)")
     p.add_argument("--minilm-sparsity", type=float, nargs="*", default=[0.5, 0.7, 0.9])
     p.add_argument("--alexnet-sparsity", type=float, default=0.91)
     p.add_argument("--sets", nargs="*", default=["alexnet-fc", "minilm"], choices=["alexnet-fc", "minilm"])
@@ -60,7 +65,8 @@ def minilm_tensors() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, log) -> list[dict]:
+def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, log,
+                quantizer: str = "bcq", timer=best_time) -> list[dict]:
     from .sparse_formats import FORMATS, from_quantized
 
     acc: dict[str, dict] = {}
@@ -79,18 +85,18 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
     code_entropy_bits = 0.0
     for name, w in tensors:
         keep = magnitude_mask(w, sparsity)
-        qz = quantize(w, keep, "bcq", q)
+        qz = quantize(w, keep, quantizer, q)
         ref = dequantize(qz, keep)
         n = w.size
         weights += n
         kept_total += int(keep.sum())
         dst = np.empty_like(ref)
-        floor_t += best_time(lambda: dst.fill(1.0), repeat=repeat)
-        scale_bits += qz.scales.size * qz.scales.dtype.itemsize * 8
-        for label, cfg in (("xorsparse", CompressConfig(sparsity, q)),
-                           ("xorsparse paper (n_s=0)", CompressConfig(sparsity, q, max_n_s=0))):
+        floor_t += timer(lambda: dst.fill(1.0), repeat=repeat)
+        scale_bits += qz.scale_bits
+        for label, cfg in (("xorsparse", CompressConfig(sparsity, q, quantizer)),
+                           ("xorsparse paper (n_s=0)", CompressConfig(sparsity, q, quantizer, max_n_s=0))):
             ct = compress_quantized(keep, qz, "float32", cfg)
-            t = best_time(lambda: decompress_tensor(ct), repeat=repeat)
+            t = timer(lambda: decompress_tensor(ct), repeat=repeat)
             ok = decompress_tensor(ct).tobytes() == ref.tobytes()
             add(label, ct.value_bits, ct.total_bits, t, ok)
         sp = from_quantized(qz, keep)
@@ -99,7 +105,7 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
         code_entropy_bits += float(-(freq * np.log2(freq)).sum()) * sp.codes.size
         for fmt, enc in FORMATS.items():
             st = enc(sp)
-            t = best_time(st.decode, repeat=repeat)
+            t = timer(st.decode, repeat=repeat)
             ok = st.decode().tobytes() == ref.tobytes()
             add(fmt, st.value_bits, st.total_bits, t, ok)
         log(f"    {name} {w.shape[0]}x{w.shape[1]} done")
@@ -112,7 +118,8 @@ def measure_set(set_name: str, tensors, sparsity: float, q: int, repeat: int, lo
     rows = []
     for fmt, a in acc.items():
         rows.append({
-            "config": f"{set_name} S={sparsity:g} q={q}", "tensor_set": set_name, "sparsity": sparsity, "q": q,
+            "config": f"{set_name} S={sparsity:g} q={q}" + ("" if quantizer == "bcq" else f" {quantizer}"),
+            "tensor_set": set_name, "sparsity": sparsity, "q": q, "quantizer": quantizer,
             "weights": weights, "format": fmt,
             "value_bits_per_weight": a["value"] / weights, "total_bits_per_weight": a["total"] / weights,
             "decode_seconds": a["time"], "floor_seconds": floor_t,
@@ -181,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         for s in sparsities:
             for q in args.bits:
                 log(f"  {name} S={s} q={q} ({sum(t.size for _, t in tensors)} weights)")
-                rows += measure_set(name, tensors, s, q, args.repeat, log)
+                rows += measure_set(name, tensors, s, q, args.repeat, log, args.quantizer, clock(args.clock))
     print()
     print("bits per weight over each tensor set; value = values + patches + scales, total = value + "
           "index or mask; decode/floor = time to rebuild the dense float32 tensor over the time numpy "

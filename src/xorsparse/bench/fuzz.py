@@ -149,6 +149,15 @@ def make_bases(folder: str) -> list[str]:
               {"order": ["a.weight", "s.weight", "raw0"], "pruning": "per-tensor", "source": "fuzz",
                "shard": [1, 1], "job": job})
     out.append(p)
+    # version-2 layouts (FORMAT.md 1.8, 3.2, 4.1-4.3): ctx mask with a row and column model,
+    # codebook with scale and codebook row groups, log8 scales, packed planes
+    w = f32(60, 80) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
+    c = CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10, mask_codec="ctx")
+    c2 = CompressConfig(0.8, 3, "uniform", symmetric=False, scale_format="log8", mask_codec="ctx")
+    c3 = CompressConfig(0.7, 2, packed_below=1000, mask_codec="entropy")
+    save("v2-ctx-codebook-log8-packed.xsp", {"cb.weight": compress_tensor(w, c), "l8.weight": compress_tensor(w, c2),
+                                             "pk.weight": compress_tensor(f32(16, 9), c3)},
+         raws(np.arange(2, dtype=np.float16)), c)
     try:
         import torch
 
@@ -594,7 +603,7 @@ def decode_all(path: str, out: str) -> dict[str, list]:
 
     for argv in (["--debug", "inspect", "--json", path], ["--debug", "verify", path],
                  ["--debug", "decompress", "--force", path, out]):
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             code = main(argv)
         if code != 0:
             raise RuntimeError(f"{argv[1]} returned {code} without raising")

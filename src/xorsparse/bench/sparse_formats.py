@@ -36,22 +36,12 @@ class Sparse:
 
 
 def levels_table(qz: Quantized) -> np.ndarray:
-    """Value of every code per row, with quant.dequantize's float32 operations and order."""
+    """Value of every code per row: dequant.levels_table, the library's float32 operations."""
     if qz.group_size != qz.cols and qz.cols:
         raise ValueError("the formats benchmark uses one scale group per row")
-    s = qz.scales.astype(np.float32)[:, 0, :]
-    q = qz.bits
-    codes = np.arange(1 << q)
-    out = np.zeros((qz.rows, 1 << q), dtype=np.float32)
-    if qz.quantizer == "bcq":
-        for i in range(q):
-            sign = (((codes >> i) & 1) * 2 - 1).astype(np.float32)
-            out = out + s[:, i : i + 1] * sign[None, :]
-    elif qz.symmetric:
-        out = s[:, 0:1] * (codes.astype(np.float32)[None, :] - np.float32(((1 << q) - 1) / 2))
-    else:
-        out = s[:, 1:2] + s[:, 0:1] * codes.astype(np.float32)[None, :]
-    return out
+    from ..tensor.dequant import levels_table as per_group
+
+    return np.ascontiguousarray(per_group(qz)[:, 0, :]) if qz.rows else np.zeros((0, 1 << qz.bits), np.float32)
 
 
 def from_quantized(qz: Quantized, keep: np.ndarray) -> Sparse:
@@ -60,8 +50,7 @@ def from_quantized(qz: Quantized, keep: np.ndarray) -> Sparse:
     codes = np.zeros(pos.size, dtype=np.uint8)
     for i in range(qz.bits):
         codes |= qz.planes[i][pos] << i
-    return Sparse((qz.rows, qz.cols), pos, codes, levels_table(qz), qz.bits,
-                  qz.scales.size * qz.scales.dtype.itemsize * 8)
+    return Sparse((qz.rows, qz.cols), pos, codes, levels_table(qz), qz.bits, qz.scale_bits)
 
 
 def scatter_dense(sp: Sparse, pos: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -274,6 +263,23 @@ def deep_compression(sp: Sparse, index_bits: int = 4) -> Stored:
 
     value = h_val.nbits + h_val.table_bits + sp.scale_bits
     return Stored(value, value + h_idx.nbits + h_idx.table_bits, decode)
+
+
+# --- zipnn: lossless compression of the dense pruned-and-quantized tensor ------------------------
+
+def zipnn_dense(dense: np.ndarray, sp: Sparse) -> Stored:
+    """The real `zipnn` package on the dense float32 tensor (its byte grouping + entropy coding)."""
+    import zipnn
+
+    z = zipnn.ZipNN(input_format="numpy", bytearray_dtype="float32", threads=1)
+    a = np.ascontiguousarray(dense, dtype=np.float32)
+    blob = z.compress(a)
+
+    def decode():
+        return np.asarray(z.decompress(blob), dtype=np.float32).reshape(a.shape)
+
+    bits = 8 * len(blob)
+    return Stored(bits, bits, decode)
 
 
 FORMATS: dict[str, Callable[[Sparse], Stored]] = {

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--quantizer", choices=["bcq", "uniform"], default="bcq")
-    p.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy"], default="entropy")
+    p.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="entropy")
     p.add_argument("--window", type=int, nargs="*", default=[128, 256], help="max_window values to compare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH")

@@ -23,6 +23,7 @@ from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
+from ..tensor.packed import PackedPlane
 from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
@@ -68,12 +69,25 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
     parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
     if q.zero_points is not None:
         parts.append(("zero_points", q.zero_points.astype(np.int8)))
+    if q.quantizer == "codebook":
+        parts.append(("codebook", q.codebook))
+    if q.scale_format == "log8":
+        parts.append(("scale_ref", q.scale_ref.astype("<f4")))
     m = ct.mask
     parts.append(("mask", m.data))
     if m.codec == "entropy":
         parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_params", m.params.astype("<u4"))]
+    mask_meta = {"codec": m.codec, "length": m.length, "block": m.block}
+    if m.codec == "ctx":
+        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_model", m.model.data)]
+        mask_meta.update(rows=m.model.rows, cols=m.model.cols, base=m.model.base,
+                         row_step=m.model.row_step, col_step=m.model.col_step)
     planes = []
     for i, p in enumerate(ct.planes):
+        if isinstance(p, PackedPlane):
+            parts.append((f"plane{i}.stream", p.stream))
+            planes.append({"kind": "packed", "care_bits": p.care_bits})
+            continue
         data, k, nbits = p.patch_data()
         parts += [(f"plane{i}.stream", p.stream), (f"plane{i}.patches", np.frombuffer(data, np.uint8))]
         planes.append({"n_in": p.n_in, "n_out": p.n_out, "n_s": p.n_s, "seed": str(p.seed),
@@ -85,7 +99,10 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "shape": list(ct.shape), "dtype": ct.dtype, "quantizer": q.quantizer, "bits": q.bits,
         "symmetric": q.symmetric, "rows": q.rows, "cols": q.cols, "group_size": q.group_size,
         "order": {"kind": "blocks64", "step": ct.block_step},
-        "mask": {"codec": m.codec, "length": m.length, "block": m.block},
+        "mask": mask_meta,
+        **({"scale_rows": q.scale_rows} if q.scale_rows != 1 else {}),
+        **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
+        **({"scale_format": "log8"} if q.scale_format == "log8" else {}),
         "planes": planes,
         "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
@@ -243,10 +260,19 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
     validate.check_tensor_data(path, spec, arrays, codes)  # dtypes, shapes and values of every part
     n = spec.length
     mk = spec.mask
+    model = None
+    if mk["codec"] == "ctx":  # the row and column indices: bounded work on any bytes (FORMAT.md 3.2)
+        from ..tensor.maskctx import ctx_model_from_parts
+
+        model = ctx_model_from_parts(mk["rows"], mk["cols"], mk["base"], mk["row_step"], mk["col_step"],
+                                     arrays["mask_model"])
     mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
-                    arrays.get("mask_offsets"), arrays.get("mask_params"))
-    planes = []
+                    arrays.get("mask_offsets"), arrays.get("mask_params"), model)
+    planes: list = []
     for i, p in enumerate(spec.planes):
+        if p.kind == "packed":  # FORMAT.md 1.8; the mask's kept count is checked when it is decoded
+            planes.append(PackedPlane(n, p.care_bits, arrays[f"plane{i}.stream"]))
+            continue
         try:
             pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
         except ValueError as e:
@@ -259,9 +285,11 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
         q = Quantized("affine", spec.bits, np.zeros((0, 0), np.uint8),
                       _scales_from_part(arrays["scales"], codes["scales"]), spec.rows, spec.cols, spec.group_size,
                       spec.symmetric, arrays.get("zero_points"), _SCALE_DTYPES[codes["scales"]])
-    else:
+    else:  # bcq, uniform, codebook; scale row groups and log8 scales (FORMAT.md 4.1-4.3)
         q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
-                      spec.cols, spec.group_size, spec.symmetric)
+                      spec.cols, spec.group_size, spec.symmetric, scale_rows=spec.scale_rows,
+                      codebook=arrays.get("codebook"), codebook_rows=spec.codebook_rows,
+                      scale_ref=arrays.get("scale_ref"))
     ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
     try:
         ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
@@ -315,6 +343,7 @@ class XspFile:
         spec = self.desc.tensors.get(name)
         if spec is None:
             raise XspError(f"{self.path}: no compressed tensor {_q(name)}")
+        self.check_cost(name)  # reading the parts decodes the ctx model and patch lists: bounded first
         return compressed_from_parts(spec, lambda part: self._part(name, part), self.path)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:

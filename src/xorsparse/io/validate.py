@@ -45,6 +45,8 @@ MAX_POSITIONS = 1 << 48  # weights in one compressed tensor
 MAX_DIM = 1 << 62
 MAX_CHUNK_SLICES = 1 << 32
 MAX_MASK_BLOCK = 1 << 26
+MAX_CTX_BLOCK = 1 << 24  # ctx mask blocks (FORMAT.md section 3.2)
+MAX_CTX_BASE, MAX_CTX_STEP = 1020, 64
 MAX_GOLOMB = 1 << 26
 MAX_RICE_K = 40
 MAX_N_IN, MAX_N_OUT, MAX_WINDOW = 64, 1024, 256
@@ -356,6 +358,7 @@ class PlaneSpec:
     rice_k: int
     patch_nbits: int
     care_bits: int
+    kind: str = "xor"  # "packed" (version 2, FORMAT.md 1.8): care_bits bits at the kept positions
 
     def n_slices(self, length: int) -> int:
         return -(-length // self.n_out)
@@ -385,6 +388,9 @@ class TensorSpec:
     planes: list[PlaneSpec]
     parts: dict[str, PartSpec]
     crc: dict[str, int]
+    scale_rows: int = 1  # version 2 (FORMAT.md 4.1)
+    codebook_rows: int = 0  # codebook quantizer (4.2)
+    scale_format: str = "float"  # or "log8" (4.3)
 
     @property
     def length(self) -> int:
@@ -395,7 +401,8 @@ class TensorSpec:
         n = self.length
         words = (-(-n // 64) + 2) * 8
         levels = self.rows * self.groups * (1 << self.bits) * 4
-        return 4 * n + 2 * n * ITEMSIZE[self.dtype] + (self.bits + 2) * words + levels
+        ctx = 8 * (self.mask.get("rows", 0) + self.mask.get("cols", 0)) if self.mask.get("codec") == "ctx" else 0
+        return 4 * n + 2 * n * ITEMSIZE[self.dtype] + (self.bits + 2) * words + levels + ctx
 
 
 @dataclass(frozen=True)
@@ -416,8 +423,30 @@ class QuantizerRule:
     min_version: int = 1
 
 
+def _scale_set_rows(t: dict, rows: int) -> int:
+    """Rows of the scales array: ceil(R / scale_rows) (FORMAT.md 4.1; scale_rows checked first)."""
+    return -(-rows // t.get("scale_rows", 1))
+
+
 def _scales_part(k: Callable[[dict], int]) -> Callable[[dict, int, int], dict[str, PartSpec]]:
-    return lambda t, rows, groups: {"scales": PartSpec(("F16", "F32"), (rows, groups, k(t)))}
+    return lambda t, rows, groups: {"scales": PartSpec(("F16", "F32"), (_scale_set_rows(t, rows), groups, k(t)))}
+
+
+def _codebook_parts(t: dict, rows: int, groups: int) -> dict[str, PartSpec]:
+    return {"scales": PartSpec(("F16", "F32"), (_scale_set_rows(t, rows), groups, 1)),
+            "codebook": PartSpec(("F16", "F32"), (-(-rows // t["codebook_rows"]), 1 << t["bits"]))}
+
+
+def _codebook_check(w: Where, t: dict) -> None:
+    if t["symmetric"] is not True:
+        raise w.error("symmetric", "must be true for codebook")
+    w.int_field(t, "codebook_rows", "", 1, max(t["rows"], 1))
+
+
+def _codebook_data(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray], codes: dict[str, str]) -> None:
+    _finite_scales(w, spec, arrays, codes)
+    if arrays["codebook"].size and not np.all(np.isfinite(arrays["codebook"])):
+        raise w.error("codebook", "holds a value that is NaN or infinite")
 
 
 def _bcq_check(w: Where, t: dict) -> None:
@@ -427,6 +456,11 @@ def _bcq_check(w: Where, t: dict) -> None:
 
 def _finite_scales(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray], codes: dict[str, str]) -> None:
     s = arrays["scales"]
+    if "scale_ref" in arrays:  # log8: bytes, any value; their references finite
+        ref = arrays["scale_ref"]
+        if ref.size and not np.all(np.isfinite(ref)):
+            raise w.error("scale_ref", "holds a value that is NaN or infinite")
+        return
     if codes.get("scales") == "BF16":  # uint16 bit patterns: all-ones exponent is inf or NaN
         bad = (s.astype(np.uint16) & np.uint16(0x7F80)) == np.uint16(0x7F80)
     else:
@@ -447,7 +481,12 @@ QUANTIZERS: dict[str, QuantizerRule] = {
     "uniform": QuantizerRule(8, _scales_part(lambda t: 1 if t["symmetric"] else 2), check_data=_finite_scales),
     # given codes, scales and int8 zero points (compressed-tensors), FORMAT.md section 2.1
     "affine": QuantizerRule(8, _affine_parts, check_data=_finite_scales, min_version=2),
+    # normalised levels per group of rows, one scale per (row group, column group): FORMAT.md 4.2
+    "codebook": QuantizerRule(4, _codebook_parts, ("codebook_rows",), _codebook_check, _codebook_data, 2),
 }
+# quantizers whose scales may be shared by row groups and stored as log8 bytes (4.1, 4.3)
+SCALE_LAYOUT_QUANTIZERS = ("bcq", "uniform", "codebook")
+SCALE_LAYOUT_FIELDS = ("scale_rows", "scale_format")
 
 
 @dataclass(frozen=True)
@@ -459,6 +498,7 @@ class MaskCodecRule:
     check: Callable[[Where, dict, int], None]
     parts: Callable[[dict, int], dict[str, PartSpec]]
     check_data: Callable[[Where, dict, int, dict[str, np.ndarray]], None]
+    min_version: int = 1
 
 
 def _bitmask_check(w: Where, m: dict, length: int) -> None:
@@ -501,10 +541,47 @@ def _entropy_data(w: Where, m: dict, length: int, arrays: dict[str, np.ndarray])
         raise w.error("mask", f"{arrays['mask'].size} bytes for an empty tensor")
 
 
+CTX_FIELDS = ("rows", "cols", "base", "row_step", "col_step")
+
+
+def _ctx_check(w: Where, m: dict, length: int) -> None:
+    b = w.int_field(m, "block", "mask.", 64, MAX_CTX_BLOCK)
+    if b % 64:
+        raise w.error("mask.block", f"must be a multiple of 64, got {b}")
+    r = w.int_field(m, "rows", "mask.", 0, MAX_POSITIONS)
+    c = w.int_field(m, "cols", "mask.", 0, MAX_POSITIONS)
+    if r * c != length:
+        raise w.error("mask.rows", f"rows x cols = {r} x {c} does not cover the {length} positions")
+    w.int_field(m, "base", "mask.", -MAX_CTX_BASE, MAX_CTX_BASE)
+    w.int_field(m, "row_step", "mask.", 0, MAX_CTX_STEP)
+    w.int_field(m, "col_step", "mask.", 0, MAX_CTX_STEP)
+
+
+def _ctx_parts(m: dict, length: int) -> dict[str, PartSpec]:
+    nb = -(-length // m["block"])
+    return {"mask": PartSpec(("U8",), None), "mask_offsets": PartSpec(("U32",), (nb,)),
+            "mask_model": PartSpec(("U8",), None)}
+
+
+def _ctx_data(w: Where, m: dict, length: int, arrays: dict[str, np.ndarray]) -> None:
+    offs = arrays["mask_offsets"].astype(np.int64)
+    if offs.size:
+        bad = np.flatnonzero(np.diff(np.concatenate(([0], offs))) < 0)
+        if bad.size:
+            raise w.error("mask_offsets", f"block {int(bad[0])}: offsets must not decrease")
+        if offs[-1] != arrays["mask"].size:
+            raise w.error("mask_offsets", f"last offset {int(offs[-1])} does not match the "
+                                          f"{arrays['mask'].size} bytes of the mask")
+    elif arrays["mask"].size:
+        raise w.error("mask", f"{arrays['mask'].size} bytes for an empty tensor")
+
+
 MASK_CODECS: dict[str, MaskCodecRule] = {
     "bitmask": MaskCodecRule(("block",), _bitmask_check,
                              lambda m, n: {"mask": PartSpec(("U8",), (-(-n // 8),))}, _bitmask_data),
     "entropy": MaskCodecRule(("block",), _entropy_check, _entropy_parts, _entropy_data),
+    # range-coded with a row x column model (FORMAT.md 3.2)
+    "ctx": MaskCodecRule(("block",) + CTX_FIELDS, _ctx_check, _ctx_parts, _ctx_data, min_version=2),
 }
 
 
@@ -536,9 +613,16 @@ def _zero_padding(w: Where, part: str, data: np.ndarray, nbits: int) -> None:
         raise w.error(part, "unused bits after the end of the stream are not zero")
 
 
-def _plane(w: Where, p: Any, i: int, length: int) -> PlaneSpec:
+def _plane(w: Where, p: Any, i: int, length: int, version: int = 2) -> PlaneSpec:
     pre = f"planes[{i}]."
     p = w.obj(p, f"planes[{i}]")
+    if "kind" in p:  # FORMAT.md 1.8 (version 2): the bits at the kept positions, as they are
+        if version < 2:
+            raise w.error(pre + "kind", "packed planes need format version 2, file is version 1")
+        w.str_field(p, "kind", pre, ("packed",))
+        w.members(p, ("kind", "care_bits"), f"planes[{i}]")
+        care = w.int_field(p, "care_bits", pre, 0, length)
+        return PlaneSpec(0, 0, 0, 0, 0, 0, 0, 0, care, "packed")
     w.members(p, PLANE_FIELDS, f"planes[{i}]")
     n_in = w.int_field(p, "n_in", pre, 1, MAX_N_IN)
     n_out = w.int_field(p, "n_out", pre, 1, MAX_N_OUT)
@@ -583,6 +667,12 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
     if version < rule.min_version:
         raise w.error("quantizer", f"{quantizer!r} needs format version {rule.min_version}, file is version {version}")
     allowed = TENSOR_FIELDS + rule.fields + (("meta_crc32",) if version == 1 else ())
+    if version >= 2 and quantizer in SCALE_LAYOUT_QUANTIZERS:
+        allowed += SCALE_LAYOUT_FIELDS
+    for key in SCALE_LAYOUT_FIELDS + rule.fields:
+        if key in t and key not in allowed:
+            why = "version 1" if version < 2 else f"quantizer {quantizer!r}"
+            raise w.error(key, f"not allowed with {why} (FORMAT.md sections 4.1-4.3)")
     w.members(t, allowed, "")
     bits = w.int_field(t, "bits", "", 1, rule.max_bits)
     symmetric = w.bool_field(t, "symmetric", "")
@@ -594,6 +684,8 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
                               f"(expected {want[0]} x {want[1]})")
     gsize = w.int_field(t, "group_size", "", 1, max(cols, 1))
     groups = max(1, -(-cols // gsize))
+    scale_rows = w.int_field(t, "scale_rows", "", 1, max(rows, 1)) if "scale_rows" in t else 1
+    scale_format = w.str_field(t, "scale_format", "", ("log8",)) if "scale_format" in t else "float"
     if rule.check:
         rule.check(w, t)
 
@@ -605,6 +697,8 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
     mask = w.obj(w.get(t, "mask", "mask"), "mask")
     codec = w.str_field(mask, "codec", "mask.", tuple(MASK_CODECS))
     mrule = MASK_CODECS[codec]
+    if version < mrule.min_version:
+        raise w.error("mask.codec", f"{codec!r} needs format version {mrule.min_version}, file is version {version}")
     w.members(mask, ("codec", "length") + mrule.fields, "mask")
     mlen = w.int_field(mask, "length", "mask.", 0, MAX_POSITIONS)
     if mlen != length:
@@ -616,11 +710,18 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
         raise w.error("planes", f"must be a list, got {_show(planes_v)}")
     if len(planes_v) != bits:
         raise w.error("planes", f"{len(planes_v)} planes for {bits} bits")
-    planes = [_plane(w, p, i, length) for i, p in enumerate(planes_v)]
+    planes = [_plane(w, p, i, length, version) for i, p in enumerate(planes_v)]
 
     parts = dict(rule.parts(t, rows, groups))
+    if scale_format == "log8":  # U8 scales and one float32 reference per scale index (4.3)
+        sshape = parts["scales"].shape
+        parts["scales"] = PartSpec(("U8",), sshape)
+        parts["scale_ref"] = PartSpec(("F32",), (sshape[-1],))
     parts.update(mrule.parts(mask, length))
     for i, p in enumerate(planes):
+        if p.kind == "packed":
+            parts[f"plane{i}.stream"] = PartSpec(("U8",), (-(-p.care_bits // 8),))
+            continue
         parts[f"plane{i}.stream"] = PartSpec(("U8",), (p.stream_bytes(length),))
         parts[f"plane{i}.patches"] = PartSpec(("U8",), (-(-p.patch_nbits // 8),))
 
@@ -640,7 +741,7 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
         elif e.shape != ps.shape:
             raise w.error(part, f"shape {list(e.shape)} where the description needs {list(ps.shape)}")
     return TensorSpec(name, t, shape, dtype, quantizer, bits, symmetric, rows, cols, gsize, groups, kind, step,
-                      mask, planes, parts, crc)
+                      mask, planes, parts, crc, scale_rows, t.get("codebook_rows", 0), scale_format)
 
 
 # ---------------------------------------------------------------------------------------
@@ -859,6 +960,9 @@ def check_tensor_data(path: str, spec: TensorSpec, arrays: dict[str, np.ndarray]
         rule.check_data(w, spec, arrays, codes)
     MASK_CODECS[spec.mask["codec"]].check_data(w, spec.mask, spec.length, arrays)
     for i, p in enumerate(spec.planes):
+        if p.kind == "packed":
+            _zero_padding(w, f"plane{i}.stream", arrays[f"plane{i}.stream"], p.care_bits)
+            continue
         _zero_padding(w, f"plane{i}.stream", arrays[f"plane{i}.stream"], p.n_slices(spec.length) * p.n_in)
         _zero_padding(w, f"plane{i}.patches", arrays[f"plane{i}.patches"], p.patch_nbits)
 

@@ -37,6 +37,8 @@ def decoders_in_file(path: str | os.PathLike) -> list[DecoderUse]:
         for name in f.tensors:
             ct = f.compressed(name)
             for i, p in enumerate(ct.planes):
+                if getattr(p, "kind", "xor") == "packed":  # stored bit for bit: no decoder (FORMAT.md 1.8)
+                    continue
                 key = (p.n_in, p.n_out, p.n_s, p.seed)
                 if key not in uses:
                     uses[key] = DecoderUse(get_decoder(*key))

@@ -17,9 +17,21 @@ def levels_table(qz: Quantized) -> np.ndarray:
     """Value of every code in every (row, group): (rows, groups, 2^q) float32.
 
     All arithmetic is float32 in the order docs/FORMAT.md section 4 gives, so every decoder
-    (this one, the fused kernel, the torch modules) gets the same bits.
+    (this one, the fused kernel, the torch modules) gets the same bits. Scales shared by
+    `scale_rows` rows are computed once and repeated per row.
     """
-    s = qz.scales.astype(np.float32)
+    if qz.quantizer == "codebook":
+        from .codebook import codebook_levels
+
+        return codebook_levels(qz.scale_values(), qz.codebook, qz.scale_rows, qz.codebook_rows, qz.rows)
+    out = _scale_row_levels(qz)
+    if qz.scale_rows > 1:
+        out = np.ascontiguousarray(out[np.arange(qz.rows) // qz.scale_rows])
+    return out
+
+
+def _scale_row_levels(qz: Quantized) -> np.ndarray:
+    s = qz.scale_values()
     q = qz.bits
     codes = np.arange(1 << q)
     shape = s.shape[:2] + (1 << q,)

@@ -39,6 +39,7 @@ MASK_GOLOMB = 1  # the `entropy` codec: Golomb-coded gaps per block (FORMAT.md s
 # quantizer kinds: how the kernels turn (scales of a group, code) into a float32 level
 Q_BCQ, Q_UNIFORM_SYM, Q_UNIFORM_ASYM = 0, 1, 2
 Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16 = 3, 4, 5  # `affine`, by scale dtype: [scale, zero point] per group
+Q_TABLE = 6  # the level of every code per (row, group), precomputed (codebook, scale_rows > 1, log8)
 # output kinds: float32, float64, IEEE half bits, bfloat16 bits
 OUT_F32, OUT_F64, OUT_F16, OUT_BF16 = 0, 1, 2, 3
 OUT_KINDS = {"float32": OUT_F32, "float64": OUT_F64, "float16": OUT_F16, "bfloat16": OUT_BF16}
@@ -97,8 +98,13 @@ def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     """(flat float32 parameters, parameters per group, quantizer kind) for the kernels' `_level`.
 
     bcq and uniform: the scales as stored. affine: each group's scale then its zero point
-    (an integer, exact in float32).
+    (an integer, exact in float32). Codebook, scale row groups and log8 scales (format
+    version 2): every row's table of 2^q levels (dequant.levels_table).
     """
+    if q.quantizer == "codebook" or q.scale_rows > 1 or q.scale_format == "log8":
+        from .dequant import levels_table
+
+        return np.ascontiguousarray(levels_table(q)).reshape(-1), 1 << q.bits, Q_TABLE
     kind = _quant_kind(q.quantizer, q.symmetric, q.scale_storage_dtype)
     s = np.asarray(q.scales, dtype=np.float32)
     if kind in (Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16):
@@ -269,6 +275,8 @@ def _window_wide(streams, i, t, n_in, n_s, cs, inv_cs, win):
 @njit(inline="always", cache=True)
 def _level(kind, scales, base, q, code):
     """FORMAT.md section 4 in float32, operation for operation."""
+    if kind == Q_TABLE:  # computed by dequant.levels_table, operation for operation
+        return scales[base + code]
     if kind == Q_BCQ:
         w = np.float32(0.0)
         for i in range(q):

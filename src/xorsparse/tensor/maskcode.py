@@ -4,13 +4,16 @@
 Golomb code whose parameter is chosen per block of BLOCK positions: on random masks the
 gaps are geometric, for which Golomb codes are the optimal prefix codes (within 1% of the
 binary entropy from 50% to 99% sparsity), and decoding costs work per *kept* weight, not
-per position. Blocks decode independently (in parallel) through an offset table. The
-default (`auto`) keeps whichever is smaller. Layout: docs/FORMAT.md section 3.
+per position. Blocks decode independently (in parallel) through an offset table. `ctx`
+(maskctx.py, format version 2) range-codes each position with a probability from a
+row x column model the file carries. The default (`auto`) keeps whichever is smallest.
+Layout: docs/FORMAT.md section 3.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -23,19 +26,22 @@ MAX_GOLOMB = 1 << 20
 
 @dataclass(frozen=True)
 class MaskCode:
-    codec: str  # "bitmask" or "entropy"
+    codec: str  # "bitmask", "entropy" or "ctx"
     length: int
     data: np.ndarray  # uint8
     block: int = 0  # entropy: positions per block (a multiple of 64)
     offsets: np.ndarray | None = None  # entropy: uint32 end offset of each block's bytes
     params: np.ndarray | None = None  # entropy: uint32 Golomb parameter m of each block
+    model: Any = None  # ctx: maskctx.CtxModel (offsets hold the block table)
 
     @property
     def nbits(self) -> int:
-        """Bits the mask costs: payload plus the block table."""
+        """Bits the mask costs: payload plus the block table (and the ctx model)."""
         n = self.data.size * 8
         if self.codec == "entropy":
             n += self.offsets.size * 32 + self.params.size * 32
+        if self.codec == "ctx":
+            n += self.offsets.size * 32 + self.model.data.size * 8
         return n
 
 
@@ -361,15 +367,23 @@ def encode_bitmask(keep: np.ndarray) -> MaskCode:
     return MaskCode("bitmask", k.size, np.packbits(k, bitorder="little"))
 
 
-def encode_mask(keep: np.ndarray, codec: str = "auto", block: int = DEFAULT_BLOCK) -> MaskCode:
+def encode_mask(keep: np.ndarray, codec: str = "auto", block: int = DEFAULT_BLOCK,
+                cols: int | None = None) -> MaskCode:
+    """cols: row length of the row-major mask, for the ctx model (default: keep's last axis)."""
     if codec == "bitmask":
         return encode_bitmask(keep)
     if codec == "entropy":
         return encode_entropy(keep, block)
+    if codec == "ctx":
+        from .maskctx import encode_ctx
+
+        return encode_ctx(keep, cols, block)
     if codec == "auto":
-        a, b = encode_entropy(keep, block), encode_bitmask(keep)
-        return a if a.nbits < b.nbits else b
-    raise ValueError(f"mask codec must be 'auto', 'bitmask' or 'entropy', got {codec!r}")
+        from .maskctx import encode_ctx
+
+        cands = [encode_entropy(keep, block), encode_bitmask(keep), encode_ctx(keep, cols, block)]
+        return min(cands, key=lambda c: c.nbits)  # ties: the first (the cheaper decode)
+    raise ValueError(f"mask codec must be 'auto', 'bitmask', 'entropy' or 'ctx', got {codec!r}")
 
 
 def check_entropy_tables(code: MaskCode) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +423,10 @@ def decode_mask_words(code: MaskCode) -> np.ndarray:
         if n % 64:
             words[n // 64] &= U64((1 << (n % 64)) - 1)
         return words
+    if code.codec == "ctx":
+        from .maskctx import decode_ctx_words
+
+        return decode_ctx_words(code)
     if code.codec != "entropy":
         raise ValueError(f"unknown mask codec {code.codec!r}")
     offs, params = check_entropy_tables(code)

@@ -14,14 +14,17 @@ import numpy as np
 from ..codec.plane import EncodedPlane, decode_plane_packed, encode_plane
 from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
+from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
-from .dequant import dequantize, dequantize_words
+from .dequant import dequantize, dequantize_words, levels_table
 from .fused import decode_dense
-from .quant import QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize
+from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize, row_layout, \
+    scale_groups
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+CONFIG_QUANTIZERS = ("bcq", "uniform", "codebook")  # the ones that quantize (affine takes given codes)
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,18 @@ class CompressConfig:
 
     sparsity: fraction of weights to prune by magnitude (existing zeros count as pruned);
     global_sparsity: one threshold across all selected tensors instead of per tensor;
-    bits / quantizer: q bit-planes from binary coding ('bcq', q <= 4) or integers
-    ('uniform', q <= 8, symmetric or not); group_size: columns per scale (None = per row);
+    bits / quantizer: q bit-planes from binary coding ('bcq', q <= 4), integers
+    ('uniform', q <= 8, symmetric or not) or a fitted codebook ('codebook', q <= 4: per-row
+    scale times a shared table of 2^q levels); group_size: columns per scale (None = per row);
+    scale_rows: consecutive rows sharing one scale set (1 = per row; "auto" = among 1, 4, 16,
+    64 and the whole tensor, the layout with the fewest scale bits whose weight error
+    ||W - Wq|| stays within error_budget (relative) of per-row float16 scales);
+    scale_format: "float16" (float32 where a scale falls outside float16), "log8" (one byte
+    per scale, 2^(1/8) steps below a per-tensor reference) or "auto" (chosen as above);
+    codebook_rows: rows per codebook (None = one codebook per tensor);
+    packed_below: tensors of fewer positions store their planes packed (one bit per kept
+    weight, no XOR network: exact size, where the XOR code's fixed overheads show; 16384
+    suits conv nets); 0 = never (the default);
     max_n_s: longest decoder memory the rate search may use (0 = the paper's network);
     max_window: cap on n_in * (n_s + 1); 256 codes ~0.5% smaller, encodes ~3x slower.
     """
@@ -47,17 +60,22 @@ class CompressConfig:
     max_window: int = DEFAULT_WINDOW
     seed: int = DEFAULT_SEED
     bcq_iters: int = 15
+    scale_rows: int | str = 1
+    scale_format: str = "float16"
+    error_budget: float = 0.01
+    codebook_rows: int | None = None
+    packed_below: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.sparsity) < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.quantizer not in ("bcq", "uniform"):
-            raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {self.quantizer!r}")
-        limit = 4 if self.quantizer == "bcq" else 8
+        if self.quantizer not in CONFIG_QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(CONFIG_QUANTIZERS)}, got {self.quantizer!r}")
+        limit = MAX_BITS[self.quantizer]
         if not isinstance(self.bits, int) or not 1 <= self.bits <= limit:
             raise ValueError(f"bits must be in 1..{limit} for {self.quantizer}, got {self.bits}")
-        if self.mask_codec not in ("auto", "bitmask", "entropy"):
-            raise ValueError(f"mask_codec must be auto, bitmask or entropy, got {self.mask_codec!r}")
+        if self.mask_codec not in ("auto", "bitmask", "entropy", "ctx"):
+            raise ValueError(f"mask_codec must be auto, bitmask, entropy or ctx, got {self.mask_codec!r}")
         if self.group_size is not None and self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.max_n_s is not None and not 0 <= self.max_n_s < MAX_WINDOW:
@@ -66,6 +84,17 @@ class CompressConfig:
             raise ValueError(f"max_window must be in 1..{MAX_WINDOW}, got {self.max_window}")
         if self.bcq_iters < 0:
             raise ValueError(f"bcq_iters must be >= 0, got {self.bcq_iters}")
+        if self.scale_rows != "auto" and (isinstance(self.scale_rows, bool) or not isinstance(self.scale_rows, int)
+                                          or self.scale_rows < 1):
+            raise ValueError(f"scale_rows must be a positive integer or 'auto', got {self.scale_rows!r}")
+        if self.scale_format not in SCALE_FORMATS:
+            raise ValueError(f"scale_format must be one of {', '.join(SCALE_FORMATS)}, got {self.scale_format!r}")
+        if not 0.0 <= float(self.error_budget) <= 10.0:
+            raise ValueError(f"error_budget must be in [0, 10], got {self.error_budget}")
+        if self.codebook_rows is not None and (not isinstance(self.codebook_rows, int) or self.codebook_rows < 1):
+            raise ValueError(f"codebook_rows must be a positive integer or None, got {self.codebook_rows!r}")
+        if not isinstance(self.packed_below, int) or self.packed_below < 0:
+            raise ValueError(f"packed_below must be a non-negative integer, got {self.packed_below!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,7 +110,7 @@ class CompressedTensor:
     dtype: str
     quant: Quantized  # scales and layout; its planes are empty here (they live in `planes`)
     mask: MaskCode
-    planes: list[EncodedPlane] = field(default_factory=list)
+    planes: list[EncodedPlane | PackedPlane] = field(default_factory=list)
     block_step: int = 0  # coded order of the planes (interleave.py); the mask is row-major
 
     @property
@@ -103,19 +132,33 @@ class CompressedTensor:
         if q.quantizer not in QUANTIZERS:
             raise ValueError(f"unknown quantizer {q.quantizer!r}")
         groups = max(1, -(-q.cols // q.group_size))
+        if not 1 <= q.scale_rows <= max(q.rows, 1) or (q.quantizer == "affine" and q.scale_rows != 1):
+            raise ValueError(f"scale_rows {q.scale_rows} outside 1..{max(q.rows, 1)}")
         if q.quantizer == "affine":
             check_given_parameters(q.bits, q.scales, q.zero_points, q.scale_dtype, q.rows, groups)
             if q.symmetric != (q.zero_points is None):
                 raise ValueError("an affine tensor has zero points exactly when it is not symmetric")
         else:
-            k = q.bits if q.quantizer == "bcq" else (1 if q.symmetric else 2)
-            want = (q.rows, groups, k)
+            want = scale_groups(q.rows, q.cols, q.group_size, q.scale_rows) + (q.scale_count,)
             if tuple(q.scales.shape) != want:
                 raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
+        if q.scale_format == "log8" and (q.scale_ref is None or tuple(q.scale_ref.shape) != (q.scale_count,)):
+            raise ValueError(f"log8 scales need {q.scale_count} references")
+        if q.quantizer == "codebook":
+            if not 1 <= q.codebook_rows <= max(q.rows, 1):
+                raise ValueError(f"codebook_rows {q.codebook_rows} outside 1..{max(q.rows, 1)}")
+            books = (-(-q.rows // q.codebook_rows), 1 << q.bits)
+            if q.codebook is None or tuple(q.codebook.shape) != books:
+                got = None if q.codebook is None else tuple(q.codebook.shape)
+                raise ValueError(f"codebook has shape {got}, expected {books}")
         if len(self.planes) != q.bits:
             raise ValueError(f"{len(self.planes)} planes for {q.bits} bits")
         for p in self.planes:
-            check_params(p.n_in, p.n_out, p.n_s)
+            if isinstance(p, PackedPlane):
+                if p.care_bits < 0 or p.care_bits > n or p.stream.size != -(-p.care_bits // 8):
+                    raise ValueError(f"packed plane of {p.care_bits} bits has {p.stream.size} bytes")
+            else:
+                check_params(p.n_in, p.n_out, p.n_s)
         if self.mask.length != n or any(p.length != n for p in self.planes):
             raise ValueError(f"mask or planes do not cover the tensor's {n} positions")
         nfull = n // 64
@@ -130,7 +173,7 @@ class CompressedTensor:
 
     @property
     def scale_bits(self) -> int:
-        """Scales in their stored dtype, and zero points (affine)."""
+        """Scales in their stored dtype, zero points (affine) and codebook."""
         return self.quant.parameter_bits
 
     @property
@@ -196,8 +239,82 @@ def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = 
     if bad:
         raise ValueError(f"tensor {name!r}: {bad} kept weights are NaN, infinite or beyond float32's range")
     with np.errstate(over="ignore", invalid="ignore"):  # near float32's limit: fit_output_range repairs
-        qz = quantize(w32, k, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters)
-    return k, fit_output_range(qz, w32, k, dtype), dtype
+        qz = quantize_with_scale_layout(w32, k, cfg, dtype)
+    return k, qz, dtype
+
+
+AUTO_SCALE_ROWS = (1, 4, 16, 64)
+SCALE_FORMATS = ("float16", "log8", "auto")
+
+
+def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig,
+                               dtype: str = "float32") -> Quantized:
+    """Quantize with cfg.scale_rows and cfg.scale_format; where either is "auto", the layout
+    with the fewest scale bits whose error ||W - Wq|| (pruned weights included) is at most
+    (1 + error_budget) times that of float16 scales at the fixed (or per-row) row grouping.
+
+    Every level stays finite in `dtype` (no finite weight decodes to inf): per-row float
+    scales of bcq and uniform are shrunk where needed (quant.fit_output_range); a layout
+    whose levels overflow otherwise (shared or log8 scales, codebooks of huge weights) is
+    not chosen: the per-row float layout takes its place.
+    """
+    from .logscale import requantize_log8
+
+    def run(rows_per_scale: int, fmt: str) -> Quantized:
+        qz = quantize(w32, keep, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters,
+                      scale_rows=rows_per_scale, codebook_rows=cfg.codebook_rows)
+        qz = requantize_log8(qz, w32, keep) if fmt == "log8" else qz
+        if qz.quantizer == "codebook" and fmt != "log8":
+            from .codebook import fit_codebook_range
+            from .quant import LEVEL_LIMIT
+
+            qz = fit_codebook_range(qz, w32, keep, LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"]))
+        elif rows_per_scale == 1 and fmt != "log8":
+            qz = fit_output_range(qz, w32, keep, dtype)
+        return qz
+
+    def finite(qz: Quantized) -> bool:
+        return levels_fit(qz, dtype)
+
+    rows = row_layout(w32.shape)[0]
+    fmts = ["float16", "log8"] if cfg.scale_format == "auto" else [cfg.scale_format]
+    if cfg.scale_rows == "auto":
+        groups = [1] + sorted({min(g, rows) for g in AUTO_SCALE_ROWS[1:] + (rows,) if min(g, rows) > 1})
+    else:
+        groups = [int(cfg.scale_rows)]
+    if len(groups) * len(fmts) == 1:
+        qz = run(groups[0], fmts[0])
+        return qz if finite(qz) or (groups[0], fmts[0]) == (1, "float16") else run(1, "float16")
+    flat = w32.reshape(-1).astype(np.float64)
+
+    def err(qz: Quantized) -> float:
+        return float(np.sum((dequantize(qz, keep).reshape(-1) - flat) ** 2))
+
+    base = run(groups[0], "float16")
+    if not finite(base):
+        base = run(1, "float16")
+    limit = err(base) * (1.0 + float(cfg.error_budget)) ** 2
+    best = base
+    # coarsest grouping first; within one, the cheaper format first: stop at the first fit
+    for g in reversed(groups):
+        for fmt in sorted(fmts, key=lambda f: f != "log8"):
+            if (g, fmt) == (groups[0], "float16"):
+                continue
+            cand = run(g, fmt)
+            if cand.scale_bits < best.scale_bits and finite(cand) and err(cand) <= limit:
+                best = cand
+    return best
+
+
+def levels_fit(qz: Quantized, dtype: str) -> bool:
+    """Every level of every (row, group) finite and within the range of `dtype`."""
+    from .quant import LEVEL_LIMIT
+
+    if qz.scales.size == 0:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        lv = levels_table(qz)
+    return bool(np.all(np.abs(lv) <= np.float32(LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"]))))
 
 
 def reference_prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = None,
@@ -219,11 +336,14 @@ def compress_quantized(keep: np.ndarray, qz: Quantized, dtype: str, cfg: Compres
                        verify: bool = False) -> CompressedTensor:
     flat = np.ascontiguousarray(keep.ravel())
     step = block_step(flat.size)
-    care = to_coded(flat, step)
-    coded = [to_coded(p, step) for p in qz.planes]
-    decoder = choose(coded[0], care, max_n_s=cfg.max_n_s, max_window=cfg.max_window, seed=cfg.seed)
-    planes = [encode_plane(p, care, decoder, verify=verify) for p in coded]
-    mask = encode_mask(flat, cfg.mask_codec)
+    if flat.size < cfg.packed_below:
+        planes = [pack_plane(p, flat) for p in qz.planes]
+    else:
+        care = to_coded(flat, step)
+        coded = [to_coded(p, step) for p in qz.planes]
+        decoder = choose(coded[0], care, max_n_s=cfg.max_n_s, max_window=cfg.max_window, seed=cfg.seed)
+        planes = [encode_plane(p, care, decoder, verify=verify) for p in coded]
+    mask = encode_mask(flat, cfg.mask_codec, cols=qz.cols)
     stripped = replace(qz, planes=np.zeros((0, 0), np.uint8))
     return CompressedTensor(tuple(int(s) for s in keep.shape), dtype, stripped, mask, planes, step)
 
@@ -235,6 +355,8 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None, *, par
     it on the calling thread (the kernel releases the GIL, for thread pools).
     """
     ct.validate()
+    if any(isinstance(p, PackedPlane) for p in ct.planes):  # small tensors: no XOR streams to fuse
+        return decompress_tensor_unfused(ct, framework)
     flat = decode_dense(ct, parallel=parallel)
     return wrap_dense(flat, ct.dtype, ct.shape, framework)
 
@@ -260,7 +382,10 @@ def decompress_tensor_unfused(ct: CompressedTensor, framework: str | None = None
     nw = mask.size
     planes = np.zeros((len(ct.planes), nw), dtype=np.uint64)
     for i, p in enumerate(ct.planes):
-        words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
+        if isinstance(p, PackedPlane):
+            unpack_plane_words(p, mask, planes[i])
+        else:
+            words_to_natural(decode_plane_packed(p), n, ct.block_step, out=planes[i])
     return from_float32(dequantize_words(ct.quant, mask, planes).reshape(ct.shape), ct.dtype, framework)
 
 
@@ -274,7 +399,11 @@ def decompress_codes(ct: CompressedTensor) -> tuple[np.ndarray, np.ndarray]:
     codes = np.zeros(n, dtype=np.int64)
     words = np.zeros(mask.size, dtype=np.uint64)
     for i, p in enumerate(ct.planes):
-        words_to_natural(decode_plane_packed(p), n, ct.block_step, out=words)
+        if isinstance(p, PackedPlane):
+            words[:] = 0
+            unpack_plane_words(p, mask, words)
+        else:
+            words_to_natural(decode_plane_packed(p), n, ct.block_step, out=words)
         bits = np.unpackbits(words.astype("<u8").view(np.uint8), bitorder="little")[:n]
         codes |= bits.astype(np.int64) << i
     codes[~keep] = 0

@@ -10,6 +10,11 @@ where their coarser relative precision costs nothing measurable.
 Dequantization is one function used both by the reference path and by decompression, so
 "bit-exact" means the codec returned exactly the planes the quantizer produced.
 
+Scales are per (row, column group) by default; `scale_rows` > 1 shares one scale set among
+that many consecutive rows (format version 2), which is what short-row tensors (depthwise
+convolutions: rows of 9 or 25 weights) need, where per-row scales cost more than the codes.
+The `codebook` quantizer (codebook.py) is the third quantizer.
+
 A third kind, `affine`, does not quantize at all: it takes integer codes, scales and zero
 points that already exist (compressed-tensors int4/int8 checkpoints) and stores them as
 they are, so nothing is re-quantized (`quantize_given`).
@@ -24,8 +29,9 @@ import numpy as np
 from numba import njit, prange
 
 
-Quantizer = Literal["bcq", "uniform"]
-QUANTIZERS = ("bcq", "uniform", "affine")
+Quantizer = Literal["bcq", "uniform", "codebook"]
+QUANTIZERS = ("bcq", "uniform", "codebook", "affine")  # "affine": given codes (quantize_given)
+MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4, "affine": 8}
 SCALE_DTYPES = ("float16", "bfloat16", "float32")  # what an `affine` scale may be stored as
 FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
@@ -46,7 +52,11 @@ class Quantized:
     # affine only: int8 zero points (rows, groups), None when symmetric (zero point 0);
     # scales then hold float32 values exactly representable in `scale_dtype`
     zero_points: np.ndarray | None = None
-    scale_dtype: str = ""  # "" = the numpy dtype of `scales` (bcq, uniform)
+    scale_dtype: str = ""  # "" = the numpy dtype of `scales` (bcq, uniform, codebook)
+    scale_rows: int = 1  # consecutive rows sharing one set of scales (version 2)
+    codebook: np.ndarray | None = None  # codebook quantizer: (books, 2^q) float16/float32 levels
+    codebook_rows: int = 0  # codebook quantizer: consecutive rows sharing one codebook
+    scale_ref: np.ndarray | None = None  # log8 scales (uint8 `scales`): float32 reference per index
 
     @property
     def scale_storage_dtype(self) -> str:
@@ -54,10 +64,43 @@ class Quantized:
 
     @property
     def parameter_bits(self) -> int:
-        """Bits of scales (in their stored dtype) and zero points."""
-        sb = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}[self.scale_storage_dtype]
+        """Bits of scales (in their stored dtype; log8: 8 each plus 32 per reference), zero
+        points and codebook."""
+        sb = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64, "uint8": 8}[self.scale_storage_dtype]
         zb = 0 if self.zero_points is None else 8 * self.zero_points.size
-        return self.scales.size * sb + zb
+        n = self.scales.size * sb + zb
+        if self.scale_ref is not None:
+            n += self.scale_ref.size * 32
+        if self.codebook is not None:
+            n += self.codebook.size * self.codebook.dtype.itemsize * 8
+        return n
+
+    @property
+    def scale_format(self) -> str:
+        """'log8' for 8-bit log-domain scales (version 2), else 'float' (F16 or F32)."""
+        return "log8" if self.scales.dtype == np.uint8 else "float"
+
+    def scale_values(self) -> np.ndarray:
+        """The scales as float32, decoded from log8 bytes where stored so."""
+        if self.scale_format == "log8":
+            from .logscale import decode_log8
+
+            return decode_log8(self.scales, self.scale_ref)
+        return self.scales.astype(np.float32)
+
+    @property
+    def scale_bits(self) -> int:
+        """parameter_bits: everything but the planes that gives the codes their values."""
+        return self.parameter_bits
+
+    @property
+    def scale_count(self) -> int:
+        """Scales per (scale row, group): q for bcq, 1 or 2 for uniform, 1 for codebook and affine."""
+        if self.quantizer == "bcq":
+            return self.bits
+        if self.quantizer == "uniform":
+            return 1 if self.symmetric else 2
+        return 1
 
 
 def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -244,9 +287,9 @@ def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
 
 
 def _check_bits(quantizer: str, bits: int) -> None:
-    limit = 4 if quantizer == "bcq" else 8
-    if quantizer not in ("bcq", "uniform"):
-        raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
+    limit = MAX_BITS[quantizer]
     if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= limit:
         raise ValueError(f"{quantizer} bits must be in 1..{limit}, got {bits}")
 
@@ -308,6 +351,35 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
     codes = np.clip(np.rint(x), 0, levels).astype(np.uint8)
     codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
     return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
+
+
+def scale_groups(rows: int, cols: int, group_size: int, scale_rows: int) -> tuple[int, int]:
+    """(scale rows, column groups) of the scales array."""
+    return -(-rows // scale_rows), max(1, -(-cols // group_size))
+
+
+def to_row_groups(a: np.ndarray, scale_rows: int, gsize: int, fill) -> np.ndarray:
+    """(rows, cols) -> (scale rows, column groups * scale_rows * gsize): one virtual row per
+    scale row, holding each column group's slices of its rows side by side, so the per-row
+    quantizers fit one scale set to `scale_rows` rows at once. Padding gets `fill`."""
+    rows, cols = a.shape
+    rs, gc = scale_groups(rows, cols, gsize, scale_rows)
+    pad = np.full((rs * scale_rows, gc * gsize), fill, dtype=a.dtype)
+    pad[:rows, :cols] = a
+    return np.ascontiguousarray(pad.reshape(rs, scale_rows, gc, gsize).transpose(0, 2, 1, 3)
+                                .reshape(rs, gc * scale_rows * gsize))
+
+
+def from_row_groups(v: np.ndarray, rows: int, cols: int, scale_rows: int, gsize: int) -> np.ndarray:
+    rs, gc = scale_groups(rows, cols, gsize, scale_rows)
+    out = v.reshape(rs, gc, scale_rows, gsize).transpose(0, 2, 1, 3).reshape(rs * scale_rows, gc * gsize)
+    return np.ascontiguousarray(out[:rows, :cols])
+
+
+def _check_scale_rows(scale_rows: int) -> int:
+    if isinstance(scale_rows, bool) or not isinstance(scale_rows, (int, np.integer)) or scale_rows < 1:
+        raise ValueError(f"scale_rows must be a positive integer, got {scale_rows!r}")
+    return int(scale_rows)
 
 
 # Largest magnitude a float32 level may have so that it converts to a finite value of the
@@ -394,12 +466,37 @@ def fit_output_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, dtype: str)
 
 
 def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits: int = 2,
-             symmetric: bool = True, group_size: int | None = None, iters: int = 15) -> Quantized:
-    if quantizer == "bcq":
-        return quantize_bcq(w, keep, bits, group_size, iters)
-    if quantizer == "uniform":
+             symmetric: bool = True, group_size: int | None = None, iters: int = 15,
+             scale_rows: int = 1, codebook_rows: int | None = None,
+             importance: np.ndarray | None = None) -> Quantized:
+    """Quantize the kept weights. scale_rows: consecutive rows sharing one scale set;
+    codebook_rows (codebook only): rows per codebook (None: one for the tensor);
+    importance (codebook only): per-weight weights of the k-means fit (e.g. from calibration)."""
+    scale_rows = _check_scale_rows(scale_rows)
+    if quantizer == "codebook":
+        from .codebook import quantize_codebook
+
+        return quantize_codebook(w, keep, bits, group_size, scale_rows, codebook_rows, importance, iters)
+    if quantizer not in ("bcq", "uniform"):
+        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
+    rows, cols = row_layout(np.shape(w))
+    if scale_rows == 1 or rows <= 1:
+        if quantizer == "bcq":
+            return quantize_bcq(w, keep, bits, group_size, iters)
         return quantize_uniform(w, keep, bits, symmetric, group_size)
-    raise ValueError(f"quantizer must be 'bcq' or 'uniform', got {quantizer!r}")
+    gsize, _ = _groups(cols, group_size)
+    scale_rows = min(scale_rows, rows)
+    w2 = np.asarray(w, dtype=np.float32).reshape(rows, cols)
+    k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
+    vw, vk = to_row_groups(w2, scale_rows, gsize, 0.0), to_row_groups(k2, scale_rows, gsize, False)
+    vg = scale_rows * gsize
+    if quantizer == "bcq":
+        v = quantize_bcq(vw, vk, bits, vg, iters)
+    else:
+        v = quantize_uniform(vw, vk, bits, symmetric, vg)
+    codes = from_row_groups(_planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
+    return Quantized(quantizer, bits, _codes_to_planes(codes, bits), v.scales, rows, cols, gsize, v.symmetric,
+                     scale_rows=scale_rows)
 
 
 def round_to_bfloat16(x: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ paths equal the reference bit for bit (tests check it).
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..io.container import XspFile
 from ..codec.plane import get_decoder
 from ..tensor import fused
 from ..tensor.maskcode import decode_mask_words
+from ..tensor.packed import PackedPlane
 from ..tensor.pipeline import CompressedTensor
 from .compress import MODULE_TYPES
 
@@ -101,6 +103,9 @@ def dense_torch(xw: "XorWeight", out: torch.Tensor | None = None) -> torch.Tenso
     dev = xw.scales.device
     dtype = getattr(torch, xw.dtype_name)
     n = xw.length
+    if xw.packed_dense is not None:  # small tensors stored bit for bit are kept decoded
+        w = xw.packed_dense.to(dtype)
+        return (w.clone() if out is None else out.reshape(-1).copy_(w)).reshape(xw.shape)
     if out is None:
         out = torch.zeros(n, dtype=dtype, device=dev)
     else:
@@ -153,6 +158,8 @@ def dense_torch(xw: "XorWeight", out: torch.Tensor | None = None) -> torch.Tenso
 def _levels_at(scales: torch.Tensor, sidx: torch.Tensor, code: torch.Tensor, q: int, kind: int) -> torch.Tensor:
     """FORMAT.md section 4 for each (scale index, code), float32, operation for operation
     (the kernels' `fused._level`; `kind` is a fused.Q_* quantizer kind)."""
+    if kind == fused.Q_TABLE:  # codebook, scale row groups, log8: the level of every code, per row
+        return scales[sidx + code]
     if kind == fused.Q_BCQ:
         w = torch.zeros(code.shape, dtype=torch.float32, device=code.device)
         for i in range(q):
@@ -275,6 +282,14 @@ class XorWeight(nn.Module):
     def __init__(self, ct: CompressedTensor, cache: bool = False, workspace: DecodeWorkspace | None = None):
         super().__init__()
         ct.validate()
+        packed = any(isinstance(p, PackedPlane) for p in ct.planes)
+        if packed:  # a small tensor stored bit for bit (FORMAT.md 1.8): kept decoded, no XOR streams
+            from ..tensor.pipeline import decompress_tensor
+
+            dense = decompress_tensor(ct, framework="torch").reshape(-1).clone()
+            ct = replace(ct, planes=[])
+        else:
+            dense = None
         fused.check_planes(ct)  # the kernels read these buffers without bounds checks
         self.shape = tuple(ct.shape)
         self.dtype_name = ct.dtype
@@ -288,8 +303,9 @@ class XorWeight(nn.Module):
         mask = decode_mask_words(ct.mask)  # Golomb blocks decode sequentially: kept as a bitmask
         self.register_buffer("mask_bits", torch.from_numpy(mask.view(np.uint8).copy()))
         # float32, scale_k per (row, group): the scales (affine: scale, then zero point)
-        self.register_buffer("scales", torch.from_numpy(scales.reshape(q.scales.shape[0], q.scales.shape[1],
+        self.register_buffer("scales", torch.from_numpy(scales.reshape(-1, max(1, -(-q.cols // q.group_size)),
                                                                        self.scale_k)))
+        self.register_buffer("packed_dense", dense)
         streams, params, g, wide = fused.plane_arrays(ct.planes)
         self.register_buffer("streams", torch.from_numpy(streams.view(np.int64)))
         ppos, pxor = fused.natural_patches(ct.planes, ct.numel, ct.block_step)
@@ -319,6 +335,8 @@ class XorWeight(nn.Module):
 
     def decode_cpu_into(self, out: torch.Tensor, parallel: bool = True) -> torch.Tensor:
         """Fused numba decode of the weight into out (a flat CPU tensor of the weight's dtype)."""
+        if self.packed_dense is not None:
+            return out.copy_(self.packed_dense)
         if self.dtype_name == "bfloat16":
             view, kind = out.view(torch.int16).numpy().view(np.uint16), fused.OUT_BF16
         elif self.dtype_name == "float16":
@@ -337,7 +355,9 @@ class XorWeight(nn.Module):
             raise ValueError(f"backend must be auto, numba or torch, got {backend!r}")
         if backend == "numba" and not on_cpu:
             raise ValueError("the numba decoder runs on CPU tensors only")
-        if backend == "torch" or not on_cpu:
+        if self.packed_dense is not None:
+            w = self.packed_dense.clone().view(self.shape)
+        elif backend == "torch" or not on_cpu:
             w = dense_torch(self)
         else:
             w = self.decode_cpu_into(torch.empty(self.length, dtype=self.torch_dtype)).view(self.shape)

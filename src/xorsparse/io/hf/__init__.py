@@ -40,6 +40,9 @@ def register() -> bool:
         return False
     if QUANT_METHOD in auto.AUTO_QUANTIZER_MAPPING:
         return True
+    half_imported = sys.modules.get(__name__ + ".quantizer")
+    if half_imported is not None and not hasattr(half_imported, "XorsparseHfQuantizer"):
+        return False  # importing .quantizer imported transformers' registry: it registers when done
     from .quantizer import XorsparseConfig, XorsparseHfQuantizer
 
     auto.register_quantization_config(QUANT_METHOD)(XorsparseConfig)

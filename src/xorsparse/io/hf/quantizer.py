@@ -24,15 +24,18 @@ from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from ..container import XspError, XspFile, compressed_from_parts
 from ..validate import check_decode_cost
 from ..torchconv import TORCH_TO_ST
-from . import QUANT_METHOD, current_load_mode
+from . import QUANT_METHOD, current_load_mode, register
 
 # part name -> source pattern (regular expressions: transformers compiles them)
 _PART_PATTERNS = {
     "scales": r"\.__xs__\.scales",
     "zero_points": r"\.__xs__\.zero_points",
+    "codebook": r"\.__xs__\.codebook",
+    "scale_ref": r"\.__xs__\.scale_ref",
     "mask": r"\.__xs__\.mask",
     "mask_offsets": r"\.__xs__\.mask_offsets",
     "mask_params": r"\.__xs__\.mask_params",
+    "mask_model": r"\.__xs__\.mask_model",
     "stream": r"\.__xs__\.plane\d+\.stream",
     "patches": r"\.__xs__\.plane\d+\.patches",
 }
@@ -214,3 +217,6 @@ class XorsparseHfQuantizer(HfQuantizer):
 
 
 __all__ = ["XorsparseConfig", "XorsparseHfQuantizer", "XspDecode"]
+
+
+register()  # when importing this module is what loaded transformers' registry (see register)
