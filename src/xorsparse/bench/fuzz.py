@@ -531,7 +531,9 @@ class Mutator:
                 e["shape"] = [len(b)]
 
     def _data_scales(self, img):
-        es = self._parts(img, ".__xs__.scales")
+        """NaN, infinity, the largest finite value or zero in a scale, codebook entry or log8 reference."""
+        es = [e for e in self._parts(img, ".__xs__.scales") + self._parts(img, ".__xs__.codebook")
+              + self._parts(img, ".__xs__.scale_ref") if e["dtype"] in ("F16", "F32")]
         if not es:
             return
         e = self.rng.choice(es)
@@ -551,7 +553,19 @@ class Mutator:
         name = self.rng.choice(list(img.doc["tensors"]))
         t = img.doc["tensors"][name]
         op = self.rng.choice(["bits63", "bits24", "patches_bomb", "patches_half", "version_true", "rice_neg",
-                              "rows256", "raw_r1w", "order_drop", "dtype_i32"])
+                              "rows256", "raw_r1w", "order_drop", "dtype_i32", "v2_layout"])
+        if op == "v2_layout":  # the version-2 members (FORMAT.md 1.8, 3.2, 4.1-4.3) on any tensor
+            key = self.rng.choice(["scale_rows", "codebook_rows", "scale_format", "mask.rows", "mask.cols",
+                                   "mask.base", "mask.row_step", "mask.col_step", "mask.codec", "planes.kind"])
+            value = self.rng.choice([0, 1, 2, 4, 7, 64, 65, 1021, -1021, 10**12, "log8", "ctx", "packed",
+                                     True, 1.5, None, [], "x"])
+            if key.startswith("mask."):
+                t["mask"][key[5:]] = value
+            elif key == "planes.kind":
+                t["planes"][self.rng.randrange(len(t["planes"]))]["kind"] = value
+            else:
+                t[key] = value
+            return None
         if op == "bits63":
             t["bits"] = 63
         elif op == "bits24":
