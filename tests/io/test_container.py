@@ -489,3 +489,16 @@ def test_ctx_mask_length_checked_before_the_model_is_decoded(ctx_xsp):
     _rewrite_meta(p, lambda m: m["tensors"]["w"].update(shape=[10**6, 10**6], rows=10**6, cols=10**6))
     with pytest.raises(XspError, match="scales: shape|order.step"):  # what the file's bytes cannot back
         XspFile(p)
+
+
+def test_ctx_model_is_read_within_the_memory_limit(ctx_xsp, monkeypatch):
+    """rows + cols model indices are not backed by the file's bytes: bounded before reading."""
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(rows=4800, cols=1, row_step=1, col_step=0))
+    monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "16k")
+    with XspFile(p) as f:
+        with pytest.raises(XspError, match="tensor 'w': decoding needs about .* above the limit"):
+            f.compressed("w")
+    monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "1M")
+    with XspFile(p) as f:
+        f.compressed("w")  # a different model of the same mask: decodes (to other weights)

@@ -343,7 +343,8 @@ class XspFile:
         spec = self.desc.tensors.get(name)
         if spec is None:
             raise XspError(f"{self.path}: no compressed tensor {_q(name)}")
-        self.check_cost(name)  # reading the parts decodes the ctx model and patch lists: bounded first
+        # the parts are backed by the file's bytes, the ctx mask's model indices are not: bounded first
+        validate.check_decode_cost(self.path, spec, self.max_tensor_bytes, reading=True)
         return compressed_from_parts(spec, lambda part: self._part(name, part), self.path)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:

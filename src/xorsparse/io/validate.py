@@ -396,6 +396,11 @@ class TensorSpec:
     def length(self) -> int:
         return self.rows * self.cols
 
+    def read_bytes(self) -> int:
+        """Memory of reading the parts beyond their own bytes (which the file backs): the ctx
+        mask's model indices, rows + cols of them, not bounded by the file's size."""
+        return 8 * (self.mask.get("rows", 0) + self.mask.get("cols", 0)) if self.mask.get("codec") == "ctx" else 0
+
     def decode_bytes(self) -> int:
         """Working memory of decoding this tensor (FORMAT.md, "Reader limits")."""
         n = self.length
@@ -1002,9 +1007,11 @@ def max_tensor_bytes() -> int:
     return DEFAULT_MAX_TENSOR_BYTES if not v else _parse_size(v)
 
 
-def check_decode_cost(path: str, spec: TensorSpec, limit: int | None = None) -> None:
+def check_decode_cost(path: str, spec: TensorSpec, limit: int | None = None, reading: bool = False) -> None:
+    """Refuse a tensor whose decoding (reading=True: the reading of its parts) needs more
+    memory than the limit (XORSPARSE_MAX_TENSOR_BYTES, default 16 GiB)."""
     limit = max_tensor_bytes() if limit is None else limit
-    need = spec.decode_bytes()
+    need = spec.read_bytes() if reading else spec.decode_bytes()
     if need > limit:
         raise Where(path, spec.name).error(
             None, f"decoding needs about {need / 2**20:.0f} MiB ({spec.length} weights of {spec.dtype}), above the "
