@@ -78,7 +78,7 @@ bench-speed: $(VENV)/.installed
 
 bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
 
-# hostile files: 100,000 mutated .xsp files through the CLI (about 2 hours on 2 cores)
+# hostile files: 100,000 mutated .xsp files through the CLI (1.5-2 hours on 2 shared cores)
 bench-fuzz: $(VENV)/.installed
 	$(PY) -m xorsparse.bench fuzz --cases 100000 --seed 100 --json docs/bench-fuzz.json --markdown docs/bench-fuzz.md
 

@@ -16,7 +16,7 @@ raw tensors of many dtypes (0-d and empty ones included). Each case mutates one 
   bytes, a different header length; no checksum is recomputed.
 
 Every case runs `inspect --json`, `verify` and `decompress` of the real CLI in a process
-forked from a warmed-up server (so 100,000 cases fit in minutes on 2 cores), under a CPU
+forked from a warmed-up server (15-20 cases a second on 2 cores), under a CPU
 limit, a wall-clock limit and an address-space limit, with XORSPARSE_MAX_TENSOR_BYTES at
 64 MiB. Outcomes:
 
