@@ -62,6 +62,21 @@ def test_rd_benchmark_small(tmp_path):
     assert all(r["lossless"] and 0 < r["rel_error"] < 1 for r in res["points"])
     assert res["equal_error"] and all("lowest_fixed_rate" in r for r in res["equal_error"])
     assert os.path.getsize(png) > 1000 and "At equal error" in md.read_text()
+    # parts run as separate processes join into the same tables
+    parts = []
+    for quantizer in ("bcq", "codebook"):
+        part = tmp_path / f"part-{quantizer}.json"
+        part.write_text(json.dumps({"points": [r for r in res["points"] if r["quantizer"] == quantizer]}))
+        parts.append(str(part))
+    joined = tmp_path / "joined.json"
+    assert main(["rd", "--merge", *parts, "--json", str(joined)]) == 0
+    assert json.loads(joined.read_text())["equal_error"] == res["equal_error"]
+    try:
+        main(["rd", "--merge", parts[0], parts[0]])
+    except SystemExit as e:
+        assert "also in" in str(e)
+    else:
+        raise AssertionError("a point measured twice was accepted")
 
 
 def test_masks_and_mobilenet_benchmarks_small(tmp_path):
@@ -88,3 +103,14 @@ def test_rtl_benchmark_small(tmp_path):
         assert r["decoded_gbit_s"] == r["n_out"] * 0.5
     assert rows[1]["n_s"] == 0
     assert "XOR2 per out bit" in md.read_text()
+
+
+def test_rd_frontier_ignores_negligible_savings():
+    from xorsparse.bench.rd import frontier
+
+    def pt(err, bits):
+        return {"rel_error": err, "total_bits_per_weight": bits}
+
+    pts = [pt(0.77, 0.5313025), pt(0.95, 0.5313008), pt(0.76, 0.8), pt(0.80, 0.4), pt(0.79, 0.9)]
+    assert [(p["rel_error"], p["total_bits_per_weight"]) for p in frontier(pts)] == \
+        [(0.76, 0.8), (0.77, 0.5313025), (0.80, 0.4)]

@@ -46,7 +46,7 @@ def test_mutations_are_deterministic_and_varied(tmp_path):
 
 
 def test_short_run_has_no_bad_outcome():
-    """The benchmark's short form (docs/BENCHMARKS.md section 13 has the long runs)."""
+    """The benchmark's short form (docs/BENCHMARKS.md section 14 has the long runs)."""
     res = fuzz.run(300, seed=11, workers=2)
     assert res["bad"] == 0, res["bad_examples"]
     assert res["total"]["error"] > 150 and res["raw_cases"] > 50

@@ -13,11 +13,17 @@ time of this process by default (--clock cpu; run with NUMBA_NUM_THREADS=1: ever
 one core, which a shared, loaded machine measures far better than wall time).
 
     python -m xorsparse.bench rd --json docs/bench-rd.json --markdown docs/bench-rd.md --plot docs/bench-rd.png
+
+Parts of the grid can run as separate processes (each with its own --json) and be joined
+into one set of tables and one plot afterwards:
+
+    python -m xorsparse.bench rd --merge a.json b.json --json docs/bench-rd.json --markdown ... --plot ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -49,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1.0,
                    help="shrink the AlexNet shapes by this factor per side (for quick runs)")
     p.add_argument("--repeat", type=int, default=2, help="timed decodes per format (best is kept)")
+    p.add_argument("--merge", metavar="JSON", nargs="+",
+                   help="measure nothing: join the points of earlier runs' --json files (e.g. tensor sets or "
+                        "quantizers run as separate processes) into one set of tables and one plot")
     p.set_defaults(run=run)
 
 
@@ -99,11 +108,17 @@ def measure_points(set_name: str, tensors, sparsity: float, quantizer: str, q: i
     return rows
 
 
+FRONTIER_MIN_GAIN = 1e-4
+
+
 def frontier(points: list[dict]) -> list[dict]:
-    """Pareto frontier: points no other point beats on both error and bits, by error."""
+    """Pareto frontier: points no other point beats on both error and bits, by error. A point
+    of larger error enters only if it saves more than FRONTIER_MIN_GAIN of the bits (relative):
+    two quantizers' codes at the same q cost the same bits give or take a few patch bits, and
+    a millionth of a bit is no reason to accept a larger error."""
     out = []
     for p in sorted(points, key=lambda r: (r["rel_error"], r["total_bits_per_weight"])):
-        if not out or p["total_bits_per_weight"] < out[-1]["total_bits_per_weight"]:
+        if not out or p["total_bits_per_weight"] < out[-1]["total_bits_per_weight"] * (1 - FRONTIER_MIN_GAIN):
             out.append(p)
     return out
 
@@ -146,18 +161,43 @@ def equal_error_table(rows: list[dict]) -> list[dict]:
     return out
 
 
+def load_points(paths: list[str]) -> list[dict]:
+    """The points of earlier --json outputs, in order; a point measured twice is an error."""
+    rows: list[dict] = []
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+            raise SystemExit(f"{path}: not a 'bench rd --json' output (no 'points' list)")
+        for r in data["points"]:
+            key = (r["tensor_set"], r["sparsity"], r["quantizer"], r["q"], r["format"])
+            if key in seen:
+                raise SystemExit(f"{path}: point {key} is also in {seen[key]}")
+            seen[key] = path
+            rows.append(r)
+    return rows
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import LogFormatter
+
     keys = list(dict.fromkeys((r["tensor_set"], r["sparsity"]) for r in rows))
-    fig, axes = plt.subplots(2, len(keys), figsize=(4.6 * len(keys), 8.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(keys), figsize=(max(4.6 * len(keys), 12), 8.5), squeeze=False)
     fmts = list(dict.fromkeys(r["format"] for r in rows))
     for col, key in enumerate(keys):
         sub = [r for r in rows if (r["tensor_set"], r["sparsity"]) == key]
         top, bot = axes[0][col], axes[1][col]
+        # the error range of xorsparse's frontier; points far beyond it (e.g. 1-bit uniform codes) are left off
+        own = [r for r in sub if r["format"] == "xorsparse"] or sub
+        errs = [p["rel_error"] for p in frontier(own)]
+        lo, hi = min(errs), max(errs)
+        pad = 0.15 * (hi - lo) if hi > lo else 0.01 * hi
         for k, f in enumerate(fmts):
             pts = [r for r in sub if r["format"] == f]
             if not pts:
@@ -172,6 +212,7 @@ def plot(rows: list[dict], path: str) -> None:
                      lw=lw, marker="o", ms=3, label=f + ("" if f in FIXED_RATE else " (variable rate)"))
             bot.plot([p["total_bits_per_weight"] for p in fr], [p["decode_ratio_to_floor"] for p in fr], ls,
                      color=color, lw=lw, marker="o", ms=3)
+        top.set_xlim(lo - pad, hi + pad)
         top.set_title(f"{key[0]} S={key[1]:g}")
         top.set_xlabel("||W - Wq|| / ||W|| (pruning included)")
         top.set_ylabel("total bits per weight (log)")
@@ -180,11 +221,14 @@ def plot(rows: list[dict], path: str) -> None:
         bot.set_ylabel("decode time / numpy fill (log)")
         bot.set_xscale("log")
         bot.set_yscale("log")
+        bot.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        bot.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         for ax in (top, bot):
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("solid: fixed-rate formats; dashed: variable-rate coders. Top: frontier of bits against error "
-                 "(dots: every quantizer and q). Bottom: what the frontier points cost to decode.", fontsize=9)
+                 "(dots: every quantizer and q;\nthose beyond the error range of xorsparse's frontier are off the plot). Bottom: what the frontier "
+                 "points cost to decode, per core.", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -205,11 +249,11 @@ def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     sets = []
-    if "alexnet-fc" in args.sets:
+    if not args.merge and "alexnet-fc" in args.sets:
         sets.append(("alexnet-fc", alexnet_tensors(args.scale), args.alexnet_sparsity))
-    if "minilm" in args.sets:
+    if not args.merge and "minilm" in args.sets:
         sets.append(("minilm", minilm_tensors(), args.minilm_sparsity))
-    rows: list[dict] = []
+    rows: list[dict] = load_points(args.merge) if args.merge else []
     for name, tensors, sparsities in sets:
         for s in sparsities:
             for quantizer in args.quantizers:
