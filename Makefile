@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench bench-codec bench-formats bench-quality bench-rtl bench-ct bench-hf bench-speed fashion-mnist \
+.PHONY: demo test bench bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed bench-fuzz bench-quality fashion-mnist \
 	verify-minilm data hdl hdl-bench venv clean
 
 $(VENV)/.installed: pyproject.toml
@@ -81,6 +81,10 @@ bench-speed: $(VENV)/.installed
 	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
 
 bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
+
+# hostile files: 100,000 mutated .xsp files through the CLI (1.5-2 hours on 2 shared cores)
+bench-fuzz: $(VENV)/.installed
+	$(PY) -m xorsparse.bench fuzz --cases 100000 --seed 100 --json docs/bench-fuzz.json --markdown docs/bench-fuzz.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -319,10 +319,9 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.results:
-        tmp = args.results + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.results)
+        from xorsparse.io.output import write_bytes
+
+        write_bytes(args.results, text.encode())
         print(f"wrote {args.results}")
     ok = all(r["identical"] and r["pq"] == r["xsp"] for r in rows)
     ok &= all(r["identical"] and r["sparsegpt"] == r["xsp"] for r in oneshot_rows)

@@ -328,3 +328,32 @@ def decode_tensor(path: str, name: str) -> list[float]:
             w = f32(s[1] + f32(s[0] * float(code)))
         out.append(w)
     return out
+
+
+# --- the version-2 description checksum (section 2.1) -----------------------------------------------
+
+import zlib  # noqa: E402
+
+
+def description_crc(metadata: dict, entries: dict) -> str:
+    """Section 2.1: CRC-32 of D over the metadata pairs (but the checksum's) and the header entries."""
+    u64 = lambda n: struct.pack("<Q", n)  # noqa: E731
+    s = lambda x: u64(len(x.encode("utf-8"))) + x.encode("utf-8")  # noqa: E731
+    pairs = sorted((k.encode("utf-8"), k, v) for k, v in metadata.items() if k != "xorsparse_crc32")
+    d = u64(len(pairs)) + b"".join(s(k) + s(v) for _, k, v in pairs)
+    rows = sorted((n.encode("utf-8"), n, e) for n, e in entries.items())
+    d += u64(len(rows))
+    for _, n, e in rows:
+        d += s(n) + s(e["dtype"]) + u64(len(e["shape"])) + b"".join(u64(x) for x in e["shape"])
+        d += u64(e["data_offsets"][0]) + u64(e["data_offsets"][1])
+    return "%08x" % (zlib.crc32(d) & 0xFFFFFFFF)
+
+
+def description_checksum(path: str) -> tuple[str | None, str]:
+    """(stored, recomputed) description checksum of a file."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__", {})
+    return meta.get("xorsparse_crc32"), description_crc(meta, header)

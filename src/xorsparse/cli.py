@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -156,8 +157,6 @@ def cmd_compress(args) -> int:
     if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
         sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
     cfg = _config(args, sparsity)
-    if os.path.abspath(args.input) == os.path.abspath(args.output):
-        raise ValueError("output would overwrite the input")
     t0 = time.perf_counter()
     method, run_model = _folder_method(args)
     cfg = dataclasses.replace(cfg, method=method)
@@ -247,7 +246,7 @@ def cmd_decompress(args) -> int:
             bar.where = ex.describe()
         try:
             size = decompress_checkpoint(args.input, args.output, None if bar else Progress("decompress"),
-                                         args.format, executor=ex, on_event=bar)
+                                         args.format, executor=ex, on_event=bar, force=args.force)
         finally:
             if bar is not None:
                 bar.close()
@@ -415,9 +414,9 @@ def cmd_export_rtl(args) -> int:
         print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
                          ([True] if args.yosys else []) + [False]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-            f.write("\n")
+        from .io.output import write_bytes
+
+        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
     return 0
 
 
@@ -440,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "model folder (compressed-tensors checkpoints included)")
     c.add_argument("output", help="an .xsp file, or (from a model folder) the model folder to write: "
                                   "config, tokenizer and other files carried over, weights as .xsp")
+    c.add_argument("-f", "--force", action="store_true",
+                   help="replace an existing output file (through a symlink, the file it points to); folders: "
+                        "replace output shards another job wrote (other settings or input). Without it both are "
+                        "refused; shards this same job wrote are always kept (resume). An output that is an "
+                        "input, a device or inside the input folder is refused even so")
     add_compress_options(c)
     c.add_argument("--include", action="append", default=[], metavar="GLOB",
                    help="compress only weight matrices whose names match (repeatable); never widens the "
@@ -456,9 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--load-mode", choices=["decode", "ondemand"], default="decode",
                    help="how transformers loads the folder: decode every weight once (default) or keep "
                         "Linear/Conv2d/Embedding weights compressed, decoding in forward")
-    c.add_argument("--force", action="store_true",
-                   help="folders: replace output shards another job wrote (other settings or input); without "
-                        "it they are refused. Shards this same job wrote are always kept (resume)")
     add_executor_options(c)
     c.add_argument("--method", choices=["magnitude", "wanda", "sparsegpt"], default=None,
                    help=f"how masks and codes are chosen (default: {DEFAULT_METHOD} for a model folder that "
@@ -483,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["safetensors", "compressed-tensors"], default=None,
                    help="folders only: plain safetensors (default) or compressed-tensors, for folders made "
                         "from a compressed-tensors checkpoint")
+    add_force_option(d)
     add_executor_options(d)
     d.set_defaults(func=cmd_decompress)
 
@@ -541,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_force_option(c: argparse.ArgumentParser) -> None:
+    c.add_argument("-f", "--force", action="store_true",
+                   help="replace an existing output (through a symlink, the file it points to); an output "
+                        "that is an input, a device or a folder is refused even so")
+
+
 def add_executor_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--workers", type=int, default=None, metavar="N",
                    help="model folders: shards processed in parallel by N local worker processes, one thread "
@@ -590,9 +598,27 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
 
 
+def _one_line(e: BaseException) -> str:
+    msg = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    return " ".join(msg.split())
+
+
+class _Stderr(logging.Handler):
+    """Library warnings (e.g. a stale temporary file removed) as `xorsparse: ...` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"xorsparse: {record.getMessage()}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("xorsparse")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr(logging.WARNING))
+        log.setLevel(logging.WARNING)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -605,10 +631,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         if args.debug:
             raise
-        msg = str(e) or type(e).__name__
-        if isinstance(e, OSError) and e.filename:
-            msg = f"{e.filename}: {e.strerror}"
-        print(f"xorsparse: error: {msg}", file=sys.stderr)
+        print(f"xorsparse: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except MemoryError:
+        if args.debug:
+            raise
+        print("xorsparse: error: out of memory", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"xorsparse: internal error: {type(e).__name__}: {_one_line(e)[:300]} (run with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -75,25 +75,18 @@ def test_truncated_file(xsp):
 
 def _rewrite_meta(p, fn, fix_crc=True):
     """Edit the JSON description; by default re-sign it, as a careless tool might."""
-    from xorsparse.io.container import meta_crc
+    from xorsparse.bench.xspedit import XspImage
 
-    with st.Reader(p) as r:
-        meta = json.loads(r.metadata["xorsparse"])
-        entries = [st.Entry(n, i["dtype"], i["shape"], r.read_bytes(n)) for n, i in r.entries.items()]
-    fn(meta)
-    if fix_crc:
-        for t in meta["tensors"].values():
-            t["meta_crc32"] = meta_crc(t)
-    st.write(p, entries, {"xorsparse": json.dumps(meta)})
+    img = XspImage.load(p)
+    fn(img.doc)
+    img.save(p, resign=fix_crc)
 
 
-def test_edited_parameter_fails_the_metadata_checksum(xsp):
+def test_edited_parameter_fails_the_description_checksum(xsp):
     p, _ = xsp
     _rewrite_meta(p, lambda m: m["tensors"]["a.weight"]["planes"][0].update(n_out=7), fix_crc=False)
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match=r"tensor 'a.weight': checksum mismatch in its metadata"):
-            f.compressed("a.weight")
-        f.compressed("b.weight")
+    with pytest.raises(XspError, match=r"m.xsp: description checksum mismatch"):
+        XspFile(p)
 
 
 def test_wrong_version(xsp):
@@ -104,19 +97,22 @@ def test_wrong_version(xsp):
 
 
 def test_missing_entry_and_unknown_tensor(xsp):
+    from xorsparse.bench.xspedit import XspImage
+
     p, _ = xsp
-    with st.Reader(p) as r:
-        meta = r.metadata
-        entries = [st.Entry(n, i["dtype"], i["shape"], r.read_bytes(n)) for n, i in r.entries.items()
-                   if n != "a.weight.__xs__.mask"]
-    st.write(p, entries, meta)
     with XspFile(p) as f:
-        with pytest.raises(XspError, match=r"tensor 'a.weight': missing entry"):
-            f.compressed("a.weight")
         with pytest.raises(XspError, match="no compressed tensor 'nope'"):
             f.compressed("nope")
         with pytest.raises(XspError, match="no stored tensor 'nope'"):
             f.raw("nope")
+    img = XspImage.load(p)
+    img.entries = [e for e in img.entries if e["name"] != "a.weight.__xs__.mask"]
+    img.save(p, resign=False)
+    with pytest.raises(XspError, match=r"description checksum mismatch"):
+        XspFile(p)
+    img.save(p)
+    with pytest.raises(XspError, match=r"tensor 'a.weight': missing entry 'a.weight.__xs__.mask'"):
+        XspFile(p)
 
 
 def test_not_xorsparse(tmp_path):
@@ -184,27 +180,28 @@ def test_file_decodes_with_reference_written_from_format_md(tmp_path, cfg):
 
 
 @pytest.mark.parametrize("edit,msg", [
-    (lambda t: t.update(rows=t["rows"] + 1), "does not match shape"),
-    (lambda t: t.update(group_size=3), "scales have shape"),
-    (lambda t: t["planes"].pop(), "planes for"),
-    (lambda t: t["order"].update(step=2), "invalid block step"),
-    (lambda t: t["planes"][0].update(n_in=1000), "n_in"),
-    (lambda t: t["planes"][0].update(n_out=0), "n_out"),
-    (lambda t: t["planes"][0].update(chunk_slices=100), "chunk_slices"),
-    (lambda t: t["planes"][0].update(n_s=t["planes"][0]["n_s"] + 1, n_in=1, n_out=1), "stream holds"),
+    (lambda t: t.update(rows=t["rows"] + 1), r"rows: rows x cols = 31 x 40 does not match shape \[30, 40\]"),
+    (lambda t: t.update(group_size=3), r"scales: shape \[30, 1, 2\] where the description needs \[30, 14, 2\]"),
+    (lambda t: t["planes"].pop(), "planes: 1 planes for 2 bits"),
+    (lambda t: t["order"].update(step=2), "order.step: 2 is not coprime"),
+    (lambda t: t["planes"][0].update(n_in=1000), r"planes\[0\].n_in: must be in 1..64, got 1000"),
+    (lambda t: t["planes"][0].update(n_out=0), r"planes\[0\].n_out"),
+    (lambda t: t["planes"][0].update(chunk_slices=100), r"planes\[0\].chunk_slices: must be a multiple of 64"),
+    (lambda t: t["planes"][0].update(n_s=t["planes"][0]["n_s"] + 1, n_in=1, n_out=1), "plane0.stream: shape"),
 ])
 def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
     p, _ = xsp
     _rewrite_meta(p, lambda m: edit(m["tensors"]["a.weight"]))
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match=msg):
-            f.dense("a.weight")
+    with pytest.raises(XspError, match=r"m.xsp: tensor 'a.weight': " + msg):
+        XspFile(p)
 
 
 # --- version 2: the affine quantizer; version 1 files stay readable ---------------------------
 
 import os  # noqa: E402
 
+from xorsparse.bench.xspedit import XspImage  # noqa: E402
+from xorsparse.io.validate import CHECKSUM_KEY  # noqa: E402
 from xorsparse.tensor import compress_quantized  # noqa: E402
 from xorsparse.tensor.quant import given_keep, quantize_given, round_to_bfloat16  # noqa: E402
 
@@ -261,59 +258,39 @@ def affine_xsp(tmp_path):
     return p
 
 
-def _rewrite_entries(p, fn):
-    with st.Reader(p) as r:
-        meta = r.metadata
-        entries = {n: st.Entry(n, i["dtype"], i["shape"], r.read_bytes(n)) for n, i in r.entries.items()}
-    fn(entries)
-    st.write(p, list(entries.values()), meta)
+def _as_version_1(img):
+    """What a version-1 writer would have written: meta_crc32 per tensor, no description checksum."""
+    from xorsparse.io.container import meta_crc
 
-
-@pytest.mark.parametrize("edit,msg", [
-    (lambda m: m.update(version=1), "'affine' needs format version 2"),
-    (lambda m: m.update(version=True), "unsupported format version True"),
-    (lambda m: m["tensors"]["w"].update(bits=True), "bits must be in 1..8"),
-    (lambda m: m["tensors"]["w"].update(bits=4.0), "bits must be in 1..8"),
-    (lambda m: m["tensors"]["w"].update(bits=9), "bits must be in 1..8"),
-    (lambda m: m["tensors"]["w"].update(symmetric=1), "'symmetric' must be true or false"),
-    (lambda m: m["tensors"]["w"].update(symmetric=True), "present for a symmetric tensor"),
-    (lambda m: m["tensors"]["w"].update(group_size=48), "scales have shape"),
-    (lambda m: m["tensors"]["w"].update(quantizer="affinity"), "unknown quantizer 'affinity'"),
-])
-def test_affine_metadata_is_validated(affine_xsp, edit, msg):
-    _rewrite_meta(affine_xsp, edit)
-    with pytest.raises(XspError, match=msg):
-        with XspFile(affine_xsp) as f:
-            f.dense("w", framework="torch")
-
-
-def _retype(name, dtype, shape=None, data=None):
-    def fn(entries):
-        e = entries[name]
-        entries[name] = st.Entry(name, dtype, e.shape if shape is None else shape, e.data if data is None else data)
-    return fn
-
-
-@pytest.mark.parametrize("edit,msg", [
-    (_retype("w.__xs__.zero_points", "U8"), "'zero_points': dtype U8, expected I8"),
-    (_retype("w.__xs__.zero_points", "I8", (60,)), r"zero points have shape \(60,\)"),
-    (_retype("w.__xs__.scales", "I16"), "'scales': dtype I16"),
-    (lambda e: e.pop("w.__xs__.zero_points"), "missing entry 'w.__xs__.zero_points'"),
-    (_retype("w.__xs__.scales", "BF16", None, b"\x80\x7f" * 60), "NaN or infinite"),
-])
-def test_affine_parts_are_validated(affine_xsp, edit, msg):
-    from xorsparse.io.container import _crc, meta_crc
-
-    _rewrite_entries(affine_xsp, edit)
-
-    def resign(m):  # the checksums of the edited parts match: only the validation can stop them
-        t = m["tensors"]["w"]
-        with st.Reader(affine_xsp) as r:
-            for part in list(t["crc32"]):
-                if "w.__xs__." + part in r.entries:
-                    t["crc32"][part] = _crc(r.read_bytes("w.__xs__." + part))
+    img.doc["version"] = 1
+    img.metadata.pop(CHECKSUM_KEY, None)
+    for t in img.doc["tensors"].values():
         t["meta_crc32"] = meta_crc(t)
-    _rewrite_meta(affine_xsp, resign, fix_crc=False)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (_as_version_1, "quantizer: 'affine' needs format version 2, file is version 1"),
+    (lambda img: img.doc.update(version=True), "unsupported format version true"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=True), "bits: must be an integer, got true"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=4.0), "bits: must be an integer, got 4.0"),
+    (lambda img: img.doc["tensors"]["w"].update(bits=9), "bits: must be in 1..8, got 9"),
+    (lambda img: img.doc["tensors"]["w"].update(symmetric=1), "symmetric: must be true or false, got 1"),
+    (lambda img: img.doc["tensors"]["w"].update(symmetric=True), 'crc32: unknown member "zero_points"'),
+    (lambda img: img.doc["tensors"]["w"].update(group_size=48),
+     r"scales: shape \[20, 3, 1\] where the description needs \[20, 2, 1\]"),
+    (lambda img: img.doc["tensors"]["w"].update(quantizer="affinity"), 'quantizer: unknown value "affinity"'),
+    (lambda img: img.entry("w.__xs__.zero_points").update(dtype="U8"), "zero_points: dtype U8 where the format has I8"),
+    (lambda img: img.entry("w.__xs__.zero_points").update(shape=[60]),
+     r"zero_points: shape \[60\] where the description needs \[20, 3\]"),
+    (lambda img: img.entry("w.__xs__.scales").update(dtype="I16"), "scales: dtype I16 where the format has F16"),
+    (lambda img: img.entries.remove(img.entry("w.__xs__.zero_points")), "missing entry 'w.__xs__.zero_points'"),
+    (lambda img: img.blobs.update({"w.__xs__.scales": b"\x80\x7f" * 60}), "scales: holds a value that is NaN"),
+])
+def test_affine_descriptions_and_parts_are_validated(affine_xsp, edit, msg):
+    """Every checksum re-signed after the edit: only the validation can stop it."""
+    img = XspImage.load(affine_xsp)
+    edit(img)
+    img.save(affine_xsp, resign=True)
     with pytest.raises(XspError, match=msg):
         with XspFile(affine_xsp) as f:
             f.dense("w", framework="torch")
@@ -321,10 +298,25 @@ def test_affine_parts_are_validated(affine_xsp, edit, msg):
 
 def test_bcq_scales_in_bfloat16_are_rejected(xsp):
     p, _ = xsp
-    _rewrite_entries(p, _retype("a.weight.__xs__.scales", "BF16"))
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match="'scales': dtype BF16 \\(bcq scales are F16 or F32\\)"):
-            f.compressed("a.weight")
+    img = XspImage.load(p)
+    img.entry("a.weight.__xs__.scales")["dtype"] = "BF16"
+    img.save(p)
+    with pytest.raises(XspError, match="scales: dtype BF16 where the format has F16 or F32"):
+        XspFile(p)
+
+
+def _as_version1(p):
+    """The file as a version-1 writer would have made it: meta_crc32 per tensor, no
+    description checksum (the layout is unchanged otherwise)."""
+    from xorsparse.bench.xspedit import XspImage
+    from xorsparse.io.validate import CHECKSUM_KEY
+
+    img = XspImage.load(p)
+    img.doc["version"] = 1
+    for t in img.doc["tensors"].values():
+        t["meta_crc32"] = 0  # recomputed by the re-signing
+    img.metadata.pop(CHECKSUM_KEY, None)
+    img.save(p, resign=True)
 
 
 @pytest.fixture
@@ -347,20 +339,45 @@ def test_ctx_mask_file_round_trip(ctx_xsp):
 
 
 @pytest.mark.parametrize("edit,msg", [
-    (lambda mk: mk.update(row_step=True), "mask.row_step must be an integer"),
-    (lambda mk: mk.update(base=2.0), "mask.base must be an integer"),
-    (lambda mk: mk.update(col_step=99), "col_step 99 outside"),
+    (lambda mk: mk.update(row_step=True), "mask.row_step: must be an integer, got true"),
+    (lambda mk: mk.update(base=2.0), "mask.base: must be an integer, got 2.0"),
+    (lambda mk: mk.update(base=-1021), r"mask.base: must be in -1020..1020"),
+    (lambda mk: mk.update(col_step=99), r"mask.col_step: must be in 0..64, got 99"),
     (lambda mk: mk.update(rows=7), "does not cover"),
-    (lambda mk: mk.update(block=100), "block 100"),
-    (lambda mk: mk.update(block=64), "block table has"),
-    (lambda mk: mk.update(codec="zip"), "unknown mask codec 'zip'"),
-    (lambda mk: mk.pop("base"), "field 'base' missing"),
+    (lambda mk: mk.update(block=100), "mask.block: must be a multiple of 64"),
+    (lambda mk: mk.update(block=1 << 25), r"mask.block: must be in 64..16777216"),
+    (lambda mk: mk.update(block=64), "mask_offsets: shape"),
+    (lambda mk: mk.update(codec="zip"), 'mask.codec: unknown value "zip"'),
+    (lambda mk: mk.pop("base"), "mask.base: missing"),
+    (lambda mk: mk.update(extra=1), 'unknown member "extra"'),
 ])
 def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
     p, _ = ctx_xsp
     _rewrite_meta(p, lambda m: edit(m["tensors"]["w"]["mask"]))
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match=msg):
+    with pytest.raises(XspError, match=msg):
+        with XspFile(p) as f:
+            f.dense("w")
+
+
+def test_ctx_offsets_that_decrease_are_errors(ctx_xsp):
+    from xorsparse.bench.xspedit import XspImage
+
+    p, _ = ctx_xsp
+    img = XspImage.load(p)
+    offs = np.frombuffer(img.blobs["w.__xs__.mask_offsets"], "<u4").copy()
+    offs[-1] += 1
+    img.blobs["w.__xs__.mask_offsets"] = offs.tobytes()
+    img.save(p, resign=True)
+    with pytest.raises(XspError, match="mask_offsets: last offset .* does not match"):
+        with XspFile(p) as f:
+            f.dense("w")
+    offs = np.array([offs[-1] - 1, 5, offs[-1] - 1], "<u4")  # as if three blocks: one offset decreases
+    img.blobs["w.__xs__.mask_offsets"] = offs.tobytes()
+    img.entry("w.__xs__.mask_offsets")["shape"] = [3]
+    img.doc["tensors"]["w"]["mask"]["block"] = 1664  # ceil(4800 / 1664) = 3 blocks
+    img.save(p, resign=True)
+    with pytest.raises(XspError, match="mask_offsets: block 1: offsets must not decrease"):
+        with XspFile(p) as f:
             f.dense("w")
 
 
@@ -370,16 +387,15 @@ def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
            "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
     p = tmp_path / "v1.xsp"
     write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
-    _rewrite_meta(p, lambda m: m.update(version=1))
+    _as_version1(p)
     with XspFile(p) as f:
         assert f.version == 1
         for k, ct in cts.items():
             assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
     c, _ = ctx_xsp
-    _rewrite_meta(c, lambda m: m.update(version=1))
-    with XspFile(c) as f:
-        with pytest.raises(XspError, match="unknown mask codec 'ctx' in a version 1 file"):
-            f.compressed("w")
+    _as_version1(c)
+    with pytest.raises(XspError, match="mask.codec: 'ctx' needs format version 2, file is version 1"):
+        XspFile(c)
     for bad in (2.0, "2", True, 3):
         _rewrite_meta(c, lambda m: m.update(version=bad))
         with pytest.raises(XspError, match="unsupported format version"):
@@ -400,73 +416,92 @@ def v2_xsp(tmp_path):
 
 
 @pytest.mark.parametrize("tensor,edit,msg", [
-    ("cb", lambda t: t.update(scale_rows=0), "scale_rows 0 outside"),
-    ("cb", lambda t: t.update(scale_rows=41), "scale_rows 41 outside"),
-    ("cb", lambda t: t.update(scale_rows=8), "scales have shape"),
-    ("cb", lambda t: t.update(scale_rows=4.0), "scale_rows must be an integer"),
-    ("cb", lambda t: t.update(codebook_rows=True), "codebook_rows must be an integer"),
-    ("cb", lambda t: t.update(codebook_rows=20), "codebook has shape"),
-    ("cb", lambda t: t.update(codebook_rows=0), "codebook_rows 0 outside"),
-    ("cb", lambda t: t.pop("codebook_rows"), "codebook_rows' missing"),
-    ("cb", lambda t: t.update(bits=5), "bits 5 outside"),
-    ("cb", lambda t: t.update(quantizer="kmeans"), "unknown quantizer 'kmeans'"),
-    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 9), "packed plane"),
+    ("cb", lambda t: t.update(scale_rows=0), r"scale_rows: must be in 1..40, got 0"),
+    ("cb", lambda t: t.update(scale_rows=41), r"scale_rows: must be in 1..40, got 41"),
+    ("cb", lambda t: t.update(scale_rows=8), "scales: shape"),
+    ("cb", lambda t: t.update(scale_rows=4.0), "scale_rows: must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=True), "codebook_rows: must be an integer"),
+    ("cb", lambda t: t.update(codebook_rows=20), "codebook: shape"),
+    ("cb", lambda t: t.update(codebook_rows=0), r"codebook_rows: must be in 1..40"),
+    ("cb", lambda t: t.pop("codebook_rows"), "codebook_rows: missing"),
+    ("cb", lambda t: t.update(symmetric=False), "symmetric: must be true for codebook"),
+    ("cb", lambda t: t.update(bits=5), r"bits: must be in 1..4, got 5"),
+    ("cb", lambda t: t.update(quantizer="kmeans"), 'quantizer: unknown value "kmeans"'),
+    ("l8", lambda t: t.update(codebook_rows=1), 'unknown member "codebook_rows"'),
+    ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 9), r"plane0.stream: shape"),
     ("pk", lambda t: t["planes"][0].update(care_bits=t["planes"][0]["care_bits"] + 1), "bits for"),
-    ("pk", lambda t: t["planes"][0].update(care_bits=-1), "care_bits -1 outside"),
-    ("pk", lambda t: t["planes"][0].update(care_bits="7"), "care_bits must be an integer"),
-    ("pk", lambda t: t["planes"][0].update(kind="dense"), "unknown plane kind 'dense'"),
-    ("l8", lambda t: t.update(scale_format="log4"), "unknown scale_format 'log4'"),
-    ("l8", lambda t: t.pop("scale_format"), r"dtype U8 \(bcq scales are F16 or F32\)"),
-    ("cb", lambda t: t.update(scale_format="log8"), "missing entry"),
+    ("pk", lambda t: t["planes"][0].update(care_bits=-1), r"planes\[0\].care_bits: must be in 0..144, got -1"),
+    ("pk", lambda t: t["planes"][0].update(care_bits="7"), r"planes\[0\].care_bits: must be an integer"),
+    ("pk", lambda t: t["planes"][0].update(kind="dense"), r'planes\[0\].kind: unknown value "dense"'),
+    ("pk", lambda t: t["planes"][0].update(n_in=3), r'unknown member "n_in"'),
+    ("l8", lambda t: t.update(scale_format="log4"), 'scale_format: unknown value "log4"'),
+    ("l8", lambda t: t.pop("scale_format"), 'crc32: unknown member "scale_ref"'),
+    ("cb", lambda t: t.update(scale_format="log8"), "crc32.scale_ref: missing"),
 ])
 def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
     p, _ = v2_xsp
     _rewrite_meta(p, lambda m: edit(m["tensors"][tensor]))
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match=msg):
+    with pytest.raises(XspError, match=msg):
+        with XspFile(p) as f:
             f.dense(tensor)
 
 
 def test_version_2_fields_rejected_in_version_1(v2_xsp):
+    from xorsparse.bench.xspedit import XspImage
+
     p, cts = v2_xsp
     with XspFile(p) as f:
         for k, ct in cts.items():
             assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
-    _rewrite_meta(p, lambda m: m.update(version=1))
-    with XspFile(p) as f:
-        with pytest.raises(XspError, match="'codebook' needs format version 2, file is version 1"):
-            f.compressed("cb")
-        with pytest.raises(XspError, match=r"planes\[0\].kind in a version 1 file"):
-            f.compressed("pk")
+    for name, msg in (("cb", "quantizer: 'codebook' needs format version 2, file is version 1"),
+                      ("pk", r"planes\[0\].kind: packed planes need format version 2"),
+                      ("l8", "scale_format: not allowed with version 1")):
+        q = p.with_name(name + ".xsp")
+        img = XspImage.load(p)
+        img.doc["tensors"] = {name: img.doc["tensors"][name]}
+        img.entries = [e for e in img.entries if e["name"].startswith(name + ".__xs__.")]
+        img.save(q, resign=True)
+        _as_version1(q)
+        with pytest.raises(XspError, match=msg):
+            XspFile(q)
 
 
 def test_hostile_log8_reference(v2_xsp):
-    p, _ = v2_xsp
-    with st.Reader(p) as r:
-        meta = r.metadata
-        entries = []
-        for n, i in r.entries.items():
-            data = r.read_bytes(n)
-            if n == "l8.__xs__.scale_ref":
-                data = np.array([np.nan, 1.0], np.float32).tobytes()
-                i = dict(i, shape=[2])
-            entries.append(st.Entry(n, i["dtype"], i["shape"], data))
-    m = json.loads(meta["xorsparse"])
-    from xorsparse.io.container import _crc
+    from xorsparse.bench.xspedit import XspImage
 
-    m["tensors"]["l8"]["crc32"]["scale_ref"] = _crc(np.array([np.nan, 1.0], np.float32).tobytes())
-    st.write(p, entries, {"xorsparse": json.dumps(m)})
+    p, _ = v2_xsp
+    img = XspImage.load(p)
+    ref = np.frombuffer(img.blobs["l8.__xs__.scale_ref"], np.float32).copy()
+    ref[0] = np.nan
+    img.blobs["l8.__xs__.scale_ref"] = ref.tobytes()
+    img.save(p, resign=True)
     with XspFile(p) as f:
-        with pytest.raises(XspError, match="one finite F32 scale_ref per scale"):
+        with pytest.raises(XspError, match="scale_ref: holds a value that is NaN or infinite"):
             f.compressed("l8")
+        f.compressed("cb")  # the other tensors are fine
 
 
 def test_ctx_mask_length_checked_before_the_model_is_decoded(ctx_xsp):
     p, _ = ctx_xsp
     _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(length=10**12, rows=10**6, cols=10**6))
+    with pytest.raises(XspError, match="mask.length: 1000000000000 does not match the 4800 weights"):
+        XspFile(p)
+    _rewrite_meta(p, lambda m: m["tensors"]["w"].update(shape=[10**6, 10**6], rows=10**6, cols=10**6))
+    with pytest.raises(XspError, match="scales: shape|order.step"):  # what the file's bytes cannot back
+        XspFile(p)
+
+
+def test_ctx_model_is_read_within_the_memory_limit(ctx_xsp, monkeypatch):
+    """rows + cols model indices are not backed by the file's bytes: bounded before reading."""
+    p, _ = ctx_xsp
+    _rewrite_meta(p, lambda m: m["tensors"]["w"]["mask"].update(rows=4800, cols=1, row_step=1, col_step=0))
+    monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "16k")
     with XspFile(p) as f:
-        with pytest.raises(XspError, match="mask.length 1000000000000 is not the tensor's 4800 weights"):
+        with pytest.raises(XspError, match="tensor 'w': decoding needs about .* above the limit"):
             f.compressed("w")
+    monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "1M")
+    with XspFile(p) as f:
+        f.compressed("w")  # a different model of the same mask: decodes (to other weights)
 
 
 QUALITY = {"kind": "sentence-transformers", "mean_cosine": 0.93, "min_cosine": 0.7, "nn_agreement": 0.9,
@@ -499,7 +534,7 @@ def test_version_1_files_have_no_records_and_magnitude_configs():
 
 def test_records_are_not_part_of_version_1(xsp_records):
     _rewrite_meta(xsp_records, lambda m: m.update(version=1))
-    with pytest.raises(XspError, match="not part of format version 1"):
+    with pytest.raises(XspError, match="not part of format version 1|present in a version-1 file"):
         XspFile(xsp_records)
 
 

@@ -267,7 +267,8 @@ def test_include_never_widens_to_norms_and_biases(st_file, tmp_path, capsys):
     assert {"layer0.linear.bias", "layer0.norm.weight"} <= set(stored)
     assert stored["layer0.linear.bias"]["bytes"] == 32 * 4
     assert "selected 1 weight tensor of 8 tensors" in text and "1-D (biases, norms, vectors) 2" in text and "not matched by --include 4" in text
-    code, text, _ = run(capsys, "compress", st_file, out, "--force-include", "layer0.linear.bias")
+    code, text, _ = run(capsys, "compress", "--force", st_file, out, "--force-include", "layer0.linear.bias")
+    assert code == 0
     info = json.loads(run(capsys, "inspect", out, "--json")[1])
     assert "layer0.linear.bias" in [t["name"] for t in info["tensors"]]
     code, text, _ = run(capsys, "inspect", out)

@@ -114,7 +114,10 @@ def test_rerun_resumes_keeping_finished_shards(tmp_path, src):
     want = read_all(str(out))
     os.unlink(out / "model-00003-of-00004.safetensors")  # as if killed before it was written
     os.unlink(out / "model.safetensors.index.json")
-    (out / ".tmp-model-00003-of-00004.safetensors-x1y2").write_bytes(b"half")  # a killed write
+    # a killed write: io/output.py's temporary name, of a process that no longer runs
+    from xorsparse.io.output import _host
+
+    (out / f".tmp-xs-{_host()}-{(1 << 22) + 7}-x1y2z3w4-model-00003-of-00004.safetensors").write_bytes(b"half")
     inodes = {f: os.stat(out / f).st_ino for f in os.listdir(out) if f.startswith("model-")}
     rep = compress_folder(src, str(out), CFG)
     assert [o.reused for o in rep.outcomes] == [True, True, False, True]

@@ -188,6 +188,24 @@ def test_model_config_validation():
         ModelConfig(module_types=("LSTM",))
 
 
+def test_loading_refuses_what_does_not_fit(tmp_path, monkeypatch):
+    from torch import nn
+
+    from xorsparse.io.container import XspError
+    from xorsparse.torch import ModelConfig, compress_model, load_compressed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    p = str(tmp_path / "m.xsp")
+    compress_model(model, ModelConfig(sparsity=0.8, bits=2)).save(p)
+    other = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 9))
+    with pytest.raises(ValueError, match=r"tensor '2.bias': shape \[8\] does not fit the model's \[9\]"):
+        load_compressed(other, p)
+    monkeypatch.setenv("XORSPARSE_MAX_TENSOR_BYTES", "4k")
+    with pytest.raises(XspError, match=r"tensor '0.weight': decoding needs about"):
+        load_compressed(model, p, mode="ondemand")
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("group", [32, 64])  # grouped (general kernel) and per row (fast kernel)

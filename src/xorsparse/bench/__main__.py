@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,quality} ..."""
+"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,fuzz,quality} ..."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, ct, formats, hf, masks, mobilenet, quality, rd, rtl, scale, speed, tensor
+    from . import codec, ct, formats, fuzz, hf, masks, mobilenet, quality, rd, rtl, scale, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_arguments(sub.add_parser("rd", help="rate-distortion: bits against weight error, every format"))
     masks.add_arguments(sub.add_parser("masks", help="mask coders alone against H(S)"))
     mobilenet.add_arguments(sub.add_parser("mobilenet", help="a MobileNetV2-shaped conv net: bits against the bound"))
+    fuzz.add_arguments(sub.add_parser("fuzz", help="mutated .xsp files through the CLI: crashes, hangs, silent loss"))
     quality.add_arguments(sub.add_parser("quality", help="MiniLM quality against size: magnitude, wanda, sparsegpt, "
                                                       "one-shot and with recovery"))
     args = p.parse_args(argv)

@@ -45,28 +45,55 @@ def check_params(n_in: int, n_out: int, n_s: int) -> None:
         )
 
 
+def splitmix64_outputs(seed: int, start: int, count: int) -> np.ndarray:
+    """Outputs start .. start+count-1 of the SplitMix64 stream from `seed`, vectorized.
+
+    The state after k steps is seed + k * 0x9E3779B97F4A7C15 (mod 2^64), so each output is
+    a pure function of its index (numpy's uint64 arithmetic wraps mod 2^64 as it must).
+    """
+    k = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    z = np.uint64(int(seed) & MASK64) + k * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _rows_from_words(w: np.ndarray, n_s: int, words: int, n_in: int) -> np.ndarray:
+    """(rows, n_s+1, n_in) bits from each row's (n_s+1)*words outputs, low bit first."""
+    w = w.reshape(w.shape[0], n_s + 1, words)
+    out = np.empty((w.shape[0], n_s + 1, n_in), dtype=np.uint8)
+    for i in range(words):
+        lo, hi = 64 * i, min(64 * i + 64, n_in)
+        out[:, :, lo:hi] = (w[:, :, i, None] >> np.arange(hi - lo, dtype=np.uint64)) & np.uint64(1)
+    return out
+
+
 def generate_matrices(n_in: int, n_out: int, n_s: int, seed: int) -> np.ndarray:
     """M[k, j, i] for k = 0..n_s, output j, input i, exactly as docs/FORMAT.md specifies.
 
     Output rows are drawn one at a time (all k for row j, then row j+1); a row that is
     zero across every M_k would force its output to 0 whatever the input, so it is drawn
-    again.
+    again. All rows are drawn at once first; from the first zero row on (rare unless
+    windows are a few bits), rows are drawn one by one with their redraws.
     """
     check_params(n_in, n_out, n_s)
     words = (n_in + 63) // 64
-    m = np.zeros((n_s + 1, n_out, n_in), dtype=np.uint8)
-    state = int(seed) & MASK64
-    shifts = np.arange(64, dtype=np.uint64)
-    for j in range(n_out):
-        while True:
-            for k in range(n_s + 1):
-                for w in range(words):
-                    state, r = splitmix64(state)
-                    lo, hi = 64 * w, min(64 * (w + 1), n_in)
-                    m[k, j, lo:hi] = ((np.uint64(r) >> shifts[: hi - lo]) & np.uint64(1)).astype(np.uint8)
-            if m[:, j, :].any():
-                break
-    return m
+    per_row = (n_s + 1) * words
+    with np.errstate(over="ignore"):
+        rows = _rows_from_words(splitmix64_outputs(seed, 0, n_out * per_row).reshape(n_out, per_row),
+                                n_s, words, n_in)
+        zero = np.flatnonzero(~rows.reshape(n_out, -1).any(axis=1))
+        if zero.size:
+            used = int(zero[0]) * per_row
+            for j in range(int(zero[0]), n_out):
+                while True:
+                    row = _rows_from_words(splitmix64_outputs(seed, used, per_row).reshape(1, per_row),
+                                           n_s, words, n_in)[0]
+                    used += per_row
+                    if row.any():
+                        rows[j] = row
+                        break
+    return np.ascontiguousarray(rows.transpose(1, 0, 2))
 
 
 @dataclass(frozen=True)

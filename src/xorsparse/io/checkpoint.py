@@ -12,6 +12,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import pickle
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
@@ -19,7 +21,8 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
-from .container import RawTensor, XspFile, XspWriter, write_xsp
+from .container import RawTensor, XspError, XspFile, XspWriter, write_xsp
+from .output import atomic_file, check_output
 from ..tensor.maskcode import binary_entropy
 from ..tensor.parallel import compress_many
 from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
@@ -94,13 +97,31 @@ def _safetensors_files(files: Sequence[str], extra: Sequence[str] = ()) -> Check
     return Checkpoint(path, list(where), load, shards, infos.__getitem__, list(extra))
 
 
+def _refusal(path: str, e: Exception) -> CheckpointError:
+    """One line for torch.load(weights_only=True) refusing a pickle: what it held, never how to
+    bypass the check."""
+    text = str(e)
+    g = re.search(r"GLOBAL ([\w.]+)", text)
+    if g:
+        detail = f"it refers to the Python object {g.group(1)}"
+    else:
+        op = re.search(r"Unsupported operand (\S+)", text)
+        detail = f"unsupported pickle opcode {op.group(1)}" if op else "unsupported content"
+    return CheckpointError(f"{path}: refused to load: the pickle holds more than tensors ({detail}); the file may "
+                           "be unsafe, since loading a pickle can run code. Use a .safetensors copy from a "
+                           "trusted source")
+
+
 def _torch_state(path: str) -> dict:
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refusal(path, e) from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -420,14 +441,15 @@ def _input_bytes(ck: Checkpoint, name: str) -> int:
 
 def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: CompressPlan,
                    progress: Progress | None = None, done: int = 0, total: int | None = None,
-                   on_tensor: Callable[[str, int], None] | None = None) -> ShardResult:
+                   on_tensor: Callable[[str, int], None] | None = None, *, force: bool = True) -> ShardResult:
     """Compress the tensors `names` of `ck` into one .xsp file `out` (written atomically).
 
     The unit of work of a folder: one input shard gives one output shard, independently of
     the others (global pruning rules and prepared codes come in through `plan`). Memory
     holds one input tensor at a time: each tensor's coded parts go to the writer's spool
     as soon as they are made (container.XspWriter), so the peak does not grow with the
-    number of tensors in the shard.
+    number of tensors in the shard. An output that is one of the checkpoint's files is
+    refused; force=False also refuses an existing output or a symlink (io/output.py).
     """
     rows, sizes_in, raw_names = [], {}, set()
     total = len(names) if total is None else total
@@ -437,7 +459,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     fresh = [n for n in names if n in plan.selected and n not in plan.prepared]
     results = compress_many(((n, (lambda n=n: ck.get(n)), _plan_keep(plan, n)) for n in fresh),
                             plan.config, threads=plan.threads)
-    with XspWriter(out) as writer:
+    with XspWriter(out, inputs=ck.files, force=force) as writer:
         for i, name in enumerate(names):
             if progress:
                 progress(done + i, total, name)
@@ -571,8 +593,11 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
     """Compress a checkpoint: into one .xsp file, or, when `src` is a model folder and `out`
     does not end in .xsp, into a model folder (see xorsparse.io.folder).
 
+    force=False refuses an existing output or a symlink (the command line's default); an
+    output that is one of the checkpoint's files, or a folder holding one, is refused either way.
     prepared: tensor name -> Prepared (mask and codes chosen elsewhere, e.g. by calibration:
-    xorsparse.torch.folder), encoded as they are. extra: the calibration / quality records."""
+    xorsparse.torch.folder), encoded as they are. extra: the calibration / quality records.
+    """
     if os.path.isdir(src) and not out.endswith(".xsp"):
         from .folder import compress_folder
 
@@ -581,11 +606,12 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
                                load_mode=load_mode, executor=executor, force=force, on_event=on_event,
                                extra=extra)
     ck = open_checkpoint(src)
+    check_output(out, ck.files, force)
     plan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
                                  embeddings=embeddings, keep_dtype=keep_dtype,
                                  info={"pruning": "global" if config.global_sparsity else "per-tensor",
                                        "source": os.path.basename(os.path.normpath(src))}, extra=extra)
-    res = compress_shard(ck, ck.names, out, plan, progress)
+    res = compress_shard(ck, ck.names, out, plan, progress, force=force)
     if progress:
         progress(len(ck.names), len(ck.names), "")
     in_files = sum(os.path.getsize(f) for f in ck.files)
@@ -603,17 +629,49 @@ class XspSet:
         from .folder import xsp_files
 
         self.path = path
-        self.files = [XspFile(f) for f in xsp_files(path)]
-        self.where: dict[str, XspFile] = {}
-        for f in self.files:
-            for n in f.names():
-                self.where.setdefault(n, f)
+        self.files: list[XspFile] = []
+        try:
+            for p in xsp_files(path):
+                self.files.append(XspFile(p))
+            self.where: dict[str, XspFile] = {}
+            for f in self.files:
+                for n in f.names():
+                    if n in self.where:  # two shards with one name: which is meant? refuse
+                        raise XspError(f"{f.path}: tensor {n!r} is also in {self.where[n].path}")
+                    self.where[n] = f
+            if os.path.isdir(path):
+                self._check_shards()
+        except BaseException:
+            self.close()
+            raise
         self.tensors = {n: f for n, f in self.where.items() if n in f.tensors}
         self.raw_tensors = {n: f for n, f in self.where.items() if n not in f.tensors}
         first = self.files[0]
         self.config = first.config
         self.meta = first.meta
         self.records = first.records  # calibration, quality (the same in every shard)
+
+    def _check_shards(self) -> None:
+        """A folder's shards are all there: each says `"shard": [i, N]`, and i runs over 1..N."""
+        n = len(self.files)
+        seen = {}
+        for f in self.files:
+            sh = f.meta["info"].get("shard")
+            if sh is None:
+                continue
+            if (not isinstance(sh, list) or len(sh) != 2 or any(type(v) is not int for v in sh)
+                    or not 1 <= sh[0] <= sh[1]):
+                raise XspError(f"{f.path}: info.shard: must be [i, N] with 1 <= i <= N, got {sh!r}")
+            if sh[1] != n or sh[0] in seen:
+                raise XspError(f"{f.path}: info.shard: shard {sh[0]} of {sh[1]}, but the folder's index "
+                               f"lists {n} file(s){' and shard ' + str(sh[0]) + ' twice' if sh[0] in seen else ''}")
+            seen[sh[0]] = f
+
+    def check_cost(self) -> None:
+        """Refuse (XspError) if any compressed tensor would need more memory than allowed."""
+        for n, f in self.where.items():
+            if n in f.tensors:
+                f.check_cost(n)
 
     def names(self) -> list[str]:
         order = [n for f in self.files for n in f.meta.get("info", {}).get("order", []) if n in self.where]
@@ -639,26 +697,30 @@ class XspSet:
 
 def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
                           output_format: str | None = None, executor=None,
-                          on_event: Callable[[dict], None] | None = None) -> int:
+                          on_event: Callable[[dict], None] | None = None, force: bool = True) -> int:
     """Dense pruned-and-quantized weights (and the untouched tensors): a safetensors file,
     a PyTorch state dict (.pt/.pth/.bin, torch.save), or, from an .xsp model folder, a
     plain model folder (`output_format="compressed-tensors"`: a compressed-tensors folder).
-    Returns the bytes written."""
-    from .folder import decompress_folder, is_xsp_folder
+    Returns the bytes written. force=False refuses an existing output or a symlink; an
+    output that is an input file (or a folder holding one) is refused either way."""
+    from .folder import decompress_folder, is_xsp_folder, xsp_files
 
     if is_xsp_folder(src):
-        return decompress_folder(src, out, progress, output_format, executor, on_event)
+        return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
+                                 on_event=on_event)
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
+    check_output(out, xsp_files(src), force)
     if out.endswith((".pt", ".pth", ".bin")):
-        return _write_torch(src, out, progress)
+        return _write_torch(src, out, progress, force)
     if not out.endswith(".safetensors"):
         raise ValueError(f"{out}: write .safetensors, or a PyTorch state dict (.pt, .pth, .bin)")
-    return write_dense_safetensors(src, out, progress)
+    return write_dense_safetensors(src, out, progress, force=force)
 
 
 def _dense_items(src: str, progress: Progress | None):
     with XspSet(src) as f:
+        f.check_cost()
         names = f.names()
         for i, name in enumerate(names):
             if progress:
@@ -668,55 +730,51 @@ def _dense_items(src: str, progress: Progress | None):
             progress(len(names), len(names), "")
 
 
+_ST_CODE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+
+
 def write_dense_safetensors(src: str, out: str, progress: Progress | None = None,
-                            names: Sequence[str] | None = None) -> int:
-    """The decoded tensors of an .xsp file or folder as one safetensors file, decoding one
-    tensor at a time while writing (memory: the largest tensor, not the file)."""
+                            names: Sequence[str] | None = None, force: bool = True) -> int:
+    """The dense tensors of an .xsp file (or folder) as one safetensors file, each decoded
+    while it is written: memory holds one dense tensor at a time."""
     from . import safetensors_io as st
 
-    with XspSet(src) as f:
-        order = [n for n in f.names() if names is None or n in names]
+    with XspSet(src) as xs:
+        xs.check_cost()  # refuse before writing anything
+        chosen = [n for n in xs.names() if names is None or n in names]
+
+        def producer(i: int, name: str):
+            def data():
+                if progress:
+                    progress(i, len(chosen), name)
+                return raw_from_torch(xs.dense(name, framework="torch"))[2]
+            return data
+
         entries = []
-        done = [0]
-
-        def data(name: str):
-            if progress:
-                progress(done[0], len(order), name)
-            done[0] += 1
-            code, _, raw = raw_from_torch(f.dense(name, framework="torch"))
-            return raw
-        for name in order:
-            x = f.where[name]
+        for i, name in enumerate(chosen):
+            f = xs.where[name]
             if name in f.tensors:
-                m = x.tensors[name]
-                code, shape = TORCH_TO_ST[str(m["dtype"])], tuple(int(d) for d in m["shape"])
+                spec = f.desc.tensors[name]
+                code, shape = _ST_CODE[spec.dtype], spec.shape
             else:
-                e = x._r.entries[name]
-                code, shape = e["dtype"], tuple(e["shape"])
-            entries.append(st.Entry(name, code, shape, lambda name=name: data(name)))
-        size = st.write(out, entries, {"format": "pt"})
+                info = f._r.infos[name]
+                code, shape = info.dtype, info.shape
+            entries.append(st.Entry(name, code, tuple(shape), producer(i, name)))
+        size = st.write(out, entries, {"format": "pt"}, inputs=[x.path for x in xs.files], force=force)
         if progress:
-            progress(len(order), len(order), "")
-        return size
+            progress(len(chosen), len(chosen), "")
+    return size
 
 
-def _write_torch(src: str, out: str, progress: Progress | None) -> int:
+def _write_torch(src: str, out: str, progress: Progress | None, force: bool = True) -> int:
     """A real PyTorch state dict (torch.save), written to a temporary name and renamed."""
-    import tempfile
-
     import torch
 
+    from .folder import xsp_files
+
     state = dict(_dense_items(src, progress))
-    d = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(out) + "-")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out, inputs=xsp_files(src), force=force) as f:
+        torch.save(state, f.raw)
     return os.path.getsize(out)
 
 

@@ -2,7 +2,9 @@
 
 Standard safetensors tools list every entry; the JSON under the metadata key "xorsparse"
 says how the entries of each compressed tensor fit together (docs/FORMAT.md, section 2).
-Every entry carries a CRC-32 so corruption is reported with the tensor it hit.
+Every entry carries a CRC-32 so corruption is reported with the tensor it hit, and (version
+2) one more CRC-32 covers the whole description: the JSON and every header entry's name,
+dtype, shape and offsets. Everything read goes through io/validate.py first.
 """
 
 from __future__ import annotations
@@ -11,27 +13,26 @@ import json
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from . import safetensors_io as st
-from .records import CHECKS, RecordError
+from .records import CHECKS
+from . import validate
+from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
+from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
 from ..tensor.packed import PackedPlane
-from ..tensor.quant import MAX_BITS, QUANTIZERS, Quantized
+from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 
 FORMAT_NAME = "xorsparse"
-FORMAT_VERSION = 2  # written; READ_VERSIONS are read (docs/FORMAT.md: what version 2 adds)
-READ_VERSIONS = (1, 2)
-META_KEY = "xorsparse"
-SEP = ".__xs__."  # compressed tensor NAME stores its parts as NAME.__xs__.<part>
-
-
-class XspError(ValueError):
-    """Anything wrong with an .xsp file; the message names the file and the tensor."""
+FORMAT_VERSION = 2
+READ_VERSIONS = validate.READ_VERSIONS
+META_KEY = validate.META_KEY
+CHECKSUM_KEY = validate.CHECKSUM_KEY
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,6 @@ class RawTensor:
 
 def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
-
-
-def meta_crc(meta: dict) -> int:
-    """CRC-32 of a tensor's description: sorted keys, no spaces, without its checksums.
-
-    The data checksums cannot see an edited parameter (a different n_out decodes valid
-    data into wrong weights), so the description carries one of its own.
-    """
-    body = {k: v for k, v in meta.items() if k not in ("crc32", "meta_crc32")}
-    return _crc(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _scale_part(q: Quantized) -> np.ndarray | st.Entry:
@@ -116,17 +107,19 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "planes": planes,
         "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
     }
-    meta["meta_crc32"] = meta_crc(meta)
     return entries, meta
 
 
 def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor],
               raw: Mapping[str, RawTensor], config: CompressConfig | None = None,
-              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+              info: Mapping[str, Any] | None = None, progress: Callable[[str], None] | None = None, *,
+              inputs: Iterable[str | os.PathLike] = (), force: bool = True,
               extra: Mapping[str, Any] | None = None) -> int:
-    """Write atomically; returns the file size in bytes.
+    """Write a version-2 file atomically; returns its size in bytes.
 
-    extra: the optional records `calibration` and `quality` (checked as the reader will).
+    inputs: files the output must not replace; force=False also refuses an existing output
+    or a symlink (io/output.py). extra: the optional records `calibration` and `quality`
+    (checked as the reader will, docs/FORMAT.md section 8).
     """
     clash = set(compressed) & set(raw)
     if clash:
@@ -134,9 +127,10 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     check_records(extra)
     entries: list[st.Entry] = []
     tmeta: dict[str, Any] = {}
+    for name in list(compressed) + list(raw):
+        if not name or SEP in name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r} (empty, reserved, or contains {SEP!r})")
     for name, ct in compressed.items():
-        if SEP in name:
-            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
         e, m = _compressed_entries(name, ct)
         entries += e
         tmeta[name] = m
@@ -145,7 +139,7 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
         entries.append(st.Entry(name, r.dtype, tuple(r.shape), r.data))
         # checksums must be in the header, which precedes the data: compute them first
         rmeta[name] = {"crc32": _crc(entries[-1].payload())}
-    return _write_described(path, entries, tmeta, rmeta, config, info, progress, extra)
+    return _write_described(path, entries, tmeta, rmeta, config, info, progress, inputs, force, extra)
 
 
 def check_records(extra: Mapping[str, Any] | None) -> None:
@@ -158,14 +152,17 @@ def check_records(extra: Mapping[str, Any] | None) -> None:
 
 def _write_described(path: str | os.PathLike, entries: list[st.Entry], tmeta: dict[str, Any],
                      rmeta: dict[str, Any], config: CompressConfig | None, info: Mapping[str, Any] | None,
-                     progress: Callable[[str], None] | None, extra: Mapping[str, Any] | None = None) -> int:
+                     progress: Callable[[str], None] | None, inputs: Iterable[str | os.PathLike] = (),
+                     force: bool = True, extra: Mapping[str, Any] | None = None) -> int:
     """The one place the description is assembled: write_xsp and XspWriter give equal bytes."""
     check_records(extra)
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tensors": tmeta, "raw": rmeta,
             "config": config.to_dict() if config else None, "info": dict(info or {})}
     meta.update({k: v for k, v in (extra or {}).items()})
     # "format": "pt" for loaders that check it (transformers 4.x refuses safetensors files without it)
-    return st.write(path, entries, {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}, progress)
+    metadata = {"format": "pt", META_KEY: json.dumps(meta, separators=(",", ":"))}
+    metadata[CHECKSUM_KEY] = validate.format_crc(validate.description_crc(metadata, st.plan(entries)))
+    return st.write(path, entries, metadata, progress, inputs=inputs, force=force)
 
 
 class XspWriter:
@@ -175,13 +172,18 @@ class XspWriter:
     as soon as they are added, so memory holds one tensor at a time plus the description;
     `finish` writes header and data (atomically, read back from the spool) in write_xsp's
     order: compressed tensors first, then stored ones, each in the order added. A killed
-    process leaves no spool behind (it has no name).
+    process leaves no spool behind (it has no name). inputs and force are write_xsp's; the
+    output is checked at once (before any work) and again when it is written.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = True):
         import tempfile
 
+        from .output import check_output
+
         self.path = os.fspath(path)
+        self.inputs, self.force = list(inputs), force
+        check_output(self.path, self.inputs, force)
         self._spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self.path)) or ".")
         self._compressed: list[st.Entry] = []
         self._raw: list[st.Entry] = []
@@ -208,11 +210,11 @@ class XspWriter:
     def _check_name(self, name: str) -> None:
         if name in self._tmeta or name in self._rmeta:
             raise ValueError(f"tensor {name!r} added twice")
+        if not name or SEP in name or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r} (empty, reserved, or contains {SEP!r})")
 
     def add_compressed(self, name: str, ct: CompressedTensor) -> None:
         self._check_name(name)
-        if SEP in name:
-            raise ValueError(f"tensor name {name!r} contains the reserved {SEP!r}")
         entries, meta = _compressed_entries(name, ct)
         self._compressed += [self._spooled(e)[0] for e in entries]
         self._tmeta[name] = meta
@@ -230,7 +232,7 @@ class XspWriter:
         try:
             self._spool.flush()
             return _write_described(self.path, self._compressed + self._raw, self._tmeta, self._rmeta,
-                                    config, info, progress, extra)
+                                    config, info, progress, self.inputs, self.force, extra)
         finally:
             self.close()
 
@@ -254,247 +256,136 @@ def _scales_from_part(a: np.ndarray, code: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def compressed_from_parts(m: Any, part: Callable[[str], tuple[np.ndarray, str]], version: int,
-                          where: str) -> CompressedTensor:
-    """A CompressedTensor from its JSON description and its parts, validated.
+def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple[np.ndarray, str]],
+                          path: str) -> CompressedTensor:
+    """A CompressedTensor from its checked description and its checksummed parts.
 
-    `part(name)` returns (array, safetensors dtype code) of a checksummed part; `where`
-    names file and tensor in errors. Shared by XspFile and the transformers loader, which
-    receives the parts from transformers' own safetensors reading.
+    `part(name)` returns (array, safetensors dtype code) of a part whose CRC-32 matched.
+    Shared by XspFile and the transformers loader, which receives the parts from
+    transformers' own safetensors reading: both go through the same checks of the parts'
+    dtypes, shapes and values (io/validate.py) before anything decodes them.
     """
-    if not isinstance(m, dict) or m.get("meta_crc32") != meta_crc(m):
-        raise XspError(f"{where}: checksum mismatch in its metadata")
+    where = validate.Where(path, spec.name)
+    arrays, codes = {}, {}
+    for name in spec.parts:
+        try:
+            arrays[name], codes[name] = part(name)
+        except KeyError:
+            raise where.error(None, f"missing part {name!r}") from None
+    validate.check_tensor_data(path, spec, arrays, codes)  # dtypes, shapes and values of every part
+    n = spec.length
+    mk = spec.mask
+    model = None
+    if mk["codec"] == "ctx":  # the row and column indices: bounded work on any bytes (FORMAT.md 3.2)
+        from ..tensor.maskctx import ctx_model_from_parts
+
+        model = ctx_model_from_parts(mk["rows"], mk["cols"], mk["base"], mk["row_step"], mk["col_step"],
+                                     arrays["mask_model"])
+    mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
+                    arrays.get("mask_offsets"), arrays.get("mask_params"), model)
+    planes: list = []
+    for i, p in enumerate(spec.planes):
+        if p.kind == "packed":  # FORMAT.md 1.8; the mask's kept count is checked when it is decoded
+            planes.append(PackedPlane(n, p.care_bits, arrays[f"plane{i}.stream"]))
+            continue
+        try:
+            pos = decode_patches(arrays[f"plane{i}.patches"].tobytes(), p.patches, p.rice_k, p.patch_nbits)
+        except ValueError as e:
+            raise where.error(f"plane{i}.patches", str(e)) from None
+        validate.check_patch_list(path, spec, i, pos)
+        planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
+                                   chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
+                                   patches=pos, care_bits=p.care_bits, _rice_k=p.rice_k))
+    if spec.quantizer == "affine":
+        q = Quantized("affine", spec.bits, np.zeros((0, 0), np.uint8),
+                      _scales_from_part(arrays["scales"], codes["scales"]), spec.rows, spec.cols, spec.group_size,
+                      spec.symmetric, arrays.get("zero_points"), _SCALE_DTYPES[codes["scales"]])
+    else:  # bcq, uniform, codebook; scale row groups and log8 scales (FORMAT.md 4.1-4.3)
+        q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
+                      spec.cols, spec.group_size, spec.symmetric, scale_rows=spec.scale_rows,
+                      codebook=arrays.get("codebook"), codebook_rows=spec.codebook_rows,
+                      scale_ref=arrays.get("scale_ref"))
+    ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
     try:
-        quantizer = m["quantizer"]
-        if quantizer not in QUANTIZERS:
-            raise XspError(f"{where}: field 'quantizer': unknown quantizer {quantizer!r}")
-        if quantizer in ("affine", "codebook") and version < 2:
-            raise XspError(f"{where}: field 'quantizer': {quantizer!r} needs format version 2, "
-                           f"file is version {version}")
-        dims = [_int_field(where, "shape", d) for d in m["shape"]]
-        if any(d < 0 for d in dims):
-            raise XspError(f"{where}: field 'shape': {dims} has a negative size")
-        mask = _mask_from_parts(m["mask"], part, version, where, int(np.prod(dims, dtype=object)) if dims else 1)
-        planes = []
-        for i, p in enumerate(m["planes"]):
-            if isinstance(p, dict) and "kind" in p:
-                planes.append(_packed_from_parts(p, i, part, version, where, mask.length))
-                continue
-            planes.append(EncodedPlane.from_patch_data(
-                data=part(f"plane{i}.patches")[0].tobytes(), count=int(p["patches"]),
-                k=int(p["rice_k"]), nbits=int(p["patch_nbits"]), length=mask.length,
-                n_in=int(p["n_in"]), n_out=int(p["n_out"]), n_s=int(p["n_s"]), seed=int(p["seed"]),
-                chunk_slices=int(p["chunk_slices"]), stream=part(f"plane{i}.stream")[0],
-                care_bits=int(p.get("care_bits", -1))))
-        scales, scode = part("scales")
-        symmetric = m["symmetric"]
-        if quantizer == "affine":
-            if type(symmetric) is not bool:
-                raise XspError(f"{where}: field 'symmetric' must be true or false, got {symmetric!r}")
-            if scode not in _SCALE_DTYPES:
-                raise XspError(f"{where}: field 'scales': dtype {scode} (affine scales are F16, BF16 or F32)")
-            zero_points = None
-            if symmetric and "zero_points" in m.get("crc32", {}):
-                raise XspError(f"{where}: field 'zero_points': present for a symmetric tensor")
-            if not symmetric:
-                zero_points, zcode = part("zero_points")
-                if zcode != "I8":
-                    raise XspError(f"{where}: field 'zero_points': dtype {zcode}, expected I8")
-            q = Quantized("affine", m["bits"], np.zeros((0, 0), np.uint8), _scales_from_part(scales, scode),
-                          int(m["rows"]), int(m["cols"]), int(m["group_size"]), True if symmetric else False,
-                          zero_points, _SCALE_DTYPES[scode])
-        else:
-            q = _quantized_from_parts(m, quantizer, scales, scode, part, version, where)
-        shape = tuple(dims)
-        dtype = str(m["dtype"])
-        if m["order"]["kind"] != "blocks64":
-            raise XspError(f"{where}: unknown order {m['order']['kind']!r}")
-        step = int(m["order"]["step"])
-    except (KeyError, TypeError) as e:
-        raise XspError(f"{where}: metadata field {e} missing or invalid") from None
+        ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
     except ValueError as e:
-        if isinstance(e, XspError):
-            raise
-        raise XspError(f"{where}: {e}") from None
-    ct = CompressedTensor(shape, dtype, q, mask, planes, step)
-    try:
-        ct.validate()
-    except ValueError as e:
-        raise XspError(f"{where}: {e}") from None
+        raise where.error(None, str(e)) from None
     return ct
 
 
-def _int_field(where: str, field: str, v: Any) -> int:
-    """A JSON integer (not a bool, float or string), or an error naming file, tensor and field."""
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise XspError(f"{where}: field {field} must be an integer, got {v!r}")
-    return v
-
-
-def _packed_from_parts(p: dict, i: int, part, version: int, where: str, length: int) -> PackedPlane:
-    """A packed plane (docs/FORMAT.md 1.8, version 2)."""
-    if version < 2:
-        raise XspError(f"{where}: field planes[{i}].kind in a version 1 file")
-    if p["kind"] != "packed":
-        raise XspError(f"{where}: unknown plane kind {p['kind']!r}")
-    care = _int_field(where, f"planes[{i}].care_bits", p["care_bits"])
-    if not 0 <= care <= length:
-        raise XspError(f"{where}: field planes[{i}].care_bits {care} outside 0..{length}")
-    return PackedPlane(length, care, part(f"plane{i}.stream")[0])
-
-
-def _quantized_from_parts(m: dict, quantizer: str, scales: np.ndarray, scode: str, part, version: int,
-                          where: str) -> Quantized:
-    """bcq, uniform and codebook, with the version-2 scale layouts (FORMAT.md 4.1-4.3)."""
-    bits = _int_field(where, "bits", m["bits"])
-    if not 1 <= bits <= MAX_BITS[quantizer]:
-        raise XspError(f"{where}: field bits {bits} outside 1..{MAX_BITS[quantizer]}")
-    scale_rows, book, book_rows, ref = 1, None, 0, None
-    for key in ("scale_rows", "scale_format", "codebook_rows"):
-        if version < 2 and key in m:
-            raise XspError(f"{where}: field {key} in a version 1 file")
-    if version >= 2:
-        scale_rows = _int_field(where, "scale_rows", m.get("scale_rows", 1))
-    if quantizer == "codebook":
-        book_rows = _int_field(where, "codebook_rows", m["codebook_rows"])
-        book, bcode = part("codebook")
-        if bcode not in ("F16", "F32"):
-            raise XspError(f"{where}: codebook must be F16 or F32, got {bcode}")
-    fmt = m.get("scale_format", "float")
-    if fmt == "log8":
-        ref, rcode = part("scale_ref")
-        if scode != "U8" or rcode != "F32" or ref.ndim != 1 or (scales.ndim and ref.shape[0] != scales.shape[-1]) \
-                or not np.all(np.isfinite(ref)):
-            raise XspError(f"{where}: log8 scales need U8 scales and one finite F32 scale_ref per scale, got "
-                           f"{scode} {tuple(scales.shape)} and {rcode} {tuple(ref.shape)}")
-    elif fmt != "float":
-        raise XspError(f"{where}: unknown scale_format {fmt!r}")
-    elif scode not in ("F16", "F32"):
-        raise XspError(f"{where}: field 'scales': dtype {scode} ({quantizer} scales are F16 or F32)")
-    return Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), scales, int(m["rows"]), int(m["cols"]),
-                     int(m["group_size"]), bool(m["symmetric"]), scale_rows=scale_rows, codebook=book,
-                     codebook_rows=book_rows, scale_ref=ref)
-
-
-def _mask_from_parts(mk: dict, part, version: int, where: str, numel: int) -> MaskCode:
-    codec = mk["codec"]
-    known = ("bitmask", "entropy") if version == 1 else ("bitmask", "entropy", "ctx")
-    if codec not in known:
-        raise XspError(f"{where}: unknown mask codec {codec!r} in a version {version} file")
-    length = _int_field(where, "mask.length", mk["length"])
-    if length != numel:  # before anything is sized by it
-        raise XspError(f"{where}: field mask.length {length} is not the tensor's {numel} weights")
-    block = _int_field(where, "mask.block", mk["block"])
-    if codec != "ctx":
-        return MaskCode(codec, length, part("mask")[0], block,
-                        part("mask_offsets")[0] if codec == "entropy" else None,
-                        part("mask_params")[0] if codec == "entropy" else None)
-    from ..tensor.maskctx import check_ctx_fields, ctx_model_from_parts
-
-    f = {k: _int_field(where, f"mask.{k}", mk[k]) for k in ("rows", "cols", "base", "row_step", "col_step")}
-    check_ctx_fields(length, block, **f)  # before the model's indices are decoded
-    model = ctx_model_from_parts(f["rows"], f["cols"], f["base"], f["row_step"], f["col_step"],
-                                 part("mask_model")[0])
-    return MaskCode("ctx", length, part("mask")[0], block, part("mask_offsets")[0], None, model)
-
-
 class XspFile:
-    """Lazy access to an .xsp file: metadata at open, tensors one at a time."""
+    """Lazy access to an .xsp file: the validated description at open, tensors one at a time.
 
-    def __init__(self, path: str | os.PathLike):
+    Opening checks the whole description (io/validate.py); `compressed` and `raw` check
+    each part's CRC-32 and values as they read it; `dense` refuses a tensor whose decoding
+    would need more than max_tensor_bytes (default: XORSPARSE_MAX_TENSOR_BYTES or 16 GiB).
+    """
+
+    def __init__(self, path: str | os.PathLike, max_tensor_bytes: int | None = None):
         self.path = os.fspath(path)
+        self.max_tensor_bytes = max_tensor_bytes
+        self._r = st.Reader(self.path)
         try:
-            self._r = st.Reader(self.path)
-        except st.FormatError as e:
-            raise XspError(str(e)) from None
-        raw_meta = self._r.metadata.get(META_KEY)
-        if raw_meta is None:
-            self.close()
-            raise XspError(f"{self.path}: not an xorsparse file (no '{META_KEY}' metadata)")
-        try:
-            meta = json.loads(raw_meta)
-        except json.JSONDecodeError:
-            self.close()
-            raise XspError(f"{self.path}: corrupt xorsparse metadata (not JSON)") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            self.close()
-            raise XspError(f"{self.path}: not an xorsparse file (format {meta.get('format')!r})")
-        version = meta.get("version")
-        if type(version) is not int or version not in READ_VERSIONS:
-            self.close()
-            raise XspError(f"{self.path}: unsupported format version {version!r} "
-                           f"(this xorsparse reads versions {', '.join(map(str, READ_VERSIONS))})")
-        self.meta = meta
-        self.version = version
-        self.tensors: dict[str, dict] = meta.get("tensors", {})
-        self.raw_tensors: dict[str, dict] = meta.get("raw", {})
-        self.records: dict[str, Any] = {}
-        for key, check in CHECKS.items():
-            if key not in meta:
-                continue
+            self.desc = validate.validate_description(self._r.metadata, self._r.infos, self.path)
+            cfg = self.desc.config
             try:
-                if version < 2:
-                    raise RecordError(f"{key}: not part of format version {version}")
-                check(meta[key])
-            except RecordError as e:
-                self.close()
-                raise XspError(f"{self.path}: metadata field {e}") from None
-            self.records[key] = meta[key]
-        cfg = meta.get("config")
-        try:
-            if cfg is not None and not isinstance(cfg, dict):
-                raise ValueError(f"expected a JSON object, got {type(cfg).__name__}")
-            self.config = CompressConfig.from_dict(cfg) if cfg else None
-        except (ValueError, TypeError) as e:
+                self.config = CompressConfig.from_dict(cfg) if cfg else None
+            except (ValueError, TypeError) as e:
+                raise XspError(f"{self.path}: config: {e}") from None
+        except BaseException:
             self.close()
-            raise XspError(f"{self.path}: metadata field config: {e}") from None
-        for name in self.raw_tensors:
-            if name not in self._r.entries:
-                self.close()
-                raise XspError(f"{self.path}: tensor {name!r}: missing entry")
+            raise
+        self.meta = self.desc.doc
+        self.version = self.desc.version
+        self.tensors: dict[str, dict] = {n: s.meta for n, s in self.desc.tensors.items()}
+        self.raw_tensors: dict[str, dict] = self.meta["raw"]
+        self.records: dict[str, Any] = {k: self.meta[k] for k in CHECKS if k in self.meta}  # validated
 
     def names(self) -> list[str]:
-        return list(self.tensors) + list(self.raw_tensors)
+        """Every tensor the file holds, in the order of info.order when the file gives one."""
+        return list(self.desc.order)
 
-    def _part(self, name: str, part: str) -> np.ndarray:
-        return self._part_with_dtype(name, part)[0]
-
-    def _part_with_dtype(self, name: str, part: str) -> tuple[np.ndarray, str]:
+    def _part(self, name: str, part: str) -> tuple[np.ndarray, str]:
+        """(array, safetensors dtype) of a part whose CRC-32 matched (shape and dtype as checked)."""
         entry = name + SEP + part
-        try:
-            data = self._r.read_bytes(entry)
-        except st.FormatError:
-            raise XspError(f"{self.path}: tensor {name!r}: missing entry {entry!r}") from None
-        want = self.tensors[name].get("crc32", {}).get(part)
-        if want is None or _crc(data) != want:
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch in {part}")
-        info = self._r.entries[entry]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
+        data = self._r.read_bytes(entry)
+        if _crc(data) != self.desc.tensors[name].crc[part]:
+            raise XspError(f"{self.path}: tensor {_q(name)}: checksum mismatch in {part}")
+        info = self._r.infos[entry]
+        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy(), info.dtype
 
     def compressed(self, name: str) -> CompressedTensor:
-        if name not in self.tensors:
-            raise XspError(f"{self.path}: no compressed tensor {name!r}")
-        return compressed_from_parts(self.tensors[name], lambda part: self._part_with_dtype(name, part),
-                                     self.version, f"{self.path}: tensor {name!r}")
+        """The tensor's parts, checksummed and checked, as the decoder takes them."""
+        spec = self.desc.tensors.get(name)
+        if spec is None:
+            raise XspError(f"{self.path}: no compressed tensor {_q(name)}")
+        # the parts are backed by the file's bytes, the ctx mask's model indices are not: bounded first
+        validate.check_decode_cost(self.path, spec, self.max_tensor_bytes, reading=True)
+        return compressed_from_parts(spec, lambda part: self._part(name, part), self.path)
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
         """(array, safetensors dtype); BF16 arrives as uint16 bit patterns."""
-        if name not in self.raw_tensors:
-            raise XspError(f"{self.path}: no stored tensor {name!r}")
+        if name not in self.desc.raw:
+            raise XspError(f"{self.path}: no stored tensor {_q(name)}")
         data = self._r.read_bytes(name)
-        if _crc(data) != self.raw_tensors[name].get("crc32"):
-            raise XspError(f"{self.path}: tensor {name!r}: checksum mismatch")
-        info = self._r.entries[name]
-        return np.frombuffer(data, dtype=st.DTYPES[info["dtype"]]).reshape(info["shape"]).copy(), info["dtype"]
+        if _crc(data) != self.desc.raw[name]:
+            raise XspError(f"{self.path}: tensor {_q(name)}: checksum mismatch")
+        info = self._r.infos[name]
+        return np.frombuffer(data, dtype=st.DTYPES[info.dtype]).reshape(info.shape).copy(), info.dtype
+
+    def check_cost(self, name: str) -> None:
+        """Refuse (XspError) a tensor whose decoding would need more than the memory limit."""
+        validate.check_decode_cost(self.path, self.desc.tensors[name], self.max_tensor_bytes)
 
     def dense(self, name: str, framework: str | None = None):
         """The tensor as a model uses it: decoded if compressed, as stored otherwise."""
-        if name in self.tensors:
+        if name in self.desc.tensors:
+            self.check_cost(name)
             ct = self.compressed(name)
             try:
                 return decompress_tensor(ct, framework)
             except ValueError as e:
-                raise XspError(f"{self.path}: tensor {name!r}: {e}") from None
+                raise XspError(f"{self.path}: tensor {_q(name)}: {e}") from None
         a, dt = self.raw(name)
         if dt == "BF16" or framework == "torch":
             from .torchconv import st_to_torch

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 
 from .checkpoint import SAFE_INDEX, TORCH_INDEX, Checkpoint, CheckpointError, CompressReport, Prepared, \
     Progress, compress_shard, open_checkpoint, plan_compression, size_rows
+from .output import OutputError, check_output, clean_stale, write_bytes
 from ..tensor.pipeline import CompressConfig
 
 CONFIG = "config.json"
@@ -114,19 +114,17 @@ def plan_folder(src: str, ck: Checkpoint | None = None) -> FolderPlan:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, text.encode("utf-8"))  # temporary name, then rename; the usual mode (io/output.py)
+
+
+def check_folder_output(src: str, out: str, force: bool) -> None:
+    """A model folder output: never the input folder, inside it or around it; an existing,
+    non-empty folder only with force (its files are then replaced)."""
+    if os.path.realpath(out) == os.path.realpath(src) or os.path.realpath(out).startswith(
+            os.path.realpath(src).rstrip(os.sep) + os.sep):
+        raise OutputError(f"{out}: is the input folder {src} or inside it; refusing to write there")
+    empty = os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out)
+    check_output(out, [src], force or empty, directory=True)
 
 
 def _read_config(path: str) -> dict | None:
@@ -230,8 +228,11 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
     progress events (xorsparse.distributed.JobProgress); `progress` the older per-tensor
     callback. On failure the folder is left as it was, except for the output shards that
     were finished (each complete and checksummed): the rerun keeps them. A folder without
-    its index is incomplete (the index is written last).
+    its index is incomplete (the index is written last). The output is never the input
+    folder, inside it or around it, nor a file, device or symlink (io/output.py); an
+    existing folder is where a job resumes, so it is not refused as such.
     """
+    check_folder_output(src, out, True)
     with _Written(out, keep=_is_output_shard):
         return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
 
@@ -293,7 +294,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     index_path = os.path.join(out_weights, SAFE_INDEX)
     if os.path.exists(index_path):
         os.unlink(index_path)
-    _remove_stale_temporaries(out_weights, names_out)
+    clean_stale(out_weights)  # temporary shards of killed writers (io/output.py names them)
     # in this process (tensors of a shard on a thread per core), or one item per worker (one
     # thread each); a compressed-tensors input is a view (its tensors and codes are made
     # from the files here, not read as they are by a worker)
@@ -366,17 +367,6 @@ def _event_sink(on_event, progress, total: int):
     return sink
 
 
-def _remove_stale_temporaries(folder: str, names: Sequence[str]) -> None:
-    """Temporary files of our output shards left by a killed run (renames never happened)."""
-    prefixes = tuple(".tmp-" + n + "-" for n in names)
-    for f in os.listdir(folder):
-        if f.startswith(prefixes):
-            try:
-                os.unlink(os.path.join(folder, f))
-            except OSError:
-                pass
-
-
 # ---------------------------------------------------------------------------------------
 # Reading xorsparse folders
 
@@ -422,15 +412,17 @@ def is_xsp_folder(path: str) -> bool:
 
 
 def decompress_folder(src: str, out: str, progress: Progress | None = None,
-                      output_format: str | None = None, executor=None,
+                      output_format: str | None = None, force: bool = True, executor=None,
                       on_event: Callable[[dict], None] | None = None) -> int:
     """An xorsparse folder back to a plain one (safetensors, same names, dtypes and shapes;
     quantization_config removed), or with `output_format="compressed-tensors"` to a folder
     compressed-tensors loads. Returns the bytes of the weight files written. Shards are
-    independent items, decoded in parallel on `executor` (default: in this process)."""
+    independent items, decoded in parallel on `executor` (default: in this process).
+    force=False refuses an existing, non-empty output folder."""
     if output_format not in (None, "safetensors", "compressed-tensors"):
         raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
     xsp_files(src)  # a clear error before anything is created
+    check_folder_output(src, out, force)
     with _Written(out):
         if output_format == "compressed-tensors":
             from .compressed_tensors import write_compressed_tensors_folder

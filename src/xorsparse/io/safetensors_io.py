@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
+
+from . import validate
+from .output import atomic_file
 
 DTYPES = {
     "BOOL": np.dtype(np.bool_), "U8": np.dtype("u1"), "I8": np.dtype("i1"),
@@ -28,11 +31,10 @@ DTYPES = {
 NUMPY_TO_ST = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "uint16": "U16", "int16": "I16",
                "float16": "F16", "uint32": "U32", "int32": "I32", "float32": "F32",
                "uint64": "U64", "int64": "I64", "float64": "F64"}
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = validate.MAX_HEADER
 
-
-class FormatError(ValueError):
-    """A file that is not what it claims to be; the message names the file and entry."""
+# A file that is not what it claims to be; the message names the file and entry.
+FormatError = validate.XspError
 
 
 @dataclass(frozen=True)
@@ -62,45 +64,46 @@ def array_entry(name: str, a: np.ndarray) -> Entry:
     return Entry(name, code, tuple(int(s) for s in a.shape), a.astype(DTYPES[code], copy=False))
 
 
+def plan(entries: Iterable[Entry]) -> dict[str, dict]:
+    """The header entries `write` gives these entries: contiguous, in order."""
+    header: dict[str, dict] = {}
+    off = 0
+    for e in entries:
+        if e.name in header or e.name == "__metadata__":
+            raise ValueError(f"duplicate or reserved entry name {e.name!r}")
+        n = e.nbytes()
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [off, off + n]}
+        off += n
+    return header
+
+
 def write(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None,
-          progress: Callable[[str], None] | None = None) -> int:
-    """Write atomically (temporary file, then rename); returns the file size."""
+          progress: Callable[[str], None] | None = None, *, inputs: Iterable[str | os.PathLike] = (),
+          force: bool = True) -> int:
+    """Write atomically (temporary file, then rename; io/output.py); returns the file size.
+
+    inputs: files this output must not replace; force=False refuses an existing output
+    or a symlink (the command line's default).
+    """
     entries = list(entries)
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    off = 0
-    seen = set()
-    for e in entries:
-        if e.name in seen or e.name == "__metadata__":
-            raise ValueError(f"duplicate or reserved entry name {e.name!r}")
-        seen.add(e.name)
-        n = e.nbytes()
-        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [off, off + n]}
-        off += n
+    body = plan(entries)
+    header.update(body)
+    off = max((h["data_offsets"][1] for h in body.values()), default=0)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for e in entries:
-                payload = e.payload()
-                if len(payload) != e.nbytes():
-                    raise ValueError(f"entry {e.name!r}: {len(payload)} bytes for {e.nbytes()} expected")
-                f.write(payload)
-                if progress:
-                    progress(e.name)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, inputs=inputs, force=force) as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for e in entries:
+            payload = e.payload()
+            if len(payload) != e.nbytes():
+                raise ValueError(f"entry {e.name!r}: {len(payload)} bytes for {e.nbytes()} expected")
+            f.write(payload)
+            if progress:
+                progress(e.name)
     return 8 + len(raw) + off
 
 
@@ -109,44 +112,34 @@ class Reader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        try:
-            self._f = open(self.path, "rb")
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise FormatError(f"{self.path}: cannot open ({e.strerror})") from None
-        size = os.fstat(self._f.fileno()).st_size
-        head = self._f.read(8)
-        if len(head) < 8:
-            self.close()
-            raise FormatError(f"{self.path}: truncated (no safetensors header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER or 8 + n > size:
-            self.close()
-            raise FormatError(f"{self.path}: truncated or not a safetensors file (header of {n} bytes)")
+        self._f = os.fdopen(fd, "rb")
         try:
-            header = json.loads(self._f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{self.path}: not a regular file")
+            size = st.st_size
+            head = self._f.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{self.path}: truncated (no safetensors header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise FormatError(f"{self.path}: truncated or not a safetensors file (header of {n} bytes)")
+            raw = self._f.read(n)
+            if len(raw) != n:
+                raise FormatError(f"{self.path}: truncated while reading the header")
+            self.metadata, infos = validate.parse_header(raw, size, self.path)
+        except BaseException:
             self.close()
-            raise FormatError(f"{self.path}: corrupt safetensors header (not JSON)") from None
-        if not isinstance(header, dict):
-            self.close()
-            raise FormatError(f"{self.path}: corrupt safetensors header")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            raise
+        self.size = size
         self._base = 8 + n
-        self.entries: dict[str, dict] = {}
-        for name, info in header.items():
-            try:
-                dt, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-                ok = dt in DTYPES and e - b == int(np.prod(shape, dtype=np.int64)) * DTYPES[dt].itemsize
-            except (KeyError, TypeError, ValueError):
-                ok = False
-            if not ok:
-                self.close()
-                raise FormatError(f"{self.path}: tensor {name!r}: invalid header entry")
-            if self._base + e > size:
-                self.close()
-                raise FormatError(f"{self.path}: truncated: tensor {name!r} ends at byte "
-                                  f"{self._base + e}, file has {size}")
-            self.entries[name] = {"dtype": dt, "shape": shape, "offsets": (b, e)}
+        self.infos = infos
+        self.entries: dict[str, dict] = {k: {"dtype": i.dtype, "shape": i.shape, "offsets": (i.begin, i.end)}
+                                         for k, i in infos.items()}
 
     def read_bytes(self, name: str) -> bytes:
         if name not in self.entries:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -59,13 +58,8 @@ def decoder_from_params(n_in: int, n_out: int, n_s: int, seed: int, chunk_slices
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write via a temporary file and rename: a reader never sees half a module."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".v")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write via a temporary file and rename (io/output.py): a reader never sees half a
+    module, and a device, folder or symlink in the way is refused."""
+    from ..io.output import write_bytes
+
+    write_bytes(path, text.encode())

@@ -142,3 +142,43 @@ def quantize_codebook(w: np.ndarray, keep: np.ndarray, bits: int, group_size: in
         _assign(w2, k2, lv4, gsize, 1, 1 << 62, codes)
     return Quantized("codebook", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, True,
                      scale_rows=scale_rows, codebook=stored_book, codebook_rows=book_rows)
+
+
+def fit_codebook_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, limit: float) -> Quantized:
+    """Shrink the scales of any scale set whose levels (scale x codebook entry, in float32)
+    would exceed `limit` (the largest finite value of the tensor's dtype), then choose every
+    kept weight's code again for the stored levels: no finite weight decodes to inf.
+    Reference and codec both quantize through here, so they agree."""
+    if qz.scales.size == 0 or qz.codebook is None or qz.codebook.size == 0:
+        return qz
+    rows, cols, gsize = qz.rows, qz.cols, qz.group_size
+    rs_n = qz.scale_rows
+    lim = np.float32(limit)
+    scales = qz.scales.copy()
+    book = np.abs(qz.codebook.astype(np.float64))
+    changed = False
+    for i in range(40):
+        with np.errstate(over="ignore", invalid="ignore"):
+            lv = codebook_levels(scales, qz.codebook, rs_n, qz.codebook_rows, rows)
+        bad = ~np.all(np.abs(lv) <= lim, axis=2)  # (rows, column groups)
+        if not bad.any():
+            break
+        changed = True
+        for a, g in {(int(r) // rs_n, int(g)) for r, g in zip(*np.nonzero(bad))}:
+            books = np.unique(np.arange(a * rs_n, min(rows, (a + 1) * rs_n)) // qz.codebook_rows)
+            bmax = float(book[books].max()) or 1.0
+            s = float(scales[a, g, 0])
+            mag = min(abs(s), float(np.finfo(scales.dtype).max), limit / bmax) * (1.0 - 2.0 ** (i - 24))
+            scales[a, g, 0] = np.copysign(mag, s)
+    else:
+        scales[...] = 0  # (not reached in practice: each round shrinks by a growing factor)
+    if not changed:
+        return qz
+    levels = codebook_levels(scales, qz.codebook, rs_n, qz.codebook_rows, rows)
+    w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
+    k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    if rows and cols:
+        _assign(w2, k2, np.ascontiguousarray(levels[:, :, None, :]), gsize, 1, 1 << 62, codes)
+    return Quantized("codebook", qz.bits, _codes_to_planes(codes, qz.bits), scales, rows, cols, gsize, True,
+                     scale_rows=rs_n, codebook=qz.codebook, codebook_rows=qz.codebook_rows)

@@ -16,9 +16,10 @@ from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
-from .dequant import dequantize, dequantize_words
+from .dequant import dequantize, dequantize_words, levels_table
 from .fused import decode_dense
-from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, quantize, row_layout, scale_groups
+from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize, row_layout, \
+    scale_groups
 from ..codec.rates import DEFAULT_WINDOW, choose
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
 
@@ -259,23 +260,46 @@ def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = 
     cfg = config or CompressConfig()
     w32, dtype = to_float32(w)
     k = _keep_mask(w32, cfg, keep, name)
-    return k, quantize_with_scale_layout(w32, k, cfg), dtype
+    bad = int(np.count_nonzero(~np.isfinite(w32[k])))
+    if bad:
+        raise ValueError(f"tensor {name!r}: {bad} kept weights are NaN, infinite or beyond float32's range")
+    with np.errstate(over="ignore", invalid="ignore"):  # near float32's limit: fit_output_range repairs
+        qz = quantize_with_scale_layout(w32, k, cfg, dtype)
+    return k, qz, dtype
 
 
 AUTO_SCALE_ROWS = (1, 4, 16, 64)
 SCALE_FORMATS = ("float16", "log8", "auto")
 
 
-def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig) -> Quantized:
+def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig,
+                               dtype: str = "float32") -> Quantized:
     """Quantize with cfg.scale_rows and cfg.scale_format; where either is "auto", the layout
     with the fewest scale bits whose error ||W - Wq|| (pruned weights included) is at most
-    (1 + error_budget) times that of float16 scales at the fixed (or per-row) row grouping."""
+    (1 + error_budget) times that of float16 scales at the fixed (or per-row) row grouping.
+
+    Every level stays finite in `dtype` (no finite weight decodes to inf): per-row float
+    scales of bcq and uniform are shrunk where needed (quant.fit_output_range); a layout
+    whose levels overflow otherwise (shared or log8 scales, codebooks of huge weights) is
+    not chosen: the per-row float layout takes its place.
+    """
     from .logscale import requantize_log8
 
     def run(rows_per_scale: int, fmt: str) -> Quantized:
         qz = quantize(w32, keep, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters,
                       scale_rows=rows_per_scale, codebook_rows=cfg.codebook_rows)
-        return requantize_log8(qz, w32, keep) if fmt == "log8" else qz
+        qz = requantize_log8(qz, w32, keep) if fmt == "log8" else qz
+        if qz.quantizer == "codebook" and fmt != "log8":
+            from .codebook import fit_codebook_range
+            from .quant import LEVEL_LIMIT
+
+            qz = fit_codebook_range(qz, w32, keep, LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"]))
+        elif rows_per_scale == 1 and fmt != "log8":
+            qz = fit_output_range(qz, w32, keep, dtype)
+        return qz
+
+    def finite(qz: Quantized) -> bool:
+        return levels_fit(qz, dtype)
 
     rows = row_layout(w32.shape)[0]
     fmts = ["float16", "log8"] if cfg.scale_format == "auto" else [cfg.scale_format]
@@ -284,13 +308,16 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
     else:
         groups = [int(cfg.scale_rows)]
     if len(groups) * len(fmts) == 1:
-        return run(groups[0], fmts[0])
+        qz = run(groups[0], fmts[0])
+        return qz if finite(qz) or (groups[0], fmts[0]) == (1, "float16") else run(1, "float16")
     flat = w32.reshape(-1).astype(np.float64)
 
     def err(qz: Quantized) -> float:
         return float(np.sum((dequantize(qz, keep).reshape(-1) - flat) ** 2))
 
     base = run(groups[0], "float16")
+    if not finite(base):
+        base = run(1, "float16")
     limit = err(base) * (1.0 + float(cfg.error_budget)) ** 2
     best = base
     # coarsest grouping first; within one, the cheaper format first: stop at the first fit
@@ -299,9 +326,20 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
             if (g, fmt) == (groups[0], "float16"):
                 continue
             cand = run(g, fmt)
-            if cand.scale_bits < best.scale_bits and err(cand) <= limit:
+            if cand.scale_bits < best.scale_bits and finite(cand) and err(cand) <= limit:
                 best = cand
     return best
+
+
+def levels_fit(qz: Quantized, dtype: str) -> bool:
+    """Every level of every (row, group) finite and within the range of `dtype`."""
+    from .quant import LEVEL_LIMIT
+
+    if qz.scales.size == 0:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        lv = levels_table(qz)
+    return bool(np.all(np.abs(lv) <= np.float32(LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"]))))
 
 
 def reference_prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = None,

@@ -382,6 +382,89 @@ def _check_scale_rows(scale_rows: int) -> int:
     return int(scale_rows)
 
 
+# Largest magnitude a float32 level may have so that it converts to a finite value of the
+# tensor's dtype (float64 tensors are decoded through float32 levels, hence float32's).
+LEVEL_LIMIT = {"float16": FP16_MAX, "bfloat16": float(np.uint32(0x7F7F0000).view(np.float32)),
+               "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float32).max)}
+
+
+def _group_levels(quantizer: str, bits: int, symmetric: bool, s: np.ndarray) -> np.ndarray:
+    from .dequant import levels_table  # (dequant imports this module)
+
+    one = Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), s.reshape(1, 1, -1), 1, 1, 1, symmetric)
+    return levels_table(one).ravel()
+
+
+def _fit_group(qz: Quantized, s: np.ndarray, limit: float) -> np.ndarray:
+    """The scales of one group shrunk until every level (and every float32 step computing it)
+    is finite and within limit."""
+    big = float(np.finfo(s.dtype).max)
+    f32max = float(np.finfo(np.float32).max)
+    s64 = np.clip(s.astype(np.float64), -big, big)
+    n = (1 << qz.bits) - 1
+    if qz.quantizer == "bcq":
+        total = float(np.sum(np.abs(s64)))
+        if total > limit:
+            s64 = s64 * (limit / total)
+    elif qz.symmetric:
+        s64[0] = min(abs(s64[0]), limit / (n / 2))
+    else:  # low + scale * code: the product may not overflow either
+        s64[0] = min(max(s64[0], 0.0), max(limit - s64[1], 0.0) / n, f32max / n)
+    lim = np.float32(limit)
+    shrink = slice(None) if qz.quantizer == "bcq" else slice(0, 1)
+    for i in range(26):  # one ulp, then ever larger steps: a few iterations in practice
+        cand = s64.astype(s.dtype)
+        cand[shrink] = np.where(np.abs(cand[shrink]) > np.abs(s64[shrink]),
+                                np.nextafter(cand[shrink], np.zeros_like(cand[shrink])), cand[shrink])
+        with np.errstate(over="ignore", invalid="ignore"):
+            lv = _group_levels(qz.quantizer, qz.bits, qz.symmetric, cand)
+        if np.all(np.abs(lv) <= lim):
+            return cand
+        s64[shrink] = s64[shrink] * (1.0 - 2.0 ** (i - 24))
+    return np.zeros_like(s)
+
+
+def fit_output_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, dtype: str) -> Quantized:
+    """Shrink the scales of any (row, group) whose levels would overflow the tensor's dtype.
+
+    A finite weight near float16's 65504, rounded scales and float32 arithmetic can give a
+    level that decodes to inf; so can float32 weights near 3.4e38 (hi - lo overflows). The
+    groups concerned get the largest scales whose every level is finite in `dtype`, and
+    their codes are chosen again for those scales. Reference and codec both quantize
+    through here, so they agree. Other quantizers are returned unchanged.
+    """
+    from .dequant import levels_table
+
+    if qz.quantizer not in ("bcq", "uniform") or qz.scales.size == 0:
+        return qz
+    limit = LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"])
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = ~np.all(np.abs(levels_table(qz)) <= np.float32(limit), axis=2)
+    if not bad.any():
+        return qz
+    scales = qz.scales.copy()
+    for r, g in zip(*np.nonzero(bad)):
+        scales[r, g] = _fit_group(qz, scales[r, g], limit)
+    rows, cols, gsize = qz.rows, qz.cols, qz.group_size
+    w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
+    k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
+    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    if qz.quantizer == "bcq":
+        _bcq_reassign(w2, k2, qz.bits, gsize, scales.astype(np.float32), codes)
+    else:
+        n = (1 << qz.bits) - 1
+        for r, g in zip(*np.nonzero(bad)):
+            c0, c1 = g * gsize, min(cols, (g + 1) * gsize)
+            x = w2[r, c0:c1].astype(np.float64)
+            s = scales[r, g].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x = x / s[0] + n / 2.0 if qz.symmetric else (x - s[1]) / s[0]
+            x = np.where(np.isfinite(x), x, 0.0)
+            codes[r, c0:c1] = np.where(k2[r, c0:c1], np.clip(np.rint(x), 0, n), 0).astype(np.int64)
+    return Quantized(qz.quantizer, qz.bits, _codes_to_planes(codes, qz.bits), scales, rows, cols, gsize,
+                     qz.symmetric)
+
+
 def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits: int = 2,
              symmetric: bool = True, group_size: int | None = None, iters: int = 15,
              scale_rows: int = 1, codebook_rows: int | None = None,

@@ -469,8 +469,17 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
         unknown = [n for n in f.names() if n not in state]
         if unknown:
             raise ValueError(f"{path}: tensor {unknown[0]!r} has no place in this model")
+        def fits(name: str, shape) -> None:
+            if tuple(shape) != tuple(state[name].shape):
+                raise ValueError(f"{path}: tensor {name!r}: shape {list(shape)} does not fit the model's "
+                                 f"{list(state[name].shape)}")
+
         for name in f.raw_tensors:
-            state[name].copy_(f.dense(name, framework="torch"))
+            t = f.dense(name, framework="torch")
+            fits(name, t.shape)
+            state[name].copy_(t)
+        for name in f.tensors:
+            fits(name, f.desc.tensors[name].shape)
         modules = dict(model.named_modules())
         for name in f.tensors:
             mod_name = name[: -len(".weight")] if name.endswith(".weight") else None
@@ -480,6 +489,7 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
             if mode == "decode":
                 mod.weight.copy_(f.dense(name, framework="torch"))
                 continue
+            f.check_cost(name)  # the fused decode in forward needs what a dense decode needs
             ct = f.compressed(name)
             if isinstance(mod, nn.Linear):
                 new = XorLinear(ct, mod.bias, cache, workspace)

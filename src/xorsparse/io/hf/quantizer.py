@@ -22,6 +22,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from ..container import XspError, XspFile, compressed_from_parts
+from ..validate import check_decode_cost
 from ..torchconv import TORCH_TO_ST
 from . import QUANT_METHOD, current_load_mode, register
 
@@ -139,27 +140,26 @@ class XorsparseHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs: Any):
         self.index.clear()
         for path in checkpoint_files or []:
-            with XspFile(path) as f:  # header only: metadata checked, nothing decoded
-                for name, meta in f.tensors.items():
-                    crc = meta.get("crc32", {}) if isinstance(meta, dict) else {}
-                    key = (crc.get("mask"), crc.get("plane0.stream"))
-                    self.index.setdefault(key, []).append((path, name, meta, f.version))
+            with XspFile(path) as f:  # header only: the whole description validated, nothing decoded
+                for name, spec in f.desc.tensors.items():
+                    key = (spec.crc.get("mask"), spec.crc.get("plane0.stream"))
+                    self.index.setdefault(key, []).append((path, name, spec))
         return model
 
     def tensor_for(self, target: str | None, parts: dict[str, tuple[np.ndarray, str, bytes]]):
         crc = {k: zlib.crc32(v[2]) & 0xFFFFFFFF for k, v in parts.items()}
         candidates = self.index.get((crc.get("mask"), crc.get("plane0.stream")), [])
-        exact = [c for c in candidates if c[2].get("crc32") == crc]
+        exact = [c for c in candidates if c[2].crc == crc]
         if not exact:
             where = f"{target}" if not candidates else f"{candidates[0][0]}: tensor {candidates[0][1]!r}"
             raise XspError(f"{where}: parts do not match any description in the .xsp headers "
                            "(checksum mismatch or incomplete tensor)")
         named = [c for c in exact if target is not None and (c[1] == target or target.endswith("." + c[1])
                                                                or c[1].endswith("." + target))]
-        path, name, meta, version = (named or exact)[0]
+        path, name, spec = (named or exact)[0]
         where = f"{path}: tensor {name!r}"
-        ct = compressed_from_parts(meta, lambda part: parts[part][:2] if part in parts else _missing(where, part),
-                                   version, where)
+        check_decode_cost(path, spec)  # the limit XspFile.dense applies (XORSPARSE_MAX_TENSOR_BYTES)
+        ct = compressed_from_parts(spec, lambda part: parts[part][:2], path)
         return ct, where
 
     # --- ondemand: Xor* modules in place of Linear / Conv2d / Embedding ------------------------
@@ -214,10 +214,6 @@ class XorsparseHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return self.mode == "decode"
-
-
-def _missing(where: str, part: str):
-    raise XspError(f"{where}: missing part {part!r}")
 
 
 __all__ = ["XorsparseConfig", "XorsparseHfQuantizer", "XspDecode"]
