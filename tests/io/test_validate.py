@@ -276,7 +276,7 @@ def test_checksum_key_rules(good, tmp_path):
 def test_other_metadata_and_informative_members_are_covered_and_allowed(good, tmp_path):
     def fn(img):
         img.metadata["note"] = "hello"
-        img.doc["quality"] = {"cosine": 0.99}
+        img.doc["tool_notes"] = {"cosine": 0.99}  # ("quality" is a checked record: FORMAT.md section 8)
         img.doc["info"]["host"] = "x"
         img.doc["config"]["future_option"] = [1, 2]
     p = _edit(tmp_path, good, fn)
