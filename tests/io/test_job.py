@@ -286,3 +286,17 @@ def test_failed_job_keeps_finished_shards_and_the_rerun_resumes(tmp_path, src):
     fresh = tmp_path / "fresh"
     compress_folder(src, str(fresh), CFG)
     assert read_all(str(out)) == read_all(str(fresh))
+
+
+def test_job_key_ignores_the_records_measurements_not_the_calibration():
+    """A rerun of a calibrated job measures other timings and may measure another quality:
+    its finished shards still match; another calibration does not."""
+    from xorsparse.io.job import job_key
+
+    cal = {"method": "sparsegpt", "samples": 64, "seed": 0, "seconds": {"total": 12.5}}
+    a = {"config": {"bits": 2}, "extra": {"calibration": cal, "quality": {"kind": "layer-error"}}}
+    b = {"config": {"bits": 2}, "extra": {"calibration": {**cal, "seconds": {"total": 99.0}},
+                                          "quality": {"kind": "layer-error", "mean_relative_error": 0.1}}}
+    c = {"config": {"bits": 2}, "extra": {"calibration": {**cal, "samples": 128}}}
+    assert job_key(a, "0" * 64) == job_key(b, "0" * 64) != job_key(c, "0" * 64)
+    assert job_key({"config": {"bits": 2}}, "0" * 64) != job_key({"config": {"bits": 3}}, "0" * 64)

@@ -63,8 +63,22 @@ def file_sha256(path: str, chunk: int = 8 << 20) -> str:
             h.update(b)
 
 
+def _what_the_output_depends_on(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The settings without the records' measurements: the quality record and the stage
+    timings describe a run, not the codes, so a rerun of the same calibrated job (whose
+    timings differ) still recognises its finished shards."""
+    extra = settings.get("extra")
+    if not isinstance(extra, Mapping):
+        return settings
+    extra = {k: v for k, v in extra.items() if k != "quality"}
+    if isinstance(extra.get("calibration"), Mapping):
+        extra["calibration"] = {k: v for k, v in extra["calibration"].items() if k != "seconds"}
+    return {**settings, "extra": extra}
+
+
 def job_key(settings: Mapping[str, Any], input_sha256: str) -> str:
-    body = json.dumps({"settings": settings, "input_sha256": input_sha256}, sort_keys=True,
+    body = json.dumps({"settings": _what_the_output_depends_on(settings), "input_sha256": input_sha256},
+                      sort_keys=True,
                       separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
