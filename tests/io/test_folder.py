@@ -328,3 +328,16 @@ def test_sharded_pytorch_folder_becomes_sharded_xsp(hf_bin_dir, tmp_path, capsys
     assert "quantization_config" in json.load(open(out / "config.json"))
     code, text, _ = run(capsys, "verify", out, "--against", hf_bin_dir)
     assert code == 0 and "bit-identical" in text
+
+
+@pytest.mark.parametrize("imports", [
+    "import xorsparse; from transformers import AutoModel",
+    "import xorsparse.io.hf.quantizer; import xorsparse",
+    "from transformers import AutoModel; import xorsparse",
+])
+def test_registration_is_silent_in_any_import_order(imports):
+    """However transformers' registry gets loaded, xorsparse registers once, without a warning."""
+    code = (imports + "\nimport transformers.quantizers.auto as a\n"
+            "assert 'xorsparse' in a.AUTO_QUANTIZER_MAPPING and 'xorsparse' in a.AUTO_QUANTIZATION_CONFIG_MAPPING")
+    res = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "could not register" not in res.stderr, res.stderr

@@ -43,10 +43,12 @@ def register() -> bool:
     half_imported = sys.modules.get(__name__ + ".quantizer")
     if half_imported is not None and not hasattr(half_imported, "XorsparseHfQuantizer"):
         return False  # importing .quantizer imported transformers' registry: it registers when done
-    from .quantizer import XorsparseConfig, XorsparseHfQuantizer
+    from .quantizer import XorsparseConfig, XorsparseHfQuantizer  # its last line may register already
 
-    auto.register_quantization_config(QUANT_METHOD)(XorsparseConfig)
-    auto.register_quantizer(QUANT_METHOD)(XorsparseHfQuantizer)
+    if QUANT_METHOD not in getattr(auto, "AUTO_QUANTIZATION_CONFIG_MAPPING", {}):
+        auto.register_quantization_config(QUANT_METHOD)(XorsparseConfig)
+    if QUANT_METHOD not in auto.AUTO_QUANTIZER_MAPPING:
+        auto.register_quantizer(QUANT_METHOD)(XorsparseHfQuantizer)
     return True
 
 
