@@ -269,6 +269,18 @@ class _Collector:
         self._last = (None, None, None)
 
 
+def _whole_model_stats(model: nn.Module, data, mods: dict[str, nn.Module]) -> dict:
+    """Input statistics of `mods` from forward passes of the whole model over every batch."""
+    coll = _Collector(mods)
+    try:
+        for b in data.batches:
+            coll.mask = data.mask_of(b)
+            run_model(model, lambda: data.call(model, b))
+    finally:
+        coll.remove()
+    return coll.stats
+
+
 # ---------------------------------------------------------------------------------------
 # Finding the blocks
 
@@ -403,14 +415,7 @@ def calibrate_model(model: nn.Module, config: CompressConfig, data: CalibrationD
     if found is None:
         if sequential:
             notes.append("no repeated block list found: calibrated in one forward pass (non-sequential)")
-        coll = _Collector(calibratable)
-        try:
-            for b in data.batches:
-                coll.mask = data.mask_of(b)
-                run_model(model, lambda: data.call(model, b))
-        finally:
-            coll.remove()
-        compress([n for n in mods if n in calibratable], coll.stats)
+        compress([n for n in mods if n in calibratable], _whole_model_stats(model, data, calibratable))
         compress([n for n in mods if n not in prepared], {})
         step("")
         return CalibrationResult(prepared, False, None, notes, tokens)
@@ -487,14 +492,7 @@ def calibrate_model(model: nn.Module, config: CompressConfig, data: CalibrationD
 
     post = {n: m for n, m in outside.items() if n not in prepared}
     if post:
-        coll = _Collector(post)
-        try:
-            for b in data.batches:
-                coll.mask = data.mask_of(b)
-                run_model(model, lambda: data.call(model, b))
-        finally:
-            coll.remove()
-        compress(list(post), coll.stats)
+        compress(list(post), _whole_model_stats(model, data, post))
     compress([n for n in mods if n not in prepared], {})
     step("")
     return CalibrationResult(prepared, True, block_name, notes, tokens)
