@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from xorsparse.bench.xspedit import XspImage
+from benchmarks.xspedit import XspImage
 from xorsparse.cli import main
 from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize

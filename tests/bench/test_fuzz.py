@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from xorsparse.bench import fuzz
-from xorsparse.bench.xspedit import XspImage
+from benchmarks import fuzz
+from benchmarks.xspedit import XspImage
 
 
 def test_fork_case_classifies_what_goes_wrong():

@@ -1,7 +1,7 @@
 """compressed-tensors checkpoints through xorsparse and back, bit for bit.
 
 Fixtures are built offline: a Llama-shaped model from a config with random weights, pruned
-by magnitude, quantized and compressed by compressed-tensors' own code (xorsparse.bench.ct).
+by magnitude, quantized and compressed by compressed-tensors' own code (benchmarks.ct).
 """
 
 import json
@@ -14,7 +14,7 @@ pytest.importorskip("compressed_tensors")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from xorsparse.bench.ct import TINY, ct_dequantized, llama, prune_, save_compressed_tensors, \
+from benchmarks.ct import TINY, ct_dequantized, llama, prune_, save_compressed_tensors, \
     save_legacy_bitmask  # noqa: E402
 from xorsparse.cli import main  # noqa: E402
 from xorsparse.io.checkpoint import XspSet  # noqa: E402

@@ -75,7 +75,7 @@ def test_truncated_file(xsp):
 
 def _rewrite_meta(p, fn, fix_crc=True):
     """Edit the JSON description; by default re-sign it, as a careless tool might."""
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
 
     img = XspImage.load(p)
     fn(img.doc)
@@ -97,7 +97,7 @@ def test_wrong_version(xsp):
 
 
 def test_missing_entry_and_unknown_tensor(xsp):
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
 
     p, _ = xsp
     with XspFile(p) as f:
@@ -200,7 +200,7 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
 
 import os  # noqa: E402
 
-from xorsparse.bench.xspedit import XspImage  # noqa: E402
+from benchmarks.xspedit import XspImage  # noqa: E402
 from xorsparse.io.validate import CHECKSUM_KEY  # noqa: E402
 from xorsparse.tensor import compress_quantized  # noqa: E402
 from xorsparse.tensor.quant import given_keep, quantize_given, round_to_bfloat16  # noqa: E402
@@ -308,7 +308,7 @@ def test_bcq_scales_in_bfloat16_are_rejected(xsp):
 def _as_version1(p):
     """The file as a version-1 writer would have made it: meta_crc32 per tensor, no
     description checksum (the layout is unchanged otherwise)."""
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
     from xorsparse.io.validate import CHECKSUM_KEY
 
     img = XspImage.load(p)
@@ -360,7 +360,7 @@ def test_hostile_ctx_fields_are_errors(ctx_xsp, edit, msg):
 
 
 def test_ctx_offsets_that_decrease_are_errors(ctx_xsp):
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
 
     p, _ = ctx_xsp
     img = XspImage.load(p)
@@ -447,7 +447,7 @@ def test_hostile_version_2_fields_are_errors(v2_xsp, tensor, edit, msg):
 
 
 def test_version_2_fields_rejected_in_version_1(v2_xsp):
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
 
     p, cts = v2_xsp
     with XspFile(p) as f:
@@ -467,7 +467,7 @@ def test_version_2_fields_rejected_in_version_1(v2_xsp):
 
 
 def test_hostile_log8_reference(v2_xsp):
-    from xorsparse.bench.xspedit import XspImage
+    from benchmarks.xspedit import XspImage
 
     p, _ = v2_xsp
     img = XspImage.load(p)

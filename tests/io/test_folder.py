@@ -42,7 +42,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def minilm_xsp(minilm, tmp_path_factory):
     """The bundled MiniLM folder, two layers' weights and the position embeddings compressed
-    (the whole model runs in `python -m xorsparse.bench hf`)."""
+    (the whole model runs in `python -m benchmarks hf`)."""
     out = tmp_path_factory.mktemp("xsp") / "minilm-xsp"
     code = main(["compress", minilm, str(out), "--method", "magnitude", "--include", "encoder.layer.[05].*",
                  "--include", "embeddings.position_embeddings.weight"])

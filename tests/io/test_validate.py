@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st_
 
-from xorsparse.bench.xspedit import XspImage
+from benchmarks.xspedit import XspImage
 from xorsparse.io import validate
 from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.io.validate import EntryInfo, description_crc, load_json, parse_header

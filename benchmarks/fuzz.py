@@ -1,6 +1,6 @@
 """Fuzzing the .xsp reader: mutated files through the real command line, outcomes classified.
 
-    python -m xorsparse.bench fuzz --cases 100000 [--seed S] [--json PATH] [--markdown PATH]
+    python -m benchmarks fuzz --cases 100000 [--seed S] [--json PATH] [--markdown PATH]
 
 Base files: small .xsp files covering both quantizers, both mask codecs (one with several
 Golomb blocks), patch lists, several chunks, a wide decoder window, every output dtype and
@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._report import subprocess_env
 from .xspedit import XspImage
 
 OUTCOMES = ("error", "identical", "different", "traceback", "crash", "hang", "memory")
@@ -73,13 +74,13 @@ def make_bases(folder: str) -> list[str]:
 
     import numpy as np
 
-    from ..codec.plane import encode_plane
-    from ..codec.rates import choose
-    from ..io.container import RawTensor, write_xsp
-    from ..tensor import CompressConfig, compress_tensor
-    from ..tensor.interleave import to_coded
-    from ..tensor.maskcode import encode_entropy
-    from ..tensor.pipeline import prune_quantize
+    from xorsparse.codec.plane import encode_plane
+    from xorsparse.codec.rates import choose
+    from xorsparse.io.container import RawTensor, write_xsp
+    from xorsparse.tensor import CompressConfig, compress_tensor
+    from xorsparse.tensor.interleave import to_coded
+    from xorsparse.tensor.maskcode import encode_entropy
+    from xorsparse.tensor.pipeline import prune_quantize
 
     rng = np.random.default_rng(20240611)
 
@@ -126,8 +127,8 @@ def make_bases(folder: str) -> list[str]:
     save("uniform8-f64.xsp", {"d.weight": compress_tensor(rng.standard_normal((9, 50)), c)}, {}, c)
     # affine (given codes, scales and zero points: compressed-tensors), with the info members
     # of a sharded job's output (info.shard, info.job)
-    from ..tensor.pipeline import compress_quantized
-    from ..tensor.quant import given_keep, quantize_given, round_to_scale_dtype
+    from xorsparse.tensor.pipeline import compress_quantized
+    from xorsparse.tensor.quant import given_keep, quantize_given, round_to_scale_dtype
 
     def affine(rows, cols, bits, group, scale_dtype, symmetric, dtype):
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -612,8 +613,8 @@ def decode_all(path: str, out: str) -> dict[str, list]:
     import contextlib
     import io
 
-    from ..cli import main
-    from ..io import safetensors_io as st
+    from xorsparse.cli import main
+    from xorsparse.io import safetensors_io as st
 
     for argv in (["--debug", "inspect", "--json", path], ["--debug", "verify", path],
                  ["--debug", "decompress", "--force", path, out]):
@@ -640,8 +641,8 @@ def _vm_bytes() -> int:
 
 def run_case(path: str, out: str) -> dict:
     """One case, in whatever process calls it: outcome, detail, digests of the output."""
-    from ..io.output import OutputError
-    from ..io.validate import XspError
+    from xorsparse.io.output import OutputError
+    from xorsparse.io.validate import XspError
 
     try:
         return {"outcome": "accepted", "digests": decode_all(path, out)}
@@ -768,11 +769,11 @@ class Worker:
 
 
 def _start_worker(bases: list[str]) -> Worker:
-    env = dict(os.environ)
+    env = subprocess_env()
     env.update({"NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "1",
                 "XORSPARSE_MAX_TENSOR_BYTES": str(FUZZ_LIMIT), "PYTHONWARNINGS": "ignore",
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    proc = subprocess.Popen([sys.executable, "-m", "xorsparse.bench.fuzz", "--serve"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.fuzz", "--serve"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
     proc.stdin.write(json.dumps(bases) + "\n")
     proc.stdin.flush()
@@ -803,7 +804,7 @@ def run(cases: int, seed: int = 0, workers: int = 2, progress: Callable[[int, di
     progress(done, counts, summary) is called after every case; summary() gives the result
     so far (for a partial report of a long run).
     """
-    from .. import cli  # noqa: F401  (fail early if the package does not import)
+    from xorsparse import cli  # noqa: F401  (fail early if the package does not import)
 
     t_start = time.perf_counter()
     bases: list[str] = []
@@ -966,7 +967,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
         serve()
     else:
-        ap = argparse.ArgumentParser(prog="python -m xorsparse.bench.fuzz")
+        ap = argparse.ArgumentParser(prog="python -m benchmarks.fuzz")
         add_arguments(ap)
         a = ap.parse_args()
         sys.exit(a.run(a))

@@ -1,4 +1,4 @@
-"""Entry point: python -m xorsparse.bench {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,fuzz,quality} ..."""
+"""Entry point: python -m benchmarks {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,fuzz,quality} ..."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xorsparse.bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
     from . import codec, ct, formats, fuzz, hf, masks, mobilenet, quality, rd, rtl, scale, speed, tensor
 

@@ -1,6 +1,6 @@
 """Sharded compression at scale: a synthetic checkpoint, several executors, a kill and resume.
 
-    python -m xorsparse.bench scale --gb 8 --json docs/bench-scale.json
+    python -m benchmarks scale --gb 8 --json docs/bench-scale.json
 
 Generates (never keeps) a sharded bf16 checkpoint of about `--gb` GB in a temporary
 folder (`--shards` shards of `--rows x --cols` tensors plus a norm vector each), then
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from ._report import print_table, write_json
+from ._report import print_table, subprocess_env, write_json
 
 GIB = 1 << 30
 
@@ -66,7 +66,7 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
 def make_checkpoint(folder: str, gb: float, shards: int, rows: int, cols: int, seed: int = 0) -> dict:
     """Write the shards one tensor at a time; returns sizes. Tensor t is generated from
     seed (seed, t), so the checkpoint is the same on every run and machine."""
-    from ..io import safetensors_io as st
+    from xorsparse.io import safetensors_io as st
 
     per_tensor = rows * cols * 2
     n_tensors = max(shards, int(round(gb * 1e9 / per_tensor)))
@@ -101,7 +101,7 @@ def make_checkpoint(folder: str, gb: float, shards: int, rows: int, cols: int, s
 
 
 def job_main(argv: list[str]) -> int:
-    """python -m xorsparse.bench.scale SRC OUT STATS.json [--workers N] [--ray] ...:
+    """python -m benchmarks.scale SRC OUT STATS.json [--workers N] [--ray] ...:
     compress a folder and write per-worker statistics (the bench's child process)."""
     p = argparse.ArgumentParser()
     p.add_argument("src")
@@ -112,9 +112,9 @@ def job_main(argv: list[str]) -> int:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--bits", type=int, default=2)
     a = p.parse_args(argv)
-    from ..distributed import JobProgress, make_executor, peak_rss_bytes
-    from ..io.folder import compress_folder
-    from ..tensor.pipeline import CompressConfig
+    from xorsparse.distributed import JobProgress, make_executor, peak_rss_bytes
+    from xorsparse.io.folder import compress_folder
+    from xorsparse.tensor.pipeline import CompressConfig
 
     cfg = CompressConfig(sparsity=a.sparsity, bits=a.bits)
     t0 = time.perf_counter()
@@ -139,13 +139,13 @@ def job_main(argv: list[str]) -> int:
 
 
 def _job(src: str, out: str, stats: str, executor: str, args) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "xorsparse.bench.scale", src, out, stats,
+    cmd = [sys.executable, "-m", "benchmarks.scale", src, out, stats,
            "--sparsity", str(args.sparsity), "--bits", str(args.bits)]
     if executor == "ray":
         cmd += ["--ray", "--workers", "2"]
     else:
         cmd += ["--workers", executor[1:]]
-    return subprocess.Popen(cmd, start_new_session=True)
+    return subprocess.Popen(cmd, start_new_session=True, env=subprocess_env())
 
 
 def _digests(folder: str) -> dict[str, str]:
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         src = os.path.join(base, "model")
         baseline = None
         if args.reuse:
-            from ..io.checkpoint import open_checkpoint
+            from xorsparse.io.checkpoint import open_checkpoint
 
             ck = open_checkpoint(src)
             shapes = [ck.info(n)[1] for n in ck.names]

@@ -8,7 +8,7 @@ bitmask. Decode speeds are millions of positions per second of CPU time by defau
 (--clock cpu; with NUMBA_NUM_THREADS=1 that is per core); both codecs decode blocks in
 parallel when given threads.
 
-    python -m xorsparse.bench masks
+    python -m benchmarks masks
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from ..tensor.maskcode import binary_entropy, decode_mask_words, encode_mask
-from ..tensor.prune import magnitude_mask
+from xorsparse.tensor.maskcode import binary_entropy, decode_mask_words, encode_mask
+from xorsparse.tensor.prune import magnitude_mask
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors
 

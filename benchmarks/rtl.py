@@ -1,6 +1,6 @@
 """Hardware cost of the decoders the default rate selection picks, and their co-simulation.
 
-    python -m xorsparse.bench rtl [--cosim-slices 100000] [--json PATH] [--markdown PATH]
+    python -m benchmarks rtl [--cosim-slices 100000] [--json PATH] [--markdown PATH]
 
 For each sparsity, `rates.choose` picks a decoder on a random plane (Bernoulli care mask,
 fair-coin bits) exactly as compression does; the paper-mode row is `choose(...,
@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 
-from ..codec.plane import default_chunk_slices, encode_plane
-from ..codec.rates import choose
-from ..rtl.cost import DEFAULT_CLOCK_MHZ, decoder_cost, yosys_available
-from ..rtl.netlist import build_netlist
-from ..rtl.sim import available_simulators, cosim_planes
+from xorsparse.codec.plane import default_chunk_slices, encode_plane
+from xorsparse.codec.rates import choose
+from xorsparse.rtl.cost import DEFAULT_CLOCK_MHZ, decoder_cost, yosys_available
+from xorsparse.rtl.netlist import build_netlist
+from xorsparse.rtl.sim import available_simulators, cosim_planes
 from ._report import markdown_table, print_table, write_json, write_text
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)

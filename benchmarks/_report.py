@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable, Sequence
+
+
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for `python -m benchmarks.X` in a child process: the benchmarks live outside
+    the installed package, so the child needs the repository root on its path whatever its cwd."""
+    env = dict(os.environ if env is None else env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def best_time(fn: Callable[[], Any], repeat: int = 5, min_total: float = 0.2) -> float:
@@ -73,7 +83,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]
 
 def write_text(path: str, text: str) -> None:
     """Atomic write of a text file (io/output.py: a reader never sees half a file)."""
-    from ..io.output import write_bytes
+    from xorsparse.io.output import write_bytes
 
     write_bytes(path, text.encode())
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from numba import njit
 
-from ..tensor.quant import Quantized
+from xorsparse.tensor.quant import Quantized
 
 
 @dataclass
@@ -39,7 +39,7 @@ def levels_table(qz: Quantized) -> np.ndarray:
     """Value of every code per row: dequant.levels_table, the library's float32 operations."""
     if qz.group_size != qz.cols and qz.cols:
         raise ValueError("the formats benchmark uses one scale group per row")
-    from ..tensor.dequant import levels_table as per_group
+    from xorsparse.tensor.dequant import levels_table as per_group
 
     return np.ascontiguousarray(per_group(qz)[:, 0, :]) if qz.rows else np.zeros((0, 1 << qz.bits), np.float32)
 

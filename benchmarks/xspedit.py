@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..io import validate
+from xorsparse.io import validate
 
 SEP = validate.SEP
 

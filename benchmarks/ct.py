@@ -1,6 +1,6 @@
 """compressed-tensors checkpoints through xorsparse and back: sizes against the bound.
 
-    python -m xorsparse.bench ct [--json PATH] [--markdown PATH]
+    python -m benchmarks ct [--json PATH] [--markdown PATH]
 
 Each configuration builds a Llama-shaped model from a config with random weights (nothing
 is downloaded), prunes its Linear layers by magnitude, quantizes them with
@@ -140,7 +140,7 @@ def ct_dequantized(path: str) -> dict:
     from compressed_tensors.quantization import QuantizationConfig
     from safetensors.torch import load_file
 
-    from ..io.folder import xsp_files  # the same shard discovery for any safetensors folder
+    from xorsparse.io.folder import xsp_files  # the same shard discovery for any safetensors folder
 
     with open(os.path.join(path, "config.json")) as f:
         qc = QuantizationConfig.model_validate(json.load(f)["quantization_config"])
@@ -172,8 +172,8 @@ CONFIGS = [  # (sparsity, bits, strategy, format, symmetric)
 
 
 def _bytes_of(path: str) -> dict[str, int]:
-    from ..io.checkpoint import entry_bytes
-    from ..io.folder import xsp_files
+    from xorsparse.io.checkpoint import entry_bytes
+    from xorsparse.io.folder import xsp_files
 
     out: dict[str, int] = {}
     for f in xsp_files(path):
@@ -185,9 +185,9 @@ def run_config(work: str, shape: dict, sparsity: float, bits: int, strategy: str
                group_size: int) -> dict:
     import torch
 
-    from ..io.checkpoint import XspSet, compress_checkpoint
-    from ..tensor.maskcode import binary_entropy
-    from ..tensor.pipeline import CompressConfig
+    from xorsparse.io.checkpoint import XspSet, compress_checkpoint
+    from xorsparse.tensor.maskcode import binary_entropy
+    from xorsparse.tensor.pipeline import CompressConfig
 
     src, xsp, back = (os.path.join(work, d) for d in ("ct", "xsp", "back"))
     for d in (src, xsp, back):
@@ -198,7 +198,7 @@ def run_config(work: str, shape: dict, sparsity: float, bits: int, strategy: str
     t0 = time.perf_counter()
     report = compress_checkpoint(src, xsp, CompressConfig(sparsity=0.0))
     t_compress = time.perf_counter() - t0
-    from ..io.checkpoint import decompress_checkpoint
+    from xorsparse.io.checkpoint import decompress_checkpoint
 
     decompress_checkpoint(xsp, back, output_format="compressed-tensors")
     ref, got = ct_dequantized(src), ct_dequantized(back)

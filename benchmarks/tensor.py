@@ -1,6 +1,6 @@
 """One random tensor through compress_tensor: bits against the bound, and decode time.
 
-    python -m xorsparse.bench tensor --shape 4096 4096 --sparsity 0.9 --bits 2
+    python -m benchmarks tensor --shape 4096 4096 --sparsity 0.9 --bits 2
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from ..tensor.maskcode import binary_entropy
-from ..tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+from xorsparse.tensor.maskcode import binary_entropy
+from xorsparse.tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from ._report import best_time, print_table, write_json
 
 

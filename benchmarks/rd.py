@@ -12,12 +12,12 @@ is to the dense float32 tensor, as a ratio to numpy filling a tensor of that siz
 time of this process by default (--clock cpu; run with NUMBA_NUM_THREADS=1: every decoder on
 one core, which a shared, loaded machine measures far better than wall time).
 
-    python -m xorsparse.bench rd --json docs/bench-rd.json --markdown docs/bench-rd.md --plot docs/bench-rd.png
+    python -m benchmarks rd --json docs/bench-rd.json --markdown docs/bench-rd.md --plot docs/bench-rd.png
 
 Parts of the grid can run as separate processes (each with its own --json) and be joined
 into one set of tables and one plot afterwards:
 
-    python -m xorsparse.bench rd --merge a.json b.json --json docs/bench-rd.json --markdown ... --plot ...
+    python -m benchmarks rd --merge a.json b.json --json docs/bench-rd.json --markdown ... --plot ...
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 
-from ..tensor.dequant import dequantize
-from ..tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
-from ..tensor.prune import magnitude_mask
-from ..tensor.quant import quantize
+from xorsparse.tensor.dequant import dequantize
+from xorsparse.tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
+from xorsparse.tensor.prune import magnitude_mask
+from xorsparse.tensor.quant import quantize
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors
 

@@ -1,6 +1,6 @@
 """Speed where users feel it: whole-tensor decode, on-demand forward passes, compression.
 
-    python -m xorsparse.bench speed [--json PATH] [--markdown PATH] [--rounds N]
+    python -m benchmarks speed [--json PATH] [--markdown PATH] [--rounds N]
 
 Every figure is a ratio to a baseline measured in the same round (the machines are
 shared and noisy), repeated for --rounds rounds; tables show the median of the rounds
@@ -76,9 +76,9 @@ def decode_rows(scale: float) -> list[dict]:
     import numba
     import scipy.sparse as sp
 
-    from ..tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
-    from ..tensor.fused import OUT_F32, decode_into, prepare
-    from ..tensor.pipeline import decompress_tensor_unfused
+    from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+    from xorsparse.tensor.fused import OUT_F32, decode_into, prepare
+    from xorsparse.tensor.pipeline import decompress_tensor_unfused
 
     r, c = max(64, int(4096 * scale)), max(64, int(4096 * scale))
     w = np.random.default_rng(0).standard_normal((r, c), dtype=np.float32)
@@ -151,7 +151,7 @@ def forward_rows(tmpdir: str) -> list[dict]:
 
     import torch
 
-    from ..torch import ModelConfig, compress_model, load_compressed
+    from xorsparse.torch import ModelConfig, compress_model, load_compressed
 
     model, tok = _minilm()
     cfg = ModelConfig(0.9, 2, module_types=("Linear",))
@@ -179,9 +179,9 @@ def forward_rows(tmpdir: str) -> list[dict]:
 
 
 def compress_rows(scale: float, minilm: bool = True) -> list[dict]:
-    from ..codec import rates
-    from ..tensor import CompressConfig, compress_tensor
-    from ..tensor.parallel import default_threads
+    from xorsparse.codec import rates
+    from xorsparse.tensor import CompressConfig, compress_tensor
+    from xorsparse.tensor.parallel import default_threads
 
     rows = []
     r, c = max(64, int(4096 * scale)), max(64, int(11008 * scale))
@@ -201,7 +201,7 @@ def compress_rows(scale: float, minilm: bool = True) -> list[dict]:
     if not minilm:
         return rows
     model, _ = _minilm()
-    from ..torch import ModelConfig, compress_model
+    from xorsparse.torch import ModelConfig, compress_model
 
     mcfg = ModelConfig(0.9, 2, module_types=("Linear",))
     for threads in (1, default_threads()):

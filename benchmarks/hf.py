@@ -1,6 +1,6 @@
 """The bundled MiniLM folder through `xorsparse compress` and back, loaded the ways people load it.
 
-    python -m xorsparse.bench hf [--sparsity S] [--bits Q] [--json PATH]
+    python -m benchmarks hf [--sparsity S] [--bits Q] [--json PATH]
 
 MiniLM folder -> `compress` -> SentenceTransformer(out) and AutoModel.from_pretrained(out),
 compared with the folder `decompress` writes (outputs must be identical), the on-demand
@@ -20,7 +20,7 @@ import time
 
 from ._report import print_table, write_json
 
-from ..demo import SENTENCES  # the demo's six sentences
+from xorsparse.demo import SENTENCES  # the demo's six sentences
 
 
 def _folder_bytes(d: str) -> int:
@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     import xorsparse  # noqa: F401  (registers the transformers quantizer)
-    from ..io.checkpoint import compress_checkpoint, decompress_checkpoint
-    from ..io.hf import load_mode
-    from ..tensor.pipeline import CompressConfig
+    from xorsparse.io.checkpoint import compress_checkpoint, decompress_checkpoint
+    from xorsparse.io.hf import load_mode
+    from xorsparse.tensor.pipeline import CompressConfig
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 f"print(e.numpy().tobytes().hex())\n")
         fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         fresh_ok = fresh.returncode == 0 and fresh.stdout.strip().splitlines()[-1] == e_xsp.numpy().tobytes().hex()
-        from ..torch import resident_bytes
+        from xorsparse.torch import resident_bytes
 
         cos = torch.nn.functional.cosine_similarity(original, e_xsp, dim=-1)
         row = {

@@ -8,7 +8,7 @@ times a log-normal scale per output channel (what folding batch norm into a trai
 convolution leaves), and compares total bits per weight with H(S) + (1-S)q under several
 configurations, all scales included.
 
-    python -m xorsparse.bench mobilenet --sparsity 0.8 --bits 2
+    python -m benchmarks mobilenet --sparsity 0.8 --bits 2
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from ..tensor.maskcode import binary_entropy
-from ..tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+from xorsparse.tensor.maskcode import binary_entropy
+from xorsparse.tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from ._report import markdown_table, print_table, write_json, write_text
 
 # (expansion t, output channels c, repeats n, stride s) of MobileNetV2's inverted residual blocks

@@ -82,15 +82,15 @@ def run(args) -> int:
 
 
 def measure(args) -> int:
-    from ..io.calibdata import builtin_set
-    from ..io.checkpoint import Prepared as CheckpointPrepared, compress_checkpoint, decompress_checkpoint, \
+    from xorsparse.io.calibdata import builtin_set
+    from xorsparse.io.checkpoint import Prepared as CheckpointPrepared, compress_checkpoint, decompress_checkpoint, \
         open_checkpoint, select_tensors, totals
-    from ..io.container import XspFile
-    from ..tensor.pipeline import CompressConfig, from_float32
-    from ..torch.calibrate import calibrate_model, prepare_weight
-    from ..torch.folder import load_folder_model, map_to_checkpoint
-    from ..torch.quality import embedding_agreement, sentence_embeddings
-    from ..torch.recover import recover_prepared
+    from xorsparse.io.container import XspFile
+    from xorsparse.tensor.pipeline import CompressConfig, from_float32
+    from xorsparse.torch.calibrate import calibrate_model, prepare_weight
+    from xorsparse.torch.folder import load_folder_model, map_to_checkpoint
+    from xorsparse.torch.quality import embedding_agreement, sentence_embeddings
+    from xorsparse.torch.recover import recover_prepared
 
     model_dir = args.model
     if model_dir is None:
