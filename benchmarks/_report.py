@@ -82,8 +82,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]
 
 
 def write_text(path: str, text: str) -> None:
-    """Atomic write of a text file (io/output.py: a reader never sees half a file)."""
-    from xorsparse.io.output import write_bytes
+    """Atomic write of a text file (format/output.py: a reader never sees half a file)."""
+    from xorsparse.format.output import write_bytes
 
     write_bytes(path, text.encode())
 

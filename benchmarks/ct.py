@@ -140,7 +140,7 @@ def ct_dequantized(path: str) -> dict:
     from compressed_tensors.quantization import QuantizationConfig
     from safetensors.torch import load_file
 
-    from xorsparse.io.folder import xsp_files  # the same shard discovery for any safetensors folder
+    from xorsparse.checkpoint.folder import xsp_files  # the same shard discovery for any safetensors folder
 
     with open(os.path.join(path, "config.json")) as f:
         qc = QuantizationConfig.model_validate(json.load(f)["quantization_config"])
@@ -172,8 +172,8 @@ CONFIGS = [  # (sparsity, bits, strategy, format, symmetric)
 
 
 def _bytes_of(path: str) -> dict[str, int]:
-    from xorsparse.io.checkpoint import entry_bytes
-    from xorsparse.io.folder import xsp_files
+    from xorsparse.checkpoint.stats import entry_bytes
+    from xorsparse.checkpoint.folder import xsp_files
 
     out: dict[str, int] = {}
     for f in xsp_files(path):
@@ -185,7 +185,8 @@ def run_config(work: str, shape: dict, sparsity: float, bits: int, strategy: str
                group_size: int) -> dict:
     import torch
 
-    from xorsparse.io.checkpoint import XspSet, compress_checkpoint
+    from xorsparse.checkpoint.xspset import XspSet
+    from xorsparse.jobs.checkpoint import compress_checkpoint
     from xorsparse.tensor.maskcode import binary_entropy
     from xorsparse.tensor.pipeline import CompressConfig
 
@@ -198,7 +199,7 @@ def run_config(work: str, shape: dict, sparsity: float, bits: int, strategy: str
     t0 = time.perf_counter()
     report = compress_checkpoint(src, xsp, CompressConfig(sparsity=0.0))
     t_compress = time.perf_counter() - t0
-    from xorsparse.io.checkpoint import decompress_checkpoint
+    from xorsparse.jobs.checkpoint import decompress_checkpoint
 
     decompress_checkpoint(xsp, back, output_format="compressed-tensors")
     ref, got = ct_dequantized(src), ct_dequantized(back)

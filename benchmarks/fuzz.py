@@ -76,7 +76,7 @@ def make_bases(folder: str) -> list[str]:
 
     from xorsparse.codec.plane import encode_plane
     from xorsparse.codec.rates import choose
-    from xorsparse.io.container import RawTensor, write_xsp
+    from xorsparse.format.container import RawTensor, write_xsp
     from xorsparse.tensor import CompressConfig, compress_tensor
     from xorsparse.tensor.interleave import to_coded
     from xorsparse.tensor.maskcode import encode_entropy
@@ -614,7 +614,7 @@ def decode_all(path: str, out: str) -> dict[str, list]:
     import io
 
     from xorsparse.cli import main
-    from xorsparse.io import safetensors_io as st
+    from xorsparse.format import safetensors_io as st
 
     for argv in (["--debug", "inspect", "--json", path], ["--debug", "verify", path],
                  ["--debug", "decompress", "--force", path, out]):
@@ -641,8 +641,8 @@ def _vm_bytes() -> int:
 
 def run_case(path: str, out: str) -> dict:
     """One case, in whatever process calls it: outcome, detail, digests of the output."""
-    from xorsparse.io.output import OutputError
-    from xorsparse.io.validate import XspError
+    from xorsparse.format.output import OutputError
+    from xorsparse.format.validate import XspError
 
     try:
         return {"outcome": "accepted", "digests": decode_all(path, out)}

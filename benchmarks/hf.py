@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     import xorsparse  # noqa: F401  (registers the transformers quantizer)
-    from xorsparse.io.checkpoint import compress_checkpoint, decompress_checkpoint
-    from xorsparse.io.hf import load_mode
+    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
+    from xorsparse.integrations.hf import load_mode
     from xorsparse.tensor.pipeline import CompressConfig
 
     logging.set_verbosity_error()

@@ -82,10 +82,13 @@ def run(args) -> int:
 
 
 def measure(args) -> int:
-    from xorsparse.io.calibdata import builtin_set
-    from xorsparse.io.checkpoint import Prepared as CheckpointPrepared, compress_checkpoint, decompress_checkpoint, \
-        open_checkpoint, select_tensors, totals
-    from xorsparse.io.container import XspFile
+    from xorsparse.data.calibdata import builtin_set
+    from xorsparse.checkpoint.planning import Prepared as CheckpointPrepared
+    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
+    from xorsparse.checkpoint.readers import open_checkpoint
+    from xorsparse.checkpoint.selection import select_tensors
+    from xorsparse.checkpoint.stats import totals
+    from xorsparse.format.container import XspFile
     from xorsparse.tensor.pipeline import CompressConfig, from_float32
     from xorsparse.torch.calibrate import calibrate_model, prepare_weight
     from xorsparse.torch.folder import load_folder_model, map_to_checkpoint

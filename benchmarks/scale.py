@@ -66,7 +66,7 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
 def make_checkpoint(folder: str, gb: float, shards: int, rows: int, cols: int, seed: int = 0) -> dict:
     """Write the shards one tensor at a time; returns sizes. Tensor t is generated from
     seed (seed, t), so the checkpoint is the same on every run and machine."""
-    from xorsparse.io import safetensors_io as st
+    from xorsparse.format import safetensors_io as st
 
     per_tensor = rows * cols * 2
     n_tensors = max(shards, int(round(gb * 1e9 / per_tensor)))
@@ -112,8 +112,8 @@ def job_main(argv: list[str]) -> int:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--bits", type=int, default=2)
     a = p.parse_args(argv)
-    from xorsparse.distributed import JobProgress, make_executor, peak_rss_bytes
-    from xorsparse.io.folder import compress_folder
+    from xorsparse.jobs.executors import JobProgress, make_executor, peak_rss_bytes
+    from xorsparse.jobs.folder import compress_folder
     from xorsparse.tensor.pipeline import CompressConfig
 
     cfg = CompressConfig(sparsity=a.sparsity, bits=a.bits)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         src = os.path.join(base, "model")
         baseline = None
         if args.reuse:
-            from xorsparse.io.checkpoint import open_checkpoint
+            from xorsparse.checkpoint.readers import open_checkpoint
 
             ck = open_checkpoint(src)
             shapes = [ck.info(n)[1] for n in ck.names]

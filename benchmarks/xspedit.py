@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from xorsparse.io import validate
+from xorsparse.format import validate
 
 SEP = validate.SEP
 

@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from ..errors import XorsparseError
 
 MIN_TEXTS = 32  # fewer lines than this cannot calibrate a layer of a few hundred inputs
 MIN_SAMPLES = 16  # tensor files: samples along dimension 0
@@ -29,7 +30,7 @@ BUILTIN_CALIBRATION = "calibration_en.txt"
 BUILTIN_HELDOUT = "heldout_en.txt"
 
 
-class CalibrationFileError(ValueError):
+class CalibrationFileError(XorsparseError):
     """A calibration file that cannot be used; the message names the file."""
 
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st_
 
 from benchmarks.xspedit import XspImage
-from xorsparse.io import validate
-from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
-from xorsparse.io.validate import EntryInfo, description_crc, load_json, parse_header
+from xorsparse.format import validate
+from xorsparse.format.container import RawTensor, XspError, XspFile, write_xsp
+from xorsparse.format.validate import EntryInfo, description_crc, load_json, parse_header
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 
 from .. import reference

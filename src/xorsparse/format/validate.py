@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+from ..errors import XorsparseError
 
 # ---------------------------------------------------------------------------------------
 # Limits (docs/FORMAT.md, "Reader limits")
@@ -68,7 +69,7 @@ ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16"
                "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
 
 
-class XspError(ValueError):
+class XspError(XorsparseError):
     """Anything wrong with an .xsp file; the message names the file, the tensor and the field."""
 
 
@@ -76,7 +77,7 @@ class XspError(ValueError):
 # Strict JSON
 
 
-class _Reject(ValueError):
+class _Reject(XorsparseError):
     pass
 
 

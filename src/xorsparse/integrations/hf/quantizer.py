@@ -1,4 +1,4 @@
-"""The transformers quantizer for xorsparse folders (registered by xorsparse.io.hf.register).
+"""The transformers quantizer for xorsparse folders (registered by xorsparse.integrations.hf.register).
 
 transformers reads the .xsp shards as the safetensors files they are; a compressed tensor
 NAME arrives as its parts `NAME.__xs__.<part>`. One WeightConverter gathers the parts of
@@ -21,9 +21,9 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ...tensor.pipeline import CompressedTensor, decompress_tensor
-from ..container import XspError, XspFile, compressed_from_parts
-from ..validate import check_decode_cost
-from ..torchconv import TORCH_TO_ST
+from ...format.container import XspError, XspFile, compressed_from_parts
+from ...format.validate import check_decode_cost
+from ...format.torchconv import TORCH_TO_ST
 from . import QUANT_METHOD, current_load_mode, register
 
 # part name -> source pattern (regular expressions: transformers compiles them)
@@ -128,7 +128,7 @@ class XorsparseHfQuantizer(HfQuantizer):
         self.pattern_kind = {p: k for k, p in _PART_PATTERNS.items()}
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        from ..container import READ_VERSIONS
+        from ...format.container import READ_VERSIONS
 
         v = getattr(self.quantization_config, "format_version", None)
         if v not in READ_VERSIONS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+from ..errors import XorsparseError
 
 QUALITY_KINDS = ("sentence-transformers", "causal-lm", "layer-error")
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -18,7 +19,7 @@ MAX_NAME = 4096
 MAX_ITEMS = 1 << 16
 
 
-class RecordError(ValueError):
+class RecordError(XorsparseError):
     """A record field of the wrong type or range; the message names the field."""
 
 

@@ -6,7 +6,8 @@ named as transformers looks for them (`model.safetensors`, or `model-00001-of-00
 shards with `model.safetensors.index.json`: an .xsp file is a valid safetensors file), and
 config.json gets a `quantization_config` naming xorsparse. Work is ordered so that a folder
 is complete exactly when its last file exists: carried files and config.json first, then one
-output shard per input shard (each written atomically, independently), the index last.
+output shard per input shard (each written atomically, independently, as work items on an
+executor), the index last.
 """
 
 from __future__ import annotations
@@ -15,177 +16,22 @@ import json
 import os
 import shutil
 from collections import ChainMap
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .checkpoint import SAFE_INDEX, TORCH_INDEX, Checkpoint, CheckpointError, CompressReport, Prepared, \
-    Progress, compress_shard, open_checkpoint, plan_compression, size_rows
-from .output import OutputError, check_output, clean_stale, write_bytes
+from ..checkpoint.compressed_tensors import is_compressed_tensors, read_compressed_tensors, \
+    write_compressed_tensors_folder
+from ..checkpoint.folder import CONFIG, SINGLE, QUANT_METHOD, FolderPlan, carried_of_xsp_folder, \
+    check_folder_output, copy_carried, model_subfolder, plan_folder, quantization_config, read_config, \
+    shard_name, weights_dir, write_index, xsp_files
+from ..checkpoint.planning import Prepared, plan_compression
+from ..checkpoint.readers import SAFE_INDEX, Progress
+from ..checkpoint.stats import CompressReport, size_rows
+from ..checkpoint.xspset import XspSet
+from ..format.output import clean_stale
 from ..tensor.pipeline import CompressConfig
-
-CONFIG = "config.json"
-SINGLE = "model.safetensors"
-QUANT_METHOD = "xorsparse"
-LOAD_MODES = ("decode", "ondemand")
-
-# Files and folders that hold the model's weights in other forms: never carried over, since
-# they would put the uncompressed weights back into the folder (and into its size).
-WEIGHT_FILE_PREFIXES = ("pytorch_model", "model-0", "tf_model", "flax_model", "rust_model")
-WEIGHT_FILE_NAMES = {"model.safetensors", SAFE_INDEX, TORCH_INDEX, "model.pt", "model.pth",
-                     "pytorch_model.bin", "rust_model.ot", "tf_model.h5", "flax_model.msgpack"}
-WEIGHT_DIRS = {"onnx", "openvino"}
-SKIP_DIRS = {".git", ".cache", "__pycache__"}
-
-
-def shard_name(i: int, n: int) -> str:
-    """transformers' names: model.safetensors alone, model-00001-of-00003.safetensors sharded."""
-    return SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-
-
-def _is_weight_file(rel: str) -> bool:
-    base = os.path.basename(rel)
-    if base in WEIGHT_FILE_NAMES or base.endswith(".gguf"):
-        return True
-    return base.startswith(WEIGHT_FILE_PREFIXES) and base.endswith((".bin", ".safetensors", ".h5", ".msgpack",
-                                                                      ".ot", ".json"))
-
-
-def model_subfolder(src: str) -> str:
-    """Where the transformer's weights live: the folder itself, or (older sentence-transformers
-    layouts) the path of the Transformer module named in modules.json."""
-    def has_weights(d: str) -> bool:
-        return os.path.isdir(d) and any(_is_weight_file(f) and os.path.isfile(os.path.join(d, f))
-                                        for f in os.listdir(d))
-
-    if has_weights(src):
-        return ""
-    try:
-        with open(os.path.join(src, "modules.json")) as f:
-            modules = json.load(f)
-        for m in modules:
-            if str(m.get("type", "")).endswith("models.Transformer") and m.get("path"):
-                sub = os.path.normpath(m["path"])
-                if not sub.startswith("..") and not os.path.isabs(sub) and has_weights(os.path.join(src, sub)):
-                    return sub
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    return ""
-
-
-@dataclass
-class FolderPlan:
-    """What a folder becomes: the weights to convert, the files to carry, the files left out."""
-
-    src: str
-    sub: str  # folder of the weights, relative to src ("" = src itself)
-    checkpoint: Checkpoint
-    carried: list[str] = field(default_factory=list)  # relative paths
-    skipped: list[str] = field(default_factory=list)  # other forms of the weights, not carried
-
-
-def plan_folder(src: str, ck: Checkpoint | None = None) -> FolderPlan:
-    sub = model_subfolder(src)
-    ck = ck or open_checkpoint(os.path.join(src, sub) if sub else src)
-    read = {os.path.abspath(f) for f in ck.files}
-    carried, skipped = [], []
-    for root, dirs, files in os.walk(src):
-        rel_root = os.path.relpath(root, src)
-        keep_dirs = []
-        for d in sorted(dirs):
-            if d in SKIP_DIRS:
-                continue
-            if d in WEIGHT_DIRS:
-                skipped.append(os.path.normpath(os.path.join(rel_root, d)) + "/")
-                continue
-            keep_dirs.append(d)
-        dirs[:] = keep_dirs
-        for f in sorted(files):
-            path = os.path.join(root, f)
-            rel = os.path.normpath(os.path.join(rel_root, f))
-            if os.path.abspath(path) in read:
-                continue
-            if os.path.normpath(rel_root) == os.path.normpath(sub or ".") and _is_weight_file(f):
-                skipped.append(rel)
-                continue
-            carried.append(rel)
-    return FolderPlan(src, sub, ck, carried, skipped)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))  # temporary name, then rename; the usual mode (io/output.py)
-
-
-def check_folder_output(src: str, out: str, force: bool) -> None:
-    """A model folder output: never the input folder, inside it or around it; an existing,
-    non-empty folder only with force (its files are then replaced)."""
-    if os.path.realpath(out) == os.path.realpath(src) or os.path.realpath(out).startswith(
-            os.path.realpath(src).rstrip(os.sep) + os.sep):
-        raise OutputError(f"{out}: is the input folder {src} or inside it; refusing to write there")
-    empty = os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out)
-    check_output(out, [src], force or empty, directory=True)
-
-
-def _read_config(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable JSON config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return cfg
-
-
-def quantization_config(config: CompressConfig, load_mode: str = "decode",
-                        extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The `quantization_config` entry of an xorsparse folder's config.json."""
-    from .. import __version__
-    from .container import FORMAT_VERSION
-
-    if load_mode not in LOAD_MODES:
-        raise ValueError(f"load mode must be 'decode' or 'ondemand', got {load_mode!r}")
-    q = {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION, "xorsparse_version": __version__,
-         "load_mode": load_mode, "config": config.to_dict()}
-    q.update(extra or {})
-    return q
-
-
-def _copy_carried(plan: FolderPlan, out: str, config_text: dict[str, str]) -> tuple[int, int]:
-    """Copy the carried files (config files replaced by `config_text`); (input, output) bytes."""
-    n_in = n_out = 0
-    for rel in plan.carried:
-        src = os.path.join(plan.src, rel)
-        dst = os.path.join(out, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        n_in += os.path.getsize(src)
-        if rel in config_text:
-            _atomic_write_text(dst, config_text[rel])
-        else:
-            shutil.copyfile(src, dst)
-        n_out += os.path.getsize(dst)
-    return n_in, n_out
-
-
-def write_index(out_dir: str, shard_files: Sequence[str], metadata: Mapping[str, Any] | None = None) -> str:
-    """model.safetensors.index.json over the entries of `shard_files`: written last."""
-    from . import safetensors_io as st
-
-    weight_map, total = {}, 0
-    for path in shard_files:
-        with st.Reader(path) as r:
-            for name, e in r.entries.items():
-                weight_map[name] = os.path.basename(path)
-                b, end = e["offsets"]
-                total += end - b
-    meta = {"total_size": total}
-    meta.update(metadata or {})
-    path = os.path.join(out_dir, SAFE_INDEX)
-    _atomic_write_text(path, json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2) + "\n")
-    return path
+from .tasks import DecompressTask, ShardTask, decompress_task, run_shard_task, shard_settings
 
 
 class _Written:
@@ -214,22 +60,24 @@ class _Written:
                 os.unlink(f)
 
 
+
 def _all_files(d: str) -> list[str]:
     return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
+
 
 
 def compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                     exclude: Sequence[str] = (), progress: Progress | None = None, **kwargs: Any) -> CompressReport:
     """A model folder in, an xorsparse model folder out (one output shard per input shard).
 
-    The shards are independent work items (io/job.py) run on `executor` (default: in this
+    The shards are independent work items (jobs/tasks.py) run on `executor` (default: in this
     process); rerunning into the same folder keeps the output shards the same job already
     wrote (resume) and refuses, unless `force`, shards of another job. `on_event` receives
-    progress events (xorsparse.distributed.JobProgress); `progress` the older per-tensor
+    progress events (xorsparse.jobs.executors.JobProgress); `progress` the older per-tensor
     callback. On failure the folder is left as it was, except for the output shards that
     were finished (each complete and checksummed): the rerun keeps them. A folder without
     its index is incomplete (the index is written last). The output is never the input
-    folder, inside it or around it, nor a file, device or symlink (io/output.py); an
+    folder, inside it or around it, nor a file, device or symlink (format/output.py); an
     existing folder is where a job resumes, so it is not refused as such.
     """
     check_folder_output(src, out, True)
@@ -237,9 +85,11 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
         return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
 
 
+
 def _is_output_shard(path: str) -> bool:
     base = os.path.basename(path)
     return base == SINGLE or (base.startswith("model-") and base.endswith(".safetensors"))
+
 
 
 def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
@@ -249,13 +99,10 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
                      load_mode: str = "decode", executor=None, force: bool = False,
                      on_event: Callable[[dict], None] | None = None,
                      extra: Mapping[str, Any] | None = None) -> CompressReport:
-    from .compressed_tensors import is_compressed_tensors, read_compressed_tensors
-    from .job import ShardTask, run_shard_task, shard_settings
-
     sub = model_subfolder(src)
     weights_dir = os.path.join(src, sub) if sub else src
     cfg_path = os.path.join(weights_dir, CONFIG)
-    model_config = _read_config(cfg_path)
+    model_config = read_config(cfg_path)
     qextra: dict[str, Any] = {}
     notes: list[str] = []
     default = None
@@ -285,7 +132,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
         new = {k: v for k, v in model_config.items() if k != "quantization_config"}
         new["quantization_config"] = quantization_config(config, load_mode, qextra)
         config_text[os.path.normpath(os.path.join(sub, CONFIG))] = json.dumps(new, indent=2, sort_keys=True) + "\n"
-    other_in, other_out = _copy_carried(plan, out, config_text)
+    other_in, other_out = copy_carried(plan, out, config_text)
 
     # 2. one output shard per input shard, each an independent task; the index goes first
     #    (a folder without its index is incomplete) and comes back last
@@ -294,7 +141,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     index_path = os.path.join(out_weights, SAFE_INDEX)
     if os.path.exists(index_path):
         os.unlink(index_path)
-    clean_stale(out_weights)  # temporary shards of killed writers (io/output.py names them)
+    clean_stale(out_weights)  # temporary shards of killed writers (format/output.py names them)
     # in this process (tensors of a shard on a thread per core), or one item per worker (one
     # thread each); a compressed-tensors input is a view (its tensors and codes are made
     # from the files here, not read as they are by a worker)
@@ -349,6 +196,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     return report
 
 
+
 def _event_sink(on_event, progress, total: int):
     """One event callback from the new (events) and the older (i, n, name) progress."""
     if progress is None:
@@ -367,49 +215,6 @@ def _event_sink(on_event, progress, total: int):
     return sink
 
 
-# ---------------------------------------------------------------------------------------
-# Reading xorsparse folders
-
-
-def _weights_dir(path: str) -> str:
-    sub = model_subfolder(path)
-    return os.path.join(path, sub) if sub else path
-
-
-def xsp_files(path: str) -> list[str]:
-    """The .xsp files of a file or an xorsparse model folder (index order, or model.safetensors)."""
-    from .checkpoint import _index_shards
-
-    if not os.path.isdir(path):
-        return [path]
-    d = _weights_dir(path)
-    shards = _index_shards(d, SAFE_INDEX)
-    if shards is not None:
-        return shards
-    if os.path.exists(os.path.join(d, SINGLE)):
-        return [os.path.join(d, SINGLE)]
-    raise CheckpointError(f"{path}: no {SINGLE} or {SAFE_INDEX} in this folder")
-
-
-def is_xsp_folder(path: str) -> bool:
-    if not os.path.isdir(path):
-        return False
-    cfg = _read_config(os.path.join(_weights_dir(path), CONFIG))
-    if cfg is not None and isinstance(cfg.get("quantization_config"), dict):
-        return cfg["quantization_config"].get("quant_method") == QUANT_METHOD
-    try:
-        files = xsp_files(path)
-    except CheckpointError:
-        return False
-    from . import safetensors_io as st
-    from .container import META_KEY
-
-    try:
-        with st.Reader(files[0]) as r:
-            return META_KEY in r.metadata
-    except st.FormatError:
-        return False
-
 
 def decompress_folder(src: str, out: str, progress: Progress | None = None,
                       output_format: str | None = None, force: bool = True, executor=None,
@@ -425,28 +230,24 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     check_folder_output(src, out, force)
     with _Written(out):
         if output_format == "compressed-tensors":
-            from .compressed_tensors import write_compressed_tensors_folder
-
             return write_compressed_tensors_folder(src, out, progress)
         return _decompress_plain(src, out, progress, executor, on_event)
 
 
+
 def _decompress_plain(src: str, out: str, progress: Progress | None, executor=None,
                       on_event: Callable[[dict], None] | None = None) -> int:
-    from .checkpoint import XspSet
-    from .job import DecompressTask, decompress_task
-
     sub = model_subfolder(src)
     files = xsp_files(src)
     out_weights = os.path.join(out, sub) if sub else out
     os.makedirs(out_weights, exist_ok=True)
     config_text = {}
-    cfg = _read_config(os.path.join(_weights_dir(src), CONFIG))
+    cfg = read_config(os.path.join(weights_dir(src), CONFIG))
     if cfg is not None:
         plain = {k: v for k, v in cfg.items() if k != "quantization_config"}
         config_text[os.path.normpath(os.path.join(sub, CONFIG))] = json.dumps(plain, indent=2, sort_keys=True) + "\n"
-    carried = [r for r in _carried_of_xsp_folder(src, files)]
-    _copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
+    carried = [r for r in carried_of_xsp_folder(src, files)]
+    copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
     with XspSet(src) as xs:
         total = len(xs.names())
     n = len(files)
@@ -466,17 +267,3 @@ def _decompress_plain(src: str, out: str, progress: Progress | None, executor=No
     if n > 1:
         write_index(out_weights, [t.out for t in tasks])
     return written
-
-
-def _carried_of_xsp_folder(src: str, files: Sequence[str]) -> list[str]:
-    skip = {os.path.abspath(f) for f in files}
-    idx = os.path.join(_weights_dir(src), SAFE_INDEX)
-    skip.add(os.path.abspath(idx))
-    out = []
-    for root, dirs, names in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        for f in sorted(names):
-            p = os.path.join(root, f)
-            if os.path.abspath(p) not in skip and not f.startswith(".tmp-"):
-                out.append(os.path.normpath(os.path.relpath(p, src)))
-    return out

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from xorsparse.cli import main
-from xorsparse.io import safetensors_io as st
-from xorsparse.io.output import OutputError, atomic_dir, atomic_file, check_output, clean_stale, temp_name
+from xorsparse.format import safetensors_io as st
+from xorsparse.format.output import OutputError, atomic_dir, atomic_file, check_output, clean_stale, temp_name
 
 
 def run(capsys, *args):
@@ -184,7 +184,7 @@ def test_reading_a_fifo_does_not_block(tmp_path, capsys):
 
 SLOW_COMPRESS = textwrap.dedent("""
     import sys, time
-    from xorsparse.io import safetensors_io as st
+    from xorsparse.format import safetensors_io as st
     orig = st.Entry.payload
     def slow(self):
         time.sleep(0.2)  # a slow disk: the signal arrives while the output is being written

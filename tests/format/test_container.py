@@ -4,8 +4,8 @@ import struct
 import numpy as np
 import pytest
 
-from xorsparse.io import safetensors_io as st
-from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
+from xorsparse.format import safetensors_io as st
+from xorsparse.format.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 
 
@@ -201,7 +201,7 @@ def test_edited_metadata_is_an_error_not_a_crash(xsp, edit, msg):
 import os  # noqa: E402
 
 from benchmarks.xspedit import XspImage  # noqa: E402
-from xorsparse.io.validate import CHECKSUM_KEY  # noqa: E402
+from xorsparse.format.validate import CHECKSUM_KEY  # noqa: E402
 from xorsparse.tensor import compress_quantized  # noqa: E402
 from xorsparse.tensor.quant import given_keep, quantize_given, round_to_bfloat16  # noqa: E402
 
@@ -260,7 +260,7 @@ def affine_xsp(tmp_path):
 
 def _as_version_1(img):
     """What a version-1 writer would have written: meta_crc32 per tensor, no description checksum."""
-    from xorsparse.io.container import meta_crc
+    from xorsparse.format.container import meta_crc
 
     img.doc["version"] = 1
     img.metadata.pop(CHECKSUM_KEY, None)
@@ -309,7 +309,7 @@ def _as_version1(p):
     """The file as a version-1 writer would have made it: meta_crc32 per tensor, no
     description checksum (the layout is unchanged otherwise)."""
     from benchmarks.xspedit import XspImage
-    from xorsparse.io.validate import CHECKSUM_KEY
+    from xorsparse.format.validate import CHECKSUM_KEY
 
     img = XspImage.load(p)
     img.doc["version"] = 1

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from xorsparse.distributed import LocalExecutor
-from xorsparse.io.checkpoint import open_checkpoint, reference_state, verify_checkpoint
-from xorsparse.io.container import RawTensor, XspFile, XspWriter, write_xsp
-from xorsparse.io.folder import compress_folder, decompress_folder
-from xorsparse.io.job import JobError
+from xorsparse.jobs.executors import LocalExecutor
+from xorsparse.checkpoint.readers import open_checkpoint
+from xorsparse.checkpoint.verify import reference_state, verify_checkpoint
+from xorsparse.format.container import RawTensor, XspFile, XspWriter, write_xsp
+from xorsparse.jobs.folder import compress_folder, decompress_folder
+from xorsparse.jobs.tasks import JobError
 from xorsparse.tensor import CompressConfig, compress_tensor
 from xorsparse.tensor.pipeline import to_float32
 from xorsparse.tensor.prune import global_magnitude_masks
@@ -96,7 +97,7 @@ def test_same_bytes_with_one_or_two_workers(tmp_path, src):
 
 def test_same_bytes_on_ray(tmp_path, src):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'xorsparse[ray]'): Ray executor untested")
-    from xorsparse.distributed import RayExecutor
+    from xorsparse.jobs.executors import RayExecutor
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     compress_folder(src, a, CFG)
@@ -114,8 +115,8 @@ def test_rerun_resumes_keeping_finished_shards(tmp_path, src):
     want = read_all(str(out))
     os.unlink(out / "model-00003-of-00004.safetensors")  # as if killed before it was written
     os.unlink(out / "model.safetensors.index.json")
-    # a killed write: io/output.py's temporary name, of a process that no longer runs
-    from xorsparse.io.output import _host
+    # a killed write: format/output.py's temporary name, of a process that no longer runs
+    from xorsparse.format.output import _host
 
     (out / f".tmp-xs-{_host()}-{(1 << 22) + 7}-x1y2z3w4-model-00003-of-00004.safetensors").write_bytes(b"half")
     inodes = {f: os.stat(out / f).st_ino for f in os.listdir(out) if f.startswith("model-")}
@@ -177,7 +178,7 @@ def test_global_pruning_across_shards_equals_in_memory(tmp_path, src):
     selected = [n for n in ck.names if "proj" in n]
     masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, 0.7)
     assert sum(int(m.sum()) for m in masks.values()) < 0.31 * sum(m.size for m in masks.values())
-    from xorsparse.io.checkpoint import XspSet
+    from xorsparse.checkpoint.xspset import XspSet
     from xorsparse.tensor.pipeline import decompress_codes
 
     with XspSet(out) as xs:
@@ -226,8 +227,9 @@ def test_decompress_folder_in_parallel(tmp_path, src):
 MEMORY_PROBE = r"""
 import json, os, resource, sys
 os.environ["NUMBA_NUM_THREADS"] = "1"
-from xorsparse.io.checkpoint import open_checkpoint, select_tensors
-from xorsparse.io.job import ShardTask, run_shard_task, shard_settings
+from xorsparse.checkpoint.readers import open_checkpoint
+from xorsparse.checkpoint.selection import select_tensors
+from xorsparse.jobs.tasks import ShardTask, run_shard_task, shard_settings
 from xorsparse.tensor import CompressConfig
 
 def worker_item(folder, out):  # what a worker of a sharded job does with its one shard
@@ -291,7 +293,7 @@ def test_failed_job_keeps_finished_shards_and_the_rerun_resumes(tmp_path, src):
 def test_job_key_ignores_the_records_measurements_not_the_calibration():
     """A rerun of a calibrated job measures other timings and may measure another quality:
     its finished shards still match; another calibration does not."""
-    from xorsparse.io.job import job_key
+    from xorsparse.jobs.tasks import job_key
 
     cal = {"method": "sparsegpt", "samples": 64, "seed": 0, "seconds": {"total": 12.5}}
     a = {"config": {"bits": 2}, "extra": {"calibration": cal, "quality": {"kind": "layer-error"}}}

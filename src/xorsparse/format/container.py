@@ -4,7 +4,7 @@ Standard safetensors tools list every entry; the JSON under the metadata key "xo
 says how the entries of each compressed tensor fit together (docs/FORMAT.md, section 2).
 Every entry carries a CRC-32 so corruption is reported with the tensor it hit, and (version
 2) one more CRC-32 covers the whole description: the JSON and every header entry's name,
-dtype, shape and offsets. Everything read goes through io/validate.py first.
+dtype, shape and offsets. Everything read goes through format/validate.py first.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def write_xsp(path: str | os.PathLike, compressed: Mapping[str, CompressedTensor
     """Write a version-2 file atomically; returns its size in bytes.
 
     inputs: files the output must not replace; force=False also refuses an existing output
-    or a symlink (io/output.py). extra: the optional records `calibration` and `quality`
+    or a symlink (format/output.py). extra: the optional records `calibration` and `quality`
     (checked as the reader will, docs/FORMAT.md section 8).
     """
     clash = set(compressed) & set(raw)
@@ -263,7 +263,7 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
     `part(name)` returns (array, safetensors dtype code) of a part whose CRC-32 matched.
     Shared by XspFile and the transformers loader, which receives the parts from
     transformers' own safetensors reading: both go through the same checks of the parts'
-    dtypes, shapes and values (io/validate.py) before anything decodes them.
+    dtypes, shapes and values (format/validate.py) before anything decodes them.
     """
     where = validate.Where(path, spec.name)
     arrays, codes = {}, {}
@@ -316,7 +316,7 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
 class XspFile:
     """Lazy access to an .xsp file: the validated description at open, tensors one at a time.
 
-    Opening checks the whole description (io/validate.py); `compressed` and `raw` check
+    Opening checks the whole description (format/validate.py); `compressed` and `raw` check
     each part's CRC-32 and values as they read it; `dense` refuses a tensor whose decoding
     would need more than max_tensor_bytes (default: XORSPARSE_MAX_TENSOR_BYTES or 16 GiB).
     """

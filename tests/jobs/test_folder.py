@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from xorsparse.cli import main
-from xorsparse.io import safetensors_io as st
-from xorsparse.io.checkpoint import XspSet
+from xorsparse.format import safetensors_io as st
+from xorsparse.checkpoint.xspset import XspSet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES = ["A man is playing a guitar.", "Fixed-rate codes decode in parallel."]
@@ -98,7 +98,7 @@ def test_sentence_transformers_and_ondemand(minilm_xsp, minilm_plain):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    from xorsparse.io.hf import load_mode
+    from xorsparse.integrations.hf import load_mode
     from xorsparse.torch import XorEmbedding, XorLinear
 
     ref = SentenceTransformer(minilm_plain, device="cpu").encode(SENTENCES, convert_to_tensor=True)
@@ -161,7 +161,7 @@ def test_summary_total_equals_files_on_disk(minilm, tmp_path, capsys):
         a, dt = xs.where["embeddings.word_embeddings.weight"].raw("embeddings.word_embeddings.weight")
         assert dt == "F16"
     assert "selected 1 weight tensor of 104 tensors" in text
-    # progress lines without a terminal (shards and tensors: xorsparse.distributed.JobProgress)
+    # progress lines without a terminal (shards and tensors: xorsparse.jobs.executors.JobProgress)
     assert "compress: 1 shard(s), 104 tensors" in err and "tensors 104/104" in err and "done" in err
 
 
@@ -223,8 +223,8 @@ def test_every_part_kind_loads_through_transformers(tmp_path, capsys, options):
     quantizer's converter: transformers loads what `decompress` writes, in both load modes."""
     from transformers import AutoModel
 
-    from xorsparse.io.hf import load_mode
-    from xorsparse.io.hf.quantizer import _PART_PATTERNS
+    from xorsparse.integrations.hf import load_mode
+    from xorsparse.integrations.hf.quantizer import _PART_PATTERNS
 
     src, out, plain = tmp_path / "src", tmp_path / "out", tmp_path / "plain"
     _tiny_bert(src, shards=False)
@@ -291,7 +291,7 @@ def test_decompress_to_a_torch_state_dict(st_file, tmp_path, capsys):
 
 
 def test_version_and_help_for_every_option(capsys):
-    from xorsparse import __version__
+    from xorsparse.version import __version__
     from xorsparse.cli import build_parser
 
     with pytest.raises(SystemExit) as e:
@@ -332,7 +332,7 @@ def test_sharded_pytorch_folder_becomes_sharded_xsp(hf_bin_dir, tmp_path, capsys
 
 @pytest.mark.parametrize("imports", [
     "import xorsparse; from transformers import AutoModel",
-    "import xorsparse.io.hf.quantizer; import xorsparse",
+    "import xorsparse.integrations.hf.quantizer; import xorsparse",
     "from transformers import AutoModel; import xorsparse",
 ])
 def test_registration_is_silent_in_any_import_order(imports):

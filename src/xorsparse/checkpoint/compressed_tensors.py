@@ -25,7 +25,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, Prepared, Progress, XspSet, open_checkpoint
+from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
+from .planning import Prepared
+from .xspset import XspSet
 
 QUANT_METHOD = "compressed-tensors"
 SUPPORTED_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
@@ -442,13 +444,13 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
     import torch
     from compressed_tensors.compressors import BaseCompressor
 
-    from . import safetensors_io as st
-    from .folder import CONFIG, FolderPlan, _carried_of_xsp_folder, _copy_carried, _read_config, \
-        _weights_dir, model_subfolder, shard_name, write_index, xsp_files
-    from .torchconv import raw_from_torch
+    from ..format import safetensors_io as st
+    from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, read_config, weights_dir, \
+        model_subfolder, shard_name, write_index, xsp_files
+    from ..format.torchconv import raw_from_torch
 
     sub = model_subfolder(src)
-    cfg = _read_config(os.path.join(_weights_dir(src), CONFIG)) or {}
+    cfg = read_config(os.path.join(weights_dir(src), CONFIG)) or {}
     qcfg = cfg.get("quantization_config") or {}
     ct_config = qcfg.get("compressed_tensors")
     if not isinstance(ct_config, dict):
@@ -465,7 +467,7 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
     new_cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
     new_cfg["quantization_config"] = ct_config
     text = {os.path.normpath(os.path.join(sub, CONFIG)): json.dumps(new_cfg, indent=2, sort_keys=True) + "\n"}
-    _copy_carried(FolderPlan(src, sub, None, _carried_of_xsp_folder(src, files)), out, text)  # type: ignore
+    copy_carried(FolderPlan(src, sub, None, carried_of_xsp_folder(src, files)), out, text)  # type: ignore
 
     written, outputs = 0, []
     with XspSet(src) as xs:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
+from ..errors import XorsparseError
 
 Event = dict
 Report = Callable[[Event], None]
@@ -62,7 +63,7 @@ def single_thread() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(XorsparseError, RuntimeError):
     """An executor that cannot start (Ray missing, cluster unreachable)."""
 
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file  # noqa: E402
 from benchmarks.ct import TINY, ct_dequantized, llama, prune_, save_compressed_tensors, \
     save_legacy_bitmask  # noqa: E402
 from xorsparse.cli import main  # noqa: E402
-from xorsparse.io.checkpoint import XspSet  # noqa: E402
-from xorsparse.io.folder import xsp_files  # noqa: E402
+from xorsparse.checkpoint.xspset import XspSet  # noqa: E402
+from xorsparse.checkpoint.folder import xsp_files  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,7 +81,7 @@ def test_every_weight_is_bit_identical(ct_round_trip):
 
 def test_xsp_weights_are_smaller(ct_round_trip):
     name, src, xsp, back = ct_round_trip
-    from xorsparse.io.checkpoint import entry_bytes
+    from xorsparse.checkpoint.stats import entry_bytes
 
     ct_bytes = {}
     for f in xsp_files(str(src)):

@@ -27,6 +27,7 @@ import stat
 import threading
 import zlib
 from typing import Iterable, Iterator
+from ..errors import XorsparseError
 
 log = logging.getLogger("xorsparse")
 
@@ -35,7 +36,7 @@ _TMP_RE = re.compile(r"\.tmp-xs-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<token>
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
 
-class OutputError(ValueError):
+class OutputError(XorsparseError):
     """An output that must not or cannot be written; the message names the user's path."""
 
 

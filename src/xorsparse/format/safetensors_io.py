@@ -80,7 +80,7 @@ def plan(entries: Iterable[Entry]) -> dict[str, dict]:
 def write(path: str | os.PathLike, entries: Iterable[Entry], metadata: dict[str, str] | None = None,
           progress: Callable[[str], None] | None = None, *, inputs: Iterable[str | os.PathLike] = (),
           force: bool = True) -> int:
-    """Write atomically (temporary file, then rename; io/output.py); returns the file size.
+    """Write atomically (temporary file, then rename; format/output.py); returns the file size.
 
     inputs: files this output must not replace; force=False refuses an existing output
     or a symlink (the command line's default).
