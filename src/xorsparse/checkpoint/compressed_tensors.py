@@ -28,6 +28,13 @@ import numpy as np
 from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from .planning import Prepared
 from .xspset import XspSet
+from ..tensor.dequant import dequantize
+from ..tensor.pipeline import decompress_codes, from_float32
+from ..tensor.quant import given_keep, quantize_given
+from ..format import safetensors_io as st
+from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, model_subfolder, read_config, shard_name, \
+    weights_dir, write_index, xsp_files
+from ..format.torchconv import raw_from_torch
 
 QUANT_METHOD = "compressed-tensors"
 SUPPORTED_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
@@ -46,6 +53,15 @@ def is_compressed_tensors_folder(path: str) -> bool:
             return is_compressed_tensors(json.load(f))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+DEFAULT_SPARSITY = 0.9  # what --sparsity defaults to for any other input
+
+
+def default_sparsity(path: str) -> float:
+    """The sparsity a compression of `path` asks for when none is given: a compressed-tensors
+    checkpoint is pruned already, so its own zeros only (0.0); anything else DEFAULT_SPARSITY."""
+    return 0.0 if os.path.isdir(path) and is_compressed_tensors_folder(path) else DEFAULT_SPARSITY
 
 
 def _require():
@@ -254,9 +270,6 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
 
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..tensor.dequant import dequantize
-    from ..tensor.pipeline import from_float32
-    from ..tensor.quant import given_keep, quantize_given
 
     raw = open_checkpoint(folder)
     qc = config["quantization_config"]
@@ -391,7 +404,6 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
 
 def _signed_codes(ct) -> np.ndarray:
     """The affine tensor's signed codes, pruned positions set to their zero point."""
-    from ..tensor.pipeline import decompress_codes
 
     q = ct.quant
     keep, codes = decompress_codes(ct)
@@ -444,10 +456,6 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
     import torch
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..format import safetensors_io as st
-    from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, read_config, weights_dir, \
-        model_subfolder, shard_name, write_index, xsp_files
-    from ..format.torchconv import raw_from_torch
 
     sub = model_subfolder(src)
     cfg = read_config(os.path.join(weights_dir(src), CONFIG)) or {}

@@ -26,10 +26,13 @@ the module outputs the decoded plane itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..codec.xornet import XorDecoder
 from .netlist import XorNetlist, build_netlist, naive_gate_count
+from ..version import __version__
 
 
 def module_name_for(dec: XorDecoder) -> str:
@@ -87,7 +90,6 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     if netlist is None and sharing == "paar":
         netlist = build_netlist(g, "paar")
     naive = naive_gate_count(g)
-    from ..version import __version__
 
     L: list[str] = []
     a = L.append
@@ -240,10 +242,24 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     return "\n".join(L) + "\n"
 
 
-def testbench_verilog(dut: str, n_in: int, n_out: int, n_slices: int, *, chunk_slices: int,
-                      in_file: str = "in.hex", out_file: str = "out.hex", stall: bool = True,
-                      seed: int = 1, patch_bits: int = 0, n_patches: int = 0,
-                      patch_file: str = "patch.hex") -> str:
+@dataclass(frozen=True)
+class Testbench:
+    """What a testbench drives: `n_slices` beats into a module with CHUNK_SLICES `chunk_slices`,
+    with random stalls (`stall`, LFSR `seed`), `n_patches` patches of `patch_bits` bits, and
+    the files it reads and writes."""
+
+    n_slices: int
+    chunk_slices: int
+    stall: bool = True
+    seed: int = 1
+    patch_bits: int = 0
+    n_patches: int = 0
+    in_file: str = "in.hex"
+    out_file: str = "out.hex"
+    patch_file: str = "patch.hex"
+
+
+def testbench_verilog(dut: str, n_in: int, n_out: int, bench: Testbench) -> str:
     """A self-running testbench: reads {in_start, x_t} per line (hex) from in_file, writes out_data per line.
 
     With stall=True the source drops in_valid and the sink drops out_ready on pseudo-random
@@ -251,6 +267,9 @@ def testbench_verilog(dut: str, n_in: int, n_out: int, n_slices: int, *, chunk_s
     Python compares out_file with the software decoder. With patch_bits > 0 the module
     has the patch stage and patch_file holds n_patches positions and the sentinel.
     """
+    n_slices, chunk_slices, stall, seed = bench.n_slices, bench.chunk_slices, bench.stall, bench.seed
+    patch_bits, n_patches = bench.patch_bits, bench.n_patches
+    in_file, out_file, patch_file = bench.in_file, bench.out_file, bench.patch_file
     if patch_bits:
         p_decl = f"""
     localparam NP = {n_patches};
