@@ -23,6 +23,7 @@ from xorsparse.codec.rates import choose
 from xorsparse.rtl.cost import DEFAULT_CLOCK_MHZ, decoder_cost, yosys_available
 from xorsparse.rtl.netlist import build_netlist
 from xorsparse.rtl.sim import CosimOptions, available_simulators, cosim_planes
+
 from ._report import markdown_table, print_table, write_json, write_text
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)

@@ -112,8 +112,8 @@ def job_main(argv: list[str]) -> int:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--bits", type=int, default=2)
     a = p.parse_args(argv)
-    from xorsparse.jobs.executors import JobProgress, make_executor, peak_rss_bytes
     from xorsparse.checkpoint.options import RunOptions
+    from xorsparse.jobs.executors import JobProgress, make_executor, peak_rss_bytes
     from xorsparse.jobs.folder import compress_folder
     from xorsparse.tensor.pipeline import CompressConfig
 

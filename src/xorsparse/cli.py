@@ -13,19 +13,19 @@ import sys
 import time
 from typing import Sequence
 
-from .progress import Progress
-from .tensor import CompressConfig
 from .checkpoint.compressed_tensors import default_sparsity, is_compressed_tensors_folder
-from .tensor.calibrated import check_error_feedback_quantizer
-from .jobs.executors import JobProgress, make_executor
+from .checkpoint.inspect import inspect_file
 from .checkpoint.options import RunOptions, SelectOptions
 from .checkpoint.stats import totals
-from .jobs.checkpoint import compress_checkpoint, decompress_checkpoint
-from .checkpoint.inspect import inspect_file
 from .checkpoint.verify import verify_checkpoint
 from .checkpoint.xspset import XspSet
 from .data.calibdata import SAMPLES
+from .jobs.checkpoint import compress_checkpoint, decompress_checkpoint
+from .jobs.executors import JobProgress, make_executor
+from .progress import Progress
 from .rtl.export import DecoderParams, RtlOptions, export_rtl
+from .tensor import CompressConfig
+from .tensor.calibrated import check_error_feedback_quantizer
 from .version import __version__
 
 EXIT_ERROR = 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+
 from .data.calibdata import builtin_set
 
 SENTENCES = [

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from xorsparse.jobs.executors import LocalExecutor
+from xorsparse.checkpoint.options import RunOptions
 from xorsparse.checkpoint.readers import open_checkpoint
 from xorsparse.checkpoint.verify import reference_state, verify_checkpoint
 from xorsparse.format.container import RawTensor, XspFile, XspWriter, write_xsp
-from xorsparse.checkpoint.options import RunOptions
+from xorsparse.jobs.executors import LocalExecutor
 from xorsparse.jobs.folder import compress_folder, decompress_folder
 from xorsparse.jobs.tasks import JobError
 from xorsparse.tensor import CompressConfig, compress_tensor

@@ -8,8 +8,16 @@ import pytest
 
 from xorsparse import XorDecoder, decode_plane
 from xorsparse.rtl.cost import decoder_cost, yosys_available
-from xorsparse.rtl.sim import (CosimOptions, cosim_planes, cosimulate, plane_vectors, random_plane, random_stream_plane,
-                               raw_outputs, stream_beats)
+from xorsparse.rtl.sim import (
+    CosimOptions,
+    cosim_planes,
+    cosimulate,
+    plane_vectors,
+    random_plane,
+    random_stream_plane,
+    raw_outputs,
+    stream_beats,
+)
 from xorsparse.rtl.verilog import decoder_verilog, module_name_for
 
 from .. import reference
@@ -127,8 +135,8 @@ def test_stream_beats_layout():
 def test_verilator_lint_clean():
     if not shutil.which("verilator"):
         pytest.skip("verilator not installed: lint check skipped (Debian: apt-get install verilator)")
-    import tempfile
     import os
+    import tempfile
 
     for params, cs, pb in [((8, 79, 15), 13248, 0), ((16, 140, 0), 64, 0), ((3, 7, 2), 0, 0),
                            ((8, 79, 15), 64, 32), ((1, 1, 0), 0, 8)]:

@@ -25,16 +25,26 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
-from .planning import Prepared
-from .xspset import XspSet
+from ..format import safetensors_io as st
+from ..format.torchconv import raw_from_torch
 from ..tensor.dequant import dequantize
 from ..tensor.pipeline import decompress_codes, from_float32
 from ..tensor.quant import given_keep, quantize_given
-from ..format import safetensors_io as st
-from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, model_subfolder, read_config, shard_name, \
-    weights_dir, write_index, xsp_files
-from ..format.torchconv import raw_from_torch
+from .folder import (
+    CONFIG,
+    FolderPlan,
+    carried_of_xsp_folder,
+    copy_carried,
+    model_subfolder,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
+from .planning import Prepared
+from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
+from .xspset import XspSet
 
 QUANT_METHOD = "compressed-tensors"
 SUPPORTED_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
@@ -267,7 +277,6 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
     tensors (lossless), legacy bitmask tensors made dense, everything else as stored."""
     _require()
     import torch
-
     from compressed_tensors.compressors import BaseCompressor
 
 

@@ -21,7 +21,6 @@ from ..tensor.pipeline import CompressConfig
 from ..version import __version__
 from .readers import SAFE_INDEX, TORCH_INDEX, Checkpoint, CheckpointError, index_shards, open_checkpoint
 
-
 CONFIG = "config.json"
 
 SINGLE = "model.safetensors"

@@ -16,8 +16,17 @@ import numpy as np
 
 from ..format import safetensors_io as st
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, to_float32
-from ..tensor.prune import HIGH_BINS, PruneRule, global_prune_count, global_rules, high_histogram, low_values, \
-    magnitude_bits, select_high_bin, streaming_global_rules
+from ..tensor.prune import (
+    HIGH_BINS,
+    PruneRule,
+    global_prune_count,
+    global_rules,
+    high_histogram,
+    low_values,
+    magnitude_bits,
+    select_high_bin,
+    streaming_global_rules,
+)
 from ..tensor.quant import Quantized
 from .options import RunOptions, SelectOptions
 from .readers import Checkpoint, CheckpointError, Report, open_checkpoint

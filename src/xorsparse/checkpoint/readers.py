@@ -20,7 +20,6 @@ import numpy as np
 from ..errors import XorsparseError
 from ..format.torchconv import ST_TO_TORCH, torch_dtype_name
 
-
 Progress = Callable[[int, int, str], None]  # (done, total, text)
 Report = Callable[[dict], None]  # events of a work item (xorsparse.jobs.executors)
 

@@ -12,7 +12,6 @@ from ..format.torchconv import torch_dtype_name
 from ..tensor.pipeline import FLOAT_DTYPES
 from .readers import Checkpoint
 
-
 NORM_WORDS = ("norm", "ln_", ".ln")
 
 EMBEDDING_WORDS = ("embed", "wte", "wpe")

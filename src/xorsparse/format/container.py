@@ -17,19 +17,19 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import safetensors_io as st
-from .records import CHECKS
-from . import validate
-from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
 from ..tensor.maskcode import MaskCode
-from ..tensor.packed import PackedPlane
-from ..tensor.quant import Quantized
-from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
-from .output import check_output
 from ..tensor.maskctx import ctx_model_from_parts
+from ..tensor.packed import PackedPlane
+from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
+from ..tensor.quant import Quantized
+from . import safetensors_io as st
+from . import validate
+from .output import check_output
+from .records import CHECKS
 from .torchconv import st_to_torch
+from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 
 FORMAT_NAME = "xorsparse"
 FORMAT_VERSION = 2

@@ -36,11 +36,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ..codec.xornet import MAX_N_IN, MAX_N_OUT, MAX_WINDOW
-from ..tensor.pipeline import FLOAT_DTYPES
-from ..errors import XorsparseError
-from .records import CHECKS as RECORD_CHECKS, RecordError
 from ..codec.patches import rice_bits
+from ..codec.xornet import MAX_N_IN, MAX_N_OUT, MAX_WINDOW
+from ..errors import XorsparseError
+from ..tensor.pipeline import FLOAT_DTYPES
+from .records import CHECKS as RECORD_CHECKS
+from .records import RecordError
 
 # ---------------------------------------------------------------------------------------
 # Limits (docs/FORMAT.md, "Reader limits")

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
+
 from ..errors import XorsparseError
 
 Event = dict

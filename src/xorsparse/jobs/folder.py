@@ -20,11 +20,28 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..checkpoint.compressed_tensors import is_compressed_tensors, read_compressed_tensors, \
-    write_compressed_tensors_folder
-from ..checkpoint.folder import CONFIG, SINGLE, QUANT_METHOD, FolderPlan, carried_of_xsp_folder, \
-    check_folder_output, copy_carried, model_subfolder, plan_folder, quantization_config, read_config, \
-    shard_name, weights_dir, write_index, xsp_files
+from ..checkpoint.compressed_tensors import (
+    is_compressed_tensors,
+    read_compressed_tensors,
+    write_compressed_tensors_folder,
+)
+from ..checkpoint.folder import (
+    CONFIG,
+    QUANT_METHOD,
+    SINGLE,
+    FolderPlan,
+    carried_of_xsp_folder,
+    check_folder_output,
+    copy_carried,
+    model_subfolder,
+    plan_folder,
+    quantization_config,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
 from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared, plan_compression
 from ..checkpoint.readers import SAFE_INDEX, Progress

@@ -41,7 +41,6 @@ from ..tensor.pipeline import CompressConfig
 from ..tensor.prune import PruneRule
 from ..version import __version__
 
-
 JOB_INFO = "job"  # info.job of every output shard: {"key": ..., "input_sha256": ...}
 
 

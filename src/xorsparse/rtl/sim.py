@@ -28,9 +28,9 @@ import numpy as np
 
 from ..codec.plane import EncodedPlane, decode_plane, encode_plane
 from ..codec.xornet import XorDecoder
+from ..errors import XorsparseError
 from .netlist import XorNetlist
 from .verilog import Testbench, decoder_verilog, hex_lines, module_name_for, parse_hex_lines, testbench_verilog
-from ..errors import XorsparseError
 
 SIMULATORS = ("iverilog", "verilator")
 StartMode = Literal["counter", "start"]

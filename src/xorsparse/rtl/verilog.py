@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..codec.xornet import XorDecoder
-from .netlist import XorNetlist, build_netlist, naive_gate_count
 from ..version import __version__
+from .netlist import XorNetlist, build_netlist, naive_gate_count
 
 
 def module_name_for(dec: XorDecoder) -> str:
@@ -151,7 +151,7 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    // Patch stage: out_data holds slice y_t while patches inside it flip one bit per cycle;")
         a("    // it leaves (out_valid) once the next patch lies beyond it.")
         a(f"    localparam PB = {patch_bits};")
-        a(f"    localparam [N_OUT-1:0] ONE = 1;")
+        a("    localparam [N_OUT-1:0] ONE = 1;")
         a("    reg held;  // out_data holds a decoded slice")
         a("    reg [PB-1:0] base;  // output position (since reset) of out_data bit 0")
         a("    wire [PB-1:0] offs = patch_pos - base;")
@@ -221,7 +221,6 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    end")
     a("")
     if sharing == "paar":
-        ng = netlist.n_gates
         a("    // XOR network: wire g<k> is gate k; outputs read window bits w[b] or gates g<k>.")
         a("    // (One scalar wire per gate: simulators re-evaluate a vector's readers on any bit change.)")
 

@@ -29,11 +29,22 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from ..codec._bits import U64, ctz64, f32_to_bf16_bits, f32_to_f16_bits, low_mask, popcount64, read128, read_bits, \
-    round_f32_to_bf16, round_f32_to_f16, shl128
-from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
-from .dequant import levels_table
+from ..codec._bits import (
+    U64,
+    ctz64,
+    f32_to_bf16_bits,
+    f32_to_f16_bits,
+    low_mask,
+    popcount64,
+    read128,
+    read_bits,
+    round_f32_to_bf16,
+    round_f32_to_f16,
+    shl128,
+)
 from ..codec.plane import get_decoder
+from .dequant import levels_table
+from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
 
 # mask kinds
 MASK_WORDS = 0  # a bitmask of the whole tensor in uint64 words (any codec can be decoded to it)

@@ -12,7 +12,6 @@ from torch import nn
 
 from .calibrate import Prepared
 
-
 PREPARED_ATTR = "_xorsparse_prepared"
 
 

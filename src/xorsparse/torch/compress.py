@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from ..format.container import RawTensor, write_xsp
+from ..format.records import CALIBRATION
 from ..format.torchconv import raw_from_torch
-from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
-    to_float32
 from ..tensor.parallel import default_threads
+from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, to_float32
 from ..tensor.prune import global_magnitude_masks
 from .attach import attach_prepared
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
-from ..format.records import CALIBRATION
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
 

@@ -24,24 +24,30 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..data.calibdata import CalibrationSet, SAMPLES, builtin_set, read_calibration_file
 from ..checkpoint.options import RunOptions, SelectOptions
-from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.planning import Prepared as CheckpointPrepared
+from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.selection import select_tensors
+from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
+from ..errors import XorsparseError
 from ..format.records import needs_recomputation
-from ..jobs.checkpoint import compress_checkpoint
 from ..format.torchconv import torch_dtype_name
+from ..jobs.checkpoint import compress_checkpoint
 from ..progress import Progress
 from ..tensor.calibrated import check_error_feedback_quantizer
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, from_float32, to_float32
 from ..tensor.prune import global_magnitude_masks
-from ..tensor.pipeline import from_float32, to_float32
-from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
-    sentence_transformer_calibration, supports_calibration, text_calibration
+from .calibrate import (
+    CalibrationData,
+    Prepared,
+    calibrate_model,
+    prepare_weight,
+    sentence_transformer_calibration,
+    supports_calibration,
+    text_calibration,
+)
 from .quality import quality_report
 from .recover import LR, SCALE_LR, recover_prepared
-from ..errors import XorsparseError
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128

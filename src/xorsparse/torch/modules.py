@@ -14,8 +14,8 @@ paths equal the reference bit for bit (tests check it).
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from torch import nn
 
 from ..codec.plane import _tables
 from ..format.container import XspFile
-from ..codec.plane import get_decoder
 from ..tensor import fused
 from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane

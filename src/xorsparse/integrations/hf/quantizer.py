@@ -20,10 +20,10 @@ from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from ...format.container import READ_VERSIONS, XspError, XspFile, compressed_from_parts
-from ...format.validate import check_decode_cost
 from ...format.torchconv import TORCH_TO_ST
+from ...format.validate import check_decode_cost
+from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from . import QUANT_METHOD, current_load_mode, register
 
 # part name -> source pattern (regular expressions: transformers compiles them)
