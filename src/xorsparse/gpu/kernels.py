@@ -247,7 +247,8 @@ def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
                         word_rank_ptr, scales_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups, group_size,
                         Q: tl.constexpr, WW: tl.constexpr, PACKED: tl.constexpr, SHARED: tl.constexpr,
                         KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr,
-                        OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                        OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        BF16_VIA_F32: tl.constexpr):
     """Partial products x[:, K-tiles of this split] @ W[rows, same]^T into part[split, M, N].
 
     Each program decodes its weight tiles in registers (rounded to the weight dtype, as
@@ -274,7 +275,10 @@ def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
             acc += tl.dot(xt, tl.trans(v.to(tl.float16)))
         elif OUT == OUT_BF16:
             wb = (_bf16_bits(v).to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-            acc += tl.dot(xt, tl.trans(wb.to(tl.bfloat16)))
+            if BF16_VIA_F32:  # the interpreter's dot does not take bfloat16: exact products in float32
+                acc += tl.dot(xt.to(tl.float32), tl.trans(wb), input_precision="ieee")
+            else:
+                acc += tl.dot(xt, tl.trans(wb.to(tl.bfloat16)))
         else:
             acc += tl.dot(xt, tl.trans(v), input_precision="ieee")
     offs = pid_s * M * nrows + m[:, None] * nrows + rows[None, :]

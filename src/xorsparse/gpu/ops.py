@@ -183,7 +183,7 @@ def linear(x: torch.Tensor, rw: ResidentWeight, bias: torch.Tensor | None = None
     split = _split_k(n_tiles, -(-rw.cols // bk), rw.device)
     part = torch.empty((split, m, rw.rows), dtype=torch.float32, device=rw.device)
     k.linear_fused_kernel[(n_tiles, split)](x2, part, m, x2.stride(0), split, *args, **meta, BM=bm, BN=bn, BK=bk,
-                                            enable_fp_fusion=False)
+                                            BF16_VIA_F32=interpreting(), enable_fp_fusion=False)
     y = part.sum(0) if split > 1 else part[0]
     if bias is not None:
         y = y + bias.to(torch.float32)
