@@ -11,10 +11,20 @@ import torch.nn.functional as F
 
 from tests import reference
 from xorsparse.codec.plane import encode_plane, get_decoder
-from xorsparse.tensor import CompressConfig, compress_quantized, compress_tensor, decompress_tensor
+from xorsparse.tensor import (
+    CompressConfig,
+    compress_quantized,
+    compress_tensor,
+    decompress_tensor,
+)
 from xorsparse.tensor.interleave import to_coded
 from xorsparse.tensor.pipeline import prune_quantize
-from xorsparse.tensor.quant import code_range, given_keep, quantize_given, round_to_bfloat16
+from xorsparse.tensor.quant import (
+    code_range,
+    given_keep,
+    quantize_given,
+    round_to_bfloat16,
+)
 
 gpu = pytest.importorskip("xorsparse.gpu")
 ResidentWeight, decode_dense, linear, embedding = gpu.ResidentWeight, gpu.decode_dense, gpu.linear, gpu.embedding

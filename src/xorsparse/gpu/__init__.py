@@ -20,8 +20,15 @@ size are described in docs/GPU.md. `import xorsparse.gpu` does not import triton
 kernels load on first use.
 """
 
-from .ops import FUSED_MAX_BATCH, GpuUnavailableError, decode_dense, embedding, is_available, linear, \
-    release_workspaces
+from .ops import (
+           FUSED_MAX_BATCH,
+           GpuUnavailableError,
+           decode_dense,
+           embedding,
+           is_available,
+           linear,
+           release_workspaces,
+)
 from .resident import ResidentLayoutError, ResidentWeight
 
 __all__ = ["FUSED_MAX_BATCH", "GpuUnavailableError", "ResidentLayoutError", "ResidentWeight", "decode_dense",

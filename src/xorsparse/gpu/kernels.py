@@ -164,7 +164,7 @@ def _tile_levels(rows, cols, row_ok, col_lo, col_hi,
     first = tl.load(patch_chunk_ptr + (first_p >> CHUNK_SHIFT), mask=row_ok, other=0)
     last = tl.load(patch_chunk_ptr + (last_p >> CHUNK_SHIFT) + 1, mask=row_ok, other=0)
     count = tl.where(row_ok, last - first, 0)
-    for k in range(0, tl.max(count, axis=0)):
+    for k in range(tl.max(count, axis=0)):
         has = k < count
         pp = tl.load(patch_pos_ptr + first + k, mask=has, other=-1).to(IDX)
         px = tl.load(patch_xor_ptr + first + k, mask=has, other=0)

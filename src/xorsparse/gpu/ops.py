@@ -26,7 +26,7 @@ def is_available() -> bool:
     """True when triton imports and a CUDA device (or the Triton interpreter) is in use."""
     try:
         import triton  # noqa: F401
-    except Exception:
+    except ImportError:
         return False
     return interpreting() or torch.cuda.is_available()
 
@@ -59,9 +59,9 @@ def _common_args(rw: ResidentWeight) -> tuple[list, dict]:
             t["word_rank"], t["scales"], rw.rows, rw.cols, nfull, max(nfull, 1), rw.step, rw.ngroups, rw.group_size]
     import triton.language as tl
 
-    meta = dict(Q=rw.bits, WW=rw.win_words, PACKED=rw.packed_planes, SHARED=rw.shared_decoder, KIND=rw.quant_kind,
-                SCALE_K=rw.scale_k, GROUPED=rw.ngroups > 1, IDX=tl.int64 if t["index64"] else tl.int32,
-                OUT=_out_kind(rw))
+    meta = {"Q": rw.bits, "WW": rw.win_words, "PACKED": rw.packed_planes, "SHARED": rw.shared_decoder,
+            "KIND": rw.quant_kind, "SCALE_K": rw.scale_k, "GROUPED": rw.ngroups > 1,
+            "IDX": tl.int64 if t["index64"] else tl.int32, "OUT": _out_kind(rw)}
     return args, meta
 
 

@@ -93,7 +93,7 @@ class ResidentWeight:
     # ------------------------------------------------------------------ constructors
 
     @classmethod
-    def from_compressed(cls, ct, device=None) -> "ResidentWeight":
+    def from_compressed(cls, ct, device=None) -> ResidentWeight:
         """From a CompressedTensor: validated here (ct.validate()) before anything is built."""
         try:
             ct.validate()
@@ -124,7 +124,7 @@ class ResidentWeight:
                           ct.block_step, mask, planes, ppos, pxor, scales, scale_k, kind, device)
 
     @classmethod
-    def from_xor_weight(cls, xw, device=None) -> "ResidentWeight":
+    def from_xor_weight(cls, xw, device=None) -> ResidentWeight:
         """From an XorWeight (torch/modules.py): its buffers, as that module keeps them.
 
         A small tensor stored packed is kept decoded by XorWeight (`packed_dense`); it stays
@@ -161,7 +161,7 @@ class ResidentWeight:
 
     @classmethod
     def _build(cls, shape, dtype_name, rows, cols, group_size, bits, step, mask, planes, ppos, pxor, scales,
-               scale_k, kind, device) -> "ResidentWeight":
+               scale_k, kind, device) -> ResidentWeight:
         import torch
 
         err = ResidentLayoutError
@@ -312,7 +312,7 @@ class ResidentWeight:
         """Bytes of each resident tensor (for the docs' accounting)."""
         return {k: v.numel() * v.element_size() for k, v in self.tensors.items() if hasattr(v, "element_size")}
 
-    def to(self, device) -> "ResidentWeight":
+    def to(self, device) -> ResidentWeight:
         """The same layout on another device (self if it is already there)."""
         import torch
 
