@@ -167,7 +167,7 @@ def _tile_levels(rows, cols, row_ok, col_lo, col_hi,
     for k in range(tl.max(count, axis=0)):
         has = k < count
         pp = tl.load(patch_pos_ptr + first + k, mask=has, other=-1).to(IDX)
-        px = tl.load(patch_xor_ptr + first + k, mask=has, other=0)
+        px = tl.load(patch_xor_ptr + first + k, mask=has, other=0).to(tl.int32)
         code = code ^ tl.where(p == pp[:, None], px[:, None], 0)
     # levels (FORMAT.md section 4, float32, operation for operation)
     if GROUPED:
@@ -237,7 +237,7 @@ def decode_rows_kernel(out_ptr, row_idx_ptr, nsel, col_tiles,
                      patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, ncols, nfull, nfull_safe, step,
                      ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K, GROUPED, IDX)
     ok = sel_ok[:, None] & (cols < ncols)[None, :]
-    offs = sel.to(IDX)[:, None] * ncols + cols.to(IDX)[None, :]
+    offs = sel.to(tl.int64)[:, None] * ncols + cols.to(tl.int64)[None, :]  # many indices may pass 2^31
     _store_out(out_ptr, offs, v, ok, OUT)
 
 

@@ -255,7 +255,7 @@ class ResidentWeight:
             raise err("patch bits name planes that do not exist or are packed")
         nchunks = -(-n // PATCH_CHUNK) if n else 0
         chunk_first = np.searchsorted(body, np.arange(nchunks + 1, dtype=np.int64) * PATCH_CHUNK).astype(np.int64)
-        index64 = max(n, int(offset) * 64) >= INDEX32_LIMIT
+        index64 = max(n, int(offset) * 64, int(scales.size)) >= INDEX32_LIMIT
         word_rank = np.zeros(1, np.int64)
         if packed_bits:
             word_rank = np.concatenate([[0], np.cumsum(kept_per_word[:-1], dtype=np.int64)])
@@ -266,7 +266,7 @@ class ResidentWeight:
             "g": (np.concatenate(g_parts) if g_parts else np.zeros(1, np.uint64)).view(np.int64),
             "params": params.reshape(-1),
             "patch_pos": body.astype(patch_dtype) if body.size else np.zeros(1, patch_dtype),
-            "patch_xor": pxor[:-1].astype(np.int32) if body.size else np.zeros(1, np.int32),
+            "patch_xor": pxor[:-1].astype(np.uint8) if body.size else np.zeros(1, np.uint8),  # bits <= 8 planes
             "patch_chunk": chunk_first.astype(np.int32 if body.size < (1 << 31) else np.int64),
             "scales": np.ascontiguousarray(scales, np.float32).reshape(-1),
             "word_rank": word_rank.astype(np.int32 if kept < (1 << 31) else np.int64),
