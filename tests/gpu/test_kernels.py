@@ -261,5 +261,5 @@ def test_import_without_triton():
             "import xorsparse, xorsparse.gpu as g\n"
             "assert not g.is_available()\n"
             "try:\n    g.linear(None, None)\nexcept g.GpuUnavailableError as e:\n    print('ok', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
