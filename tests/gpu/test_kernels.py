@@ -263,3 +263,21 @@ def test_import_without_triton():
             "try:\n    g.linear(None, None)\nexcept g.GpuUnavailableError as e:\n    print('ok', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
+def test_paths_for_huge_tensors(monkeypatch, device):
+    """64-bit indices and the integer remainder of the interleave (chosen past 2^31
+    positions or 2^53 products) decode the same bits, forced here on a small tensor."""
+    import triton.language as tl
+
+    from xorsparse.gpu import ops
+
+    plain = ops._common_args
+
+    def wide(rw):
+        args, meta = plain(rw)
+        return args, {**meta, "IDX": tl.int64, "MULMOD_F64": False}
+
+    monkeypatch.setattr(ops, "_common_args", wide)
+    check_same(with_patches(weights((40, 90), "float16", 11), CompressConfig(0.7, 3)), device)
+    check_same(compress_tensor(weights((30, 50), "bfloat16", 12), CONFIGS["uniform2-packed-groups"]), device)

@@ -58,12 +58,14 @@ def _common_args(rw: ResidentWeight) -> tuple[list, dict]:
     t = rw.tensors
     nfull = rw.numel // 64
     args = [t["mask"], t["streams"], t["g"], t["params"], t["patch_pos"], t["patch_xor"], t["patch_chunk"],
-            t["word_rank"], t["scales"], rw.rows, rw.cols, nfull, max(nfull, 1), rw.step, rw.ngroups, rw.group_size]
+            t["word_rank"], t["scales"], t["inv_blocks"], rw.rows, rw.cols, nfull, max(nfull, 1), rw.step, rw.ngroups,
+            rw.group_size]
     import triton.language as tl
 
     meta = {"Q": rw.bits, "WW": rw.win_words, "PACKED": rw.packed_planes, "SHARED": rw.shared_decoder,
             "KIND": rw.quant_kind, "SCALE_K": rw.scale_k, "GROUPED": rw.ngroups > 1,
-            "IDX": tl.int64 if t["index64"] else tl.int32, "OUT": _out_kind(rw)}
+            "IDX": tl.int64 if t["index64"] else tl.int32, "OUT": _out_kind(rw),
+            "MULMOD_F64": max(nfull, 1) ** 2 < (1 << 53)}
     return args, meta
 
 

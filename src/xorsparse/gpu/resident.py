@@ -269,6 +269,7 @@ class ResidentWeight:
             "patch_xor": pxor[:-1].astype(np.uint8) if body.size else np.zeros(1, np.uint8),  # bits <= 8 planes
             "patch_chunk": chunk_first.astype(np.int32 if body.size < (1 << 31) else np.int64),
             "scales": np.ascontiguousarray(scales, np.float32).reshape(-1),
+            "inv_blocks": np.array([1.0 / max(nfull, 1)], np.float64),  # the interleave's reciprocal
             "word_rank": word_rank.astype(np.int32 if kept < (1 << 31) else np.int64),
         }
         dev = torch.device(device) if device is not None else torch.device("cpu")
