@@ -226,17 +226,19 @@ def test_linear_shapes_and_errors(device):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_fused_tile_is_bit_exact(dtype, device):
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("cfg", [CompressConfig(0.7, 3), CompressConfig(0.6, 3, "uniform", symmetric=False)])
+def test_fused_tile_is_bit_exact(cfg, batch, dtype, device):
     """One-hot rows of x pick single columns of W out of the fused kernel: exact products."""
     torch_dtype = getattr(torch, dtype)
-    ct = with_patches(weights((40, 90), dtype, 9), CompressConfig(0.7, 3))
+    ct = with_patches(weights((40, 90), dtype, 9), cfg)
     rw = ResidentWeight.from_compressed(ct, device)
     w = decode_dense(rw)
     for start in (0, 16, 74):
-        x = torch.zeros(16, 90, dtype=torch_dtype, device=device)
-        x[torch.arange(16), start + torch.arange(16)] = 1
+        x = torch.zeros(batch, 90, dtype=torch_dtype, device=device)
+        x[torch.arange(batch), start + torch.arange(batch)] = 1
         y = linear(x, rw, fused=True)
-        assert bits_of(y) == bits_of(w[:, start : start + 16].t().contiguous())
+        assert bits_of(y) == bits_of(w[:, start : start + batch].t().contiguous())
 
 
 @pytest.mark.parametrize("name", ["bcq2-auto", "uniform4-asym-g5-ctx", "bcq3-packed"])

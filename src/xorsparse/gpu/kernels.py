@@ -269,16 +269,17 @@ def decode_rows_kernel(out_ptr, row_idx_ptr, nsel, col_tiles,
 def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
                         mask_ptr, streams_ptr, g_ptr, params_ptr, patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr,
                         word_rank_ptr, scales_ptr, inv_nfull_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups,
-                       group_size,
+                        group_size,
                         Q: tl.constexpr, WW: tl.constexpr, PACKED: tl.constexpr, SHARED: tl.constexpr,
                         KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr,
                         MULMOD_F64: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                        BK: tl.constexpr,
-                        BF16_VIA_F32: tl.constexpr):
+                        BK: tl.constexpr, BF16_VIA_F32: tl.constexpr):
     """Partial products x[:, K-tiles of this split] @ W[rows, same]^T into part[split, M, N].
 
     Each program decodes its weight tiles in registers (rounded to the weight dtype, as
     decode_dense writes them) and never stores them; splits over K fill the GPU at batch 1.
+    BM < 16 (1 to 4 rows of x): products and row sums in float32, no padding to the 16 rows
+    a tl.dot needs; BM = 16: tl.dot (tensor cores for float16 / bfloat16).
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -294,19 +295,26 @@ def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
         col_hi = tl.minimum(col_lo + BK, ncols)
         v = _tile_levels(rows, cols, row_ok, col_lo, col_hi, mask_ptr, streams_ptr, g_ptr, params_ptr,
                          patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, inv_nfull_ptr,
-                         ncols, nfull,
-                         nfull_safe, step, ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K, GROUPED, IDX,
-                     MULMOD_F64)
+                         ncols, nfull, nfull_safe, step, ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K,
+                         GROUPED, IDX, MULMOD_F64)
         xt = tl.load(x_ptr + m[:, None] * stride_xm + cols[None, :], mask=m_ok[:, None] & (cols < ncols)[None, :],
                      other=0.0)
-        if OUT == OUT_F16:
+        # the weight as decode_dense writes it, in float32 (exact) or its own dtype
+        if OUT == OUT_BF16:
+            w32 = (_bf16_bits(v).to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        elif OUT == OUT_F16:
+            w32 = v.to(tl.float16).to(tl.float32)
+        else:
+            w32 = v
+        if BM < 16:
+            acc += tl.sum(xt.to(tl.float32)[:, None, :] * w32[None, :, :], axis=2)
+        elif OUT == OUT_F16:
             acc += tl.dot(xt, tl.trans(v.to(tl.float16)))
         elif OUT == OUT_BF16:
-            wb = (_bf16_bits(v).to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
             if BF16_VIA_F32:  # the interpreter's dot does not take bfloat16: exact products in float32
-                acc += tl.dot(xt.to(tl.float32), tl.trans(wb), input_precision="ieee")
+                acc += tl.dot(xt.to(tl.float32), tl.trans(w32), input_precision="ieee")
             else:
-                acc += tl.dot(xt, tl.trans(wb.to(tl.bfloat16)))
+                acc += tl.dot(xt, tl.trans(w32.to(tl.bfloat16)))
         else:
             acc += tl.dot(xt, tl.trans(v), input_precision="ieee")
     offs = pid_s * M * nrows + m[:, None] * nrows + rows[None, :]

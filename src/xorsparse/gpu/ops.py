@@ -7,6 +7,7 @@ import threading
 
 import torch
 
+from ..tensor.fused import Q_UNIFORM_ASYM
 from .resident import ResidentWeight
 
 FUSED_MAX_BATCH = 16  # rows of x up to which linear() runs the fused decode-multiply kernel
@@ -182,12 +183,15 @@ def linear(x: torch.Tensor, rw: ResidentWeight, bias: torch.Tensor | None = None
     k = _kernels()
     x2 = x2.contiguous()
     args, meta = _common_args(rw)
-    bn, bk, bm = (64 if interpreting() else 32), 128, 16  # first guesses: to tune on the GPU
+    bm = _pow2_at_most(m, 16) if m <= 4 else 16  # up to 4 rows without tl.dot's 16-row padding
+    bn, bk = (64 if interpreting() else 32), 128  # first guesses: to tune on the GPU
     n_tiles = -(-rw.rows // bn)
     split = _split_k(n_tiles, -(-rw.cols // bk), rw.device)
     part = torch.empty((split, m, rw.rows), dtype=torch.float32, device=rw.device)
     k.linear_fused_kernel[(n_tiles, split)](x2, part, m, x2.stride(0), split, *args, **meta, BM=bm, BN=bn, BK=bk,
-                                            BF16_VIA_F32=interpreting(), enable_fp_fusion=False)
+                                            BF16_VIA_F32=interpreting(),
+                                            # levels a + b * c (asymmetric uniform) must not become an FMA
+                                            enable_fp_fusion=rw.quant_kind != Q_UNIFORM_ASYM)
     y = part.sum(0) if split > 1 else part[0]
     if bias is not None:
         y = y + bias.to(torch.float32)
