@@ -130,7 +130,7 @@ def test_odd_shapes(shape, cfg, device):
 
 def test_equals_the_spec_decoder(tmp_path, device):
     """tests/reference.py decodes from the file alone (shares no code with xorsparse)."""
-    from xorsparse.io.container import write_xsp
+    from xorsparse.format.container import write_xsp
 
     rng = np.random.default_rng(5)
     cts = {

@@ -7,6 +7,7 @@ import threading
 
 import torch
 
+from ..errors import XorsparseError
 from ..tensor.fused import Q_UNIFORM_ASYM
 from .resident import ResidentWeight
 
@@ -19,7 +20,7 @@ _workspaces: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _workspace_lock = threading.Lock()
 
 
-class GpuUnavailableError(RuntimeError):
+class GpuUnavailableError(XorsparseError):
     """The Triton kernels cannot run here (no triton, or no CUDA device and no interpreter)."""
 
 

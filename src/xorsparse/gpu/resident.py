@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..codec.xornet import MAX_WINDOW
+from ..errors import XorsparseError
 from ..tensor import fused
 from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane
@@ -42,7 +43,7 @@ OUT_KINDS = {"float32": fused.OUT_F32, "float64": fused.OUT_F64, "float16": fuse
              "bfloat16": fused.OUT_BF16}
 
 
-class ResidentLayoutError(ValueError):
+class ResidentLayoutError(XorsparseError):
     """A compressed weight whose parts do not fit together (stopped before any kernel)."""
 
 
