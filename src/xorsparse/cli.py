@@ -101,9 +101,9 @@ def _folder_method(args) -> tuple[str, bool]:
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
     if not runnable:
-        if args.method not in (None, "magnitude") or args.calibration or args.recover:
+        if args.method not in (None, "magnitude") or args.calibration or args.recover or args.eval:
             what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
-                ("--calibration" if args.calibration else "--recover")
+                ("--calibration" if args.calibration else "--eval" if args.eval else "--recover")
             kind = "a compressed-tensors checkpoint keeps its own codes" if is_model_folder(args.input) else \
                 "bare tensor files are compressed with --method magnitude"
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
@@ -169,11 +169,11 @@ def cmd_compress(args) -> int:
             res = prepare_folder(args.input, cfg, include=args.include, exclude=args.exclude,
                                  force_include=args.force_include, embeddings=args.embeddings,
                                  calibration=args.calibration, recover_steps=args.recover,
-                                 samples=args.calibration_samples, seed=args.seed,
+                                 samples=args.calibration_samples, seed=args.seed, eval_file=args.eval,
                                  log=None if args.json else print)
             records, prepared = res.records, res.checkpoint_prepared()
         except (ModelFolderError, ImportError) as e:
-            if args.method is not None or args.calibration or args.recover:
+            if args.method is not None or args.calibration or args.recover or args.eval:
                 raise
             # the default only: a folder we cannot run is still compressed, data-free
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in English corpus)")
     c.add_argument("--calibration-samples", type=int, default=SAMPLES, metavar="N",
                    help=f"calibration samples to use at most (default {SAMPLES}; a seeded subset of longer files)")
+    c.add_argument("--eval", metavar="FILE", default=None,
+                   help="your own held-out text (UTF-8, one sample per line, never used for calibration): the "
+                        "quality report scores it too, beside the built-in in-domain and out-of-domain sets")
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")

@@ -68,6 +68,7 @@ def _num_map(v: Any) -> bool:
 
 HELD_OUT = {
     "source": _str, "file": _opt(_str), "sha256": _opt(_sha256), "samples": _int(), "selection": _str,
+    "domain": _one_of("in-domain", "out-of-domain", "user"),
 }
 
 QUALITY = {
@@ -77,6 +78,10 @@ QUALITY = {
     "layers": _num_map, "mean_relative_error": _num(0.0), "max_relative_error": _num(0.0),
     "output_relative_error": _num(0.0),
 }
+# the same figures on other held-out sets: out-of-domain text, the user's --eval file
+SUB_QUALITY = {k: v for k, v in QUALITY.items() if k not in ("kind", "layers")}
+QUALITY["out_of_domain"] = "sub"
+QUALITY["eval"] = "sub"
 
 CALIBRATION = {
     "method": _one_of(*METHODS), "model_kind": _str, "source": _one_of("builtin", "file", "python"),
@@ -96,6 +101,8 @@ def _check(record: Any, schema: dict, what: str) -> None:
         check = schema[k]
         if check is None:
             _check(v, HELD_OUT, f"{what}.{k}")
+        elif check == "sub":
+            _check(v, SUB_QUALITY, f"{what}.{k}")
         elif not check(v):
             raise RecordError(f"{what}.{k}: invalid value {str(v)[:60]!r}")
 

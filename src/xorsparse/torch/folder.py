@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..io.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
+from ..io.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file, read_eval_file
 from ..io.checkpoint import CheckpointError, Prepared as CheckpointPrepared, open_checkpoint, select_tensors
 from ..io.records import needs_recomputation
 from ..io.torchconv import torch_dtype_name
@@ -35,7 +35,7 @@ from ..tensor.prune import global_magnitude_masks
 from ..tensor.pipeline import to_float32
 from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
     sentence_transformer_calibration, supports_calibration, text_calibration
-from .quality import quality_report
+from .quality import quality_report, sub_report
 from .recover import LR, SCALE_LR, recover_prepared
 
 BATCH_SIZE = 16
@@ -242,7 +242,8 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
                    calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
                    seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
                    recover_lr: float = LR, recover_scale_lr: float = SCALE_LR, with_quality: bool = True,
-                   log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
+                   eval_file: str | None = None, log: Callable[[str], None] | None = None,
+                   progress: bool | None = None) -> FolderResult:
     """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
     and the quality report; nothing is written. The selection is the checkpoint writer's
     (include, exclude, force_include, embeddings); selected tensors that are not weights of
@@ -260,6 +261,9 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     if config.method != "magnitude" or recover_steps:
         check_error_feedback_quantizer(config)  # before the model runs (recovery has the same needs)
     cset = _calibration_set(calibration, samples, seed)
+    eval_set = read_eval_file(eval_file) if eval_file is not None and with_quality else None
+    if eval_set is not None and fm.quality_kind != "sentence-transformers" and fm.tokenizer is None:
+        raise ModelFolderError(f"{src}: no tokenizer to turn the --eval text into inputs")
     data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
     mapping, notes = map_to_checkpoint(fm.model, ck, selected)
     mods = dict(fm.model.named_modules())
@@ -325,6 +329,15 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
                                  info=cset.held_out_info)
         if "layers" in quality:
             quality["layers"] = {mapping[m]: v for m, v in quality["layers"].items()}
+        # the same figures on text calibration never saw: the built-in out-of-domain set, --eval FILE
+        for key, texts, info in (("out_of_domain", cset.out_of_domain, cset.out_of_domain_info),
+                                 ("eval", *(eval_set or (None, None)))):
+            if texts is None or (fm.quality_kind != "sentence-transformers" and fm.tokenizer is None):
+                continue
+            held = texts if fm.quality_kind == "sentence-transformers" else \
+                fm.data(texts, "text", batch_size, max_length, info)
+            quality[key] = sub_report(quality_report(fm.quality_kind, teacher, fm.model, held, names=list(mapping),
+                                                     info=info))
         seconds["quality"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
