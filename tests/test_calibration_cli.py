@@ -217,3 +217,40 @@ def test_eval_needs_a_model(st_file, tmp_path, capsys):
     ev.write_text("a sentence long enough to be text\n" * 10)
     code, out, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--eval", str(ev))
     assert code != 0 and "--eval needs a model to run" in err
+
+
+def test_target_bits_chooses_sparsity_and_bits_per_layer(tiny_st_dir, tmp_path, capsys):
+    out = str(tmp_path / "b.xsp")
+    code, text, _ = run(capsys, "compress", tiny_st_dir, out, "--target-bits", "2.0", "--no-embeddings",
+                        "--calibration-samples", "40")
+    assert code == 0 and "bit budget 2 bits per weight: estimated" in text and "sparsity " in text
+    code, text, _ = run(capsys, "inspect", out, "--json")
+    info = json.loads(text)
+    alloc = info["allocation"]
+    assert alloc["target_bits"] == 2.0 and set(alloc["layers"]) == {t["name"] for t in info["tensors"]}
+    assert alloc["estimated_bits"] <= 2.0 + 1e-9
+    bits = {t["name"]: t for t in info["tensors"]}
+    for name, (s, q) in alloc["layers"].items():  # every tensor holds the bits the allocation chose
+        assert bits[name]["bits"] == q
+    code, text, _ = run(capsys, "verify", out, "--against", tiny_st_dir)
+    assert code == 0 and "bit-identical to a recomputation" in text
+
+
+@pytest.mark.parametrize("value,msg", [("0", "target bits must be a number in (0, 16]"),
+                                       ("-1", "target bits must be"), ("nan", "target bits must be"),
+                                       ("17", "target bits must be"), ("0.01", "below the smallest size")])
+def test_bad_target_bits_are_one_line_errors(tiny_st_dir, tmp_path, capsys, value, msg):
+    code, out, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--target-bits", value,
+                         "--calibration-samples", "40")
+    assert code != 0 and msg in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x.xsp")
+
+
+def test_target_bits_not_a_number(tiny_st_dir, tmp_path):
+    with pytest.raises(SystemExit):  # argparse: usage, then the error
+        main(["compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--target-bits", "abc"])
+
+
+def test_target_bits_needs_a_model(st_file, tmp_path, capsys):
+    code, out, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--target-bits", "2")
+    assert code != 0 and "--target-bits needs a model to run" in err

@@ -107,6 +107,25 @@ def _check(record: Any, schema: dict, what: str) -> None:
             raise RecordError(f"{what}.{k}: invalid value {str(v)[:60]!r}")
 
 
+def _allocation_layers(v: Any) -> bool:
+    return isinstance(v, dict) and 0 < len(v) <= MAX_ITEMS and all(
+        _str(k) and isinstance(c, list) and len(c) == 2 and _num(0.0, 0.999999)(c[0]) and _int(1, 8)(c[1])
+        for k, c in v.items())
+
+
+ALLOCATION = {
+    "target_bits": _num(1e-9, 16.0), "estimated_bits": _num(0.0, 64.0), "proxy_error": _num(0.0),
+    "layers": _allocation_layers,  # tensor name -> [sparsity, bits]
+}
+
+
+def check_allocation(record: Any) -> None:
+    _check(record, ALLOCATION, "allocation")
+    for k in ("target_bits", "layers"):
+        if k not in record:
+            raise RecordError(f"allocation.{k}: missing")
+
+
 def check_quality(record: Any) -> None:
     _check(record, QUALITY, "quality")
     if "kind" not in record:
@@ -119,7 +138,7 @@ def check_calibration(record: Any) -> None:
         raise RecordError("calibration.method: missing")
 
 
-CHECKS = {"quality": check_quality, "calibration": check_calibration}
+CHECKS = {"quality": check_quality, "calibration": check_calibration, "allocation": check_allocation}
 
 
 def needs_recomputation(record: dict | None) -> bool:
@@ -127,4 +146,4 @@ def needs_recomputation(record: dict | None) -> bool:
     return bool(record) and (record.get("method") != "magnitude" or bool(record.get("recover_steps")))
 
 
-__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_calibration", "check_quality", "needs_recomputation"]
+__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_allocation", "check_calibration", "check_quality", "needs_recomputation"]
