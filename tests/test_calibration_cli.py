@@ -37,7 +37,7 @@ def test_default_for_a_model_folder_is_calibrated_with_a_quality_report(compress
     assert any("embeddings" in t["name"] for t in info["tensors"])
     q = info["quality"]
     assert q["kind"] == "sentence-transformers" and -1 <= q["mean_cosine"] <= 1 and 0 <= q["nn_agreement"] <= 1
-    from xorsparse.io.calibdata import builtin_set, builtin_texts
+    from xorsparse.data.calibdata import builtin_set, builtin_texts
 
     assert q["held_out"]["source"] == "builtin" and q["held_out"]["domain"] == "in-domain"
     assert q["held_out"]["samples"] == len(builtin_set(48).held_out) > 256
@@ -127,7 +127,7 @@ def test_forward_failure_names_the_module(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_user_text_calibration_holds_out_one_in_eight(tiny_st_dir, tmp_path, capsys):
-    from xorsparse.io.calibdata import builtin_texts
+    from xorsparse.data.calibdata import builtin_texts
 
     cal = tmp_path / "mine.txt"
     cal.write_text("\n".join(builtin_texts("calibration")[:80]) + "\n")
@@ -161,7 +161,7 @@ def test_folder_output_carries_the_records_and_verifies(tiny_st_dir, tmp_path, c
 def test_a_config_the_checkpoint_does_not_match_falls_back_to_magnitude(tmp_path, capsys):
     """config.json naming a model the weights do not belong to: nothing is instantiated (a bare
     {"model_type": "llama"} would be a 7B default model); the default method falls back."""
-    from tests.io.test_job import make_folder
+    from tests.jobs.test_job import make_folder
 
     src = make_folder(tmp_path / "model", shards=1)
     code, text, err = run(capsys, "compress", src, str(tmp_path / "o.xsp"), "--sparsity", "0.5")

@@ -178,7 +178,7 @@ def test_recovery_keeps_masks_lowers_the_error_and_stays_exact(tmp_path):
 
 
 def test_target_bits_allocates_per_layer_within_the_budget(tmp_path):
-    from xorsparse.io.container import XspFile
+    from xorsparse.format.container import XspFile
 
     model = tiny_bert()
     data, held = batches(), batches(seed=9)
@@ -211,7 +211,7 @@ def test_target_bits_needs_calibration():
 
 
 def test_allocation_records_are_checked():
-    from xorsparse.io.records import RecordError, check_allocation
+    from xorsparse.format.records import RecordError, check_allocation
 
     good = {"target_bits": 2.0, "estimated_bits": 1.9, "proxy_error": 0.1, "layers": {"a.weight": [0.5, 3]}}
     check_allocation(good)
