@@ -100,18 +100,18 @@ def run(args) -> int:
 
 
 def measure(args) -> int:
-    from xorsparse.data.calibdata import builtin_set, read_eval_file
     from xorsparse.checkpoint.planning import Prepared as CheckpointPrepared
-    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.checkpoint.readers import open_checkpoint
     from xorsparse.checkpoint.selection import select_tensors
     from xorsparse.checkpoint.stats import totals
+    from xorsparse.data.calibdata import builtin_set, read_eval_file
     from xorsparse.format.container import XspFile
+    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.tensor.pipeline import CompressConfig, from_float32
+    from xorsparse.torch.budget import configs_of, plan_allocation
     from xorsparse.torch.calibrate import calibrate_model, prepare_weight
     from xorsparse.torch.folder import load_folder_model, map_to_checkpoint
     from xorsparse.torch.quality import embedding_agreement, sentence_embeddings
-    from xorsparse.torch.budget import configs_of, plan_allocation
     from xorsparse.torch.recover import recover_prepared
 
     model_dir = args.model

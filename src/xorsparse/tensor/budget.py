@@ -75,7 +75,12 @@ def layer_costs(name: str, w: np.ndarray, xtx: np.ndarray | None, config, candid
     a layer no data reaches; identity statistics, i.e. the relative weight error)."""
     from dataclasses import replace
 
-    from .calibrated import calibrated_prune_quantize, damped_hessian, inverse_cholesky, output_error
+    from .calibrated import (
+        calibrated_prune_quantize,
+        damped_hessian,
+        inverse_cholesky,
+        output_error,
+    )
     from .dequant import dequantize
     from .pipeline import prune_quantize
 

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..tensor.budget import Allocation, LayerCosts, allocate, check_target_bits, layer_costs, set_outlier_weights
+from ..tensor.budget import (
+    Allocation,
+    LayerCosts,
+    allocate,
+    check_target_bits,
+    layer_costs,
+    set_outlier_weights,
+)
 from ..tensor.pipeline import CompressConfig, to_float32
 from .calibrate import _whole_model_stats, supports_calibration
 
@@ -72,7 +79,8 @@ def allocation_lines(allocation: Allocation, names: dict[str, str] | None = None
         groups.setdefault(c, []).append(names.get(n, n))
     out = [f"bit budget {allocation.target_bits:g} bits per weight: estimated {allocation.estimated_bits:.3f}"]
     for (s, q), ns in sorted(groups.items()):
-        out.append(f"  sparsity {s:.0%} / {q}-bit: {len(ns)} tensors ({', '.join(ns[:3])}{', ...' if len(ns) > 3 else ''})")
+        more = ", ..." if len(ns) > 3 else ""
+        out.append(f"  sparsity {s:.0%} / {q}-bit: {len(ns)} tensors ({', '.join(ns[:3])}{more})")
     return out
 
 

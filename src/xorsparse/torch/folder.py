@@ -16,33 +16,44 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import replace
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file, read_eval_file
-from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.planning import Prepared as CheckpointPrepared
+from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.selection import select_tensors
+from ..data.calibdata import (
+    SAMPLES,
+    CalibrationSet,
+    builtin_set,
+    read_calibration_file,
+    read_eval_file,
+)
+from ..errors import XorsparseError
 from ..format.records import needs_recomputation
 from ..format.torchconv import torch_dtype_name
 from ..progress import Progress
-from ..tensor.calibrated import check_error_feedback_quantizer
-from ..tensor.pipeline import CompressConfig
-from ..tensor.prune import global_magnitude_masks
-from ..tensor.pipeline import to_float32
-from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
-    sentence_transformer_calibration, supports_calibration, text_calibration
 from ..tensor.budget import BITS, SPARSITIES, check_target_bits
+from ..tensor.calibrated import check_error_feedback_quantizer
+from ..tensor.pipeline import CompressConfig, to_float32
+from ..tensor.prune import global_magnitude_masks
 from .budget import allocation_lines, allocation_record, configs_of, plan_allocation
+from .calibrate import (
+    CalibrationData,
+    Prepared,
+    calibrate_model,
+    prepare_weight,
+    sentence_transformer_calibration,
+    supports_calibration,
+    text_calibration,
+)
 from .quality import quality_report, sub_report
 from .recover import LR, SCALE_LR, recover_prepared
-from ..errors import XorsparseError
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
@@ -152,7 +163,9 @@ def load_folder_model(path: str) -> FolderModel:
                                         model_kwargs={"dtype": torch.float32})
             return FolderModel(path, "sentence-transformers", model.eval())
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        )
 
         causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
         archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
