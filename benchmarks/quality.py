@@ -100,6 +100,7 @@ def run(args) -> int:
 
 
 def measure(args) -> int:
+    from xorsparse.checkpoint.options import SelectOptions
     from xorsparse.checkpoint.planning import Prepared as CheckpointPrepared
     from xorsparse.checkpoint.readers import open_checkpoint
     from xorsparse.checkpoint.selection import select_tensors
@@ -145,7 +146,7 @@ def measure(args) -> int:
         tag = f"{extra['point']}-{cfg.method}-{extra['recover_steps']}".replace(" ", "").replace("/", "_")
         path = os.path.join(work, f"minilm-{tag}.xsp")
         done = _timer()
-        trows = compress_checkpoint(model_dir, path, cfg, embeddings=False,
+        trows = compress_checkpoint(model_dir, path, cfg, SelectOptions(embeddings=False),
                                     prepared={n: CheckpointPrepared(p.keep, p.quant, p.dtype)
                                               for n, p in by_name.items()}).rows
         encode_s, encode_cpu_s = done()

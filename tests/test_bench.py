@@ -1,7 +1,6 @@
 import json
 import os
 
-
 from benchmarks.__main__ import main
 
 

@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+
 from ..errors import XorsparseError
 
 MIN_TEXTS = 32  # fewer lines than this cannot calibrate a layer of a few hundred inputs

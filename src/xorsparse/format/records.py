@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+
 from ..errors import XorsparseError
 
 QUALITY_KINDS = ("sentence-transformers", "causal-lm", "layer-error")

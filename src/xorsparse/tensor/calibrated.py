@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .dequant import dequantize, levels_table
-from .prune import _check, _check_sparsity, magnitude_mask, given_mask, smallest_mask
+from .prune import _check, _check_sparsity, given_mask, magnitude_mask, smallest_mask
 from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, quantize, row_layout
 
 METHODS = ("magnitude", "wanda", "sparsegpt")

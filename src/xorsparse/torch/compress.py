@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from ..format.container import RawTensor, write_xsp
+from ..format.records import CALIBRATION
 from ..format.torchconv import raw_from_torch
-from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
-    to_float32
 from ..tensor.parallel import default_threads
+from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, to_float32
 from ..tensor.prune import global_magnitude_masks
+from .attach import attach_prepared
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
@@ -149,8 +150,6 @@ class CompressedModel:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Write the compressed weights (as they decode) into `model`, in place, and remember
         them there so that `recover(model, teacher, data)` can fine-tune them."""
-        from .recover import attach_prepared
-
         return attach_prepared(model, self.prepared, self.config, self.calibration)
 
 
@@ -245,7 +244,6 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
 
 def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
     """What the file says about how its codes were chosen (docs/FORMAT.md, section 8)."""
-    from ..format.records import CALIBRATION
 
     rec = {"method": config.method, "source": "python", "sequential": res.sequential, "blocks": res.blocks,
            "calibrated_tensors": sum(p.calibrated for p in res.prepared.values()),

@@ -24,23 +24,19 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared as CheckpointPrepared
 from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.selection import select_tensors
-from ..data.calibdata import (
-    SAMPLES,
-    CalibrationSet,
-    builtin_set,
-    read_calibration_file,
-    read_eval_file,
-)
+from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file, read_eval_file
 from ..errors import XorsparseError
 from ..format.records import needs_recomputation
 from ..format.torchconv import torch_dtype_name
+from ..jobs.checkpoint import compress_checkpoint
 from ..progress import Progress
 from ..tensor.budget import BITS, SPARSITIES, check_target_bits
 from ..tensor.calibrated import check_error_feedback_quantizer
-from ..tensor.pipeline import CompressConfig, to_float32
+from ..tensor.pipeline import CompressConfig, from_float32, to_float32
 from ..tensor.prune import global_magnitude_masks
 from .budget import allocation_lines, allocation_record, configs_of, plan_allocation
 from .calibrate import (
@@ -260,27 +256,47 @@ def _calibration_set(calibration: str | None, samples: int | None, seed: int) ->
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
 
-def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                   force_include: Sequence[str] = (), embeddings: bool = True,
-                   calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
-                   seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
-                   recover_lr: float = LR, recover_scale_lr: float = SCALE_LR, with_quality: bool = True,
-                   eval_file: str | None = None, target_bits: float | None = None,
-                   allocation: dict | None = None, log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The calibration run of a model folder: its data (`calibration` file or the built-in
+    sentences, `samples`, `seed`, `batch_size`, `max_length`), recovery by distillation
+    (`recover_steps`, `recover_lr`, `recover_scale_lr`), whether to measure quality, an
+    `eval_file` of held-out text, and `target_bits`: total bits per compressed weight, the
+    sparsity and bits of every tensor then chosen per layer within it (torch/budget.py, config's
+    not used); `allocation`: a file's `allocation` record, to recompute that file (verify --against)."""
+
+    calibration: str | None = None
+    samples: int | None = SAMPLES
+    seed: int = 0
+    batch_size: int = BATCH_SIZE
+    max_length: int = MAX_LENGTH
+    recover_steps: int = 0
+    recover_lr: float = LR
+    recover_scale_lr: float = SCALE_LR
+    with_quality: bool = True
+    eval_file: str | None = None
+    target_bits: float | None = None
+    allocation: dict | None = None
+
+
+def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                   calib: CalibrationOptions = CalibrationOptions(), *, log: Callable[[str], None] | None = None,
+                   progress: bool | None = None) -> FolderResult:
     """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
     and the quality report; nothing is written. The selection is the checkpoint writer's
-    (include, exclude, force_include, embeddings); selected tensors that are not weights of
-    modules the calibration can reach (embedding tables, ...) are pruned data-free here too,
-    so that `prepared` holds every selected tensor.
-
-    target_bits: total bits per compressed weight; the sparsity and bits of every tensor are
-    then chosen per layer within it (torch/budget.py) and config's are not used.
-    allocation: a file's `allocation` record, to recompute that file (verify --against)."""
+    (`select`: include, exclude, force_include, embeddings); selected tensors that are not
+    weights of modules the calibration can reach (embedding tables, ...) are pruned data-free
+    here too, so that `prepared` holds every selected tensor. `progress`: show progress bars
+    (None: on a terminal)."""
+    calibration, recover_steps, samples, seed = calib.calibration, calib.recover_steps, calib.samples, calib.seed
+    batch_size, max_length, with_quality = calib.batch_size, calib.max_length, calib.with_quality
+    recover_lr, recover_scale_lr = calib.recover_lr, calib.recover_scale_lr
+    eval_file, target_bits, allocation = calib.eval_file, calib.target_bits, calib.allocation
     say = log or (lambda s: None)
     t0, c0 = time.perf_counter(), time.process_time()
     fm = load_folder_model(src)
     ck = open_checkpoint(src)
-    selected = select_tensors(ck, include, exclude, force_include, embeddings).compressed
+    selected = select_tensors(ck, select.include, select.exclude, select.force_include, select.embeddings).compressed
     if not selected:
         raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
     if config.global_sparsity and config.method != "magnitude":
@@ -398,22 +414,19 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     return FolderResult(out, rec, quality, fm.kind, notes, chosen if chosen is not None else allocation)
 
 
-__all__ = ["FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
+__all__ = ["CalibrationOptions", "FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
            "map_to_checkpoint", "prepare_folder"]
 
 
-def compress_model_folder(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
-                          exclude: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None,
-                          force_include: Sequence[str] = (), embeddings: bool = True, **kwargs):
+def compress_model_folder(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                          calib: CalibrationOptions = CalibrationOptions(), run: RunOptions = RunOptions(), *,
+                          log: Callable[[str], None] | None = None):
     """prepare_folder, then the checkpoint writer encodes the prepared tensors (and stores the
     rest) into an .xsp file or model folder with the records; returns (CompressReport,
     FolderResult)."""
-    from ..jobs.checkpoint import compress_checkpoint
-
-    res = prepare_folder(src, config, include=include, exclude=exclude, force_include=force_include,
-                         embeddings=embeddings, **kwargs)
-    report = compress_checkpoint(src, out, config, include, exclude, progress, prepared=res.checkpoint_prepared(),
-                                 force_include=force_include, embeddings=embeddings, extra=res.records)
+    res = prepare_folder(src, config, select, calib, log=log)
+    report = compress_checkpoint(src, out, config, select, run, prepared=res.checkpoint_prepared(),
+                                 extra=res.records)
     return report, res
 
 
@@ -422,8 +435,6 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
                          allocation: dict | None = None) -> dict[str, torch.Tensor]:
     """The dense tensors a calibrated file should decode to, recomputed from the original
     folder with the file's config and calibration record (same data, seed and steps)."""
-    from ..data.calibdata import builtin_set
-    from ..tensor.pipeline import from_float32
 
     if record.get("source") == "builtin":
         path = None
@@ -440,13 +451,14 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
             raise ValueError(f"{path}: not the calibration file this .xsp was made with (sha256 differs)")
     else:
         raise ValueError(f"calibration source {record.get('source')!r} cannot be recomputed")
-    res = prepare_folder(against, config, include=list(xsp_names), calibration=path,
-                         recover_steps=int(record.get("recover_steps") or 0), samples=record.get("samples"),
-                         seed=int(record.get("seed", 0)), batch_size=int(record.get("batch_size", BATCH_SIZE)),
-                         max_length=int(record.get("max_length", MAX_LENGTH)),
-                         recover_lr=float(record.get("recover_lr", LR)),
-                         recover_scale_lr=float(record.get("recover_scale_lr", SCALE_LR)), with_quality=False, log=log,
-                         allocation=allocation)
+    calib = CalibrationOptions(calibration=path, samples=record.get("samples"), seed=int(record.get("seed", 0)),
+                               batch_size=int(record.get("batch_size", BATCH_SIZE)),
+                               max_length=int(record.get("max_length", MAX_LENGTH)),
+                               recover_steps=int(record.get("recover_steps") or 0),
+                               recover_lr=float(record.get("recover_lr", LR)),
+                               recover_scale_lr=float(record.get("recover_scale_lr", SCALE_LR)), with_quality=False,
+                               allocation=allocation)
+    res = prepare_folder(against, config, SelectOptions(include=list(xsp_names)), calib, log=log)
     return {n: from_float32(p.dense(), p.dtype, "torch") for n, p in res.prepared.items()}
 
 
