@@ -21,9 +21,14 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported (the kernels read it then)
 
-from xorsparse.tensor import CompressConfig, compress_tensor  # noqa: E402
-from xorsparse.torch import ModelConfig, compress_model, load_compressed, reference_model_  # noqa: E402
-from xorsparse.torch import modules as xm  # noqa: E402
+from xorsparse.tensor import CompressConfig, compress_tensor
+from xorsparse.torch import (
+    ModelConfig,
+    compress_model,
+    load_compressed,
+    reference_model_,
+)
+from xorsparse.torch import modules as xm
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 
