@@ -323,17 +323,22 @@ def run(args: argparse.Namespace) -> int:
     cts, compress_s = compress_all(shapes, configs, args.threads)
     print(f"compressed {len(cts)} weights in {compress_s:.1f} s (CPU, thread pool)")
     timer = Timer(torch, dev, repeat, warmup=1 if args.interpret else 5)
-    rows = []
+    rows: list[dict] = []
+    result = {"device": device_name, "interpret": args.interpret, "torch": torch.__version__,
+              "triton": triton.__version__, "repeat": repeat, "compress_s": compress_s, "rows": rows, "e2e": None}
     for name in args.configs:
         for shape in shapes:
             rows.append(weight_row(torch, dev, timer, cts[(shape, name)], shape, name, batches))
             print(f"  {rows[-1]['shape']} {name}: decode {rows[-1]['decode_ms']:.3f} ms, "
-                  f"batch {batches[0]} x{rows[-1][f'ratio_b{batches[0]}']:.2f}", flush=True)
+                  f"batch {batches[0]} ratio {rows[-1][f'ratio_b{batches[0]}']:.2f}", flush=True)
+            if args.json:  # a run cut short still leaves what it measured
+                write_json(args.json, result)
     del timer
     e2e = None
     if args.e2e:
         e2e = e2e_row(torch, dev, cts, dims, 2 if args.interpret else E2E_LAYERS, tokens, 1 if args.interpret else 3,
                       args.e2e_budget)
+        result["e2e"] = e2e
     print(f"\nDecode to dense on {device_name} (fp16; ratios to the dense device copy, same run)")
     print_table(rows, COLUMNS)
     print(f"\nXorLinear against dense F.linear on {device_name} (ratio = xor / dense time)")
@@ -344,8 +349,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  skipped: {e2e['skipped']}")
         else:
             print_table([e2e], E2E_COLUMNS)
-    result = {"device": device_name, "interpret": args.interpret, "torch": torch.__version__,
-              "triton": triton.__version__, "repeat": repeat, "compress_s": compress_s, "rows": rows, "e2e": e2e}
     if args.json:
         write_json(args.json, result)
     if args.markdown:
