@@ -598,7 +598,8 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
     decode in every forward, into two buffers shared by the model's modules (the
     workspace, `model.xorsparse_workspace`). cache=True keeps each decoded weight after
     its first use instead (as much memory as the dense model). prefetch=True decodes the
-    next module's weight on a background thread while the current one computes.
+    next module's weight on a background thread while the current one computes (CPU only).
+    Then `model.to("cuda")` moves the Xor* modules onto the Triton kernels (XorWeight).
     """
     if mode not in ("decode", "ondemand"):
         raise ValueError(f"mode must be 'decode' or 'ondemand', got {mode!r}")
