@@ -250,3 +250,16 @@ def test_embedding(name, device):
     assert embedding(torch.zeros(0, dtype=torch.int64, device=device), rw).shape == (0, 24)
     with pytest.raises(IndexError):
         embedding(torch.tensor([50], device=device), rw)
+
+
+def test_import_without_triton():
+    """xorsparse.gpu imports without triton (the kernels load at first use) and says so."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import xorsparse, xorsparse.gpu as g\n"
+            "assert not g.is_available()\n"
+            "try:\n    g.linear(None, None)\nexcept g.GpuUnavailableError as e:\n    print('ok', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr

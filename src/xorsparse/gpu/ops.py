@@ -40,6 +40,8 @@ def _kernels():
 
 
 def _check_device(rw: ResidentWeight) -> None:
+    if not is_available():
+        raise GpuUnavailableError("the Triton kernels need triton and a CUDA device (or TRITON_INTERPRET=1)")
     if rw.device.type == "cpu" and not interpreting():
         raise GpuUnavailableError("this ResidentWeight is on the CPU: move it with .to('cuda') "
                                   "(or run the kernels under TRITON_INTERPRET=1)")
@@ -178,7 +180,7 @@ def linear(x: torch.Tensor, rw: ResidentWeight, bias: torch.Tensor | None = None
     k = _kernels()
     x2 = x2.contiguous()
     args, meta = _common_args(rw)
-    bn, bk, bm = 64, 128, 16
+    bn, bk, bm = (64 if interpreting() else 32), 128, 16  # first guesses: to tune on the GPU
     n_tiles = -(-rw.rows // bn)
     split = _split_k(n_tiles, -(-rw.cols // bk), rw.device)
     part = torch.empty((split, m, rw.rows), dtype=torch.float32, device=rw.device)
