@@ -7,7 +7,7 @@
 # absent); transformers for the end-to-end row (skipped with a reason if absent).
 # Budget: at most 8 minutes on an H100 with 16 cores: tests <= 200 s, bench <= 270 s (each
 # cut by timeout; the bench writes its JSON after every row). Expected: bench ~3.5 min
-# (compressing the nine 7B-shaped weights on the CPU ~40-60 s of it).
+# (compressing the nine 7B-shaped weights on the CPU ~25-45 s of it).
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
