@@ -15,7 +15,7 @@ PY=${PYTHON:-python}
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 unset TRITON_INTERPRET XORSPARSE_TRITON_ON_CPU  # the real GPU path
-if [ -f benchmarks/__main__.py ]; then BENCH=benchmarks; else BENCH=xorsparse.bench; fi
+BENCH=benchmarks  # python -m benchmarks, from the repository root
 
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true

@@ -2,7 +2,7 @@ import json
 import os
 
 
-from xorsparse.bench.__main__ import main
+from benchmarks.__main__ import main
 
 
 def test_codec_benchmark_small(tmp_path, capsys):
@@ -118,7 +118,7 @@ def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
 
 
 def test_rd_frontier_ignores_negligible_savings():
-    from xorsparse.bench.rd import frontier
+    from benchmarks.rd import frontier
 
     def pt(err, bits):
         return {"rel_error": err, "total_bits_per_weight": bits}
@@ -150,10 +150,12 @@ def test_gpu_benchmark_interpret_smoke(tmp_path):
     pytest.importorskip("triton")
     pytest.importorskip("xorsparse.gpu")
     out, md = tmp_path / "g.json", tmp_path / "g.md"
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-m", "xorsparse.bench", "gpu", "--interpret", "--configs", "90%/2",
-                          "--json", str(out), "--markdown", str(md)], env=env, capture_output=True, text=True,
-                         timeout=600, check=False)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "gpu", "--interpret", "--configs", "90%/2",
+                          "--json", str(out), "--markdown", str(md)], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["interpret"] and "interpreter" in data["device"]

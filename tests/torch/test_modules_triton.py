@@ -153,7 +153,7 @@ def test_ondemand_then_to_device_equals_reference(triton_path, net_and_file, tmp
 
 
 def test_a_file_failing_validation_never_builds_a_resident_weight(triton_path, net_and_file, tmp_path, monkeypatch):
-    from xorsparse.io.container import XspError
+    from xorsparse.format.validate import XspError
 
     built = []
     real = triton_path.ResidentWeight.from_xor_weight.__func__
@@ -188,8 +188,8 @@ def test_transformers_ondemand_on_the_device(triton_path, tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from xorsparse.io.folder import compress_folder
-    from xorsparse.io.hf import load_mode
+    from xorsparse.integrations.hf import load_mode
+    from xorsparse.jobs.folder import compress_folder
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -222,7 +222,10 @@ def test_quantizer_places_ondemand_modules_by_the_device_map():
     """transformers hands device_map to the quantizer before loading; the Xor* modules that
     replace the loaded placeholders (CPU tensors) go where the map puts their weight."""
     pytest.importorskip("transformers")
-    from xorsparse.io.hf.quantizer import XorsparseConfig, XorsparseHfQuantizer
+    from xorsparse.integrations.hf.quantizer import (
+        XorsparseConfig,
+        XorsparseHfQuantizer,
+    )
 
     q = XorsparseHfQuantizer(XorsparseConfig(load_mode="ondemand"))
     assert q.module_device("model.layers.0.mlp.down_proj") is None  # no device_map: stays where built
