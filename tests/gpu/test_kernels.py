@@ -130,7 +130,7 @@ def test_odd_shapes(shape, cfg, device):
 
 def test_equals_the_spec_decoder(tmp_path, device):
     """tests/reference.py decodes from the file alone (shares no code with xorsparse)."""
-    from xorsparse.io.container import write_xsp
+    from xorsparse.format.container import write_xsp
 
     rng = np.random.default_rng(5)
     cts = {
@@ -226,17 +226,19 @@ def test_linear_shapes_and_errors(device):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_fused_tile_is_bit_exact(dtype, device):
+@pytest.mark.parametrize("batch", [1, 4, 16])
+@pytest.mark.parametrize("cfg", [CompressConfig(0.7, 3), CompressConfig(0.6, 3, "uniform", symmetric=False)])
+def test_fused_tile_is_bit_exact(cfg, batch, dtype, device):
     """One-hot rows of x pick single columns of W out of the fused kernel: exact products."""
     torch_dtype = getattr(torch, dtype)
-    ct = with_patches(weights((40, 90), dtype, 9), CompressConfig(0.7, 3))
+    ct = with_patches(weights((40, 90), dtype, 9), cfg)
     rw = ResidentWeight.from_compressed(ct, device)
     w = decode_dense(rw)
     for start in (0, 16, 74):
-        x = torch.zeros(16, 90, dtype=torch_dtype, device=device)
-        x[torch.arange(16), start + torch.arange(16)] = 1
+        x = torch.zeros(batch, 90, dtype=torch_dtype, device=device)
+        x[torch.arange(batch), start + torch.arange(batch)] = 1
         y = linear(x, rw, fused=True)
-        assert bits_of(y) == bits_of(w[:, start : start + 16].t().contiguous())
+        assert bits_of(y) == bits_of(w[:, start : start + batch].t().contiguous())
 
 
 @pytest.mark.parametrize("name", ["bcq2-auto", "uniform4-asym-g5-ctx", "bcq3-packed"])
@@ -263,3 +265,21 @@ def test_import_without_triton():
             "try:\n    g.linear(None, None)\nexcept g.GpuUnavailableError as e:\n    print('ok', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+
+
+def test_paths_for_huge_tensors(monkeypatch, device):
+    """64-bit indices and the integer remainder of the interleave (chosen past 2^31
+    positions or 2^53 products) decode the same bits, forced here on a small tensor."""
+    import triton.language as tl
+
+    from xorsparse.gpu import ops
+
+    plain = ops._common_args
+
+    def wide(rw):
+        args, meta = plain(rw)
+        return args, {**meta, "IDX": tl.int64, "MULMOD_F64": False}
+
+    monkeypatch.setattr(ops, "_common_args", wide)
+    check_same(with_patches(weights((40, 90), "float16", 11), CompressConfig(0.7, 3)), device)
+    check_same(compress_tensor(weights((30, 50), "bfloat16", 12), CONFIGS["uniform2-packed-groups"]), device)

@@ -4,7 +4,7 @@ The API the torch modules build on:
 
 - `ResidentWeight.from_compressed(ct, device=None)` / `ResidentWeight.from_xor_weight(xw,
   device=None)`: the GPU-resident layout of one weight, built once at load from validated
-  data (a `ResidentLayoutError`, a ValueError, otherwise). `.to(device)`, `.device`,
+  data (a `ResidentLayoutError`, an XorsparseError, otherwise). `.to(device)`, `.device`,
   `.shape`, `.dtype` (the output dtype), `.nbytes` (everything it keeps), `.bits_per_weight`.
 - `decode_dense(rw, out=None)`: the dense weight on rw's device, bit-exact with the numba
   decoder (tensor/fused.py) and docs/FORMAT.md.
@@ -13,7 +13,11 @@ The API the torch modules build on:
   decode into a shared workspace and call torch's matmul (cuBLAS).
 - `embedding(indices, rw)`: the rows `indices` of W (any shape, repeats, any order); only
   those rows decode.
-- `is_available()`: triton imports and a CUDA device (or TRITON_INTERPRET=1) is there.
+- `is_available()`: triton imports and a CUDA device (or TRITON_INTERPRET=1) is there;
+  the kernels raise `GpuUnavailableError` (an XorsparseError) otherwise.
+
+Floor: beside `torch` (it imports codec, tensor and errors only; torch and triton are
+optional dependencies, triton imported at the first launch).
 
 The kernels (gpu/kernels.py) read only what ResidentWeight built; the layout and its
 size are described in docs/GPU.md. `import xorsparse.gpu` does not import triton: the

@@ -82,6 +82,25 @@ def _round_bf16(v):
 
 
 @triton.jit
+def _coded_word(w64, nfull, nfull_safe, step, inv_nfull_ptr, MULMOD_F64: tl.constexpr):
+    """Coded word of natural word w: (w * step) mod NB for full blocks (FORMAT.md 5), else w.
+
+    With MULMOD_F64 (every product below 2^53) the quotient comes from a float64
+    reciprocal and is corrected by one step: a 64-bit integer remainder is a long
+    instruction sequence on a GPU, and this runs once per position.
+    """
+    prod = w64 * step
+    if MULMOD_F64:
+        inv = tl.load(inv_nfull_ptr)
+        r = prod - (prod.to(tl.float64) * inv).to(tl.int64) * nfull_safe
+        r = tl.where(r < 0, r + nfull_safe, r)
+        r = tl.where(r >= nfull_safe, r - nfull_safe, r)
+    else:
+        r = prod % nfull_safe
+    return tl.where(w64 < nfull, r, w64)
+
+
+@triton.jit
 def _xor_plane_bit(streams_ptr, soff, pc, t, j, z, g_ptr, goff, n_in, n_s, live,
                    WW: tl.constexpr, IDX: tl.constexpr):
     """parity(G[j] & window_t) for one plane, window bits below z cleared."""
@@ -105,9 +124,10 @@ def _xor_plane_bit(streams_ptr, soff, pc, t, j, z, g_ptr, goff, n_in, n_s, live,
 @triton.jit
 def _tile_levels(rows, cols, row_ok, col_lo, col_hi,
                  mask_ptr, streams_ptr, g_ptr, params_ptr, patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr,
-                 word_rank_ptr, scales_ptr, ncols, nfull, nfull_safe, step, ngroups, group_size,
+                 word_rank_ptr, scales_ptr, inv_nfull_ptr, ncols, nfull, nfull_safe, step, ngroups, group_size,
                  Q: tl.constexpr, WW: tl.constexpr, PACKED: tl.constexpr, SHARED: tl.constexpr,
-                 KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr):
+                 KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr,
+                 MULMOD_F64: tl.constexpr):
     """Float32 levels of the tile rows x cols (+0.0 at pruned or out-of-range positions).
 
     rows: [BN] row indices (any rows: embedding looks up unsorted, repeated ones);
@@ -122,7 +142,7 @@ def _tile_levels(rows, cols, row_ok, col_lo, col_hi,
     mword = tl.load(mask_ptr + w, mask=ok, other=0).to(tl.uint64, bitcast=True)
     live = ok & (((mword >> b) & 1) != 0)
     w64 = w.to(tl.int64)
-    kw = tl.where(w64 < nfull, (w64 * step) % nfull_safe, w64)
+    kw = _coded_word(w64, nfull, nfull_safe, step, inv_nfull_ptr, MULMOD_F64)
     pc = (kw * 64 + b.to(tl.int64)).to(IDX)
     code = tl.zeros(p.shape, tl.int32)
     if SHARED:  # one decoder for every plane: slice, output, chunk reset and G row once
@@ -215,10 +235,12 @@ def _store_out(out_ptr, offs, v, ok, OUT: tl.constexpr):
 @triton.jit
 def decode_rows_kernel(out_ptr, row_idx_ptr, nsel, col_tiles,
                        mask_ptr, streams_ptr, g_ptr, params_ptr, patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr,
-                       word_rank_ptr, scales_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups, group_size,
+                       word_rank_ptr, scales_ptr, inv_nfull_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups,
+                       group_size,
                        Q: tl.constexpr, WW: tl.constexpr, PACKED: tl.constexpr, SHARED: tl.constexpr,
                        KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr,
-                       OUT: tl.constexpr, GATHER: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                       MULMOD_F64: tl.constexpr, OUT: tl.constexpr, GATHER: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr):
     """Dense rows into out (nsel x ncols, row-major): all rows in order (GATHER=False:
     decode_dense), or the rows listed in row_idx (embedding)."""
     pid = tl.program_id(0)
@@ -234,8 +256,10 @@ def decode_rows_kernel(out_ptr, row_idx_ptr, nsel, col_tiles,
     cols = col_lo + tl.arange(0, BK)
     col_hi = tl.minimum(col_lo + BK, ncols)
     v = _tile_levels(rows, cols, sel_ok, col_lo, col_hi, mask_ptr, streams_ptr, g_ptr, params_ptr, patch_pos_ptr,
-                     patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, ncols, nfull, nfull_safe, step,
-                     ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K, GROUPED, IDX)
+                     patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, inv_nfull_ptr, ncols, nfull,
+                     nfull_safe, step,
+                     ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K, GROUPED, IDX,
+                     MULMOD_F64)
     ok = sel_ok[:, None] & (cols < ncols)[None, :]
     offs = sel.to(tl.int64)[:, None] * ncols + cols.to(tl.int64)[None, :]  # many indices may pass 2^31
     _store_out(out_ptr, offs, v, ok, OUT)
@@ -244,15 +268,18 @@ def decode_rows_kernel(out_ptr, row_idx_ptr, nsel, col_tiles,
 @triton.jit
 def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
                         mask_ptr, streams_ptr, g_ptr, params_ptr, patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr,
-                        word_rank_ptr, scales_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups, group_size,
+                        word_rank_ptr, scales_ptr, inv_nfull_ptr, nrows, ncols, nfull, nfull_safe, step, ngroups,
+                        group_size,
                         Q: tl.constexpr, WW: tl.constexpr, PACKED: tl.constexpr, SHARED: tl.constexpr,
                         KIND: tl.constexpr, SCALE_K: tl.constexpr, GROUPED: tl.constexpr, IDX: tl.constexpr,
-                        OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        BF16_VIA_F32: tl.constexpr):
+                        MULMOD_F64: tl.constexpr, OUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                        BK: tl.constexpr, BF16_VIA_F32: tl.constexpr):
     """Partial products x[:, K-tiles of this split] @ W[rows, same]^T into part[split, M, N].
 
     Each program decodes its weight tiles in registers (rounded to the weight dtype, as
     decode_dense writes them) and never stores them; splits over K fill the GPU at batch 1.
+    BM < 16 (1 to 4 rows of x): products and row sums in float32, no padding to the 16 rows
+    a tl.dot needs; BM = 16: tl.dot (tensor cores for float16 / bfloat16).
     """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -267,18 +294,27 @@ def linear_fused_kernel(x_ptr, part_ptr, M, stride_xm, split,
         cols = col_lo + tl.arange(0, BK)
         col_hi = tl.minimum(col_lo + BK, ncols)
         v = _tile_levels(rows, cols, row_ok, col_lo, col_hi, mask_ptr, streams_ptr, g_ptr, params_ptr,
-                         patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, ncols, nfull,
-                         nfull_safe, step, ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K, GROUPED, IDX)
+                         patch_pos_ptr, patch_xor_ptr, patch_chunk_ptr, word_rank_ptr, scales_ptr, inv_nfull_ptr,
+                         ncols, nfull, nfull_safe, step, ngroups, group_size, Q, WW, PACKED, SHARED, KIND, SCALE_K,
+                         GROUPED, IDX, MULMOD_F64)
         xt = tl.load(x_ptr + m[:, None] * stride_xm + cols[None, :], mask=m_ok[:, None] & (cols < ncols)[None, :],
                      other=0.0)
-        if OUT == OUT_F16:
+        # the weight as decode_dense writes it, in float32 (exact) or its own dtype
+        if OUT == OUT_BF16:
+            w32 = (_bf16_bits(v).to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        elif OUT == OUT_F16:
+            w32 = v.to(tl.float16).to(tl.float32)
+        else:
+            w32 = v
+        if BM < 16:
+            acc += tl.sum(xt.to(tl.float32)[:, None, :] * w32[None, :, :], axis=2)
+        elif OUT == OUT_F16:
             acc += tl.dot(xt, tl.trans(v.to(tl.float16)))
         elif OUT == OUT_BF16:
-            wb = (_bf16_bits(v).to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
             if BF16_VIA_F32:  # the interpreter's dot does not take bfloat16: exact products in float32
-                acc += tl.dot(xt.to(tl.float32), tl.trans(wb), input_precision="ieee")
+                acc += tl.dot(xt.to(tl.float32), tl.trans(w32), input_precision="ieee")
             else:
-                acc += tl.dot(xt, tl.trans(wb.to(tl.bfloat16)))
+                acc += tl.dot(xt, tl.trans(w32.to(tl.bfloat16)))
         else:
             acc += tl.dot(xt, tl.trans(v), input_precision="ieee")
     offs = pid_s * M * nrows + m[:, None] * nrows + rows[None, :]

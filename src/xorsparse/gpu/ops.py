@@ -7,14 +7,20 @@ import threading
 
 import torch
 
+from ..errors import XorsparseError
+from ..tensor.fused import Q_UNIFORM_ASYM
 from .resident import ResidentWeight
 
 FUSED_MAX_BATCH = 16  # rows of x up to which linear() runs the fused decode-multiply kernel
+# Tiles and warps: compiled for sm_90 (ptxas, no spills: 80 registers for decode, about 110
+# for the fused product); first guesses until timed on an H100
+DECODE_TILE, DECODE_WARPS = 1024, 8
+FUSED_BN, FUSED_BK, FUSED_WARPS = 32, 32, 8
 _workspaces: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 _workspace_lock = threading.Lock()
 
 
-class GpuUnavailableError(RuntimeError):
+class GpuUnavailableError(XorsparseError):
     """The Triton kernels cannot run here (no triton, or no CUDA device and no interpreter)."""
 
 
@@ -58,12 +64,14 @@ def _common_args(rw: ResidentWeight) -> tuple[list, dict]:
     t = rw.tensors
     nfull = rw.numel // 64
     args = [t["mask"], t["streams"], t["g"], t["params"], t["patch_pos"], t["patch_xor"], t["patch_chunk"],
-            t["word_rank"], t["scales"], rw.rows, rw.cols, nfull, max(nfull, 1), rw.step, rw.ngroups, rw.group_size]
+            t["word_rank"], t["scales"], t["inv_blocks"], rw.rows, rw.cols, nfull, max(nfull, 1), rw.step, rw.ngroups,
+            rw.group_size]
     import triton.language as tl
 
     meta = {"Q": rw.bits, "WW": rw.win_words, "PACKED": rw.packed_planes, "SHARED": rw.shared_decoder,
             "KIND": rw.quant_kind, "SCALE_K": rw.scale_k, "GROUPED": rw.ngroups > 1,
-            "IDX": tl.int64 if t["index64"] else tl.int32, "OUT": _out_kind(rw)}
+            "IDX": tl.int64 if t["index64"] else tl.int32, "OUT": _out_kind(rw),
+            "MULMOD_F64": max(nfull, 1) ** 2 < (1 << 53)}
     return args, meta
 
 
@@ -74,9 +82,9 @@ def _out_kind(rw: ResidentWeight) -> int:
 
 
 def _tile(rows: int, cols: int) -> tuple[int, int]:
-    """(BN, BK): up to 256 columns, about 2048 positions a program (16384 interpreted:
-    the interpreter's cost is per program)."""
-    budget = 16384 if interpreting() else 2048
+    """(BN, BK): up to 256 columns, DECODE_TILE positions a program (16384 interpreted: the
+    interpreter's cost is per program)."""
+    budget = 16384 if interpreting() else DECODE_TILE
     bk = _pow2_at_most(max(cols, 1), 256)
     bn = _pow2_at_most(max(rows, 1), max(1, budget // bk))
     return bn, bk
@@ -91,7 +99,7 @@ def _decode_rows(rw: ResidentWeight, out: torch.Tensor, row_idx: torch.Tensor | 
     dst = out.view(torch.int16) if rw.dtype_name == "bfloat16" else out
     idx = row_idx if row_idx is not None else rw.tensors["mask"]  # unused when GATHER is False
     k.decode_rows_kernel[grid](dst, idx, nsel, col_tiles, *args, **meta, GATHER=row_idx is not None, BN=bn, BK=bk,
-                               enable_fp_fusion=False)
+                               num_warps=DECODE_WARPS, enable_fp_fusion=False)
 
 
 def decode_dense(rw: ResidentWeight, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -180,12 +188,15 @@ def linear(x: torch.Tensor, rw: ResidentWeight, bias: torch.Tensor | None = None
     k = _kernels()
     x2 = x2.contiguous()
     args, meta = _common_args(rw)
-    bn, bk, bm = (64 if interpreting() else 32), 128, 16  # first guesses: to tune on the GPU
+    bm = _pow2_at_most(m, 16) if m <= 4 else 16  # up to 4 rows without tl.dot's 16-row padding
+    bn, bk = (64, 128) if interpreting() else (FUSED_BN, FUSED_BK)
     n_tiles = -(-rw.rows // bn)
     split = _split_k(n_tiles, -(-rw.cols // bk), rw.device)
     part = torch.empty((split, m, rw.rows), dtype=torch.float32, device=rw.device)
     k.linear_fused_kernel[(n_tiles, split)](x2, part, m, x2.stride(0), split, *args, **meta, BM=bm, BN=bn, BK=bk,
-                                            BF16_VIA_F32=interpreting(), enable_fp_fusion=False)
+                                            BF16_VIA_F32=interpreting(), num_warps=FUSED_WARPS,
+                                            # levels a + b * c (asymmetric uniform) must not become an FMA
+                                            enable_fp_fusion=rw.quant_kind != Q_UNIFORM_ASYM)
     y = part.sum(0) if split > 1 else part[0]
     if bias is not None:
         y = y + bias.to(torch.float32)

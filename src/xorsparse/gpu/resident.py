@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..codec.xornet import MAX_WINDOW
+from ..errors import XorsparseError
 from ..tensor import fused
 from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane
@@ -42,7 +43,7 @@ OUT_KINDS = {"float32": fused.OUT_F32, "float64": fused.OUT_F64, "float16": fuse
              "bfloat16": fused.OUT_BF16}
 
 
-class ResidentLayoutError(ValueError):
+class ResidentLayoutError(XorsparseError):
     """A compressed weight whose parts do not fit together (stopped before any kernel)."""
 
 
@@ -269,6 +270,7 @@ class ResidentWeight:
             "patch_xor": pxor[:-1].astype(np.uint8) if body.size else np.zeros(1, np.uint8),  # bits <= 8 planes
             "patch_chunk": chunk_first.astype(np.int32 if body.size < (1 << 31) else np.int64),
             "scales": np.ascontiguousarray(scales, np.float32).reshape(-1),
+            "inv_blocks": np.array([1.0 / max(nfull, 1)], np.float64),  # the interleave's reciprocal
             "word_rank": word_rank.astype(np.int32 if kept < (1 << 31) else np.int64),
         }
         dev = torch.device(device) if device is not None else torch.device("cpu")
