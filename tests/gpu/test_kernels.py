@@ -283,3 +283,19 @@ def test_paths_for_huge_tensors(monkeypatch, device):
     monkeypatch.setattr(ops, "_common_args", wide)
     check_same(with_patches(weights((40, 90), "float16", 11), CompressConfig(0.7, 3)), device)
     check_same(compress_tensor(weights((30, 50), "bfloat16", 12), CONFIGS["uniform2-packed-groups"]), device)
+
+
+def test_packed_and_xor_planes_mixed(device):
+    """The format allows a packed plane beside XOR planes; patch bits keep their plane index."""
+    from xorsparse.tensor.packed import pack_plane
+
+    w = weights((40, 90), "float32", 13)
+    cfg = CompressConfig(0.7, 3)
+    ct = with_patches(w, cfg)
+    keep, qz, _ = prune_quantize(w, cfg)
+    planes = list(ct.planes)
+    planes[0] = pack_plane(qz.planes[0], keep.ravel())
+    mixed = dataclasses.replace(ct, planes=planes)
+    assert sum(p.patches.size for p in planes[1:]) > 0
+    rw = check_same(mixed, device)
+    assert rw.packed_planes == 1

@@ -17,7 +17,8 @@ differs from the file where that serves the kernels:
 - packed planes (FORMAT.md 1.8) with the number of kept positions before each mask word
   (the rank of a kept weight is its stream bit);
 - scales as float32, ready for the kernels' level formulas (fused.kernel_scales: per-row
-  level tables for codebook, scale_rows > 1 and log8).
+  level tables for codebook, scale_rows > 1 and log8);
+- 1 / NB in float64 (`inv_blocks`): the interleave's quotient without a 64-bit remainder.
 """
 
 from __future__ import annotations
