@@ -2,7 +2,7 @@
 # The GPU checks of issue 19 in one command, for a machine with an NVIDIA GPU (H100/H200):
 #   bash benchmarks/gpu_device_run.sh        (from the repository root; results under $OUT)
 # 1. the Triton kernel tests (tests/gpu) and the Xor* module tests on CUDA;
-# 2. python -m ... bench gpu: JSON and Markdown tables.
+# 2. python -m benchmarks gpu: JSON and Markdown tables.
 # Installs nothing: needs torch, triton and numba; pytest for step 1 (skipped, said so, if
 # absent); transformers for the end-to-end row (skipped with a reason if absent).
 # Budget: at most 8 minutes on an H100 with 16 cores: tests <= 200 s, bench <= 270 s (each
