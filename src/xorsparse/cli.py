@@ -101,9 +101,11 @@ def _folder_method(args) -> tuple[str, bool]:
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
     if not runnable:
-        if args.method not in (None, "magnitude") or args.calibration or args.recover:
+        if args.method not in (None, "magnitude") or args.calibration or args.recover or args.eval \
+                or args.target_bits is not None:
             what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
-                ("--calibration" if args.calibration else "--recover")
+                ("--calibration" if args.calibration else "--eval" if args.eval else
+                 "--target-bits" if args.target_bits is not None else "--recover")
             kind = "a compressed-tensors checkpoint keeps its own codes" if is_model_folder(args.input) else \
                 "bare tensor files are compressed with --method magnitude"
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
@@ -170,11 +172,13 @@ def cmd_compress(args) -> int:
             res = prepare_folder(args.input, cfg, include=args.include, exclude=args.exclude,
                                  force_include=args.force_include, embeddings=args.embeddings,
                                  calibration=args.calibration, recover_steps=args.recover,
-                                 samples=args.calibration_samples, seed=args.seed,
+                                 samples=args.calibration_samples, seed=args.seed, eval_file=args.eval,
+                                 target_bits=args.target_bits,
                                  log=None if args.json else print)
             records, prepared = res.records, res.checkpoint_prepared()
         except (ModelFolderError, ImportError) as e:
-            if args.method is not None or args.calibration or args.recover:
+            if args.method is not None or args.calibration or args.recover or args.eval \
+                    or args.target_bits is not None:
                 raise
             # the default only: a folder we cannot run is still compressed, data-free
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
@@ -285,13 +289,14 @@ def cmd_verify(args) -> int:
 
     with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
+        allocation = f.records.get("allocation")
     calibrated = needs_recomputation(record)
     refs = None
     what = "the reference pruning+quantization"
     if calibrated and args.against:
         from .torch.folder import recompute_references
 
-        refs = recompute_references(names, args.against, cfg, record, args.calibration)
+        refs = recompute_references(names, args.against, cfg, record, args.calibration, allocation=allocation)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
     bar = _job_progress("verify", args.input)
@@ -471,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in English corpus)")
     c.add_argument("--calibration-samples", type=int, default=SAMPLES, metavar="N",
                    help=f"calibration samples to use at most (default {SAMPLES}; a seeded subset of longer files)")
+    c.add_argument("--target-bits", type=float, default=None, metavar="B",
+                   help="a size budget: total bits per compressed weight (mask, values, patches, scales); "
+                        "sparsity and bits are chosen per layer from calibration statistics (dense quantization "
+                        "among the candidates) and printed; --sparsity/--bits are then not used")
+    c.add_argument("--eval", metavar="FILE", default=None,
+                   help="your own held-out text (UTF-8, one sample per line, never used for calibration): the "
+                        "quality report scores it too, beside the built-in in-domain and out-of-domain sets")
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")
