@@ -150,9 +150,10 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-    from .io.checkpoint import compress_checkpoint, totals
+    from .io.checkpoint import check_compress_output, compress_checkpoint, totals
     from .io.compressed_tensors import is_compressed_tensors_folder
 
+    check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
     sparsity = args.sparsity
     if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
         sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9

@@ -22,7 +22,7 @@ import numpy as np
 
 from .torchconv import ST_TO_TORCH, TORCH_TO_ST, raw_from_torch, torch_dtype_name
 from .container import RawTensor, XspError, XspFile, XspWriter, write_xsp
-from .output import atomic_file, check_output
+from .output import OutputError, atomic_file, check_output, is_inside
 from ..tensor.maskcode import binary_entropy
 from ..tensor.parallel import compress_many
 from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
@@ -583,6 +583,25 @@ def _plain_safetensors_shards(groups: Sequence[tuple[str, Sequence[str]]]) -> bo
     return bool(groups)
 
 
+def check_compress_output(src: str, out: str, force: bool = False) -> Checkpoint | None:
+    """Refuse at once an output `compress_checkpoint(src, out)` would refuse, so that a
+    mistake is reported before minutes of calibration, not after: an output that is an input
+    file, inside the input folder (or the folder itself, or around it), a device, a symlink or
+    an existing file without `force`. Returns the opened checkpoint for a one-file output
+    (None for a folder output, whose existing folder is where a job resumes)."""
+    if os.path.isdir(src) and not out.endswith(".xsp"):
+        from .folder import check_folder_output
+
+        check_folder_output(src, out, True)
+        return None
+    if os.path.isdir(src) and is_inside(out, src):
+        raise OutputError(f"{out}: is inside the input folder {src}; refusing to write there (it would be carried "
+                          "into the next compressed folder as one of its files)")
+    ck = open_checkpoint(src)
+    check_output(out, ck.files, force)
+    return ck
+
+
 def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
                         exclude: Sequence[str] = (), progress: Progress | None = None, *,
                         prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
@@ -605,8 +624,7 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Seq
                                force_include=force_include, embeddings=embeddings, keep_dtype=keep_dtype,
                                load_mode=load_mode, executor=executor, force=force, on_event=on_event,
                                extra=extra)
-    ck = open_checkpoint(src)
-    check_output(out, ck.files, force)
+    ck = check_compress_output(src, out, force)
     plan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
                                  embeddings=embeddings, keep_dtype=keep_dtype,
                                  info={"pruning": "global" if config.global_sparsity else "per-tensor",
@@ -890,6 +908,7 @@ def reference_state(src: str, config: CompressConfig, include: Sequence[str] = (
 
 
 __all__ = ["Checkpoint", "CheckpointError", "CompressPlan", "CompressReport", "Prepared", "Selection",
-           "ShardResult", "SizeRow", "XspSet", "compress_checkpoint", "compress_shard", "decompress_checkpoint",
+           "ShardResult", "SizeRow", "XspSet", "check_compress_output", "compress_checkpoint", "compress_shard",
+           "decompress_checkpoint",
            "inspect_file", "is_selected", "open_checkpoint", "plan_compression", "reference_state",
            "select_tensors", "tensor_stats", "totals", "verify_checkpoint"]

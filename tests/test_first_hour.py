@@ -1,0 +1,71 @@
+"""A new user's first hour (issue 22): bad outputs refused before any work, the same bytes on
+every rerun and executor, progress lines with right numbers, resume that resumes, a useful
+default. Small models only (tests/torch/tiny_models.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from xorsparse.cli import main
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def model_dir(tiny_st_dir, tmp_path):
+    """A private copy of the tiny sentence-transformers folder (tests may write into it)."""
+    return shutil.copytree(tiny_st_dir, str(tmp_path / "model"))
+
+
+@pytest.fixture
+def no_calibration(monkeypatch):
+    """Fail the test if compress starts any model work (calibration, quality report)."""
+    import xorsparse.torch.folder as folder
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was run before the output was checked")
+    monkeypatch.setattr(folder, "prepare_folder", refuse)
+    monkeypatch.setattr(folder, "load_folder_model", refuse)
+
+
+# 1-2. outputs checked before any work
+
+
+def test_a_file_output_inside_the_input_folder_is_refused(model_dir, capsys, no_calibration):
+    before = sorted(os.listdir(model_dir))
+    code, out, err = run(capsys, "compress", model_dir, os.path.join(model_dir, "model.xsp"))
+    assert code == 2 and "inside the input folder" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert sorted(os.listdir(model_dir)) == before
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "inside-file"])
+def test_folder_output_mistakes_are_refused_before_calibration(model_dir, capsys, no_calibration, where):
+    out_path = {"same": model_dir, "inside": os.path.join(model_dir, "out"),
+                "inside-file": os.path.join(model_dir, "1_Pooling", "x.xsp")}[where]
+    code, out, err = run(capsys, "compress", model_dir, out_path)
+    assert code == 2 and "input folder" in err, err
+    assert not os.path.exists(os.path.join(model_dir, "out"))
+
+
+def test_existing_file_output_is_refused_before_calibration(model_dir, tmp_path, capsys, no_calibration):
+    target = tmp_path / "model.xsp"
+    target.write_bytes(b"mine")
+    code, out, err = run(capsys, "compress", model_dir, str(target))
+    assert code == 2 and "already exists" in err
+    assert target.read_bytes() == b"mine"
+
+
+def test_a_file_where_a_folder_output_goes_is_refused_before_calibration(model_dir, tmp_path, capsys,
+                                                                          no_calibration):
+    target = tmp_path / "out"
+    target.write_bytes(b"mine")
+    code, out, err = run(capsys, "compress", model_dir, str(target), "--force")
+    assert code == 2 and "not a folder" in err
