@@ -162,6 +162,7 @@ def cmd_compress(args) -> int:
     method, run_model = _folder_method(args)
     cfg = dataclasses.replace(cfg, method=method)
     records: dict = {}
+    stage_seconds: dict[str, float] = {}
     prepared = None
     if run_model:
         from .torch.folder import ModelFolderError, prepare_folder
@@ -172,7 +173,7 @@ def cmd_compress(args) -> int:
                                  calibration=args.calibration, recover_steps=args.recover,
                                  samples=args.calibration_samples, seed=args.seed,
                                  log=None if args.json else print)
-            records, prepared = res.records, res.checkpoint_prepared()
+            records, prepared, stage_seconds = res.records, res.checkpoint_prepared(), res.seconds
         except (ModelFolderError, ImportError) as e:
             if args.method is not None or args.calibration or args.recover:
                 raise
@@ -199,7 +200,7 @@ def cmd_compress(args) -> int:
     if args.json:
         print(json.dumps({"file": args.output, "files": report.outputs, "bytes": tot.output_bytes,
                           "input_bytes": tot.input_bytes, "seconds": seconds, "tensors": report.rows,
-                          "total": totals(report.rows), **records}, indent=1))
+                          "total": totals(report.rows), "stage_seconds": stage_seconds, **records}, indent=1))
         return 0
     print(report.selection.describe())
     for note in report.notes:
@@ -209,15 +210,16 @@ def cmd_compress(args) -> int:
     print_summary(report.rows, totals(report.rows))
     print()
     print_sizes(report.sizes)
-    print_records(records)
+    print_records(records, stage_seconds)
     how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
     print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
           f"({how}, whole files) in {seconds:.1f}s")
     return 0
 
 
-def print_records(records: dict) -> None:
-    """The calibration and quality records in a few lines."""
+def print_records(records: dict, seconds: dict[str, float] | None = None) -> None:
+    """The calibration and quality records in a few lines; `seconds`: this run's stage
+    timings (not in the file; older files carry them in the calibration record)."""
     from .torch.quality import summary_line
 
     cal, q = records.get("calibration"), records.get("quality")
@@ -228,7 +230,7 @@ def print_records(records: dict) -> None:
                     f"{'sequential' if cal.get('sequential') else 'non-sequential'}")
         if cal.get("recover_steps"):
             how += f", {cal['recover_steps']} recovery steps"
-        secs = cal.get("seconds") or {}
+        secs = seconds or cal.get("seconds") or {}
         if secs:
             how += "; " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items())
         print(how)

@@ -219,6 +219,9 @@ class FolderResult:
     quality: dict | None
     model_kind: str
     notes: list[str] = field(default_factory=list)
+    # wall seconds of each stage and the CPU seconds: reported, never written into the file
+    # (they differ from run to run, and a rerun must give the same bytes)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def records(self) -> dict:
@@ -328,14 +331,13 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         seconds["quality"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
-    rec["seconds"] = seconds
     if free:
         notes.append(f"{len(free)} selected tensors are not weights of calibratable modules "
                      f"(data-free magnitude pruning), first {free[0]!r}")
     rec["notes"] = notes
     out = {mapping[m]: p for m, p in prepared.items()}
     out.update(free_prepared)
-    return FolderResult(out, rec, quality, fm.kind, notes)
+    return FolderResult(out, rec, quality, fm.kind, notes, seconds)
 
 
 __all__ = ["FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
