@@ -113,3 +113,14 @@ def test_files_with_timings_in_their_calibration_record_still_read():
     from xorsparse.io.records import check_calibration
 
     check_calibration({"method": "sparsegpt", "seconds": {"calibration": 12.5, "total": 20.0, "cpu": 30.0}})
+
+
+# 4. progress while calibrating, also when stderr is not a terminal
+
+
+def test_calibration_progress_on_a_non_terminal(model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "compress", model_dir, str(tmp_path / "out"), "--calibration-samples", "16")
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("calibrate: ")]
+    assert len(lines) >= 5, err  # a line every tenth of the modules
+    assert lines[-1].endswith(" done") and "modules (100%)" in lines[-1]

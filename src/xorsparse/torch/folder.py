@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -250,7 +249,9 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     and the quality report; nothing is written. The selection is the checkpoint writer's
     (include, exclude, force_include, embeddings); selected tensors that are not weights of
     modules the calibration can reach (embedding tables, ...) are pruned data-free here too,
-    so that `prepared` holds every selected tensor."""
+    so that `prepared` holds every selected tensor. `progress` (None: on) shows calibration
+    and recovery on stderr: a bar on a terminal, elsewhere a line every tenth of the work.
+    """
     say = log or (lambda s: None)
     t0, c0 = time.perf_counter(), time.process_time()
     fm = load_folder_model(src)
@@ -304,8 +305,7 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         say(f"calibrating {len(modules)} modules with {config.method} on {cset.info['samples']} samples "
             f"({cset.info['source']}: {os.path.basename(str(cset.info.get('file')))})")
         res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes,
-                              progress=Progress("calibrate", sys.stderr.isatty() if progress is None else progress,
-                                                       unit="modules"))
+                              progress=Progress("calibrate", progress, unit="modules"))
         prepared = res.prepared
         notes += res.notes
         rec.update({"sequential": res.sequential, "blocks": res.blocks,
