@@ -124,3 +124,79 @@ def test_calibration_progress_on_a_non_terminal(model_dir, tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith("calibrate: ")]
     assert len(lines) >= 5, err  # a line every tenth of the modules
     assert lines[-1].endswith(" done") and "modules (100%)" in lines[-1]
+
+
+# 5. progress lines with right numbers
+
+
+@pytest.fixture(scope="module")
+def magnitude_out(tiny_st_dir, tmp_path_factory):
+    """The tiny model compressed with --method magnitude into a folder: (model, output)."""
+    d = tmp_path_factory.mktemp("magnitude")
+    model = shutil.copytree(tiny_st_dir, str(d / "model"))
+    out = str(d / "out")
+    assert main(["compress", model, out, "--method", "magnitude"]) == 0
+    return model, out
+
+
+def test_verify_and_decompress_count_the_weights_they_decode(magnitude_out, tmp_path):
+    from xorsparse.io.checkpoint import decompress_checkpoint, verify_checkpoint
+
+    model, out = magnitude_out
+    for label, call in [("verify", lambda ev: verify_checkpoint(out, model, on_event=ev)),
+                        ("decompress", lambda ev: decompress_checkpoint(out, str(tmp_path / "plain"), on_event=ev))]:
+        events: list[dict] = []
+        call(events.append)
+        plan = [e for e in events if e["kind"] == "plan"][0]
+        decoded = sum(e["weights"] for e in events if e["kind"] == "tensor")
+        assert plan["weights"] > 0 and decoded == plan["weights"], label
+
+
+def test_progress_lines_show_a_rate_only_for_work_done():
+    import io
+
+    from xorsparse.distributed import JobProgress
+
+    s = io.StringIO()
+    bar = JobProgress("compress", stream=s, tty=False)
+    bar({"kind": "plan", "items": 1, "tensors": 3, "weights": 3000})
+    bar({"kind": "item", "name": "model.safetensors", "reused": True, "tensors": 3, "weights": 3000})
+    assert "M weights/s" not in s.getvalue() and "(1 reused)" in s.getvalue()
+    s = io.StringIO()
+    bar = JobProgress("verify", stream=s, tty=False)
+    bar({"kind": "plan", "items": 1, "tensors": 1, "weights": 2_000_000})
+    bar({"kind": "tensor", "name": "w", "weights": 2_000_000})
+    bar({"kind": "item", "name": "model.safetensors", "tensors": 1})
+    assert "2.00 M weights to decode and check" in s.getvalue()
+    assert " 0.00 M weights/s" not in s.getvalue() and "M weights/s" in s.getvalue()
+
+
+def test_a_resumed_compress_prints_no_zero_rate(magnitude_out, tmp_path, capsys):
+    model, out = magnitude_out
+    again = shutil.copytree(out, str(tmp_path / "again"))
+    code, text, err = run(capsys, "compress", model, again, "--method", "magnitude")
+    assert code == 0 and "resumed: kept 1 of 1" in text
+    assert "0.00 M weights/s" not in err and "(1 reused)" in err
+
+
+def test_verify_time_includes_the_recomputation(tiny_st_dir, tmp_path, capsys, monkeypatch):
+    import time
+
+    import xorsparse.torch.folder as folder
+
+    model = shutil.copytree(tiny_st_dir, str(tmp_path / "model"))
+    out = str(tmp_path / "out")
+    assert run(capsys, "compress", model, out, "--calibration-samples", "16")[0] == 0
+    real = folder.recompute_references
+
+    def slow(*a, **k):  # the recomputation takes at least 1.5 s: the times shown must include it
+        time.sleep(1.5)
+        return real(*a, **k)
+    monkeypatch.setattr(folder, "recompute_references", slow)
+    code, text, err = run(capsys, "verify", out, "--against", model)
+    assert code == 0, err
+    assert "verify: recomputing the sparsegpt calibration" in err
+    shown = float(text.split(" in ")[-1].rstrip().rstrip("s"))
+    assert shown >= 1.5
+    last = [ln for ln in err.splitlines() if ln.startswith("verify: shards")][-1]
+    assert int(last.split("s, left")[0].rsplit(" ", 1)[-1]) >= 1

@@ -154,6 +154,7 @@ def cmd_compress(args) -> int:
     from .io.compressed_tensors import is_compressed_tensors_folder
 
     check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
+    bar = _job_progress("compress", args.input, args.output)  # its clock starts with the command
     sparsity = args.sparsity
     if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
         sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
@@ -181,7 +182,6 @@ def cmd_compress(args) -> int:
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
                   file=sys.stderr if args.json else sys.stdout)
             cfg = dataclasses.replace(cfg, method="magnitude")
-    bar = _job_progress("compress", args.input, args.output)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
@@ -243,6 +243,7 @@ def print_records(records: dict, seconds: dict[str, float] | None = None) -> Non
 def cmd_decompress(args) -> int:
     from .io.checkpoint import decompress_checkpoint
 
+    t0 = time.perf_counter()
     bar = _job_progress("decompress", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
@@ -253,7 +254,7 @@ def cmd_decompress(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -285,6 +286,8 @@ def cmd_verify(args) -> int:
     from .io.checkpoint import XspSet
     from .torch.folder import needs_recomputation
 
+    t0 = time.perf_counter()
+    bar = _job_progress("verify", args.input)  # its clock starts with the command (a recomputation included)
     with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
     calibrated = needs_recomputation(record)
@@ -293,10 +296,10 @@ def cmd_verify(args) -> int:
     if calibrated and args.against:
         from .torch.folder import recompute_references
 
+        print(f"verify: recomputing the {record['method']} calibration from {args.against}", file=sys.stderr)
         refs = recompute_references(names, args.against, cfg, record, args.calibration)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
-    bar = _job_progress("verify", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
@@ -307,6 +310,7 @@ def cmd_verify(args) -> int:
             if bar is not None:
                 bar.close()
     n_c = sum(r["compressed"] for r in res)
+    took = f" in {time.perf_counter() - t0:.1f}s"
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
         if bad:
@@ -315,11 +319,11 @@ def cmd_verify(args) -> int:
             print(f"FAILED: {len(bad)} of {len(res)} tensors differ from {what}, first {bad[0]!r}{hint}")
             return EXIT_MISMATCH
         print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed, decoded and bit-identical "
-              f"to {what} of {args.against}")
+              f"to {what} of {args.against}{took}")
     else:
         note = (f"; its codes come from {record['method']} calibration: --against MODEL_DIR recomputes it and "
                 "compares bit for bit") if calibrated else ""
-        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{note}")
+        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{took}{note}")
     return 0
 
 

@@ -691,6 +691,15 @@ class XspSet:
             if n in f.tensors:
                 f.check_cost(n)
 
+    def weights(self) -> dict[str, int]:
+        """Weights (elements) of every tensor, from the headers: nothing is decoded. Progress
+        lines count them."""
+        out = {}
+        for name, f in self.where.items():
+            shape = f.desc.tensors[name].shape if name in f.tensors else f._r.infos[name].shape
+            out[name] = int(np.prod(shape, dtype=np.int64))
+        return out
+
     def names(self) -> list[str]:
         order = [n for f in self.files for n in f.meta.get("info", {}).get("order", []) if n in self.where]
         rest = [n for n in self.where if n not in set(order)]
@@ -816,6 +825,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
         free = [n for n in names if n in f.tensors and f.where[n].tensors[n].get("quantizer") != "affine"]
         global_pruning = f.meta.get("info", {}).get("pruning") == "global"
+        weights = sum(f.weights().values())
     rules = None
     if against:
         orig = _open_original(against)
@@ -842,7 +852,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     run = executor.map if executor is not None and not references else \
         (lambda fn, items, ev: ((i, fn(t, ev, references)) for i, t in enumerate(items)))
     if on_event:
-        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names)})
+        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names), "weights": weights})
     by_task: list[list[dict]] = [[] for _ in tasks]
     for i, rows in run(verify_task, tasks, events):
         by_task[i] = rows

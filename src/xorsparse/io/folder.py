@@ -449,11 +449,12 @@ def _decompress_plain(src: str, out: str, progress: Progress | None, executor=No
     _copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
     with XspSet(src) as xs:
         total = len(xs.names())
+        weights = sum(xs.weights().values())
     n = len(files)
     tasks = [DecompressTask(f, os.path.join(out_weights, shard_name(i, n))) for i, f in enumerate(files)]
     events = _event_sink(on_event, progress, total)
     if on_event:
-        on_event({"kind": "plan", "items": n, "tensors": total})
+        on_event({"kind": "plan", "items": n, "tensors": total, "weights": weights})
     run = executor.map if executor is not None else \
         (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
     written = 0

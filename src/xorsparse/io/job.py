@@ -331,6 +331,7 @@ def verify_task(task: VerifyTask, report: Report | None = None,
         for name in task.names:
             dense = f.dense(name, framework="torch")
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
+            weights = int(dense.numel())
             if orig is not None:
                 t = orig.get(name)
                 if references and name in references:
@@ -351,7 +352,7 @@ def verify_task(task: VerifyTask, report: Report | None = None,
             del dense
             rows.append(row)
             if report:
-                report({"kind": "tensor", "name": name, "weights": 0})
+                report({"kind": "tensor", "name": name, "weights": weights})
     return rows
 
 
@@ -363,11 +364,14 @@ class DecompressTask:
 
 def decompress_task(task: DecompressTask, report: Report | None = None) -> int:
     """One .xsp file to one dense safetensors file (one tensor in memory at a time)."""
-    from .checkpoint import write_dense_safetensors
+    from .checkpoint import XspSet, write_dense_safetensors
+
+    with XspSet(task.xsp) as xs:
+        weights = xs.weights()
 
     def progress(i: int, n: int, name: str) -> None:
         if report and name:
-            report({"kind": "tensor", "name": name, "weights": 0})
+            report({"kind": "tensor", "name": name, "weights": weights.get(name, 0)})
     return write_dense_safetensors(task.xsp, task.out, progress)
 
 
