@@ -200,3 +200,63 @@ def test_verify_time_includes_the_recomputation(tiny_st_dir, tmp_path, capsys, m
     assert shown >= 1.5
     last = [ln for ln in err.splitlines() if ln.startswith("verify: shards")][-1]
     assert int(last.split("s, left")[0].rsplit(" ", 1)[-1]) >= 1
+
+
+# 7. a default that keeps the model useful, and a plain word when quality is low
+
+
+def test_a_model_folder_default_is_half_pruned_at_four_bits(model_dir, tmp_path, capsys):
+    from xorsparse.defaults import MODEL_TARGET
+    from xorsparse.io.checkpoint import XspSet
+
+    out = str(tmp_path / "out")
+    code, text, err = run(capsys, "compress", model_dir, out, "--calibration-samples", "16")
+    assert code == 0, err
+    with XspSet(out) as f:
+        assert (f.config.sparsity, f.config.bits) == MODEL_TARGET == (0.5, 4)
+    assert "WARNING" not in text  # the tiny model keeps a mean cosine above the threshold at the default
+
+
+def test_low_quality_is_said_plainly(magnitude_out, tmp_path, capsys, monkeypatch):
+    import xorsparse.defaults as defaults
+
+    model, _ = magnitude_out
+    monkeypatch.setattr(defaults, "MIN_MEAN_COSINE", 1.01)  # every report is below it
+    code, text, _ = run(capsys, "compress", model, str(tmp_path / "o"), "--method", "magnitude")
+    assert code == 0
+    warning = [ln for ln in text.splitlines() if ln.startswith("WARNING: low quality: mean cosine")]
+    assert len(warning) == 1 and "--sparsity 0.5 --bits 4" in warning[0]
+
+
+def test_quality_thresholds():
+    from xorsparse.defaults import quality_warning
+
+    assert quality_warning({"kind": "sentence-transformers", "mean_cosine": 0.28, "min_cosine": 0.1})
+    assert quality_warning({"kind": "sentence-transformers", "mean_cosine": 0.93, "min_cosine": 0.8}) is None
+    assert quality_warning({"kind": "causal-lm", "perplexity_ratio": 3.0})
+    assert quality_warning({"kind": "causal-lm", "perplexity_ratio": 1.1}) is None
+    assert quality_warning({"kind": "layer-error", "output_relative_error": 0.5})
+    assert quality_warning(None) is None
+
+
+# 8. messages that say what happened
+
+
+def test_a_bare_file_compress_says_its_method(st_file, tmp_path, capsys):
+    code, text, _ = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"))
+    assert code == 0
+    assert "method magnitude (data-free: a bare tensor file has no model to run); sparsity 0.9, 2 bit-planes" in text
+
+
+def test_a_magnitude_folder_compress_prints_no_calibration_notes(magnitude_out, tmp_path, capsys):
+    model, out = magnitude_out
+    code, text, _ = run(capsys, "compress", model, str(tmp_path / "o"), "--method", "magnitude")
+    assert code == 0
+    assert not [ln for ln in text.splitlines() if ln.startswith("note:")], text
+    assert "method magnitude;" in text and "calibration" not in text.split("method magnitude;")[1].splitlines()[0]
+
+
+def test_decompress_of_a_plain_folder_blames_the_input(model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "decompress", model_dir, str(tmp_path / "out"))
+    assert code == 2 and err.startswith(f"xorsparse: error: {model_dir}: not an xorsparse model folder")
+    assert not os.path.exists(tmp_path / "out")

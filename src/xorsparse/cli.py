@@ -13,12 +13,14 @@ import sys
 import time
 from typing import Sequence
 
+from .defaults import MODEL_TARGET, TENSOR_TARGET, default_target, quality_warning
 from .progress import Progress
 
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
-DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
+DEMO_SPARSITY, DEMO_BITS = MODEL_TARGET
+DEMO_SAMPLES = 256
 SAMPLES = 512  # = io.calibdata.SAMPLES (not imported here: the parser stays light)
 
 
@@ -155,9 +157,12 @@ def cmd_compress(args) -> int:
 
     check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
     bar = _job_progress("compress", args.input, args.output)  # its clock starts with the command
-    sparsity = args.sparsity
-    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
-        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
+    kind = ("compressed-tensors" if is_compressed_tensors_folder(args.input) else "model") \
+        if os.path.isdir(args.input) else "tensors"
+    target = default_target(kind)  # what was not given (xorsparse/defaults.py)
+    sparsity = target.sparsity if args.sparsity is None else args.sparsity
+    if args.bits is None:
+        args.bits = target.bits
     cfg = _config(args, sparsity)
     t0 = time.perf_counter()
     method, run_model = _folder_method(args)
@@ -203,6 +208,9 @@ def cmd_compress(args) -> int:
                           "total": totals(report.rows), "stage_seconds": stage_seconds, **records}, indent=1))
         return 0
     print(report.selection.describe())
+    if not records:  # no model run: say what chose the masks, since nothing else will
+        why = "a bare tensor file has no model to run" if kind == "tensors" else "no model run"
+        print(f"method magnitude (data-free: {why}); sparsity {cfg.sparsity}, {cfg.bits} bit-planes")
     for note in report.notes:
         print(note)
     if args.sparsity is None and sparsity == 0.0:
@@ -211,6 +219,10 @@ def cmd_compress(args) -> int:
     print()
     print_sizes(report.sizes)
     print_records(records, stage_seconds)
+    low = quality_warning(records.get("quality"))
+    if low:
+        print(f"WARNING: low quality: {low} (threshold: docs/CALIBRATION.md, Quality report); prune less or "
+              f"keep more bits, e.g. --sparsity {MODEL_TARGET.sparsity} --bits {MODEL_TARGET.bits}")
     how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
     print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
           f"({how}, whole files) in {seconds:.1f}s")
@@ -568,14 +580,17 @@ def add_executor_options(c: argparse.ArgumentParser) -> None:
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, 2)
+    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, None)
     c.add_argument("--sparsity", type=float, default=s,
                    help=f"fraction of weights pruned (default {s})" if demo else
-                   "fraction of weights pruned (default 0.9; for a compressed-tensors checkpoint, default: its "
-                   "own zeros only)")
+                   f"fraction of weights pruned (default: {MODEL_TARGET.sparsity} for a model folder, "
+                   f"{TENSOR_TARGET.sparsity} for a bare tensor file; for a compressed-tensors checkpoint its own "
+                   "zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
-    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
+    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})" if demo else
+                   f"bit-planes per weight q (default: {MODEL_TARGET.bits} for a model folder, {TENSOR_TARGET.bits} "
+                   "for a bare tensor file)")
     c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
                    help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
                         "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "

@@ -735,6 +735,9 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
     if is_xsp_folder(src):
         return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
                                  on_event=on_event)
+    if os.path.isdir(src):  # the input is the problem, whatever the output's name
+        raise CheckpointError(f"{src}: not an xorsparse model folder (no xorsparse quantization_config in its "
+                              "config.json, no .xsp weights); decompress reads what `xorsparse compress` wrote")
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
     check_output(out, xsp_files(src), force)

@@ -266,6 +266,9 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     cset = _calibration_set(calibration, samples, seed)
     data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
     mapping, notes = map_to_checkpoint(fm.model, ck, selected)
+    calibrated = config.method != "magnitude" or bool(recover_steps)
+    if not calibrated:  # notes on what calibration could not reach mean nothing when nothing is calibrated
+        notes = []
     mods = dict(fm.model.named_modules())
     modules = [(m, mods[m]) for m in mapping]
     dtypes = {m: torch_dtype_name(ck.get(c)) for m, c in mapping.items()}
@@ -310,7 +313,7 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         notes += res.notes
         rec.update({"sequential": res.sequential, "blocks": res.blocks,
                     "calibrated_tensors": sum(p.calibrated for p in prepared.values())})
-    seconds["calibration"] = time.perf_counter() - t
+    seconds["pruning" if config.method == "magnitude" else "calibration"] = time.perf_counter() - t
     if recover_steps:
         say(f"recovery: {recover_steps} steps of distillation from the original model")
         t = time.perf_counter()
@@ -331,7 +334,7 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
         seconds["quality"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
-    if free:
+    if free and calibrated:
         notes.append(f"{len(free)} selected tensors are not weights of calibratable modules "
                      f"(data-free magnitude pruning), first {free[0]!r}")
     rec["notes"] = notes
