@@ -260,3 +260,21 @@ def test_decompress_of_a_plain_folder_blames_the_input(model_dir, tmp_path, caps
     code, _, err = run(capsys, "decompress", model_dir, str(tmp_path / "out"))
     assert code == 2 and err.startswith(f"xorsparse: error: {model_dir}: not an xorsparse model folder")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_make_test_installs_every_tool_its_tests_need():
+    """`make test` runs the hdl target first; a tool the tests skip without must be in it, or
+    every run of `make test` skips that test (the Verilator lint test did)."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    make = open(os.path.join(root, "Makefile"), encoding="utf-8").read()
+    installed = set(re.search(r"^HDL_TEST := (.*)$", make, re.M).group(1).split())
+    assert re.search(r"^test: .*\bhdl\b", make, re.M)
+    needed = set()
+    for dirpath, _, files in os.walk(os.path.join(root, "tests")):
+        for f in files:
+            if f.endswith(".py"):
+                text = open(os.path.join(dirpath, f), encoding="utf-8").read()
+                needed |= set(re.findall(r"shutil\.which\(\"(iverilog|yosys|verilator)\"\)", text))
+    assert needed and needed <= installed, needed - installed
