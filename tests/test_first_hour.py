@@ -27,7 +27,7 @@ def model_dir(tiny_st_dir, tmp_path):
 @pytest.fixture
 def no_calibration(monkeypatch):
     """Fail the test if compress starts any model work (calibration, quality report)."""
-    import xorsparse.torch.folder as folder
+    from xorsparse.torch import folder
 
     def refuse(*a, **k):
         raise AssertionError("the model was run before the output was checked")
@@ -40,7 +40,7 @@ def no_calibration(monkeypatch):
 
 def test_a_file_output_inside_the_input_folder_is_refused(model_dir, capsys, no_calibration):
     before = sorted(os.listdir(model_dir))
-    code, out, err = run(capsys, "compress", model_dir, os.path.join(model_dir, "model.xsp"))
+    code, _out, err = run(capsys, "compress", model_dir, os.path.join(model_dir, "model.xsp"))
     assert code == 2 and "inside the input folder" in err and "Traceback" not in err
     assert err.count("\n") == 1
     assert sorted(os.listdir(model_dir)) == before
@@ -50,7 +50,7 @@ def test_a_file_output_inside_the_input_folder_is_refused(model_dir, capsys, no_
 def test_folder_output_mistakes_are_refused_before_calibration(model_dir, capsys, no_calibration, where):
     out_path = {"same": model_dir, "inside": os.path.join(model_dir, "out"),
                 "inside-file": os.path.join(model_dir, "1_Pooling", "x.xsp")}[where]
-    code, out, err = run(capsys, "compress", model_dir, out_path)
+    code, _out, err = run(capsys, "compress", model_dir, out_path)
     assert code == 2 and "input folder" in err, err
     assert not os.path.exists(os.path.join(model_dir, "out"))
 
@@ -58,7 +58,7 @@ def test_folder_output_mistakes_are_refused_before_calibration(model_dir, capsys
 def test_existing_file_output_is_refused_before_calibration(model_dir, tmp_path, capsys, no_calibration):
     target = tmp_path / "model.xsp"
     target.write_bytes(b"mine")
-    code, out, err = run(capsys, "compress", model_dir, str(target))
+    code, _out, err = run(capsys, "compress", model_dir, str(target))
     assert code == 2 and "already exists" in err
     assert target.read_bytes() == b"mine"
 
@@ -67,7 +67,7 @@ def test_a_file_where_a_folder_output_goes_is_refused_before_calibration(model_d
                                                                           no_calibration):
     target = tmp_path / "out"
     target.write_bytes(b"mine")
-    code, out, err = run(capsys, "compress", model_dir, str(target), "--force")
+    code, _out, err = run(capsys, "compress", model_dir, str(target), "--force")
     assert code == 2 and "not a folder" in err
 
 
@@ -147,7 +147,7 @@ def test_verify_and_decompress_count_the_weights_they_decode(magnitude_out, tmp_
                         ("decompress", lambda ev: decompress_checkpoint(out, str(tmp_path / "plain"), on_event=ev))]:
         events: list[dict] = []
         call(events.append)
-        plan = [e for e in events if e["kind"] == "plan"][0]
+        plan = next(e for e in events if e["kind"] == "plan")
         decoded = sum(e["weights"] for e in events if e["kind"] == "tensor")
         assert plan["weights"] > 0 and decoded == plan["weights"], label
 
@@ -182,7 +182,7 @@ def test_a_resumed_compress_prints_no_zero_rate(magnitude_out, tmp_path, capsys)
 def test_verify_time_includes_the_recomputation(tiny_st_dir, tmp_path, capsys, monkeypatch):
     import time
 
-    import xorsparse.torch.folder as folder
+    from xorsparse.torch import folder
 
     model = shutil.copytree(tiny_st_dir, str(tmp_path / "model"))
     out = str(tmp_path / "out")
@@ -218,7 +218,7 @@ def test_a_model_folder_default_is_half_pruned_at_four_bits(model_dir, tmp_path,
 
 
 def test_low_quality_is_said_plainly(magnitude_out, tmp_path, capsys, monkeypatch):
-    import xorsparse.defaults as defaults
+    from xorsparse import defaults
 
     model, _ = magnitude_out
     monkeypatch.setattr(defaults, "MIN_MEAN_COSINE", 1.01)  # every report is below it
@@ -249,7 +249,7 @@ def test_a_bare_file_compress_says_its_method(st_file, tmp_path, capsys):
 
 
 def test_a_magnitude_folder_compress_prints_no_calibration_notes(magnitude_out, tmp_path, capsys):
-    model, out = magnitude_out
+    model, _out = magnitude_out
     code, text, _ = run(capsys, "compress", model, str(tmp_path / "o"), "--method", "magnitude")
     assert code == 0
     assert not [ln for ln in text.splitlines() if ln.startswith("note:")], text
@@ -268,13 +268,55 @@ def test_make_test_installs_every_tool_its_tests_need():
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    make = open(os.path.join(root, "Makefile"), encoding="utf-8").read()
-    installed = set(re.search(r"^HDL_TEST := (.*)$", make, re.M).group(1).split())
-    assert re.search(r"^test: .*\bhdl\b", make, re.M)
+    with open(os.path.join(root, "Makefile"), encoding="utf-8") as fh:
+        make = fh.read()
+    installed = set(re.search(r"^HDL_TEST := (.*)$", make, re.MULTILINE).group(1).split())
+    assert re.search(r"^test: .*\bhdl\b", make, re.MULTILINE)
     needed = set()
     for dirpath, _, files in os.walk(os.path.join(root, "tests")):
         for f in files:
             if f.endswith(".py"):
-                text = open(os.path.join(dirpath, f), encoding="utf-8").read()
+                with open(os.path.join(dirpath, f), encoding="utf-8") as fh:
+                    text = fh.read()
                 needed |= set(re.findall(r"shutil\.which\(\"(iverilog|yosys|verilator)\"\)", text))
     assert needed and needed <= installed, needed - installed
+
+
+# 6. a resume with nothing left to do runs no model
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "magnitude"])
+def test_a_finished_job_resumes_without_calibration_or_quality(model_dir, tmp_path, capsys, monkeypatch, method):
+    out = str(tmp_path / "out")
+    args = ["compress", model_dir, out, "--calibration-samples", "16", "--method", method]
+    code, first, err = run(capsys, *args)
+    assert code == 0, err
+    before = folder_bytes(out)
+    from xorsparse.torch import folder
+
+    def refuse(*a, **k):
+        raise AssertionError("the model ran again on a finished job")
+    monkeypatch.setattr(folder, "prepare_folder", refuse)
+    monkeypatch.setattr(folder, "load_folder_model", refuse)
+    code, text, err = run(capsys, *args)
+    assert code == 0, err
+    assert "resume: every output shard of this job is done" in text and "resumed: kept 1 of 1" in text
+    assert folder_bytes(out) == before
+    assert [ln for ln in first.splitlines() if ln.startswith("quality: ")] == \
+        [ln for ln in text.splitlines() if ln.startswith("quality: ")]  # the stored report, shown again
+
+
+def test_another_jobs_folder_is_refused_before_calibration(model_dir, tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    assert run(capsys, "compress", model_dir, out, "--calibration-samples", "16")[0] == 0
+    from xorsparse.torch import folder
+
+    calls = []
+    real = folder.prepare_folder
+    monkeypatch.setattr(folder, "prepare_folder", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for other in (["--calibration-samples", "32"], ["--calibration-samples", "16", "--bits", "3"]):
+        code, _, err = run(capsys, "compress", model_dir, out, *other)
+        assert code == 2 and "refusing to replace it (--force redoes it)" in err, err
+        assert not calls  # refused before the model ran
+    code, _text, err = run(capsys, "compress", model_dir, out, "--calibration-samples", "32", "--force")
+    assert code == 0 and calls, err

@@ -170,7 +170,12 @@ def cmd_compress(args) -> int:
     records: dict = {}
     stage_seconds: dict[str, float] = {}
     prepared = None
-    if run_model:
+    kept = _finished_job(args, cfg) if run_model else None
+    if kept is not None:  # a resume with nothing left to do: no calibration, no quality report again
+        records, prepared = kept
+        print("resume: every output shard of this job is done and verified; calibration and quality report not "
+              "run again (the records are the first run's)", file=sys.stderr if args.json else sys.stdout)
+    elif run_model:
         from .torch.folder import ModelFolderError, prepare_folder
 
         try:
@@ -227,6 +232,27 @@ def cmd_compress(args) -> int:
     print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
           f"({how}, whole files) in {seconds:.1f}s")
     return 0
+
+
+def _finished_job(args, cfg):
+    """(records, prepared) when the output folder already holds this whole job (torch/resume.py);
+    None when there is work to do. Refuses, before any work, shards of another job in the way."""
+    if args.output.endswith(".xsp") or not os.path.isdir(args.output):
+        return None
+    from .io.checkpoint import open_checkpoint, select_tensors
+    from .torch.resume import KeptShards, finished_folder_job
+
+    keep_dtype = None if args.keep_dtype == "input" else args.keep_dtype
+    records = finished_folder_job(args.input, args.output, cfg, include=args.include, exclude=args.exclude,
+                                  force_include=args.force_include, embeddings=args.embeddings,
+                                  keep_dtype=keep_dtype, calibration=args.calibration,
+                                  samples=args.calibration_samples, seed=args.seed, recover_steps=args.recover,
+                                  force=args.force)
+    if records is None:
+        return None
+    names = select_tensors(open_checkpoint(args.input), args.include, args.exclude, args.force_include,
+                           args.embeddings).compressed
+    return records, KeptShards(names, args.output)
 
 
 def print_records(records: dict, seconds: dict[str, float] | None = None) -> None:
