@@ -320,3 +320,13 @@ def test_another_jobs_folder_is_refused_before_calibration(model_dir, tmp_path, 
         assert not calls  # refused before the model ran
     code, _text, err = run(capsys, "compress", model_dir, out, "--calibration-samples", "32", "--force")
     assert code == 0 and calls, err
+
+
+def test_the_demo_checks_its_output_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    from xorsparse import demo
+
+    def refuse():
+        raise AssertionError("the model was loaded before the output was checked")
+    monkeypatch.setattr(demo, "_load", refuse)
+    code, _, err = run(capsys, "demo", "--out", str(tmp_path))
+    assert code == 2 and "is a directory" in err
