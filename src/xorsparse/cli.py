@@ -155,6 +155,7 @@ def cmd_compress(args) -> int:
     from .io.checkpoint import check_compress_output, compress_checkpoint, totals
     from .io.compressed_tensors import is_compressed_tensors_folder
 
+    t0 = time.perf_counter()
     check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
     bar = _job_progress("compress", args.input, args.output)  # its clock starts with the command
     kind = ("compressed-tensors" if is_compressed_tensors_folder(args.input) else "model") \
@@ -164,7 +165,6 @@ def cmd_compress(args) -> int:
     if args.bits is None:
         args.bits = target.bits
     cfg = _config(args, sparsity)
-    t0 = time.perf_counter()
     method, run_model = _folder_method(args)
     cfg = dataclasses.replace(cfg, method=method)
     records: dict = {}
