@@ -94,7 +94,7 @@ def test_a_calibrated_folder_compress_gives_the_same_bytes_every_run(model_dir, 
         assert "calibration" in text  # the stage timings are still reported, in the summary
         outs.append(folder_bytes(out))
     assert outs[0] == outs[1] == outs[2]
-    from xorsparse.io.checkpoint import XspSet
+    from xorsparse.checkpoint.xspset import XspSet
 
     with XspSet(str(tmp_path / "out0")) as f:
         assert f.records["calibration"]["method"] == "sparsegpt"
@@ -110,7 +110,7 @@ def test_a_magnitude_folder_compress_gives_the_same_bytes_on_ray(model_dir, tmp_
 
 
 def test_files_with_timings_in_their_calibration_record_still_read():
-    from xorsparse.io.records import check_calibration
+    from xorsparse.format.records import check_calibration
 
     check_calibration({"method": "sparsegpt", "seconds": {"calibration": 12.5, "total": 20.0, "cpu": 30.0}})
 
@@ -140,7 +140,8 @@ def magnitude_out(tiny_st_dir, tmp_path_factory):
 
 
 def test_verify_and_decompress_count_the_weights_they_decode(magnitude_out, tmp_path):
-    from xorsparse.io.checkpoint import decompress_checkpoint, verify_checkpoint
+    from xorsparse.checkpoint.verify import verify_checkpoint
+    from xorsparse.jobs.checkpoint import decompress_checkpoint
 
     model, out = magnitude_out
     for label, call in [("verify", lambda ev: verify_checkpoint(out, model, on_event=ev)),
@@ -155,7 +156,7 @@ def test_verify_and_decompress_count_the_weights_they_decode(magnitude_out, tmp_
 def test_progress_lines_show_a_rate_only_for_work_done():
     import io
 
-    from xorsparse.distributed import JobProgress
+    from xorsparse.jobs.executors import JobProgress
 
     s = io.StringIO()
     bar = JobProgress("compress", stream=s, tty=False)
@@ -207,7 +208,7 @@ def test_verify_time_includes_the_recomputation(tiny_st_dir, tmp_path, capsys, m
 
 def test_a_model_folder_default_is_half_pruned_at_four_bits(model_dir, tmp_path, capsys):
     from xorsparse.defaults import MODEL_TARGET
-    from xorsparse.io.checkpoint import XspSet
+    from xorsparse.checkpoint.xspset import XspSet
 
     out = str(tmp_path / "out")
     code, text, err = run(capsys, "compress", model_dir, out, "--calibration-samples", "16")

@@ -21,7 +21,7 @@ EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
 DEMO_SPARSITY, DEMO_BITS = MODEL_TARGET
 DEMO_SAMPLES = 256
-SAMPLES = 512  # = io.calibdata.SAMPLES (not imported here: the parser stays light)
+SAMPLES = 512  # = data.calibdata.SAMPLES (not imported here: the parser stays light)
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -98,7 +98,7 @@ def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
     always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
     compressed with magnitude, and asking for a calibrated method there is an error."""
-    from .io.compressed_tensors import is_compressed_tensors_folder
+    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
     from .torch.folder import is_model_folder
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
@@ -130,7 +130,7 @@ def _executor(args, folder: bool = True):
     """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
     import contextlib
 
-    from .distributed import make_executor
+    from .jobs.executors import make_executor
 
     if not folder:
         if args.workers is not None and args.workers < 1:
@@ -142,7 +142,7 @@ def _executor(args, folder: bool = True):
 def _job_progress(label: str, src: str, output: str | None = None):
     """A progress display across shards and tensors for a folder job (None for one file);
     the job announces its size with a "plan" event."""
-    from .distributed import JobProgress
+    from .jobs.executors import JobProgress
 
     if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
         return None
@@ -152,8 +152,9 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-    from .io.checkpoint import check_compress_output, compress_checkpoint, totals
-    from .io.compressed_tensors import is_compressed_tensors_folder
+    from .jobs.checkpoint import check_compress_output, compress_checkpoint
+    from .checkpoint.stats import totals
+    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
 
     t0 = time.perf_counter()
     check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
@@ -239,7 +240,8 @@ def _finished_job(args, cfg):
     None when there is work to do. Refuses, before any work, shards of another job in the way."""
     if args.output.endswith(".xsp") or not os.path.isdir(args.output):
         return None
-    from .io.checkpoint import open_checkpoint, select_tensors
+    from .checkpoint.readers import open_checkpoint
+    from .checkpoint.selection import select_tensors
     from .torch.resume import KeptShards, finished_folder_job
 
     keep_dtype = None if args.keep_dtype == "input" else args.keep_dtype
@@ -279,7 +281,7 @@ def print_records(records: dict, seconds: dict[str, float] | None = None) -> Non
 
 
 def cmd_decompress(args) -> int:
-    from .io.checkpoint import decompress_checkpoint
+    from .jobs.checkpoint import decompress_checkpoint
 
     t0 = time.perf_counter()
     bar = _job_progress("decompress", args.input)
@@ -297,7 +299,7 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .io.checkpoint import inspect_file
+    from .checkpoint.inspect import inspect_file
 
     info = inspect_file(args.input)
     if args.json:
@@ -320,8 +322,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .io.checkpoint import verify_checkpoint
-    from .io.checkpoint import XspSet
+    from .checkpoint.verify import verify_checkpoint
+    from .checkpoint.xspset import XspSet
     from .torch.folder import needs_recomputation
 
     t0 = time.perf_counter()
@@ -459,7 +461,7 @@ def cmd_export_rtl(args) -> int:
         print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
                          ([True] if args.yosys else []) + [False]))
     if args.json:
-        from .io.output import write_bytes
+        from .format.output import write_bytes
 
         write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
     return 0
@@ -468,11 +470,11 @@ def cmd_export_rtl(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, layout_options(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
     p.add_argument("--version", action="version", version=f"xorsparse {__version__}")

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from ..io.checkpoint import open_checkpoint, select_tensors
-from ..io.folder import check_prepared_job
-from ..io.job import JobError
+from ..checkpoint.readers import open_checkpoint
+from ..checkpoint.selection import select_tensors
+from ..jobs.folder import check_prepared_job
+from ..jobs.tasks import JobError
 from ..tensor.pipeline import CompressConfig
 from .folder import BATCH_SIZE, MAX_LENGTH, _calibration_set
 from .recover import LR, SCALE_LR
