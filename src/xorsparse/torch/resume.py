@@ -74,8 +74,10 @@ def finished_folder_job(src: str, out: str, config: CompressConfig, *, include: 
     selected = select_tensors(open_checkpoint(src), include, exclude, force_include, embeddings).compressed
     check = check_prepared_job(src, out, config, selected, include, exclude, force_include=force_include,
                                embeddings=embeddings, keep_dtype=keep_dtype)
-    if not check.why and not (check.records or {}).get("calibration"):
-        return None  # no output shard yet, or one written without a model run: the writer decides
+    if not (check.records or {}).get("calibration"):
+        # no output shard yet, or shards written without a model run (data-free, or a folder
+        # the model of which could not be built): the writer decides, as it always did
+        return None
     why = check.why
     if check.state != "other" and not asks_for_the_same((check.records or {}).get("calibration"), config,
                                                          calibration=calibration, samples=samples, seed=seed,
