@@ -207,8 +207,8 @@ def test_verify_time_includes_the_recomputation(tiny_st_dir, tmp_path, capsys, m
 
 
 def test_a_model_folder_default_is_half_pruned_at_four_bits(model_dir, tmp_path, capsys):
-    from xorsparse.defaults import MODEL_TARGET
     from xorsparse.checkpoint.xspset import XspSet
+    from xorsparse.defaults import MODEL_TARGET
 
     out = str(tmp_path / "out")
     code, text, err = run(capsys, "compress", model_dir, out, "--calibration-samples", "16")
