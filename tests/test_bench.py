@@ -1,7 +1,6 @@
 import json
 import os
 
-
 from benchmarks.__main__ import main
 
 
@@ -106,14 +105,21 @@ def test_rtl_benchmark_small(tmp_path):
 def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
     out, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "q.md"
     assert main(["quality", "--model", tiny_st_dir, "--points", "0.5:2", "--methods", "magnitude", "sparsegpt",
-                 "--recover", "2", "--samples", "32", "--json", str(out), "--plot", str(png),
-                 "--markdown", str(md)]) == 0
+                 "--recover", "2", "--samples", "32", "--dense-bits", "3", "--target-bits", "2.0", "--json", str(out),
+                 "--plot", str(png), "--markdown", str(md)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["method"], r["recover_steps"]) for r in rows] == [("magnitude", 0), ("magnitude", 2),
-                                                                 ("sparsegpt", 0), ("sparsegpt", 2)]
+                                                                 ("sparsegpt", 0), ("sparsegpt", 2)] * 1 + \
+        [("sparsegpt", 0), ("sparsegpt", 2)] * 2
     for r in rows:
         assert r["exact"] and r["reloaded_matches"]
-        assert {"total_bits_per_weight", "mean_cosine", "nn_agreement", "calibration_s", "calibration_cpu_s"} <= set(r)
+        assert {"total_bits_per_weight", "mean_cosine", "nn_agreement", "ood_cosine", "calibration_s",
+                "calibration_cpu_s"} <= set(r)
+    dense = [r for r in rows if r["kind"] == "dense"]
+    assert dense[0]["point"] == "dense int3" and dense[0]["sparsity"] == 0.0
+    assert 3.0 <= dense[0]["total_bits_per_weight"] < 3.0 + 16 / 32 + 0.05  # no mask; codes + per-row scales
+    budget = [r for r in rows if r["kind"] == "target"]
+    assert budget[0]["target_bits"] == 2.0 and budget[0]["allocation"]
     assert os.path.getsize(png) > 1000 and "| sparsegpt |" in md.read_text()
 
 

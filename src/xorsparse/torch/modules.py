@@ -14,8 +14,8 @@ paths equal the reference bit for bit (tests check it).
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,11 +24,10 @@ from torch import nn
 
 from ..codec.plane import _tables
 from ..format.container import XspFile
-from ..codec.plane import get_decoder
 from ..tensor import fused
 from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane
-from ..tensor.pipeline import CompressedTensor
+from ..tensor.pipeline import CompressedTensor, decompress_tensor
 from .compress import MODULE_TYPES
 
 # ---------------------------------------------------------------------------------------
@@ -284,7 +283,6 @@ class XorWeight(nn.Module):
         ct.validate()
         packed = any(isinstance(p, PackedPlane) for p in ct.planes)
         if packed:  # a small tensor stored bit for bit (FORMAT.md 1.8): kept decoded, no XOR streams
-            from ..tensor.pipeline import decompress_tensor
 
             dense = decompress_tensor(ct, framework="torch").reshape(-1).clone()
             ct = replace(ct, planes=[])
@@ -441,7 +439,7 @@ class XorEmbedding(nn.Module):
         return F.embedding(ids, self.xw.for_compute(ids), self.padding_idx)
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parts = name.split(".")
     mod = model
     for p in parts[:-1]:
@@ -497,7 +495,7 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
                 new = XorConv2d(ct, mod, cache, workspace)
             else:
                 new = XorEmbedding(ct, mod, cache, workspace)
-            parent, attr = _parent(model, mod_name)
+            parent, attr = parent_of(model, mod_name)
             setattr(parent, attr, new)
     if workspace is not None:
         model.xorsparse_workspace = workspace

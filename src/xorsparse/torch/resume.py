@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint.options import SelectOptions
 from ..checkpoint.readers import open_checkpoint
 from ..checkpoint.selection import select_tensors
 from ..jobs.folder import check_prepared_job
@@ -64,16 +65,15 @@ def asks_for_the_same(record: Mapping[str, Any] | None, config: CompressConfig, 
     return all(record.get(k) == v for k, v in want.items())
 
 
-def finished_folder_job(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
-                        exclude: Sequence[str] = (), force_include: Sequence[str] = (), embeddings: bool = True,
-                        keep_dtype: str | None = None, calibration: str | None = None, samples: int | None = None,
-                        seed: int = 0, recover_steps: int = 0, force: bool = False) -> dict | None:
+def finished_folder_job(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(), *,
+                        calibration: str | None = None, samples: int | None = None, seed: int = 0,
+                        recover_steps: int = 0, force: bool = False) -> dict | None:
     """The records of `out` when its job (this folder, config and calibration) is complete: the
     caller then compresses with KeptShards and these records, and no model runs. None when
     there is work to do. A shard of another job in the way raises JobError unless `force`."""
-    selected = select_tensors(open_checkpoint(src), include, exclude, force_include, embeddings).compressed
-    check = check_prepared_job(src, out, config, selected, include, exclude, force_include=force_include,
-                               embeddings=embeddings, keep_dtype=keep_dtype)
+    selected = select_tensors(open_checkpoint(src), select.include, select.exclude, select.force_include,
+                              select.embeddings).compressed
+    check = check_prepared_job(src, out, config, selected, select)
     if not (check.records or {}).get("calibration"):
         # no output shard yet, or shards written without a model run (data-free, or a folder
         # the model of which could not be built): the writer decides, as it always did

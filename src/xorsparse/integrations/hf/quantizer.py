@@ -20,10 +20,10 @@ from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ...tensor.pipeline import CompressedTensor, decompress_tensor
-from ...format.container import XspError, XspFile, compressed_from_parts
-from ...format.validate import check_decode_cost
+from ...format.container import READ_VERSIONS, XspError, XspFile, compressed_from_parts
 from ...format.torchconv import TORCH_TO_ST
+from ...format.validate import check_decode_cost
+from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from . import QUANT_METHOD, current_load_mode, register
 
 # part name -> source pattern (regular expressions: transformers compiles them)
@@ -128,8 +128,6 @@ class XorsparseHfQuantizer(HfQuantizer):
         self.pattern_kind = {p: k for k, p in _PART_PATTERNS.items()}
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        from ...format.container import READ_VERSIONS
-
         v = getattr(self.quantization_config, "format_version", None)
         if v not in READ_VERSIONS:
             raise ValueError(f"this folder holds xorsparse format version {v!r}; this xorsparse reads "
@@ -180,7 +178,7 @@ class XorsparseHfQuantizer(HfQuantizer):
         return name not in set(tied) | set(tied.values())
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):
-        from ...torch.modules import XorConv2d, XorEmbedding, XorLinear, _parent
+        from ...torch.modules import XorConv2d, XorEmbedding, XorLinear, parent_of
 
         for name, ct in self.pending.items():
             mod_name = name[: -len(".weight")]
@@ -191,7 +189,7 @@ class XorsparseHfQuantizer(HfQuantizer):
                 new = XorConv2d(ct, mod)
             else:
                 new = XorEmbedding(ct, mod)
-            parent, attr = _parent(model, mod_name)
+            parent, attr = parent_of(model, mod_name)
             setattr(parent, attr, new)
         self.pending.clear()
         return model
