@@ -13,14 +13,15 @@ import sys
 import time
 from typing import Sequence
 
-from .checkpoint.compressed_tensors import default_sparsity, is_compressed_tensors_folder
+from .checkpoint.compressed_tensors import is_compressed_tensors_folder
 from .checkpoint.inspect import inspect_file
 from .checkpoint.options import RunOptions, SelectOptions
 from .checkpoint.stats import totals
 from .checkpoint.verify import verify_checkpoint
 from .checkpoint.xspset import XspSet
 from .data.calibdata import SAMPLES
-from .jobs.checkpoint import compress_checkpoint, decompress_checkpoint
+from .defaults import MODEL_TARGET, TENSOR_TARGET, default_target, quality_warning
+from .jobs.checkpoint import check_compress_output, compress_checkpoint, decompress_checkpoint
 from .jobs.executors import JobProgress, make_executor
 from .progress import Progress
 from .rtl.export import DecoderParams, RtlOptions, export_rtl
@@ -31,7 +32,8 @@ from .version import __version__
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
-DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
+DEMO_SPARSITY, DEMO_BITS = MODEL_TARGET
+DEMO_SAMPLES = 256
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -157,17 +159,29 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-
-    sparsity = default_sparsity(args.input) if args.sparsity is None else args.sparsity
     select = SelectOptions(args.include, args.exclude, args.force_include, args.embeddings,
                            None if args.keep_dtype == "input" else args.keep_dtype)
-    cfg = _config(args, sparsity)
     t0 = time.perf_counter()
+    check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
+    bar = _job_progress("compress", args.input, args.output)  # its clock starts with the command
+    kind = ("compressed-tensors" if is_compressed_tensors_folder(args.input) else "model") \
+        if os.path.isdir(args.input) else "tensors"
+    target = default_target(kind)  # what was not given (xorsparse/defaults.py)
+    sparsity = target.sparsity if args.sparsity is None else args.sparsity
+    if args.bits is None:
+        args.bits = target.bits
+    cfg = _config(args, sparsity)
     method, run_model = _folder_method(args)
     cfg = dataclasses.replace(cfg, method=method)
     records: dict = {}
+    stage_seconds: dict[str, float] = {}
     prepared = None
-    if run_model:
+    kept = _finished_job(args, cfg, select) if run_model else None
+    if kept is not None:  # a resume with nothing left to do: no calibration, no quality report again
+        records, prepared = kept
+        print("resume: every output shard of this job is done and verified; calibration and quality report not "
+              "run again (the records are the first run's)", file=sys.stderr if args.json else sys.stdout)
+    elif run_model:
         from .torch.folder import CalibrationOptions, ModelFolderError, prepare_folder
 
         try:
@@ -175,7 +189,7 @@ def cmd_compress(args) -> int:
                                        seed=args.seed, recover_steps=args.recover, eval_file=args.eval,
                                        target_bits=args.target_bits)
             res = prepare_folder(args.input, cfg, select, calib, log=None if args.json else print)
-            records, prepared = res.records, res.checkpoint_prepared()
+            records, prepared, stage_seconds = res.records, res.checkpoint_prepared(), res.seconds
         except (ModelFolderError, ImportError) as e:
             if args.method is not None or args.calibration or args.recover or args.eval \
                     or args.target_bits is not None:
@@ -184,7 +198,6 @@ def cmd_compress(args) -> int:
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
                   file=sys.stderr if args.json else sys.stdout)
             cfg = dataclasses.replace(cfg, method="magnitude")
-    bar = _job_progress("compress", args.input, args.output)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
@@ -201,9 +214,12 @@ def cmd_compress(args) -> int:
     if args.json:
         print(json.dumps({"file": args.output, "files": report.outputs, "bytes": tot.output_bytes,
                           "input_bytes": tot.input_bytes, "seconds": seconds, "tensors": report.rows,
-                          "total": totals(report.rows), **records}, indent=1))
+                          "total": totals(report.rows), "stage_seconds": stage_seconds, **records}, indent=1))
         return 0
     print(report.selection.describe())
+    if not records:  # no model run: say what chose the masks, since nothing else will
+        why = "a bare tensor file has no model to run" if kind == "tensors" else "no model run"
+        print(f"method magnitude (data-free: {why}); sparsity {cfg.sparsity}, {cfg.bits} bit-planes")
     for note in report.notes:
         print(note)
     if args.sparsity is None and sparsity == 0.0:
@@ -211,15 +227,44 @@ def cmd_compress(args) -> int:
     print_summary(report.rows, totals(report.rows))
     print()
     print_sizes(report.sizes)
-    print_records(records)
+    print_records(records, stage_seconds)
+    low = quality_warning(records.get("quality"))
+    if low:
+        print(f"WARNING: low quality: {low} (threshold: docs/CALIBRATION.md, Quality report); prune less or "
+              f"keep more bits, e.g. --sparsity {MODEL_TARGET.sparsity} --bits {MODEL_TARGET.bits}")
     how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
     print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
           f"({how}, whole files) in {seconds:.1f}s")
     return 0
 
 
-def print_records(records: dict) -> None:
-    """The calibration and quality records in a few lines."""
+def _finished_job(args, cfg, select: SelectOptions):
+    """(records, prepared) when the output folder already holds this whole job (torch/resume.py);
+    None when there is work to do. Refuses, before any work, shards of another job in the way."""
+    if args.output.endswith(".xsp") or not os.path.isdir(args.output):
+        return None
+    from .checkpoint.readers import open_checkpoint
+    from .checkpoint.selection import select_tensors
+    from .torch.resume import KeptShards, finished_folder_job
+
+    records = finished_folder_job(args.input, args.output, cfg, select, calibration=args.calibration,
+                                  samples=args.calibration_samples, seed=args.seed, recover_steps=args.recover,
+                                  force=args.force)
+    if records is None:
+        return None
+    # a bit budget or an --eval text the shards were not made with: the model runs again
+    if (records.get("allocation") or {}).get("target_bits") != args.target_bits:
+        return None
+    if args.eval is not None and "eval" not in (records.get("quality") or {}):
+        return None
+    names = select_tensors(open_checkpoint(args.input), select.include, select.exclude, select.force_include,
+                           select.embeddings).compressed
+    return records, KeptShards(names, args.output)
+
+
+def print_records(records: dict, seconds: dict[str, float] | None = None) -> None:
+    """The calibration and quality records in a few lines; `seconds`: this run's stage
+    timings (not in the file; older files carry them in the calibration record)."""
     from .torch.quality import summary_line
 
     cal, q = records.get("calibration"), records.get("quality")
@@ -230,7 +275,7 @@ def print_records(records: dict) -> None:
                     f"{'sequential' if cal.get('sequential') else 'non-sequential'}")
         if cal.get("recover_steps"):
             how += f", {cal['recover_steps']} recovery steps"
-        secs = cal.get("seconds") or {}
+        secs = seconds or cal.get("seconds") or {}
         if secs:
             how += "; " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items())
         print(how)
@@ -241,6 +286,7 @@ def print_records(records: dict) -> None:
 
 
 def cmd_decompress(args) -> int:
+    t0 = time.perf_counter()
     bar = _job_progress("decompress", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
@@ -251,7 +297,7 @@ def cmd_decompress(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -279,6 +325,8 @@ def cmd_inspect(args) -> int:
 def cmd_verify(args) -> int:
     from .torch.folder import needs_recomputation
 
+    t0 = time.perf_counter()
+    bar = _job_progress("verify", args.input)  # its clock starts with the command (a recomputation included)
     with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
         allocation = f.records.get("allocation")
@@ -288,10 +336,10 @@ def cmd_verify(args) -> int:
     if calibrated and args.against:
         from .torch.folder import recompute_references
 
+        print(f"verify: recomputing the {record['method']} calibration from {args.against}", file=sys.stderr)
         refs = recompute_references(names, args.against, cfg, record, args.calibration, allocation=allocation)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
-    bar = _job_progress("verify", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
@@ -302,6 +350,7 @@ def cmd_verify(args) -> int:
             if bar is not None:
                 bar.close()
     n_c = sum(r["compressed"] for r in res)
+    took = f" in {time.perf_counter() - t0:.1f}s"
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
         if bad:
@@ -310,11 +359,11 @@ def cmd_verify(args) -> int:
             print(f"FAILED: {len(bad)} of {len(res)} tensors differ from {what}, first {bad[0]!r}{hint}")
             return EXIT_MISMATCH
         print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed, decoded and bit-identical "
-              f"to {what} of {args.against}")
+              f"to {what} of {args.against}{took}")
     else:
         note = (f"; its codes come from {record['method']} calibration: --against MODEL_DIR recomputes it and "
                 "compares bit for bit") if calibrated else ""
-        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{note}")
+        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{took}{note}")
     return 0
 
 
@@ -498,14 +547,17 @@ def add_executor_options(c: argparse.ArgumentParser) -> None:
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, 2)
+    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, None)
     c.add_argument("--sparsity", type=float, default=s,
                    help=f"fraction of weights pruned (default {s})" if demo else
-                   "fraction of weights pruned (default 0.9; for a compressed-tensors checkpoint, default: its "
-                   "own zeros only)")
+                   f"fraction of weights pruned (default: {MODEL_TARGET.sparsity} for a model folder, "
+                   f"{TENSOR_TARGET.sparsity} for a bare tensor file; for a compressed-tensors checkpoint its own "
+                   "zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
-    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
+    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})" if demo else
+                   f"bit-planes per weight q (default: {MODEL_TARGET.bits} for a model folder, {TENSOR_TARGET.bits} "
+                   "for a bare tensor file)")
     c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
                    help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
                         "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "

@@ -66,11 +66,16 @@ def run_demo(args, layout: dict) -> int:
     """`layout`: the scale layout, codebook and small-tensor options (cli.layout_options)."""
     import torch
 
+    from .format.output import check_output
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
     from .torch.quality import embedding_agreement
     from .torch.recover import recover
 
+    # the output first (a folder or a device there), before minutes of calibration; an existing
+    # file is replaced: the demo is meant to be rerun
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    check_output(args.out, force=True)
     torch.manual_seed(0)
     t0, c0 = time.perf_counter(), time.process_time()
     method = getattr(args, "method", None) or "sparsegpt"
@@ -98,7 +103,6 @@ def run_demo(args, layout: dict) -> int:
         cm = recover(cm.apply_(copy.deepcopy(model)), model, calib, steps=steps)
         print(f"recovery: {steps} steps of distillation from the original in {time.perf_counter() - t:.1f}s")
     out = args.out
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     size = cm.save(out)
     print(f"wrote {out} ({size / 1e6:.2f} MB with the uncompressed embeddings, biases and norms)")
 

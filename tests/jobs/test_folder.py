@@ -11,6 +11,7 @@ import torch
 
 from xorsparse.checkpoint.xspset import XspSet
 from xorsparse.cli import main
+from xorsparse.defaults import MODEL_TARGET
 from xorsparse.format import safetensors_io as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,7 +67,7 @@ def test_folder_layout(minilm, minilm_xsp, capsys):
     cfg = json.load(open(out["config.json"]))
     q = cfg.pop("quantization_config")
     assert q["quant_method"] == "xorsparse" and q["format_version"] == 2 and q["load_mode"] == "decode"
-    assert q["config"]["sparsity"] == 0.9 and q["config"]["bits"] == 2
+    assert (q["config"]["sparsity"], q["config"]["bits"]) == MODEL_TARGET  # the model folder default
     assert cfg == json.load(open(src["config.json"]))
     with XspSet(minilm_xsp) as xs:
         assert len(xs.tensors) == 13 and "embeddings.position_embeddings.weight" in xs.tensors

@@ -65,15 +65,6 @@ def is_compressed_tensors_folder(path: str) -> bool:
         return False
 
 
-DEFAULT_SPARSITY = 0.9  # what --sparsity defaults to for any other input
-
-
-def default_sparsity(path: str) -> float:
-    """The sparsity a compression of `path` asks for when none is given: a compressed-tensors
-    checkpoint is pruned already, so its own zeros only (0.0); anything else DEFAULT_SPARSITY."""
-    return 0.0 if os.path.isdir(path) and is_compressed_tensors_folder(path) else DEFAULT_SPARSITY
-
-
 def _require():
     try:
         import compressed_tensors  # noqa: F401

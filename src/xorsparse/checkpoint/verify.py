@@ -39,6 +39,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
         free = [n for n in names if n in f.tensors and f.where[n].tensors[n].get("quantizer") != "affine"]
         global_pruning = f.meta.get("info", {}).get("pruning") == "global"
+        weights = sum(f.weights().values())
     rules = None
     if against:
         orig = open_original(against)
@@ -65,7 +66,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     run = executor.map if executor is not None and not references else \
         (lambda fn, items, ev: ((i, fn(t, ev, references)) for i, t in enumerate(items)))
     if on_event:
-        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names)})
+        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names), "weights": weights})
     by_task: list[list[dict]] = [[] for _ in tasks]
     for i, rows in run(verify_task, tasks, events):
         by_task[i] = rows
@@ -127,6 +128,7 @@ def verify_task(task: VerifyTask, report: Report | None = None,
         for name in task.names:
             dense = f.dense(name, framework="torch")
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
+            weights = int(dense.numel())
             if orig is not None:
                 t = orig.get(name)
                 if references and name in references:
@@ -147,5 +149,5 @@ def verify_task(task: VerifyTask, report: Report | None = None,
             del dense
             rows.append(row)
             if report:
-                report({"kind": "tensor", "name": name, "weights": 0})
+                report({"kind": "tensor", "name": name, "weights": weights})
     return rows

@@ -7,15 +7,32 @@ import os
 from typing import Any, Callable, Mapping
 
 from ..checkpoint.dense import write_dense_safetensors, write_torch_state
-from ..checkpoint.folder import is_xsp_folder, xsp_files
+from ..checkpoint.folder import check_folder_output, is_xsp_folder, xsp_files
 from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared, plan_compression
-from ..checkpoint.readers import Progress, open_checkpoint
+from ..checkpoint.readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from ..checkpoint.shard import compress_shard
 from ..checkpoint.stats import CompressReport, size_rows
-from ..format.output import check_output
+from ..format.output import OutputError, check_output, is_inside
 from ..tensor.pipeline import CompressConfig
 from .folder import compress_folder, decompress_folder
+
+
+def check_compress_output(src: str, out: str, force: bool = False) -> Checkpoint | None:
+    """Refuse at once an output `compress_checkpoint(src, out)` would refuse, so that a
+    mistake is reported before minutes of calibration, not after: an output that is an input
+    file, inside the input folder (or the folder itself, or around it), a device, a symlink or
+    an existing file without `force`. Returns the opened checkpoint for a one-file output
+    (None for a folder output, whose existing folder is where a job resumes)."""
+    if os.path.isdir(src) and not out.endswith(".xsp"):
+        check_folder_output(src, out, True)
+        return None
+    if os.path.isdir(src) and is_inside(out, src):
+        raise OutputError(f"{out}: is inside the input folder {src}; refusing to write there (it would be carried "
+                          "into the next compressed folder as one of its files)")
+    ck = open_checkpoint(src)
+    check_output(out, ck.files, force)
+    return ck
 
 
 def compress_checkpoint(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
@@ -34,8 +51,7 @@ def compress_checkpoint(src: str, out: str, config: CompressConfig, select: Sele
     """
     if os.path.isdir(src) and not out.endswith(".xsp"):
         return compress_folder(src, out, config, select, run, prepared=prepared, load_mode=load_mode, extra=extra)
-    ck = open_checkpoint(src)
-    check_output(out, ck.files, run.force)
+    ck = check_compress_output(src, out, run.force)
     plan, sel = plan_compression(ck, config, select, prepared=prepared,
                                  info={"pruning": "global" if config.global_sparsity else "per-tensor",
                                        "source": os.path.basename(os.path.normpath(src))}, extra=extra)
@@ -57,6 +73,9 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
     if is_xsp_folder(src):
         return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
                                  on_event=on_event)
+    if os.path.isdir(src):  # the input is the problem, whatever the output's name
+        raise CheckpointError(f"{src}: not an xorsparse model folder (no xorsparse quantization_config in its "
+                              "config.json, no .xsp weights); decompress reads what `xorsparse compress` wrote")
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
     check_output(out, xsp_files(src), force)

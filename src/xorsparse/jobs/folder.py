@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 from collections import ChainMap
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,12 +45,23 @@ from ..checkpoint.folder import (
 )
 from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared, plan_compression
-from ..checkpoint.readers import SAFE_INDEX, Progress
+from ..checkpoint.readers import SAFE_INDEX, Checkpoint, Progress
 from ..checkpoint.stats import CompressReport, size_rows
 from ..checkpoint.xspset import XspSet
+from ..format.container import XspError, XspFile
 from ..format.output import clean_stale
 from ..tensor.pipeline import CompressConfig
-from .tasks import DecompressTask, ShardTask, decompress_task, run_shard_task, shard_settings
+from .tasks import (
+    JOB_INFO,
+    DecompressTask,
+    ShardTask,
+    decompress_task,
+    existing_shard,
+    file_sha256,
+    job_key,
+    run_shard_task,
+    shard_settings,
+)
 
 
 class _Written:
@@ -148,7 +160,6 @@ def _compress_folder(src: str, out: str, config: CompressConfig, select: SelectO
     # 2. one output shard per input shard, each an independent task; the index goes first
     #    (a folder without its index is incomplete) and comes back last
     n = len(ck.shards)
-    names_out = [shard_name(i, n) for i in range(n)]
     index_path = os.path.join(out_weights, SAFE_INDEX)
     if os.path.exists(index_path):
         os.unlink(index_path)
@@ -158,15 +169,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, select: SelectO
     # from the files here, not read as they are by a worker)
     in_process = (ck is not plan_ck_from_files or bool(cplan.prepared) or cplan.masks is not None
                   or executor is None or getattr(executor, "in_process", False))
-    tasks = []
-    for i, (shard_path, names) in enumerate(ck.shards):
-        info = dict(cplan.info)
-        info["source"] = os.path.relpath(shard_path, src)
-        info["shard"] = [i + 1, n]
-        out_path = os.path.join(out_weights, names_out[i])
-        settings = shard_settings(config, names, sorted(cplan.selected & set(names)), cplan.rules,
-                                  keep_dtype, info, out_path, cplan.extra)
-        tasks.append(ShardTask(i, shard_path, out_path, settings, force, None if in_process else 1))
+    tasks = _shard_tasks(src, ck, cplan, keep_dtype, out_weights, force, in_process)
     if events:
         weights = sum(int(np.prod(ck.info(nm)[1], dtype=np.int64)) for nm in cplan.selected)
         events({"kind": "plan", "items": n, "tensors": len(ck.names), "weights": weights})
@@ -205,6 +208,78 @@ def _compress_folder(src: str, out: str, config: CompressConfig, select: SelectO
                                                   len(plan.carried)), outputs, notes)
     report.outcomes = outcomes
     return report
+
+
+def _shard_tasks(src: str, ck: Checkpoint, cplan, keep_dtype: str | None, out_weights: str, force: bool = False,
+                 in_process: bool = True) -> list:
+    """One ShardTask per input shard: what each output shard's bytes (and job key) depend on."""
+
+    n = len(ck.shards)
+    tasks = []
+    for i, (shard_path, names) in enumerate(ck.shards):
+        info = dict(cplan.info)
+        info["source"] = os.path.relpath(shard_path, src)
+        info["shard"] = [i + 1, n]
+        out_path = os.path.join(out_weights, shard_name(i, n))
+        settings = shard_settings(cplan.config, names, sorted(cplan.selected & set(names)), cplan.rules,
+                                  keep_dtype, info, out_path, cplan.extra)
+        tasks.append(ShardTask(i, shard_path, out_path, settings, force, None if in_process else 1))
+    return tasks
+
+
+@dataclass
+class ResumeCheck:
+    """What an output folder holds of a prepared (calibrated) job, found before any model work:
+    `state` "done" (every output shard is this job's and verifies), "other" (a shard of another
+    job is in the way: `why`) or "todo"; `records`: those the shards carry (None: no shard)."""
+
+    state: str
+    records: dict | None = None
+    why: str = ""
+
+
+def check_prepared_job(src: str, out: str, config: CompressConfig, names: Sequence[str],
+                       select: SelectOptions = SelectOptions()) -> ResumeCheck:
+    """Would `compress_folder(src, out, ..., prepared={names}, extra=R)` keep every output shard,
+    with R the records those shards carry? Answered from the headers and checksums alone, so a
+    resume of a finished calibrated job needs no calibration (the caller must also check that
+    R's calibration record asks for the same data: xorsparse.torch.resume). Compressed-tensors
+    inputs and folders without output shards are "todo"."""
+    if not os.path.isdir(out):
+        return ResumeCheck("todo")
+    sub = model_subfolder(src)
+    model_config = read_config(os.path.join(os.path.join(src, sub) if sub else src, CONFIG))
+    if model_config is not None and is_compressed_tensors(model_config):
+        return ResumeCheck("todo")
+    plan = plan_folder(src)
+    ck = plan.checkpoint
+    out_weights = os.path.join(out, sub) if sub else out
+    paths = [os.path.join(out_weights, shard_name(i, len(ck.shards))) for i in range(len(ck.shards))]
+    present = [p for p in paths if os.path.lexists(p)]
+    if not present:
+        return ResumeCheck("todo")
+    try:
+        with XspFile(present[0]) as f:
+            records = dict(f.records)
+            job = f.meta.get("info", {}).get(JOB_INFO)
+    except (XspError, OSError, ValueError) as e:
+        return ResumeCheck("other", why=f"{present[0]}: not an xorsparse shard ({e})")
+    if not isinstance(job, dict):
+        return ResumeCheck("other", why=f"{present[0]}: written by another job (no job key)")
+    cplan, _ = plan_compression(ck, config, select, prepared=dict.fromkeys(names),
+                                info={"pruning": "global" if config.global_sparsity else "per-tensor"},
+                                extra=records)
+    state = "done"
+    for task in _shard_tasks(src, ck, cplan, select.keep_dtype, out_weights):
+        if not os.path.lexists(task.out):
+            state = "todo"
+            continue
+        status, why = existing_shard(task.out, job_key(task.settings, file_sha256(task.src)))
+        if status == "other":
+            return ResumeCheck("other", records, f"{task.out}: {why}")
+        if status != "same":
+            state = "todo"
+    return ResumeCheck(state, records)
 
 
 def _event_sink(on_event, progress, total: int):
@@ -258,11 +333,12 @@ def _decompress_plain(src: str, out: str, progress: Progress | None, executor=No
     copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
     with XspSet(src) as xs:
         total = len(xs.names())
+        weights = sum(xs.weights().values())
     n = len(files)
     tasks = [DecompressTask(f, os.path.join(out_weights, shard_name(i, n))) for i, f in enumerate(files)]
     events = _event_sink(on_event, progress, total)
     if on_event:
-        on_event({"kind": "plan", "items": n, "tensors": total})
+        on_event({"kind": "plan", "items": n, "tensors": total, "weights": weights})
     run = executor.map if executor is not None else \
         (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
     written = 0

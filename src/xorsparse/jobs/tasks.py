@@ -216,7 +216,12 @@ class DecompressTask:
 
 def decompress_task(task: DecompressTask, report: Report | None = None) -> int:
     """One .xsp file to one dense safetensors file (one tensor in memory at a time)."""
+    from ..checkpoint.xspset import XspSet
+
+    with XspSet(task.xsp) as xs:
+        weights = xs.weights()
+
     def progress(i: int, n: int, name: str) -> None:
         if report and name:
-            report({"kind": "tensor", "name": name, "weights": 0})
+            report({"kind": "tensor", "name": name, "weights": weights.get(name, 0)})
     return write_dense_safetensors(task.xsp, task.out, progress)

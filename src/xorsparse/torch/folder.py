@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
@@ -234,6 +233,9 @@ class FolderResult:
     quality: dict | None
     model_kind: str
     notes: list[str] = field(default_factory=list)
+    # wall seconds of each stage and the CPU seconds: reported, never written into the file
+    # (they differ from run to run, and a rerun must give the same bytes)
+    seconds: dict[str, float] = field(default_factory=dict)
     allocation: dict | None = None  # the bit budget's choice per tensor (--target-bits)
 
     @property
@@ -286,8 +288,9 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
     and the quality report; nothing is written. The selection is the checkpoint writer's
     (`select`: include, exclude, force_include, embeddings); selected tensors that are not
     weights of modules the calibration can reach (embedding tables, ...) are pruned data-free
-    here too, so that `prepared` holds every selected tensor. `progress`: show progress bars
-    (None: on a terminal)."""
+    here too, so that `prepared` holds every selected tensor. `progress` (None: on) shows
+    calibration and recovery on stderr: a bar on a terminal, elsewhere a line every tenth of
+    the work."""
     calibration, recover_steps, samples, seed = calib.calibration, calib.recover_steps, calib.samples, calib.seed
     batch_size, max_length, with_quality = calib.batch_size, calib.max_length, calib.with_quality
     recover_lr, recover_scale_lr = calib.recover_lr, calib.recover_scale_lr
@@ -314,6 +317,9 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         raise ModelFolderError(f"{src}: no tokenizer to turn the --eval text into inputs")
     data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
     mapping, notes = map_to_checkpoint(fm.model, ck, selected)
+    calibrated = config.method != "magnitude" or bool(recover_steps)
+    if not calibrated:  # notes on what calibration could not reach mean nothing when nothing is calibrated
+        notes = []
     mods = dict(fm.model.named_modules())
     modules = [(m, mods[m]) for m in mapping]
     dtypes = {m: torch_dtype_name(ck.get(c)) for m, c in mapping.items()}
@@ -327,7 +333,7 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         say(f"bit budget: scoring {len(modules) + len(free)} tensors at {len(SPARSITIES) * len(BITS)} "
             f"(sparsity, bits) candidates each")
         plan = plan_allocation(fm.model, modules, data, config, target_bits, free={n: ck.get(n) for n in free},
-                               progress=Progress("budget", sys.stderr.isatty() if progress is None else progress,
+                               progress=Progress("budget", progress,
                                                  unit="tensors"))
         configs = configs_of(plan, config)
         chosen = allocation_record(plan, mapping)
@@ -368,13 +374,12 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         say(f"calibrating {len(modules)} modules with {config.method} on {cset.info['samples']} samples "
             f"({cset.info['source']}: {os.path.basename(str(cset.info.get('file')))})")
         res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes, configs=configs or None,
-                              progress=Progress("calibrate", sys.stderr.isatty() if progress is None else progress,
-                                                       unit="modules"))
+                              progress=Progress("calibrate", progress, unit="modules"))
         prepared = res.prepared
         notes += res.notes
         rec.update({"sequential": res.sequential, "blocks": res.blocks,
                     "calibrated_tensors": sum(p.calibrated for p in prepared.values())})
-    seconds["calibration"] = time.perf_counter() - t
+    seconds["pruning" if config.method == "magnitude" else "calibration"] = time.perf_counter() - t
     if recover_steps:
         say(f"recovery: {recover_steps} steps of distillation from the original model")
         t = time.perf_counter()
@@ -404,14 +409,14 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         seconds["quality"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
-    rec["seconds"] = seconds
-    if free:
+    if free and calibrated:
         notes.append(f"{len(free)} selected tensors are not weights of calibratable modules "
                      f"(data-free magnitude pruning), first {free[0]!r}")
     rec["notes"] = notes
     out = {mapping[m]: p for m, p in prepared.items()}
     out.update(free_prepared)
-    return FolderResult(out, rec, quality, fm.kind, notes, chosen if chosen is not None else allocation)
+    return FolderResult(out, rec, quality, fm.kind, notes, seconds,
+                        chosen if chosen is not None else allocation)
 
 
 __all__ = ["CalibrationOptions", "FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
