@@ -14,9 +14,9 @@ import xorsparse
 PKG_DIR = os.path.dirname(xorsparse.__file__)
 SRC_DIR = os.path.dirname(PKG_DIR)
 
-# Modules that need an optional dependency (torch, transformers) to import: importing them
+# Modules that need an optional dependency (torch, transformers, triton) to import: importing them
 # inside a function keeps the rest usable without it, like `import torch` there.
-OPTIONAL = ("xorsparse.torch", "xorsparse.integrations.hf.quantizer", "xorsparse.demo")
+OPTIONAL = ("xorsparse.torch", "xorsparse.integrations.hf.quantizer", "xorsparse.demo", "xorsparse.gpu.kernels")
 # Cycles known and owned elsewhere (issue 18, item 2: the codec and quantizer registries break
 # them); none may be added, and imports inside functions of these modules are not counted below.
 KNOWN_CYCLES: list[set[str]] = [

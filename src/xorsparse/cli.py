@@ -16,6 +16,8 @@ from typing import Sequence
 from .checkpoint.compressed_tensors import is_compressed_tensors_folder
 from .checkpoint.inspect import inspect_file
 from .checkpoint.options import RunOptions, SelectOptions
+from .checkpoint.readers import open_checkpoint
+from .checkpoint.selection import select_tensors
 from .checkpoint.stats import totals
 from .checkpoint.verify import verify_checkpoint
 from .checkpoint.xspset import XspSet
@@ -182,13 +184,10 @@ def cmd_compress(args) -> int:
         print("resume: every output shard of this job is done and verified; calibration and quality report not "
               "run again (the records are the first run's)", file=sys.stderr if args.json else sys.stdout)
     elif run_model:
-        from .torch.folder import CalibrationOptions, ModelFolderError, prepare_folder
+        from .torch.folder import ModelFolderError, prepare_folder
 
         try:
-            calib = CalibrationOptions(calibration=args.calibration, samples=args.calibration_samples,
-                                       seed=args.seed, recover_steps=args.recover, eval_file=args.eval,
-                                       target_bits=args.target_bits)
-            res = prepare_folder(args.input, cfg, select, calib, log=None if args.json else print)
+            res = prepare_folder(args.input, cfg, select, _calibration_options(args), log=None if args.json else print)
             records, prepared, stage_seconds = res.records, res.checkpoint_prepared(), res.seconds
         except (ModelFolderError, ImportError) as e:
             if args.method is not None or args.calibration or args.recover or args.eval \
@@ -238,17 +237,22 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def _calibration_options(args):
+    """The calibration run the command line asks for (torch.folder.CalibrationOptions)."""
+    from .torch.folder import CalibrationOptions
+
+    return CalibrationOptions(calibration=args.calibration, samples=args.calibration_samples, seed=args.seed,
+                              recover_steps=args.recover, eval_file=args.eval, target_bits=args.target_bits)
+
+
 def _finished_job(args, cfg, select: SelectOptions):
     """(records, prepared) when the output folder already holds this whole job (torch/resume.py);
     None when there is work to do. Refuses, before any work, shards of another job in the way."""
     if args.output.endswith(".xsp") or not os.path.isdir(args.output):
         return None
-    from .checkpoint.readers import open_checkpoint
-    from .checkpoint.selection import select_tensors
     from .torch.resume import KeptShards, finished_folder_job
 
-    records = finished_folder_job(args.input, args.output, cfg, select, calibration=args.calibration,
-                                  samples=args.calibration_samples, seed=args.seed, recover_steps=args.recover,
+    records = finished_folder_job(args.input, args.output, cfg, select, _calibration_options(args),
                                   force=args.force)
     if records is None:
         return None

@@ -13,6 +13,7 @@ import os
 import time
 
 from .data.calibdata import builtin_set
+from .format.output import check_output
 
 SENTENCES = [
     "A man is playing a guitar on the street.",
@@ -66,7 +67,6 @@ def run_demo(args, layout: dict) -> int:
     """`layout`: the scale layout, codebook and small-tensor options (cli.layout_options)."""
     import torch
 
-    from .format.output import check_output
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
     from .torch.quality import embedding_agreement

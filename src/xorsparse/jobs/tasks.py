@@ -35,6 +35,7 @@ from ..checkpoint.readers import Report, input_bytes, open_checkpoint
 from ..checkpoint.selection import is_embedding
 from ..checkpoint.shard import compress_shard
 from ..checkpoint.stats import entry_bytes, tensor_stats
+from ..checkpoint.xspset import XspSet
 from ..errors import XorsparseError
 from ..format.container import FORMAT_VERSION, XspError, XspFile
 from ..tensor.pipeline import CompressConfig
@@ -216,8 +217,6 @@ class DecompressTask:
 
 def decompress_task(task: DecompressTask, report: Report | None = None) -> int:
     """One .xsp file to one dense safetensors file (one tensor in memory at a time)."""
-    from ..checkpoint.xspset import XspSet
-
     with XspSet(task.xsp) as xs:
         weights = xs.weights()
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..format.container import RawTensor, write_xsp
 from ..format.records import CALIBRATION
 from ..format.torchconv import raw_from_torch
+from ..tensor.budget import check_target_bits
 from ..tensor.parallel import default_threads
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, to_float32
 from ..tensor.prune import global_magnitude_masks
@@ -62,8 +63,6 @@ class ModelConfig(CompressConfig):
         if self.layer_sparsity and self.global_sparsity:
             raise ValueError("layer_sparsity and global_sparsity exclude each other")
         if self.target_bits is not None:
-            from ..tensor.budget import check_target_bits
-
             check_target_bits(self.target_bits)
             if self.layer_sparsity or self.global_sparsity:
                 raise ValueError("target_bits chooses every layer's sparsity: no layer_sparsity or global_sparsity")

@@ -254,7 +254,7 @@ class FolderResult:
         return {n: CheckpointPrepared(p.keep, p.quant, p.dtype) for n, p in self.prepared.items()}
 
 
-def _calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
+def calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
 
@@ -311,7 +311,7 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         if config.method == "magnitude" or config.global_sparsity:
             raise ValueError("--target-bits chooses sparsity and bits per layer from calibration data: use a "
                              "calibrated method (sparsegpt or wanda), without --global")
-    cset = _calibration_set(calibration, samples, seed)
+    cset = calibration_set(calibration, samples, seed)
     eval_set = read_eval_file(eval_file) if eval_file is not None and with_quality else None
     if eval_set is not None and fm.quality_kind != "sentence-transformers" and fm.tokenizer is None:
         raise ModelFolderError(f"{src}: no tokenizer to turn the --eval text into inputs")

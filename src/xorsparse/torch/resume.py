@@ -25,7 +25,7 @@ from ..checkpoint.selection import select_tensors
 from ..jobs.folder import check_prepared_job
 from ..jobs.tasks import JobError
 from ..tensor.pipeline import CompressConfig
-from .folder import BATCH_SIZE, MAX_LENGTH, _calibration_set
+from .folder import BATCH_SIZE, MAX_LENGTH, CalibrationOptions, calibration_set
 from .recover import LR, SCALE_LR
 
 
@@ -54,7 +54,7 @@ def asks_for_the_same(record: Mapping[str, Any] | None, config: CompressConfig, 
     """Whether a shard's calibration record was made from what this run would calibrate with."""
     if not isinstance(record, Mapping):
         return False
-    info = _calibration_set(calibration, samples, seed).info
+    info = calibration_set(calibration, samples, seed).info
     want: dict[str, Any] = {k: info[k] for k in ("source", "file", "sha256", "samples", "held_out", "selection")}
     want.update(method=config.method, seed=seed, max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
                 torch=torch.__version__)
@@ -65,9 +65,8 @@ def asks_for_the_same(record: Mapping[str, Any] | None, config: CompressConfig, 
     return all(record.get(k) == v for k, v in want.items())
 
 
-def finished_folder_job(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(), *,
-                        calibration: str | None = None, samples: int | None = None, seed: int = 0,
-                        recover_steps: int = 0, force: bool = False) -> dict | None:
+def finished_folder_job(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                        calib: CalibrationOptions = CalibrationOptions(), *, force: bool = False) -> dict | None:
     """The records of `out` when its job (this folder, config and calibration) is complete: the
     caller then compresses with KeptShards and these records, and no model runs. None when
     there is work to do. A shard of another job in the way raises JobError unless `force`."""
@@ -80,8 +79,8 @@ def finished_folder_job(src: str, out: str, config: CompressConfig, select: Sele
         return None
     why = check.why
     if check.state != "other" and not asks_for_the_same((check.records or {}).get("calibration"), config,
-                                                         calibration=calibration, samples=samples, seed=seed,
-                                                         recover_steps=recover_steps):
+                                                         calibration=calib.calibration, samples=calib.samples,
+                                                         seed=calib.seed, recover_steps=calib.recover_steps):
         why = f"{out}: its shards were calibrated with other data or settings (another job)"
     if why:
         if force:
