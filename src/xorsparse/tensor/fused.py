@@ -24,7 +24,11 @@ adds one branch to `_level`.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
+
+import numba
 
 import numpy as np
 from numba import njit, prange
@@ -183,8 +187,32 @@ def check_planes(ct) -> None:
             raise ValueError(f"plane {i}: chunk_slices must be a positive multiple of 64, got {p.chunk_slices}")
 
 
+@contextlib.contextmanager
+def numba_threads(n: int | None) -> Iterator[None]:
+    """Run numba's parallel kernels on at most n threads inside the block (None: leave as is).
+
+    numba.set_num_threads is per calling thread, so this does not affect other threads'
+    kernels; `parallel=False` everywhere means this with n = 1: a kernel compiled with
+    parallel=True (the mask decoders) would otherwise still use the whole pool.
+    """
+    if n is None:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
-    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open)."""
+    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open).
+
+    A `ctx` or `bitmask` mask is decoded here into whole-tensor words (on numba's threads:
+    wrap in numba_threads(1) for one thread); a Golomb mask is decoded tile by tile inside
+    the fused kernel.
+    """
     q = ct.quant
     n = ct.numel
     check_planes(ct)
@@ -485,8 +513,9 @@ def _fast_ok(plan: DecodePlan) -> bool:
 def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool = True) -> np.ndarray:
     """Decode the whole tensor into the flat array out (float32/float64, or uint16 bits).
 
-    parallel=False runs on the calling thread only (the kernels release the GIL, so
-    several tensors can decode at once from a thread pool).
+    parallel=False runs on the calling thread only (a kernel compiled without numba's
+    parallel loops; the kernels release the GIL, so several tensors can decode at once
+    from a thread pool).
     """
     if out.ndim != 1 or out.size != plan.length or not out.flags.c_contiguous:
         raise ValueError(f"output must be a contiguous flat array of {plan.length} elements")
@@ -514,10 +543,14 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
 
 
 def decode_dense(ct, parallel: bool = True) -> np.ndarray:
-    """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits."""
-    plan = prepare(ct)
-    out = np.empty(plan.length, dtype=OUT_DTYPES[ct.dtype])
-    if ct.dtype == "float16":
-        decode_into(plan, out, OUT_F16, parallel)
-        return out.view(np.float16)
-    return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
+    """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits.
+
+    parallel=False: every step (the mask decode in `prepare` included) on the calling thread.
+    """
+    with numba_threads(None if parallel else 1):
+        plan = prepare(ct)
+        out = np.empty(plan.length, dtype=OUT_DTYPES[ct.dtype])
+        if ct.dtype == "float16":
+            decode_into(plan, out, OUT_F16, parallel)
+            return out.view(np.float16)
+        return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)

@@ -17,7 +17,7 @@ from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
 from .dequant import dequantize, dequantize_words, levels_table
-from .fused import decode_dense
+from .fused import decode_dense, numba_threads
 from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize, row_layout, \
     scale_groups
 from ..codec.rates import DEFAULT_WINDOW, choose
@@ -377,11 +377,13 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None, *, par
     """The dense pruned-and-quantized tensor in its original shape and dtype.
 
     One fused pass (tensor/fused.py) writes the output in its dtype; parallel=False keeps
-    it on the calling thread (the kernel releases the GIL, for thread pools).
+    every step on the calling thread, mask decoding included (the kernels release the GIL,
+    for thread pools).
     """
     ct.validate()
     if any(isinstance(p, PackedPlane) for p in ct.planes):  # small tensors: no XOR streams to fuse
-        return decompress_tensor_unfused(ct, framework)
+        with numba_threads(None if parallel else 1):
+            return decompress_tensor_unfused(ct, framework)
     flat = decode_dense(ct, parallel=parallel)
     return wrap_dense(flat, ct.dtype, ct.shape, framework)
 
