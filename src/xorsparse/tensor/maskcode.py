@@ -408,8 +408,8 @@ def encode_auto(keep: np.ndarray, block: int = DEFAULT_BLOCK, cols: int | None =
     if n == 0 or ncols <= 0 or n % ncols:
         return best
     limit = (1.0 - CTX_MIN_SAVING) * best.nbits
-    model, estimate = fit_model_estimate(k.reshape(n // ncols, ncols))
-    if estimate > limit * (1.0 + CTX_ESTIMATE_SLACK):
+    model, estimate = fit_model_estimate(k.reshape(n // ncols, ncols), limit)
+    if model is None or estimate > limit * (1.0 + CTX_ESTIMATE_SLACK):
         return best
     ctx = encode_ctx(k, ncols, block, model=model)
     return ctx if ctx.nbits <= limit else best

@@ -486,10 +486,16 @@ def fit_model(keep2d: np.ndarray) -> CtxModel:
     return fit_model_estimate(keep2d)[0]
 
 
-def fit_model_estimate(keep2d: np.ndarray) -> tuple[CtxModel, float]:
+PRECHECK_MARGIN = 0.03  # the full step search gains at most about this over the central steps
+
+
+def fit_model_estimate(keep2d: np.ndarray, limit: float | None = None) -> tuple[CtxModel | None, float]:
     """fit_model, and the estimated size in bits of the mask coded with it (the model's
     likelihood from the row and column counts, plus its coded indices): what `auto` uses
-    to decide whether coding the positions is worth it, before coding them."""
+    to decide whether coding the positions is worth it, before coding them.
+
+    With `limit`, the central step pair alone is fitted first (a tenth of the search);
+    if its estimate exceeds limit by more than PRECHECK_MARGIN, (None, that estimate)."""
     k = np.asarray(keep2d, dtype=bool)
     rows, cols = k.shape
     n = k.size
@@ -510,8 +516,15 @@ def fit_model_estimate(keep2d: np.ndarray) -> tuple[CtxModel, float]:
         return [0] + sorted({int(np.clip(round(s * f), 1, MAX_STEP)) for f in (0.7, 1.0, 1.4)})
 
     best = None
-    for sr in axis_steps(cols, kr):
-        for sc in axis_steps(rows, kc):
+    row_steps, col_steps = axis_steps(cols, kr), axis_steps(rows, kc)
+    if limit is not None:
+        # the middle candidate of each axis ([0, s*0.7, s, s*1.4] -> s)
+        central = _fit_steps(kr, kc, rows, cols, base0, row_steps[len(row_steps) // 2],
+                             col_steps[len(col_steps) // 2])
+        if central[0] > limit * (1.0 + PRECHECK_MARGIN):
+            return None, central[0]
+    for sr in row_steps:
+        for sc in col_steps:
             cand = _fit_steps(kr, kc, rows, cols, base0, sr, sc)
             if best is None or cand[0] < best[0]:
                 best = cand
