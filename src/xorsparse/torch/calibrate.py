@@ -34,9 +34,10 @@ from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune
 from ..tensor.dequant import dequantize
 from ..tensor.pipeline import CompressConfig, from_float32, prune_quantize, to_float32
 from ..tensor.quant import Quantized
+from ..errors import XorsparseError
 
 
-class CalibrationError(ValueError):
+class CalibrationError(XorsparseError):
     """The model cannot be run on the calibration data; the message names the module."""
 
 
