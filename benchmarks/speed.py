@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import markdown_table, print_table, write_json, write_text
 
 SENTENCES = [
     "A man is playing a guitar on the street.",

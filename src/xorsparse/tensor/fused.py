@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import numba
 
@@ -638,7 +638,7 @@ def decode_rows_into(plan: DecodePlan, rows: np.ndarray, out: np.ndarray, out_ki
         raise IndexError(f"row index out of range for a table of {plan.rows} rows")
     if out.ndim != 1 or out.size != sel.size * plan.cols or not out.flags.c_contiguous:
         raise ValueError(f"output must be a contiguous flat array of {sel.size * plan.cols} elements")
-    if out.dtype != np.dtype(OUT_DTYPES[[k for k, v in OUT_KINDS.items() if v == out_kind][0]]):
+    if out.dtype != np.dtype(OUT_DTYPES[next(k for k, v in OUT_KINDS.items() if v == out_kind)]):
         raise ValueError(f"output dtype {out.dtype} does not match output kind {out_kind}")
     if sel.size and plan.cols:
         _rows_kernel(plan.mask_words, sel, plan.cols, plan.group_size, plan.nfull, plan.step, plan.streams,
