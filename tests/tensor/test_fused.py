@@ -214,3 +214,27 @@ def test_row_decode_equals_spec_decoder(tmp_path):
     out = np.empty(rows.size * 45, np.float32)
     decode_rows_into(prepare(ct), rows, out, OUT_F32)
     assert out.reshape(rows.size, 45).tobytes() == want[rows].tobytes()
+
+
+def test_parallel_false_runs_every_step_on_one_thread(monkeypatch):
+    """decompress_tensor(parallel=False): the mask decode in prepare (parallel numba loops for
+    ctx and bitmask masks) also sees one thread; the caller's thread count comes back."""
+    import numba
+
+    from xorsparse.tensor import fused
+
+    seen = []
+    real = fused.decode_mask_words
+
+    def spy(code):
+        seen.append(numba.get_num_threads())
+        return real(code)
+
+    monkeypatch.setattr(fused, "decode_mask_words", spy)
+    w = np.random.default_rng(0).standard_normal((40, 70)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="ctx"))
+    before = numba.get_num_threads()
+    serial = decompress_tensor(ct, parallel=False)
+    assert seen == [1] and numba.get_num_threads() == before
+    assert serial.tobytes() == decompress_tensor(ct).tobytes() == reference_prune_quantize(
+        w, CompressConfig(0.9, 2, mask_codec="ctx")).tobytes()
