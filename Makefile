@@ -51,7 +51,10 @@ hdl-bench:
 demo: $(VENV)/.installed
 	$(VENV)/bin/xorsparse demo
 
+# lint (pyproject.toml [tool.ruff]), the floors import only downward ([tool.importlinter]), then the tests
 test: $(VENV)/.installed data hdl
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed

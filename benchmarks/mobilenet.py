@@ -20,6 +20,7 @@ import numpy as np
 
 from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+
 from ._report import markdown_table, print_table, write_json, write_text
 
 # (expansion t, output channels c, repeats n, stride s) of MobileNetV2's inverted residual blocks

@@ -13,13 +13,25 @@ import sys
 import time
 from typing import Sequence
 
+from .checkpoint.compressed_tensors import default_sparsity, is_compressed_tensors_folder
+from .checkpoint.inspect import inspect_file
+from .checkpoint.options import RunOptions, SelectOptions
+from .checkpoint.stats import totals
+from .checkpoint.verify import verify_checkpoint
+from .checkpoint.xspset import XspSet
+from .data.calibdata import SAMPLES
+from .jobs.checkpoint import compress_checkpoint, decompress_checkpoint
+from .jobs.executors import JobProgress, make_executor
 from .progress import Progress
+from .rtl.export import DecoderParams, RtlOptions, export_rtl
+from .tensor import CompressConfig
+from .tensor.calibrated import check_error_feedback_quantizer
+from .version import __version__
 
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
 DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
-SAMPLES = 512  # = data.calibdata.SAMPLES (not imported here: the parser stays light)
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -63,8 +75,6 @@ def print_summary(rows: list[dict], total: dict) -> None:
 
 
 def _config(args, sparsity: float | None = None):
-    from .tensor import CompressConfig
-
     return CompressConfig(sparsity=args.sparsity if sparsity is None else sparsity, bits=args.bits,
                           quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
@@ -96,22 +106,21 @@ def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
     always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
     compressed with magnitude, and asking for a calibrated method there is an error."""
-    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
     from .torch.folder import is_model_folder
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
     if not runnable:
-        if args.method not in (None, "magnitude") or args.calibration or args.recover:
+        if args.method not in (None, "magnitude") or args.calibration or args.recover or args.eval \
+                or args.target_bits is not None:
             what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
-                ("--calibration" if args.calibration else "--recover")
+                ("--calibration" if args.calibration else "--eval" if args.eval else
+                 "--target-bits" if args.target_bits is not None else "--recover")
             kind = "a compressed-tensors checkpoint keeps its own codes" if is_model_folder(args.input) else \
                 "bare tensor files are compressed with --method magnitude"
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
                              f"config.json); {kind}")
         return "magnitude", False
     if args.method is None:
-        from .tensor.calibrated import check_error_feedback_quantizer
-
         try:  # a quantizer or scale layout the calibrated pass cannot refit: data-free masks, still measured
             check_error_feedback_quantizer(_config(args, 0.5))
         except ValueError:
@@ -128,7 +137,6 @@ def _executor(args, folder: bool = True):
     """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
     import contextlib
 
-    from .jobs.executors import make_executor
 
     if not folder:
         if args.workers is not None and args.workers < 1:
@@ -140,7 +148,6 @@ def _executor(args, folder: bool = True):
 def _job_progress(label: str, src: str, output: str | None = None):
     """A progress display across shards and tensors for a folder job (None for one file);
     the job announces its size with a "plan" event."""
-    from .jobs.executors import JobProgress
 
     if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
         return None
@@ -150,13 +157,10 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-    from .jobs.checkpoint import compress_checkpoint
-    from .checkpoint.stats import totals
-    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
 
-    sparsity = args.sparsity
-    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
-        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
+    sparsity = default_sparsity(args.input) if args.sparsity is None else args.sparsity
+    select = SelectOptions(args.include, args.exclude, args.force_include, args.embeddings,
+                           None if args.keep_dtype == "input" else args.keep_dtype)
     cfg = _config(args, sparsity)
     t0 = time.perf_counter()
     method, run_model = _folder_method(args)
@@ -164,17 +168,17 @@ def cmd_compress(args) -> int:
     records: dict = {}
     prepared = None
     if run_model:
-        from .torch.folder import ModelFolderError, prepare_folder
+        from .torch.folder import CalibrationOptions, ModelFolderError, prepare_folder
 
         try:
-            res = prepare_folder(args.input, cfg, include=args.include, exclude=args.exclude,
-                                 force_include=args.force_include, embeddings=args.embeddings,
-                                 calibration=args.calibration, recover_steps=args.recover,
-                                 samples=args.calibration_samples, seed=args.seed,
-                                 log=None if args.json else print)
+            calib = CalibrationOptions(calibration=args.calibration, samples=args.calibration_samples,
+                                       seed=args.seed, recover_steps=args.recover, eval_file=args.eval,
+                                       target_bits=args.target_bits)
+            res = prepare_folder(args.input, cfg, select, calib, log=None if args.json else print)
             records, prepared = res.records, res.checkpoint_prepared()
         except (ModelFolderError, ImportError) as e:
-            if args.method is not None or args.calibration or args.recover:
+            if args.method is not None or args.calibration or args.recover or args.eval \
+                    or args.target_bits is not None:
                 raise
             # the default only: a folder we cannot run is still compressed, data-free
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
@@ -185,12 +189,10 @@ def cmd_compress(args) -> int:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
         try:
-            report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                                         None if bar else Progress("compress"),
-                                         force_include=args.force_include, embeddings=args.embeddings,
-                                         keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
-                                         load_mode=args.load_mode, executor=ex, force=args.force,
-                                         on_event=bar, prepared=prepared, extra=records or None)
+            run = RunOptions(executor=ex, on_event=bar, progress=None if bar else Progress("compress"),
+                             force=args.force)
+            report = compress_checkpoint(args.input, args.output, cfg, select, run, prepared=prepared,
+                                         load_mode=args.load_mode, extra=records or None)
         finally:
             if bar is not None:
                 bar.close()
@@ -239,8 +241,6 @@ def print_records(records: dict) -> None:
 
 
 def cmd_decompress(args) -> int:
-    from .jobs.checkpoint import decompress_checkpoint
-
     bar = _job_progress("decompress", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
@@ -256,8 +256,6 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .checkpoint.inspect import inspect_file
-
     info = inspect_file(args.input)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -279,19 +277,18 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .checkpoint.verify import verify_checkpoint
-    from .checkpoint.xspset import XspSet
     from .torch.folder import needs_recomputation
 
     with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
+        allocation = f.records.get("allocation")
     calibrated = needs_recomputation(record)
     refs = None
     what = "the reference pruning+quantization"
     if calibrated and args.against:
         from .torch.folder import recompute_references
 
-        refs = recompute_references(names, args.against, cfg, record, args.calibration)
+        refs = recompute_references(names, args.against, cfg, record, args.calibration, allocation=allocation)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
     bar = _job_progress("verify", args.input)
@@ -330,83 +327,21 @@ def _seed(text: str) -> int:
 
 
 def cmd_export_rtl(args) -> int:
-    from .rtl.cost import decoder_cost
-    from .rtl.export import decoder_from_params, decoders_in_file, write_text_atomic
-    from .rtl.sim import cosim_planes, random_stream_plane
-    from .rtl.netlist import build_netlist
-    from .rtl.verilog import decoder_verilog, module_name_for
+    def on_check(ok: bool, summary: str) -> None:
+        print(("check: " if ok else "check FAILED: ") + summary, file=sys.stderr if not ok else sys.stdout)
 
-    explicit = [args.n_in, args.n_out]
-    if args.xsp is not None:
-        if any(v is not None for v in explicit + [args.ns, args.seed]):
-            raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
-        uses = decoders_in_file(args.xsp)
-        if not uses:
-            raise ValueError(f"{args.xsp}: no XOR-coded planes (no compressed tensors, or all packed), "
-                             "so no decoders to export")
-        if args.chunk_slices is not None:
-            for u in uses:
-                u.chunk_slices.clear()
-                u.chunk_slices[args.chunk_slices] += 1
-        source = os.path.basename(args.xsp)
-    else:
-        if args.n_in is None or args.n_out is None:
-            raise ValueError("give an .xsp file, or at least --n-in and --n-out")
-        from .codec.xornet import DEFAULT_SEED
-
-        uses = [decoder_from_params(args.n_in, args.n_out, 0 if args.ns is None else args.ns,
-                                    DEFAULT_SEED if args.seed is None else args.seed, args.chunk_slices)]
-        source = None
-    to_stdout = args.output == "-"
-    as_dir = not to_stdout and (args.xsp is not None or os.path.isdir(args.output) or args.output.endswith(os.sep))
-    if to_stdout and len(uses) > 1:
-        raise ValueError(f"{len(uses)} decoders to write: give a folder with -o, not '-'")
-    if as_dir:
-        os.makedirs(args.output, exist_ok=True)
-    rows = []
-    for u in uses:
-        d = u.decoder
-        cs = u.default_chunk_slices
-        net = build_netlist(d.window_matrix(), "paar") if args.sharing == "paar" else None
-        label = source
-        if source and len(u.planes):
-            label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
-            if len(u.chunk_slices) > 1:
-                label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
-        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
-                               patch_bits=args.patch_bits)
-        if args.check:
-            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
-            check_cs = cs if cs and args.check >= 2 * cs else 64
-            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
-                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
-            try:
-                res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
-                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
-            except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
-                if args.debug:
-                    raise
-                raise ValueError(f"--check: {str(e).splitlines()[0]}") from None
-            print(("check: " if res.ok else "check FAILED: ") + res.summary(), file=sys.stderr if not res.ok else sys.stdout)
-            if not res.ok:
-                return EXIT_MISMATCH
-        name = module_name_for(d)
-        if to_stdout:
-            sys.stdout.write(text)
-            path = "-"
-        else:
-            path = os.path.join(args.output, name + ".v") if as_dir else args.output
-            write_text_atomic(path, text)
-        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
-                            patch_bits=args.patch_bits)
-        row = cost.as_dict()
-        row.update(module=name, file=path, planes=len(u.planes))
-        rows.append(row)
-    if not to_stdout:
+    options = RtlOptions(sharing=args.sharing, patch_bits=args.patch_bits, chunk_slices=args.chunk_slices,
+                         check=args.check, simulator=args.simulator, yosys=args.yosys, clock_mhz=args.clock_mhz,
+                         json_path=args.json)
+    res = export_rtl(args.output, args.xsp, DecoderParams(args.n_in, args.n_out, args.ns, args.seed), options,
+                     on_check=on_check)
+    if res.failed:
+        return EXIT_MISMATCH
+    if args.output != "-":
         table = [["module", "n_in/n_out/n_s", "CHUNK_SLICES", "XOR2 unshared", "shared", "depth", "FFs",
                   "XOR2/out bit", f"Gpos/s @{args.clock_mhz:g}MHz"] + (["yosys XOR2/cells"] if args.yosys else [])
                  + ["file"]]
-        for r in rows:
+        for r in res.rows:
             ys = r.get("yosys")
             table.append([r["module"], f"{r['n_in']}/{r['n_out']}/{r['n_s']}", str(r["chunk_slices"]),
                           str(r["xor2_unshared"]), str(r["xor2_shared"]), str(r["depth_shared"]),
@@ -414,10 +349,6 @@ def cmd_export_rtl(args) -> int:
                          + ([f"{ys['xor2']}/{ys['cells']}" if ys else "no yosys"] if args.yosys else []) + [r["file"]])
         print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
                          ([True] if args.yosys else []) + [False]))
-    if args.json:
-        from .format.output import write_bytes
-
-        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
     return 0
 
 
@@ -428,8 +359,6 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .version import __version__
-
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
     p.add_argument("--version", action="version", version=f"xorsparse {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -471,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in English corpus)")
     c.add_argument("--calibration-samples", type=int, default=SAMPLES, metavar="N",
                    help=f"calibration samples to use at most (default {SAMPLES}; a seeded subset of longer files)")
+    c.add_argument("--target-bits", type=float, default=None, metavar="B",
+                   help="a size budget: total bits per compressed weight (mask, values, patches, scales); "
+                        "sparsity and bits are chosen per layer from calibration statistics (dense quantization "
+                        "among the candidates) and printed; --sparsity/--bits are then not used")
+    c.add_argument("--eval", metavar="FILE", default=None,
+                   help="your own held-out text (UTF-8, one sample per line, never used for calibration): the "
+                        "quality report scores it too, beside the built-in in-domain and out-of-domain sets")
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")

@@ -12,6 +12,8 @@ import copy
 import os
 import time
 
+from .data.calibdata import builtin_set
+
 SENTENCES = [
     "A man is playing a guitar on the street.",
     "The new movie is awesome and everyone should see it.",
@@ -64,7 +66,6 @@ def run_demo(args, layout: dict) -> int:
     """`layout`: the scale layout, codebook and small-tensor options (cli.layout_options)."""
     import torch
 
-    from .data.calibdata import builtin_set
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
     from .torch.quality import embedding_agreement

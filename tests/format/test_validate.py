@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st_
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 
 from benchmarks.xspedit import XspImage
 from xorsparse.format import validate

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
+from xorsparse.checkpoint.xspset import XspSet
 from xorsparse.cli import main
 from xorsparse.format import safetensors_io as st
-from xorsparse.checkpoint.xspset import XspSet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES = ["A man is playing a guitar.", "Fixed-rate codes decode in parallel."]
@@ -291,8 +291,8 @@ def test_decompress_to_a_torch_state_dict(st_file, tmp_path, capsys):
 
 
 def test_version_and_help_for_every_option(capsys):
-    from xorsparse.version import __version__
     from xorsparse.cli import build_parser
+    from xorsparse.version import __version__
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -4,8 +4,17 @@ import torch
 
 from xorsparse.format.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_quantized, decompress_tensor
-from xorsparse.tensor.calibrated import calibrated_prune_quantize, damped_hessian, decoded_levels, \
-    inverse_cholesky, obs_pass, output_error, refit_scales, requantize, wanda_mask
+from xorsparse.tensor.calibrated import (
+    calibrated_prune_quantize,
+    damped_hessian,
+    decoded_levels,
+    inverse_cholesky,
+    obs_pass,
+    output_error,
+    refit_scales,
+    requantize,
+    wanda_mask,
+)
 from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.pipeline import prune_quantize
 

@@ -5,8 +5,17 @@ import torch
 from torch import nn
 
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
-from xorsparse.torch import (ModelConfig, XorConv2d, XorEmbedding, XorLinear, XorWeight, compress_model,
-                             load_compressed, reference_model_, resident_bytes)
+from xorsparse.torch import (
+    ModelConfig,
+    XorConv2d,
+    XorEmbedding,
+    XorLinear,
+    XorWeight,
+    compress_model,
+    load_compressed,
+    reference_model_,
+    resident_bytes,
+)
 
 
 class Net(nn.Module):

@@ -25,8 +25,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
+from ..format import safetensors_io as st
+from ..format.torchconv import raw_from_torch
+from ..tensor.dequant import dequantize
+from ..tensor.pipeline import decompress_codes, from_float32
+from ..tensor.quant import given_keep, quantize_given
+from .folder import (
+    CONFIG,
+    FolderPlan,
+    carried_of_xsp_folder,
+    copy_carried,
+    model_subfolder,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
 from .planning import Prepared
+from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from .xspset import XspSet
 
 QUANT_METHOD = "compressed-tensors"
@@ -46,6 +63,15 @@ def is_compressed_tensors_folder(path: str) -> bool:
             return is_compressed_tensors(json.load(f))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+DEFAULT_SPARSITY = 0.9  # what --sparsity defaults to for any other input
+
+
+def default_sparsity(path: str) -> float:
+    """The sparsity a compression of `path` asks for when none is given: a compressed-tensors
+    checkpoint is pruned already, so its own zeros only (0.0); anything else DEFAULT_SPARSITY."""
+    return 0.0 if os.path.isdir(path) and is_compressed_tensors_folder(path) else DEFAULT_SPARSITY
 
 
 def _require():
@@ -251,12 +277,8 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
     tensors (lossless), legacy bitmask tensors made dense, everything else as stored."""
     _require()
     import torch
-
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..tensor.dequant import dequantize
-    from ..tensor.pipeline import from_float32
-    from ..tensor.quant import given_keep, quantize_given
 
     raw = open_checkpoint(folder)
     qc = config["quantization_config"]
@@ -391,7 +413,6 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
 
 def _signed_codes(ct) -> np.ndarray:
     """The affine tensor's signed codes, pruned positions set to their zero point."""
-    from ..tensor.pipeline import decompress_codes
 
     q = ct.quant
     keep, codes = decompress_codes(ct)
@@ -444,10 +465,6 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
     import torch
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..format import safetensors_io as st
-    from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, read_config, weights_dir, \
-        model_subfolder, shard_name, write_index, xsp_files
-    from ..format.torchconv import raw_from_torch
 
     sub = model_subfolder(src)
     cfg = read_config(os.path.join(weights_dir(src), CONFIG)) or {}

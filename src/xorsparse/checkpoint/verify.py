@@ -76,7 +76,6 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     return [r for rows in by_task for r in rows]
 
 
-
 def open_original(path: str) -> Checkpoint:
     """The checkpoint to verify against; a compressed-tensors folder as its dense tensors."""
     if os.path.isdir(path):
@@ -87,7 +86,6 @@ def open_original(path: str) -> Checkpoint:
                 return read_compressed_tensors(d, json.load(fh)).checkpoint
         return open_checkpoint(d)
     return open_checkpoint(path)
-
 
 
 def reference_state(src: str, config: CompressConfig, include: Sequence[str] = (),
@@ -106,7 +104,6 @@ def reference_state(src: str, config: CompressConfig, include: Sequence[str] = (
     return out
 
 
-
 @dataclass(frozen=True)
 class VerifyTask:
     """Decode every tensor of one .xsp file; with `against`, compare each with the
@@ -117,7 +114,6 @@ class VerifyTask:
     against: str | None = None
     config: dict | None = None
     rules: dict | None = None  # name -> [threshold, ties]
-
 
 
 def verify_task(task: VerifyTask, report: Report | None = None,

@@ -78,3 +78,9 @@ class XspSet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_xsp(path: str | os.PathLike) -> XspSet:
+    """Open an .xsp file or an xorsparse model folder for reading: every tensor by name,
+    decoded on demand (`dense`, `compressed`); use it as a context manager."""
+    return XspSet(os.fspath(path))

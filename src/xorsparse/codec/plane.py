@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from . import _kernels
-from .patches import decode_patches, encode_patches, rice_bits, best_rice_parameter
+from .patches import best_rice_parameter, decode_patches, encode_patches, rice_bits
 from .xornet import DEFAULT_SEED, NARROW_WINDOW, XorDecoder
 
 Method = Literal["elimination", "exhaustive"]

@@ -27,6 +27,7 @@ import stat
 import threading
 import zlib
 from typing import Iterable, Iterator
+
 from ..errors import XorsparseError
 
 log = logging.getLogger("xorsparse")

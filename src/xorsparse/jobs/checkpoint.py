@@ -4,10 +4,11 @@ folder from a model folder (xorsparse.jobs.folder), and dense weights back."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from ..checkpoint.dense import write_dense_safetensors, write_torch_state
 from ..checkpoint.folder import is_xsp_folder, xsp_files
+from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared, plan_compression
 from ..checkpoint.readers import Progress, open_checkpoint
 from ..checkpoint.shard import compress_shard
@@ -17,38 +18,32 @@ from ..tensor.pipeline import CompressConfig
 from .folder import compress_folder, decompress_folder
 
 
-def compress_checkpoint(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                        exclude: Sequence[str] = (), progress: Progress | None = None, *,
-                        prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
-                        embeddings: bool = True, keep_dtype: str | None = None,
-                        load_mode: str = "decode", executor=None, force: bool = False,
-                        on_event: Callable[[dict], None] | None = None,
-                        extra: Mapping[str, Any] | None = None) -> CompressReport:
+def compress_checkpoint(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                        run: RunOptions = RunOptions(), *, prepared: Mapping[str, Prepared] | None = None,
+                        load_mode: str = "decode", extra: Mapping[str, Any] | None = None) -> CompressReport:
     """Compress a checkpoint: into one .xsp file, or, when `src` is a model folder and `out`
     does not end in .xsp, into a model folder (see xorsparse.jobs.folder).
 
-    force=False refuses an existing output or a symlink (the command line's default); an
-    output that is one of the checkpoint's files, or a folder holding one, is refused either way.
-    prepared: tensor name -> Prepared (mask and codes chosen elsewhere, e.g. by calibration:
-    xorsparse.torch.folder), encoded as they are. extra: the calibration / quality records.
+    select: which tensors (include / exclude / force_include / embeddings, keep_dtype). run:
+    executor, events, progress and force: force=False refuses an existing output or a symlink
+    (the command line's default); an output that is one of the checkpoint's files, or a folder
+    holding one, is refused either way. prepared: tensor name -> Prepared (mask and codes
+    chosen elsewhere, e.g. by calibration: xorsparse.torch.folder), encoded as they are.
+    load_mode: how transformers loads the folder (decode / ondemand). extra: the calibration /
+    quality records.
     """
     if os.path.isdir(src) and not out.endswith(".xsp"):
-        return compress_folder(src, out, config, include, exclude, progress, prepared=prepared,
-                               force_include=force_include, embeddings=embeddings, keep_dtype=keep_dtype,
-                               load_mode=load_mode, executor=executor, force=force, on_event=on_event,
-                               extra=extra)
+        return compress_folder(src, out, config, select, run, prepared=prepared, load_mode=load_mode, extra=extra)
     ck = open_checkpoint(src)
-    check_output(out, ck.files, force)
-    plan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
-                                 embeddings=embeddings, keep_dtype=keep_dtype,
+    check_output(out, ck.files, run.force)
+    plan, sel = plan_compression(ck, config, select, prepared=prepared,
                                  info={"pruning": "global" if config.global_sparsity else "per-tensor",
                                        "source": os.path.basename(os.path.normpath(src))}, extra=extra)
-    res = compress_shard(ck, ck.names, out, plan, progress, force=force)
-    if progress:
-        progress(len(ck.names), len(ck.names), "")
+    res = compress_shard(ck, ck.names, out, plan, run.progress, force=run.force)
+    if run.progress:
+        run.progress(len(ck.names), len(ck.names), "")
     in_files = sum(os.path.getsize(f) for f in ck.files)
     return CompressReport(res.rows, sel, size_rows(res.tensor_sizes, in_files, res.bytes), [out])
-
 
 
 def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
+
 from ..errors import XorsparseError
 
 Event = dict
@@ -318,11 +319,11 @@ class JobProgress:
     second, time left. On a terminal one line redrawn in place; elsewhere (logs, CI, pipes)
     a line when a shard finishes and at least every `every` seconds while tensors finish."""
 
-    def __init__(self, label: str, items: int = 0, tensors: int = 0, weights: int = 0, enabled: bool = True,
-                 tty: bool | None = None, every: float = 30.0, stream=None, where: str = ""):
+    def __init__(self, label: str, enabled: bool = True, tty: bool | None = None, every: float = 30.0,
+                 stream=None, where: str = ""):
         self.label = label
         self.where = where
-        self.items, self.tensors, self.weights = items, tensors, weights
+        self.items = self.tensors = self.weights = 0  # the job's "plan" event says
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty

@@ -16,15 +16,33 @@ import json
 import os
 import shutil
 from collections import ChainMap
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..checkpoint.compressed_tensors import is_compressed_tensors, read_compressed_tensors, \
-    write_compressed_tensors_folder
-from ..checkpoint.folder import CONFIG, SINGLE, QUANT_METHOD, FolderPlan, carried_of_xsp_folder, \
-    check_folder_output, copy_carried, model_subfolder, plan_folder, quantization_config, read_config, \
-    shard_name, weights_dir, write_index, xsp_files
+from ..checkpoint.compressed_tensors import (
+    is_compressed_tensors,
+    read_compressed_tensors,
+    write_compressed_tensors_folder,
+)
+from ..checkpoint.folder import (
+    CONFIG,
+    QUANT_METHOD,
+    SINGLE,
+    FolderPlan,
+    carried_of_xsp_folder,
+    check_folder_output,
+    copy_carried,
+    model_subfolder,
+    plan_folder,
+    quantization_config,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
+from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import Prepared, plan_compression
 from ..checkpoint.readers import SAFE_INDEX, Progress
 from ..checkpoint.stats import CompressReport, size_rows
@@ -60,21 +78,20 @@ class _Written:
                 os.unlink(f)
 
 
-
 def _all_files(d: str) -> list[str]:
     return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
 
 
-
-def compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), progress: Progress | None = None, **kwargs: Any) -> CompressReport:
+def compress_folder(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                    run: RunOptions = RunOptions(), *, prepared: Mapping[str, Prepared] | None = None,
+                    load_mode: str = "decode", extra: Mapping[str, Any] | None = None) -> CompressReport:
     """A model folder in, an xorsparse model folder out (one output shard per input shard).
 
-    The shards are independent work items (jobs/tasks.py) run on `executor` (default: in this
-    process); rerunning into the same folder keeps the output shards the same job already
-    wrote (resume) and refuses, unless `force`, shards of another job. `on_event` receives
-    progress events (xorsparse.jobs.executors.JobProgress); `progress` the older per-tensor
-    callback. On failure the folder is left as it was, except for the output shards that
+    The shards are independent work items (jobs/tasks.py) run on `run.executor` (default: in
+    this process); rerunning into the same folder keeps the output shards the same job already
+    wrote (resume) and refuses, unless `run.force`, shards of another job. `run.on_event`
+    receives progress events (xorsparse.jobs.executors.JobProgress); `run.progress` the older
+    per-tensor callback. On failure the folder is left as it was, except for the output shards that
     were finished (each complete and checksummed): the rerun keeps them. A folder without
     its index is incomplete (the index is written last). The output is never the input
     folder, inside it or around it, nor a file, device or symlink (format/output.py); an
@@ -82,8 +99,7 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
     """
     check_folder_output(src, out, True)
     with _Written(out, keep=_is_output_shard):
-        return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
-
+        return _compress_folder(src, out, config, select, run, prepared, load_mode, extra)
 
 
 def _is_output_shard(path: str) -> bool:
@@ -91,14 +107,10 @@ def _is_output_shard(path: str) -> bool:
     return base == SINGLE or (base.startswith("model-") and base.endswith(".safetensors"))
 
 
-
-def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                     exclude: Sequence[str] = (), progress: Progress | None = None, *,
-                     prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
-                     embeddings: bool = True, keep_dtype: str | None = None,
-                     load_mode: str = "decode", executor=None, force: bool = False,
-                     on_event: Callable[[dict], None] | None = None,
-                     extra: Mapping[str, Any] | None = None) -> CompressReport:
+def _compress_folder(src: str, out: str, config: CompressConfig, select: SelectOptions, run: RunOptions,
+                     prepared: Mapping[str, Prepared] | None, load_mode: str,
+                     extra: Mapping[str, Any] | None) -> CompressReport:
+    executor, force, keep_dtype = run.executor, run.force, select.keep_dtype
     sub = model_subfolder(src)
     weights_dir = os.path.join(src, sub) if sub else src
     cfg_path = os.path.join(weights_dir, CONFIG)
@@ -118,11 +130,10 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     if ck is None:  # opened from the files: a worker can open each shard itself
         plan_ck_from_files = plan.checkpoint
     ck = plan.checkpoint
-    events = _event_sink(on_event, progress, len(ck.names))
-    cplan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
-                                  embeddings=embeddings, keep_dtype=keep_dtype, default=default,
+    events = _event_sink(run.on_event, run.progress, len(ck.names))
+    cplan, sel = plan_compression(ck, config, select, prepared=prepared, default=default,
                                   info={"pruning": "global" if config.global_sparsity else "per-tensor"},
-                                  executor=executor, extra=extra)
+                                  run=RunOptions(executor=executor), extra=extra)
     out_weights = os.path.join(out, sub) if sub else out
     os.makedirs(out_weights, exist_ok=True)
 
@@ -196,7 +207,6 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     return report
 
 
-
 def _event_sink(on_event, progress, total: int):
     """One event callback from the new (events) and the older (i, n, name) progress."""
     if progress is None:
@@ -215,7 +225,6 @@ def _event_sink(on_event, progress, total: int):
     return sink
 
 
-
 def decompress_folder(src: str, out: str, progress: Progress | None = None,
                       output_format: str | None = None, force: bool = True, executor=None,
                       on_event: Callable[[dict], None] | None = None) -> int:
@@ -232,7 +241,6 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
         if output_format == "compressed-tensors":
             return write_compressed_tensors_folder(src, out, progress)
         return _decompress_plain(src, out, progress, executor, on_event)
-
 
 
 def _decompress_plain(src: str, out: str, progress: Progress | None, executor=None,

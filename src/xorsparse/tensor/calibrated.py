@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .dequant import dequantize, levels_table
-from .prune import _check, _check_sparsity, magnitude_mask, given_mask, smallest_mask
+from .prune import _check, _check_sparsity, given_mask, magnitude_mask, smallest_mask
 from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, quantize, row_layout
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -404,7 +404,8 @@ def check_error_feedback_quantizer(config) -> None:
 
 
 def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: np.ndarray | None = None,
-                              dtype: str = "float32", name: str = "tensor") -> tuple[np.ndarray, Quantized]:
+                              dtype: str = "float32", name: str = "tensor",
+                              inverse_factor: np.ndarray | None = None) -> tuple[np.ndarray, Quantized]:
     """(keep mask, Quantized) for one weight from its inputs' X^T X.
 
     config: a CompressConfig (sparsity, quantizer, bits, symmetric, group_size, bcq_iters,
@@ -412,6 +413,8 @@ def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: n
     given: 'magnitude' (data-free mask, then error feedback), 'wanda', or 'sparsegpt' (mask
     chosen inside the quantization pass). Every method then quantizes with error feedback,
     refits the scales, and repeats the pass with the refit scales `calib_passes - 1` times.
+    inverse_factor: inverse_cholesky(damped_hessian(xtx, config.calib_damp)) if the caller
+    has it already (the bit budget runs many candidates on one layer's statistics).
     """
     a = _check(name, w)
     rows, cols = row_layout(a.shape)
@@ -421,7 +424,7 @@ def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: n
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     check_error_feedback_quantizer(config)
-    u = inverse_cholesky(damped_hessian(h, config.calib_damp))
+    u = inverse_cholesky(damped_hessian(h, config.calib_damp)) if inverse_factor is None else inverse_factor
     block = int(config.calib_block)
     gcol = np.arange(cols) // _groups(cols, config.group_size)[0]
 

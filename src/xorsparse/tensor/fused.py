@@ -33,8 +33,21 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..codec._bits import U64, ctz64, f32_to_bf16_bits, f32_to_f16_bits, low_mask, popcount64, read128, read_bits, \
-    round_f32_to_bf16, round_f32_to_f16, shl128
+from ..codec._bits import (
+    U64,
+    ctz64,
+    f32_to_bf16_bits,
+    f32_to_f16_bits,
+    low_mask,
+    popcount64,
+    read128,
+    read_bits,
+    round_f32_to_bf16,
+    round_f32_to_f16,
+    shl128,
+)
+from ..codec.plane import get_decoder
+from .dequant import levels_table
 from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
 
 # mask kinds
@@ -106,8 +119,6 @@ def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     version 2): every row's table of 2^q levels (dequant.levels_table).
     """
     if q.quantizer == "codebook" or q.scale_rows > 1 or q.scale_format == "log8":
-        from .dequant import levels_table
-
         return np.ascontiguousarray(levels_table(q)).reshape(-1), 1 << q.bits, Q_TABLE
     kind = _quant_kind(q.quantizer, q.symmetric, q.scale_storage_dtype)
     s = np.asarray(q.scales, dtype=np.float32)
@@ -158,7 +169,6 @@ def natural_patches(planes, length: int, step: int) -> tuple[np.ndarray, np.ndar
 
 def plane_arrays(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """(streams, params, g, wide) for the kernels from EncodedPlane objects."""
-    from ..codec.plane import get_decoder
 
     q = len(planes)
     max_out = max((p.n_out for p in planes), default=1)

@@ -12,16 +12,24 @@ from typing import Any
 import numpy as np
 
 from ..codec.plane import EncodedPlane, decode_plane_packed, encode_plane
+from ..codec.rates import DEFAULT_WINDOW, choose
+from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
+from .dequant import dequantize, dequantize_words, levels_table
+from .fused import decode_dense, numba_threads
 from .interleave import block_step, to_coded, words_to_natural
 from .maskcode import MaskCode, decode_mask_words, encode_mask
 from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
-from .dequant import dequantize, dequantize_words, levels_table
-from .fused import decode_dense, numba_threads
-from .quant import MAX_BITS, QUANTIZERS, Quantized, check_given_parameters, fit_output_range, quantize, row_layout, \
-    scale_groups
-from ..codec.rates import DEFAULT_WINDOW, choose
-from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
+from .quant import (
+    MAX_BITS,
+    QUANTIZERS,
+    Quantized,
+    check_given_parameters,
+    fit_output_range,
+    quantize,
+    row_layout,
+    scale_groups,
+)
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 CONFIG_QUANTIZERS = ("bcq", "uniform", "codebook")  # the ones that quantize (affine takes given codes)

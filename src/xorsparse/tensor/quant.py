@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 from numba import njit, prange
 
-
 Quantizer = Literal["bcq", "uniform", "codebook"]
 QUANTIZERS = ("bcq", "uniform", "codebook", "affine")  # "affine": given codes (quantize_given)
 MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4, "affine": 8}

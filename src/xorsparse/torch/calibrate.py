@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune_quantize
+from ..errors import XorsparseError
+from ..tensor.calibrated import calibrated_prune_quantize, check_error_feedback_quantizer
 from ..tensor.dequant import dequantize
 from ..tensor.pipeline import CompressConfig, from_float32, prune_quantize, to_float32
 from ..tensor.quant import Quantized
-from ..errors import XorsparseError
 
 
 class CalibrationError(XorsparseError):
