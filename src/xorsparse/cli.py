@@ -572,12 +572,13 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
                    help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
                         "gaps between kept weights), ctx (range coding with a row x column density model) "
                         "or auto: whichever is smallest, per tensor (default)")
-    c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
-                   help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
-                        "weight error stays within --error-budget of per-row scales")
-    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="float16",
-                   help="scales as float16 (default), one byte each in the log domain (log8), or "
-                        "whichever costs less within --error-budget (auto)")
+    c.add_argument("--scale-rows", type=_scale_rows, default="auto", metavar="N|auto",
+                   help="rows sharing one set of scales (1: per row); auto (default): the most rows whose "
+                        "weight error stays within --error-budget of per-row scales, searched only where "
+                        "per-row float16 scales cost 5%% or more of the tensor's bits (short rows)")
+    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="auto",
+                   help="scales as float16, one byte each in the log domain (log8), or whichever costs "
+                        "less within --error-budget (auto, the default; searched as --scale-rows auto)")
     c.add_argument("--error-budget", type=float, default=0.01,
                    help="for --scale-rows/--scale-format auto: allowed relative increase of ||W - Wq|| "
                         "over per-row float16 scales (default 0.01)")

@@ -395,11 +395,12 @@ def check_error_feedback_quantizer(config) -> None:
                          "with it")
     # the pass refits one set of scales per row, stored as float16 or float32 values: scales
     # shared by several rows or stored in the 8-bit log format are not what it optimizes
+    # ("auto", the default, means per-row float16 scales there)
     rows, fmt = getattr(config, "scale_rows", 1), getattr(config, "scale_format", "float16")
-    if rows != 1 or fmt != "float16":
+    if rows not in (1, "auto") or fmt not in ("float16", "auto"):
         raise ValueError(f"calibrated methods (wanda, sparsegpt) refit per-row float16 scales; scale_rows={rows!r} "
                          f"scale_format={fmt!r} is not supported with them (use --method magnitude, or the "
-                         "defaults --scale-rows 1 --scale-format float16)")
+                         "defaults --scale-rows auto --scale-format auto)")
 
 
 def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: np.ndarray | None = None,

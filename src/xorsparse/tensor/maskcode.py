@@ -379,11 +379,40 @@ def encode_mask(keep: np.ndarray, codec: str = "auto", block: int = DEFAULT_BLOC
 
         return encode_ctx(keep, cols, block)
     if codec == "auto":
-        from .maskctx import encode_ctx
-
-        cands = [encode_entropy(keep, block), encode_bitmask(keep), encode_ctx(keep, cols, block)]
-        return min(cands, key=lambda c: c.nbits)  # ties: the first (the cheaper decode)
+        return encode_auto(keep, block, cols)
     raise ValueError(f"mask codec must be 'auto', 'bitmask', 'entropy' or 'ctx', got {codec!r}")
+
+
+CTX_MIN_SAVING = 0.05  # `auto` takes ctx only if at least 5% smaller than the Golomb/bitmask mask
+CTX_ESTIMATE_SLACK = 0.02  # the margin-based estimate's error allowed before coding ctx for real
+
+
+def encode_auto(keep: np.ndarray, block: int = DEFAULT_BLOCK, cols: int | None = None) -> MaskCode:
+    """The `auto` codec: the smaller of Golomb (`entropy`) and `bitmask` (ties: Golomb), and
+    `ctx` instead where it saves at least CTX_MIN_SAVING of that mask's bits.
+
+    Why a threshold: ctx decodes one range-coder step per position, about 6x the Golomb
+    decode time per position at 90% sparsity (speed bench, "mask decode" rows), which
+    costs more than the rest of a tensor's decode; on i.i.d. masks it saves under 1%,
+    on magnitude-pruned transformer and conv masks 5-20% (BENCHMARKS section 11). The
+    ctx positions are coded only where the model's estimated size (from the row and
+    column counts, no coding) can pass the threshold: estimating costs a fraction of
+    coding, and most of compress_model's time on small tensors went to coding both.
+    """
+    from .maskctx import encode_ctx, fit_model_estimate
+
+    best = min([encode_entropy(keep, block), encode_bitmask(keep)], key=lambda c: c.nbits)
+    k = np.asarray(keep, dtype=bool)
+    n = k.size
+    ncols = int(cols) if cols is not None else (k.shape[-1] if k.ndim >= 2 else n)
+    if n == 0 or ncols <= 0 or n % ncols:
+        return best
+    limit = (1.0 - CTX_MIN_SAVING) * best.nbits
+    model, estimate = fit_model_estimate(k.reshape(n // ncols, ncols), limit)
+    if model is None or estimate > limit * (1.0 + CTX_ESTIMATE_SLACK):
+        return best
+    ctx = encode_ctx(k, ncols, block, model=model)
+    return ctx if ctx.nbits <= limit else best
 
 
 def check_entropy_tables(code: MaskCode) -> tuple[np.ndarray, np.ndarray]:

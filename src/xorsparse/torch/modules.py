@@ -468,6 +468,19 @@ class XorWeight(nn.Module):
         fused.decode_into(self._plan(), view, kind, parallel)
         return out
 
+    def decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` (int64, dim 0 of the weight) as a (len(rows), rest) CPU tensor, decoded
+        on the calling thread by the fused row kernel; IndexError for rows out of range."""
+        cols = self.length // self.shape[0] if self.shape and self.shape[0] else 0
+        out = torch.empty(rows.numel() * cols, dtype=self.torch_dtype)
+        if self.dtype_name in ("bfloat16", "float16"):
+            view = out.view(torch.int16).numpy().view(np.uint16)
+            kind = fused.OUT_BF16 if self.dtype_name == "bfloat16" else fused.OUT_F16
+        else:
+            view, kind = out.numpy(), fused.OUT_KINDS[self.dtype_name]
+        fused.decode_rows_into(self._plan(), rows.numpy(), view, kind)
+        return out.view(rows.numel(), *self.shape[1:])
+
     def dense(self, backend: str = "auto") -> torch.Tensor:
         """A fresh dense weight (the cached one if cache=True). backend: auto, numba, torch or
         triton. On a Triton device, numba and torch decode the host buffers, on the CPU."""
@@ -575,7 +588,15 @@ class XorEmbedding(nn.Module):
         rw = self.xw.resident()
         if rw is not None and not self.xw.cache:  # only the looked-up rows are decoded
             return _gpu().embedding(ids, rw)
-        return F.embedding(ids, self.xw.for_compute(ids), self.padding_idx)
+        xw = self.xw
+        if (xw._cached is None and not xw.cache and xw.packed_dense is None and xw.scales.device.type == "cpu"
+                and ids.device.type == "cpu" and not torch.is_grad_enabled()):
+            # CPU: decode only the rows looked up (the table's other rows cost nothing)
+            rows, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+            if rows.numel() * 2 <= xw.shape[0]:
+                table = xw.decode_rows(rows)
+                return F.embedding(inverse.reshape(ids.shape), table)
+        return F.embedding(ids, xw.for_compute(ids), self.padding_idx)
 
 
 def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
