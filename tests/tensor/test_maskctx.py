@@ -4,8 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xorsparse.tensor.maskcode import CTX_ESTIMATE_SLACK, CTX_MIN_SAVING, binary_entropy, decode_mask, encode_mask
-from xorsparse.tensor.maskctx import P1, ZMAX, check_ctx_fields, ctx_model_from_parts, decode_ctx_words, encode_ctx, \
-    fit_model_estimate
+from xorsparse.tensor.maskctx import (
+    P1,
+    ZMAX,
+    check_ctx_fields,
+    ctx_model_from_parts,
+    decode_ctx_words,
+    encode_ctx,
+    fit_model_estimate,
+)
 
 from .. import reference
 

@@ -25,11 +25,10 @@ adds one branch to `_level`.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numba
-
 import numpy as np
 from numba import njit, prange
 
