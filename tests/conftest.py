@@ -4,6 +4,12 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # The Triton kernels (xorsparse.gpu) run under the interpreter on CPU. triton.jit reads
+    # TRITON_INTERPRET when a kernel module is imported, and any test module collected before
+    # tests/gpu may import one (benchmarks, modules), so it is set here, before all of them.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def make_state(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
