@@ -220,7 +220,8 @@ def measure(args) -> int:
     for point in args.points:
         s, q = point.split(":")
         for method in args.methods:
-            run_point(CompressConfig(float(s), int(q), method=method), f"{float(s):.0%}/{int(q)}", "fixed")
+            run_point(CompressConfig(float(s), int(q), method=method, scale_rows=1, scale_format="float16"),
+                      f"{float(s):.0%}/{int(q)}", "fixed")  # per-row scales: what recovery trains
     for q in args.dense_bits:  # GPTQ-style anchors: no mask, integer codes, per-row scales, packed planes
         run_point(CompressConfig(0.0, int(q), quantizer="uniform", method="sparsegpt", packed_below=1 << 40),
                   f"dense int{int(q)}", "dense")

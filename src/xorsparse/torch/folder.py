@@ -88,8 +88,10 @@ class FolderModel:
 
     def data(self, samples: Any, kind: str, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
              info: dict | None = None) -> CalibrationData:
-        """Batches for this model from texts or from tensors (dim 0 = samples)."""
+        """Batches for this model from texts or from tensors (dim 0 = samples). Texts are cut to
+        `max_length` tokens, and to the model's own context where that is shorter."""
         if kind == "text":
+            max_length = min(max_length, _context_length(self.model) or max_length)
             if self.kind == "sentence-transformers":
                 return sentence_transformer_calibration(self.model, samples, batch_size, max_length, info)
             if self.tokenizer is None:
@@ -254,6 +256,15 @@ class FolderResult:
         return {n: CheckpointPrepared(p.keep, p.quant, p.dtype) for n, p in self.prepared.items()}
 
 
+def _context_length(model: nn.Module) -> int | None:
+    """The longest input the model's position embeddings take (None: no such limit found)."""
+    for m in model.modules():
+        limit = getattr(getattr(m, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return None
+
+
 def calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
@@ -304,6 +315,9 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
     if config.global_sparsity and config.method != "magnitude":
         raise ValueError("--global applies to magnitude pruning only; calibrated methods prune per layer")
+    if recover_steps:  # recovery trains per-row scales: "auto" layouts mean per-row float16 there
+        config = replace(config, scale_rows=1 if config.scale_rows == "auto" else config.scale_rows,
+                         scale_format="float16" if config.scale_format == "auto" else config.scale_format)
     if config.method != "magnitude" or recover_steps or target_bits is not None:
         check_error_feedback_quantizer(config)  # before the model runs (recovery has the same needs)
     if target_bits is not None:

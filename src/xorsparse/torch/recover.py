@@ -234,7 +234,8 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
         if q.quantizer not in ("bcq", "uniform") or q.scale_rows != 1 or q.scale_ref is not None:
             raise ValueError(f"{name}: recovery trains per-row bcq or uniform scales; this weight's quantizer "
                              f"{q.quantizer!r} (scale_rows {q.scale_rows}, "
-                             f"{'log8' if q.scale_ref is not None else 'float'} scales) is not supported")
+                             f"{'log8' if q.scale_ref is not None else 'float'} scales) is not supported "
+                             "(compress with scale_rows=1, scale_format='float16')")
     data = as_calibration(data, model)
     _, attached_config, attached_record = getattr(model, PREPARED_ATTR, None) or (None, None, None)
     attach_prepared(model, prepared, attached_config, attached_record)
