@@ -1,0 +1,55 @@
+"""The bytes a writer produces for a set of options, pinned: refactoring the configs, the
+registries or the writer must not change what files contain (configs serialize into every
+file's metadata). A deliberate format change updates these digests together with FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from xorsparse.io.container import RawTensor, write_xsp
+from xorsparse.tensor import CompressConfig, compress_tensor
+
+OPTIONS = {
+    "default": dict(),
+    "bitmask-uniform-asym-groups": dict(sparsity=0.6, bits=3, quantizer="uniform", symmetric=False, group_size=16,
+                                        mask_codec="bitmask"),
+    "entropy-bcq-ns0": dict(sparsity=0.8, bits=1, max_n_s=0, mask_codec="entropy"),
+    "ctx-codebook-rows": dict(sparsity=0.7, bits=3, quantizer="codebook", codebook_rows=4, mask_codec="ctx"),
+    "log8-scale-rows": dict(sparsity=0.85, bits=2, scale_format="log8", scale_rows=4, group_size=32),
+    "auto-layout": dict(sparsity=0.9, bits=2, scale_rows="auto", scale_format="auto", error_budget=0.05),
+    "packed": dict(sparsity=0.5, bits=2, packed_below=1 << 20),
+    "window-seed": dict(sparsity=0.9, bits=2, max_window=64, seed=7, bcq_iters=3),
+    "global-wanda-fields": dict(sparsity=0.5, bits=4, quantizer="uniform", global_sparsity=True,
+                                calib_damp=0.1, calib_block=64, calib_passes=1),
+}
+
+PINNED = {
+    "auto-layout": "ba8184222ffef1a217142deb59d3400a41059a758e124707b08bc565b6a0c245",
+    "bitmask-uniform-asym-groups": "3b41c33da95f18af254b43a3fb2621ba6806da648d36a862878dcef753b4f998",
+    "ctx-codebook-rows": "97df3595aa2aab7782e72d057cb08d11d712521ef9cadf4688405efc321bcbb9",
+    "default": "3bffd27e8f8695d4a8af3ba0f5057d76ffcd72a74908246b9dd9104fb4356e38",
+    "entropy-bcq-ns0": "ab264d9dc0ef57e0910e6160bca1ec1e082ada08c9ddfe4fe0aaa16ee8b8933a",
+    "global-wanda-fields": "c19881454d6d9ade93e7716007b41d9d1eab0ec44ce7eeb6e4e9f4b4ba4453df",
+    "log8-scale-rows": "e674165d32604768d5778948e65114f88124d8adadea17da8ee18924226b3cda",
+    "packed": "a85c24018e0285e31a4acf26fe320f78e6605003de3134c4f0aa4dbbe6ac1f02",
+    "window-seed": "e7328bfe39e040e268af1386777122703d08fe4644077d044ad49c5c85d44474",
+}
+
+
+def _file_bytes(tmp_path, opts: dict) -> bytes:
+    cfg = CompressConfig(**opts)
+    w = np.random.default_rng(5).standard_normal((24, 96)).astype(np.float32)
+    p = tmp_path / "x.xsp"
+    write_xsp(p, {"w": compress_tensor(w, cfg)}, {"b": RawTensor.from_array(np.arange(3, dtype=np.float32))},
+              cfg, {"order": ["w", "b"]})
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_written_bytes_are_pinned(tmp_path, name):
+    digest = hashlib.sha256(_file_bytes(tmp_path, OPTIONS[name])).hexdigest()
+    assert digest == PINNED[name], f"{name}: the bytes written changed"
