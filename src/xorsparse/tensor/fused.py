@@ -494,6 +494,28 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
         raise ValueError(f"output dtype {out.dtype} does not match output kind {out_kind}")
     ntiles = plan.ntiles
     ok = np.ones(max(ntiles, 1), dtype=np.bool_)
+    try:
+        _run_kernel(plan, out, out_kind, parallel, ok)
+    except SystemError as e:  # numba's parallel kernels report an allocation failure this way, at times
+        if _caused_by_memory_error(e):
+            raise MemoryError(f"out of memory decoding a tensor of {plan.length} positions") from None
+        raise
+    if not ok[:ntiles].all():
+        raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
+    return out
+
+
+def _caused_by_memory_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _run_kernel(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool, ok: np.ndarray) -> None:
     if plan.length:
         if _fast_ok(plan):
             n_in, n_out, n_s, cs = (int(v) for v in plan.plane_params[0])
@@ -508,16 +530,46 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
                    plan.mask_block, plan.length, plan.rows, plan.cols, plan.group_size, plan.nfull, plan.step,
                    plan.streams, plan.plane_params, plan.g, plan.patch_pos, plan.patch_xor, plan.scales,
                    plan.quant_kind, plan.bits, plan.scale_k, plan.wide, out_kind, out, ok)
-    if not ok[:ntiles].all():
-        raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
-    return out
 
 
 def decode_dense(ct, parallel: bool = True) -> np.ndarray:
     """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits."""
     plan = prepare(ct)
-    out = np.empty(plan.length, dtype=OUT_DTYPES[ct.dtype])
+    check_mask_blocks(plan)
+    out = output_array(plan.length, OUT_DTYPES[ct.dtype])
     if ct.dtype == "float16":
         decode_into(plan, out, OUT_F16, parallel)
         return out.view(np.float16)
     return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
+
+
+# Tensors of at least this many positions have their Golomb mask blocks decoded once before
+# the output is allocated: a corrupt block then costs no dense allocation (a forged file can
+# declare a tensor of gigabytes with a mask of kilobytes). Bitmask and ctx masks are decoded
+# whole by `prepare`, before the output, at any size.
+PRECHECK_POSITIONS = 1 << 22
+
+
+def check_mask_blocks(plan: DecodePlan) -> None:
+    """ValueError naming the first corrupt or truncated Golomb mask block of a large tensor."""
+    if plan.mask_kind != MASK_GOLOMB or plan.length < PRECHECK_POSITIONS:
+        return
+    ok = np.ones(max(plan.ntiles, 1), dtype=np.bool_)
+    _check_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                         plan.mask_block, plan.length, ok)
+    if not ok[: plan.ntiles].all():
+        raise ValueError(f"mask block {int(np.argmin(ok[: plan.ntiles]))} is corrupt or truncated")
+
+
+def output_array(length: int, dtype) -> np.ndarray:
+    """The flat output, allocated once the input has passed every check that needs no output."""
+    return np.empty(length, dtype=dtype)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _check_golomb_blocks(words, offsets, params, tables, tindex, block, length, ok):
+    ntiles = (length + block - 1) // block
+    for tile in prange(ntiles):
+        p1 = min(length, tile * block + block)
+        wbuf = np.zeros((p1 - tile * block + 63) >> 6, dtype=np.uint64)
+        ok[tile] = _mask_tile(MASK_GOLOMB, words, offsets, params, tables, tindex, block, length, tile, wbuf)
