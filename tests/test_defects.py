@@ -53,3 +53,22 @@ def test_a_corrupt_golomb_block_is_found_before_the_output_is_allocated(monkeypa
     monkeypatch.setattr(fused, "output_array", no_output)
     with pytest.raises(ValueError, match="mask block 0 is corrupt or truncated"):
         decompress_tensor(bad)
+
+
+GOLDEN_FOLDER = __import__("os").path.join(__import__("os").path.dirname(__file__), "golden", "data", "v2-folder")
+
+
+@pytest.mark.parametrize("with_config", [True, False])
+def test_decompress_of_a_folder_with_a_truncated_shard_names_the_shard(tmp_path, capsys, with_config):
+    import shutil
+
+    src = tmp_path / "f"
+    shutil.copytree(GOLDEN_FOLDER, src)
+    shard = src / "model-00001-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:2000])
+    if not with_config:
+        (src / "config.json").unlink()
+    for cmd in (["decompress", str(src), str(tmp_path / "out")], ["verify", str(src)], ["inspect", str(src)]):
+        assert main(cmd) != 0
+        err = capsys.readouterr().err
+        assert err.startswith(f"xorsparse: error: {shard}: truncated"), (cmd, err)

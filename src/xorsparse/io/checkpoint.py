@@ -708,6 +708,8 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
     if is_xsp_folder(src):
         return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
                                  on_event=on_event)
+    if os.path.isdir(src):  # not recognised as an .xsp folder: a shard that cannot be read says so, by name
+        XspSet(src).close()
     if output_format not in (None, "safetensors"):
         raise ValueError(f"{src}: --format {output_format} needs an .xsp model folder as input")
     check_output(out, xsp_files(src), force)
