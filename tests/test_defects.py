@@ -72,3 +72,98 @@ def test_decompress_of_a_folder_with_a_truncated_shard_names_the_shard(tmp_path,
         assert main(cmd) != 0
         err = capsys.readouterr().err
         assert err.startswith(f"xorsparse: error: {shard}: truncated"), (cmd, err)
+
+
+def _golden_copy(tmp_path):
+    import shutil
+
+    src = tmp_path / "f"
+    shutil.copytree(GOLDEN_FOLDER, src)
+    return src
+
+
+def test_a_shard_without_info_shard_is_refused(tmp_path, capsys):
+    """FORMAT.md 7.1: every shard of a folder of several says `"shard": [i, N]`."""
+    from xorsparse.bench.xspedit import XspImage
+
+    src = _golden_copy(tmp_path)
+    shard = src / "model-00002-of-00002.safetensors"
+    img = XspImage.loads(shard.read_bytes())
+    del img.doc["info"]["shard"]
+    shard.write_bytes(img.dumps(resign=True))
+    for cmd in (["decompress", str(src), str(tmp_path / "out")], ["verify", str(src)]):
+        assert main(cmd) != 0
+        assert capsys.readouterr().err == f"xorsparse: error: {shard}: info.shard: missing (every shard of a " \
+                                          "model folder says which it is, FORMAT.md 7.1)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unindexed_extra_shard_is_refused_not_copied(tmp_path, capsys):
+    src = _golden_copy(tmp_path)
+    extra = src / "model-00003-of-00002.safetensors"
+    extra.write_bytes((src / "model-00001-of-00002.safetensors").read_bytes())
+    for cmd in (["decompress", str(src), str(tmp_path / "out")], ["verify", str(src)]):
+        assert main(cmd) != 0
+        assert capsys.readouterr().err.startswith(f"xorsparse: error: {extra}: a weights file that "
+                                                  "model.safetensors.index.json does not list")
+    assert not (tmp_path / "out").exists()
+
+
+# --- decode_plane on inconsistent EncodedPlane objects ------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E402
+
+from xorsparse.codec.plane import PlaneError, decode_plane, encode_plane, get_decoder  # noqa: E402
+
+
+def _good_plane():
+    rng = np.random.default_rng(1)
+    bits = rng.integers(0, 2, 3000).astype(np.uint8)
+    care = rng.random(3000) < 0.2
+    return encode_plane(bits, care, get_decoder(8, 40, 2))
+
+
+FIELDS = {
+    "length": hs.one_of(hs.integers(-5, 10_000), hs.just(1 << 60), hs.none(), hs.floats(0, 10), hs.booleans()),
+    "n_in": hs.one_of(hs.integers(-2, 300), hs.none(), hs.just(8.0)),
+    "n_out": hs.one_of(hs.integers(-2, 2000), hs.just("40")),
+    "n_s": hs.one_of(hs.integers(-3, 300), hs.none()),
+    "seed": hs.one_of(hs.integers(-1, 1 << 65), hs.none()),
+    "chunk_slices": hs.one_of(hs.integers(-64, 5000), hs.just(0), hs.none()),
+    "stream": hs.one_of(hs.none(), hs.just(np.zeros(3, np.uint8)), hs.just(np.zeros((2, 2), np.uint8)),
+                        hs.just(np.zeros(10, np.float32)), hs.just([1, 2, 3]), hs.binary(max_size=600)),
+    "patches": hs.one_of(hs.none(), hs.just(np.array([5, 3])), hs.just(np.array([-1])),
+                         hs.just(np.array([1 << 40])), hs.just(np.array([0.5])), hs.just([1, 2])),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hs.fixed_dictionaries({}, optional=FIELDS))
+def test_decode_plane_on_inconsistent_planes_raises_the_library_error(changes):
+    from dataclasses import replace as dc_replace
+
+    plane = _good_plane()
+    for k, v in changes.items():
+        if isinstance(v, bytes):
+            v = np.frombuffer(v, np.uint8)
+        changes[k] = v
+    bad = dc_replace(plane, **changes)
+    try:
+        out = decode_plane(bad)
+    except PlaneError:
+        return
+    assert out.size == bad.length  # accepted: then it was consistent
+
+
+def test_decode_plane_error_names_the_field():
+    from dataclasses import replace as dc_replace
+
+    plane = _good_plane()
+    assert decode_plane(plane).size == 3000
+    for change, msg in (({"n_out": 0}, "plane n_out: must be in 1..1024, got 0"),
+                        ({"chunk_slices": 0}, "plane chunk_slices"),
+                        ({"patches": np.array([3000])}, "plane patches"),
+                        ({"stream": None}, "plane stream"),
+                        ({"length": 3001}, "plane stream holds")):
+        with pytest.raises(PlaneError, match=msg):
+            decode_plane(dc_replace(plane, **change))

@@ -385,6 +385,11 @@ def xsp_files(path: str) -> list[str]:
     d = _weights_dir(path)
     shards = _index_shards(d, SAFE_INDEX)
     if shards is not None:
+        listed = {os.path.basename(s) for s in shards}
+        extra = sorted(f for f in os.listdir(d) if f.endswith(".safetensors") and f not in listed)
+        if extra:  # a stray shard is no part of the model; copied along it would pass for a dense file
+            raise CheckpointError(f"{os.path.join(d, extra[0])}: a weights file that {SAFE_INDEX} does not list "
+                                  "(FORMAT.md 7.1); remove it or add it to the index")
         return shards
     if os.path.exists(os.path.join(d, SINGLE)):
         return [os.path.join(d, SINGLE)]
@@ -421,7 +426,9 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     force=False refuses an existing, non-empty output folder."""
     if output_format not in (None, "safetensors", "compressed-tensors"):
         raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
-    xsp_files(src)  # a clear error before anything is created
+    from .checkpoint import XspSet
+
+    XspSet(src).close()  # every shard's description checked, a clear error before anything is created
     check_folder_output(src, out, force)
     with _Written(out):
         if output_format == "compressed-tensors":
