@@ -167,3 +167,25 @@ def test_decode_plane_error_names_the_field():
                         ({"length": 3001}, "plane stream holds")):
         with pytest.raises(PlaneError, match=msg):
             decode_plane(dc_replace(plane, **change))
+
+
+@pytest.mark.parametrize("codec", ["entropy", "ctx"])
+def test_bytes_after_a_mask_blocks_codes_are_ignored_as_format_md_says(codec):
+    """FORMAT.md 3 and 3.2: a reader ignores, and does not reject, bytes a block's decoding never reads."""
+    from xorsparse.tensor.maskcode import decode_mask_words, encode_mask
+
+    keep = np.random.default_rng(4).random((40, 64)) < 0.2
+    code = encode_mask(keep, codec, block=1024, cols=64)
+    assert code.codec == codec and code.offsets.size == 3
+    pieces, start = [], 0
+    for end in code.offsets.astype(np.int64):
+        # entropy: bytes after the final gap's code; ctx: zeros read as the implied zeros, then bytes
+        # beyond the last decode step's reach
+        tail = np.array([0xA5, 0x5A], np.uint8) if codec == "entropy" else \
+            np.concatenate([np.zeros(16, np.uint8), np.array([0xA5, 0x5A], np.uint8)])
+        pieces += [code.data[start:end], tail]
+        start = end
+    data = np.concatenate(pieces)
+    offsets = (code.offsets.astype(np.int64) + tail.size * np.arange(1, 4)).astype(np.uint32)
+    longer = replace(code, data=data, offsets=offsets)
+    assert decode_mask_words(longer).tobytes() == decode_mask_words(code).tobytes()
