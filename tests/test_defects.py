@@ -9,8 +9,7 @@ import pytest
 
 from xorsparse.cli import main
 from xorsparse.io.container import write_xsp
-from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
-from xorsparse.tensor import fused
+from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, fused
 
 
 def _entropy_ct(shape=(64, 2048)):
@@ -111,9 +110,10 @@ def test_an_unindexed_extra_shard_is_refused_not_copied(tmp_path, capsys):
 
 # --- decode_plane on inconsistent EncodedPlane objects ------------------------------------------
 
-from hypothesis import HealthCheck, given, settings, strategies as hs  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
-from xorsparse.codec.plane import PlaneError, decode_plane, encode_plane, get_decoder  # noqa: E402
+from xorsparse.codec.plane import PlaneError, decode_plane, encode_plane, get_decoder
 
 
 def _good_plane():
@@ -172,7 +172,7 @@ def test_decode_plane_error_names_the_field():
 @pytest.mark.parametrize("codec", ["entropy", "ctx"])
 def test_bytes_after_a_mask_blocks_codes_are_ignored_as_format_md_says(codec):
     """FORMAT.md 3 and 3.2: a reader ignores, and does not reject, bytes a block's decoding never reads."""
-    from xorsparse.tensor.maskcode import decode_mask_words, encode_mask
+    from xorsparse.tensor.variants import decode_mask_words, encode_mask
 
     keep = np.random.default_rng(4).random((40, 64)) < 0.2
     code = encode_mask(keep, codec, block=1024, cols=64)

@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 from .progress import Progress
+from .tensor.variants import AUTO, mask_codec, mask_codec_choices, quantizer, quantizer_choices
 
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
@@ -569,16 +570,16 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
     c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
-    c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
-                   help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
-                        "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "
+    quantizers = quantizer_choices()
+    c.add_argument("--quantizer", choices=quantizers, default=quantizers[0],  # rank 0: bcq
+                   help="; ".join(quantizer(q).help for q in quantizers) + ". compressed-tensors "
                         "int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
-                   help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
-                        "gaps between kept weights), ctx (range coding with a row x column density model) "
-                        "or auto: whichever is smallest, per tensor (default)")
+    codecs = [mask_codec(name).help for name in mask_codec_choices()[1:]]
+    c.add_argument("--mask-codec", choices=mask_codec_choices(), default=AUTO,
+                   help=f"how the pruning mask is stored: {', '.join(codecs)} or {AUTO}: whichever is smallest, "
+                        "per tensor (default)")
     c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
                    help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
                         "weight error stays within --error-budget of per-row scales")

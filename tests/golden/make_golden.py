@@ -65,7 +65,7 @@ def single_files(out: str) -> None:
         first = next(iter(tensors.values()))[1]
         extra = {"calibration": CALIBRATION, "quality": QUALITY} if stem == "v2-records" else None
         raw = {"bias": RawTensor.from_array(np.arange(6, dtype=np.float32))} if stem == "v2-ctx" else {}
-        _write(out, stem, lambda p: write_xsp(p, cts, raw, first, {"golden": stem}, extra=extra), XspFile)
+        _write(out, stem, lambda p: write_xsp(p, cts, raw, first, {"golden": stem}, extra=extra), XspFile)  # noqa: B023 (called at once)
     rng = np.random.default_rng(12)
     cts = {"sym_bf16": _affine(rng, True, "bfloat16"), "asym_f16": _affine(rng, False, "float16"),
            "asym_f32": _affine(rng, False, "float32", shape=(8, 100), group=24, bits=3)}
@@ -92,9 +92,9 @@ def sharded_folder(out: str) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from xorsparse.io.checkpoint import XspSet
     from xorsparse.io.folder import compress_folder
     from xorsparse.tensor import CompressConfig
-    from xorsparse.io.checkpoint import XspSet
 
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "model")

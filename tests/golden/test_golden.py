@@ -10,6 +10,7 @@ import pytest
 
 from xorsparse.io.checkpoint import XspSet
 from xorsparse.io.container import XspFile
+from xorsparse.tensor.variants import MASK_CODECS, QUANTIZERS
 
 from .compat import DATA, as_f32, check_backwards_compatibility
 
@@ -54,7 +55,8 @@ def test_golden_files_cover_what_they_say():
 def test_golden_sharded_folder():
     folder = os.path.join(DATA, "v2-folder")
     expected = _expected("v2-folder")
-    index = json.load(open(os.path.join(folder, "model.safetensors.index.json")))
+    with open(os.path.join(folder, "model.safetensors.index.json")) as fh:
+        index = json.load(fh)
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) == 2
     seen = []
@@ -68,3 +70,30 @@ def test_golden_sharded_folder():
     with XspSet(folder) as s:
         for n in s.names():
             assert as_f32(s.dense(n)).tobytes() == expected[n].tobytes(), n
+
+
+ALL_GOLDEN = [os.path.join(DATA, stem + ".xsp") for stem in SINGLE] + \
+    [os.path.join(DATA, "v2-folder", f) for f in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")]
+
+
+def _golden_using(kind: str, name: str) -> list[str]:
+    out = []
+    for path in ALL_GOLDEN:
+        tensors = _description(path)["tensors"].values()
+        if any((t["mask"]["codec"] if kind == "mask codec" else t["quantizer"]) == name for t in tensors):
+            out.append(path)
+    return out
+
+
+@pytest.mark.parametrize("kind,name", [("mask codec", n) for n in MASK_CODECS] + [("quantizer", n) for n in QUANTIZERS])
+def test_every_registered_variant_decodes_its_golden_files(kind, name):
+    """numcodecs' check_backwards_compatibility, per registered variant: a variant with no
+    golden file fails here, so a new one comes with its file (tests/golden/make_golden.py)."""
+    paths = _golden_using(kind, name)
+    assert paths, f"no golden file uses {kind} {name!r}"
+    for path in paths:
+        expected = _expected(os.path.splitext(os.path.basename(path))[0]) if "v2-folder" not in path else \
+            _expected("v2-folder")
+        with XspFile(path) as f:
+            names = f.names()
+        check_backwards_compatibility(path, {n: expected[n] for n in names})

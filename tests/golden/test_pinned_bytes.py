@@ -14,17 +14,17 @@ from xorsparse.io.container import RawTensor, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor
 
 OPTIONS = {
-    "default": dict(),
-    "bitmask-uniform-asym-groups": dict(sparsity=0.6, bits=3, quantizer="uniform", symmetric=False, group_size=16,
-                                        mask_codec="bitmask"),
-    "entropy-bcq-ns0": dict(sparsity=0.8, bits=1, max_n_s=0, mask_codec="entropy"),
-    "ctx-codebook-rows": dict(sparsity=0.7, bits=3, quantizer="codebook", codebook_rows=4, mask_codec="ctx"),
-    "log8-scale-rows": dict(sparsity=0.85, bits=2, scale_format="log8", scale_rows=4, group_size=32),
-    "auto-layout": dict(sparsity=0.9, bits=2, scale_rows="auto", scale_format="auto", error_budget=0.05),
-    "packed": dict(sparsity=0.5, bits=2, packed_below=1 << 20),
-    "window-seed": dict(sparsity=0.9, bits=2, max_window=64, seed=7, bcq_iters=3),
-    "global-wanda-fields": dict(sparsity=0.5, bits=4, quantizer="uniform", global_sparsity=True,
-                                calib_damp=0.1, calib_block=64, calib_passes=1),
+    "default": {},
+    "bitmask-uniform-asym-groups": {"sparsity": 0.6, "bits": 3, "quantizer": "uniform", "symmetric": False, "group_size": 16,
+                                        "mask_codec": "bitmask"},
+    "entropy-bcq-ns0": {"sparsity": 0.8, "bits": 1, "max_n_s": 0, "mask_codec": "entropy"},
+    "ctx-codebook-rows": {"sparsity": 0.7, "bits": 3, "quantizer": "codebook", "codebook_rows": 4, "mask_codec": "ctx"},
+    "log8-scale-rows": {"sparsity": 0.85, "bits": 2, "scale_format": "log8", "scale_rows": 4, "group_size": 32},
+    "auto-layout": {"sparsity": 0.9, "bits": 2, "scale_rows": "auto", "scale_format": "auto", "error_budget": 0.05},
+    "packed": {"sparsity": 0.5, "bits": 2, "packed_below": 1 << 20},
+    "window-seed": {"sparsity": 0.9, "bits": 2, "max_window": 64, "seed": 7, "bcq_iters": 3},
+    "global-wanda-fields": {"sparsity": 0.5, "bits": 4, "quantizer": "uniform", "global_sparsity": True,
+                                "calib_damp": 0.1, "calib_block": 64, "calib_passes": 1},
 }
 
 PINNED = {

@@ -14,7 +14,8 @@ from xorsparse.io.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from xorsparse.tensor.fused import MASK_WORDS, OUT_F32, decode_dense, decode_into, prepare
 from xorsparse.tensor.interleave import to_coded
-from xorsparse.tensor.maskcode import decode_mask, decode_mask_words, encode_entropy, golomb_tables
+from xorsparse.tensor.maskcode import encode_entropy, golomb_tables
+from xorsparse.tensor.variants import decode_mask, decode_mask_words
 from xorsparse.tensor.pipeline import decompress_tensor_unfused
 
 

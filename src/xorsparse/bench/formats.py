@@ -15,7 +15,7 @@ import numpy as np
 from ..tensor.maskcode import binary_entropy
 from ..tensor.prune import magnitude_mask
 from ..tensor.dequant import dequantize
-from ..tensor.quant import quantize
+from ..tensor.variants import quantize
 from ..tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from ..tensor.maskcode import binary_entropy, decode_mask_words, encode_mask
+from ..tensor.maskcode import binary_entropy
+from ..tensor.variants import decode_mask_words, encode_mask
 from ..tensor.prune import magnitude_mask
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors

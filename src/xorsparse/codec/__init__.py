@@ -3,7 +3,8 @@
 Pure numpy and numba: planes in, streams and patch lists out (docs/FORMAT.md section 1).
 """
 
-from .plane import EncodedPlane, decode_plane, decode_plane_packed, encode_plane, get_decoder
+from .plane import EncodedPlane, decode_plane, decode_plane_packed, get_decoder
+from .rates import encode_plane  # decoder="auto" as well as a given XorDecoder
 from .rates import choose
 from .xornet import DEFAULT_SEED, XorDecoder
 

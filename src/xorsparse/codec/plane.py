@@ -141,7 +141,7 @@ class EncodedPlane:
         return cls(patches=decode_patches(data, count, k, nbits), _rice_k=k, **kw)
 
 
-def _as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
+def as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
     b = np.asarray(bits)
     c = np.asarray(care)
     if b.ndim != 1 or c.ndim != 1:
@@ -164,26 +164,22 @@ def _as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
 def encode_plane(
     bits,
     care,
-    decoder: XorDecoder | str = "auto",
+    decoder: XorDecoder,
     *,
     method: Method = "elimination",
     chunk_slices: int | None = None,
     verify: bool = False,
 ) -> EncodedPlane:
-    """Encode a flat 0/1 plane so that decode_plane reproduces every care bit.
+    """Encode a flat 0/1 plane with `decoder` so that decode_plane reproduces every care bit.
 
-    decoder="auto" picks the rate from the care density (see `rates.choose`).
     method="exhaustive" is the paper's search over all 2^n_in inputs (n_s = 0 only).
+    (`xorsparse.encode_plane`, in rates.py, also takes decoder="auto": the rate chosen
+    from the care density.)
     """
-    b, c = _as_plane(bits, care)
-    if isinstance(decoder, str):
-        if decoder != "auto":
-            raise ValueError(f"decoder must be an XorDecoder or 'auto', got {decoder!r}")
-        from .rates import choose
-
-        decoder = choose(b, c.view(bool), method=method)
+    b, c = as_plane(bits, care)
     if not isinstance(decoder, XorDecoder):
-        raise TypeError(f"decoder must be an XorDecoder or 'auto', got {type(decoder).__name__}")
+        raise TypeError(f"decoder must be an XorDecoder, got {type(decoder).__name__} (decoder='auto': "
+                        "xorsparse.encode_plane)")
     d = decoder
     if method not in ("elimination", "exhaustive"):
         raise ValueError(f"method must be 'elimination' or 'exhaustive', got {method!r}")

@@ -16,7 +16,7 @@ import pickle
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,8 +26,7 @@ from .output import atomic_file, check_output
 from ..tensor.maskcode import binary_entropy
 from ..tensor.parallel import compress_many
 from ..tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules
-from ..tensor.quant import Quantized
-from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, \
+from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, CompressedTensor, Prepared, compress_quantized, \
     compress_tensor, reference_prune_quantize, to_float32
 
 Progress = Callable[[int, int, str], None]
@@ -387,16 +386,6 @@ def entry_bytes(path: str) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------
 # Compressing
-
-
-class Prepared(NamedTuple):
-    """A tensor already pruned and quantized elsewhere: keep mask, quantized codes and
-    parameters, original dtype name, and the bytes it took in the input."""
-
-    keep: np.ndarray
-    quant: Quantized
-    dtype: str
-    input_bytes: int | None = None
 
 
 @dataclass

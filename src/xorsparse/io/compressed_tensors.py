@@ -344,7 +344,7 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
         if theirs.dtype != ours.dtype or not torch.equal(theirs.view(torch.uint8), ours.view(torch.uint8)):
             raise CheckpointError(f"{tag}: compressed-tensors dequantizes these codes differently from the "
                                   "affine quantizer; not stored (please report)")
-        return Prepared(keep, qz, sdt, sum(t.numel() * t.element_size() for t in sd.values()))
+        return Prepared(keep, qz, sdt, input_bytes=sum(t.numel() * t.element_size() for t in sd.values()))
 
     prepared = _LazyPrepared(list(claims), prepare)
 

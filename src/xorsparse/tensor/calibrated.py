@@ -33,7 +33,8 @@ from numba import njit, prange
 
 from .dequant import dequantize, levels_table
 from .prune import _check, _check_sparsity, magnitude_mask, given_mask, smallest_mask
-from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, quantize, row_layout
+from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, row_layout
+from .variants import quantize
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")

@@ -17,6 +17,7 @@ from numba import njit, prange
 from .quant import Quantized, _check_bits, _codes_to_planes, _groups, _scale_dtype, row_layout, scale_groups
 
 LLOYD_ITERS = 25
+CODEBOOK_MAX_BITS = 4
 
 
 @njit(parallel=True, cache=True)
@@ -82,7 +83,7 @@ def quantize_codebook(w: np.ndarray, keep: np.ndarray, bits: int, group_size: in
                       scale_rows: int = 1, codebook_rows: int | None = None,
                       importance: np.ndarray | None = None, iters: int = 15) -> Quantized:
     """Per-row (or row-group) scales times a shared normalised codebook of 2^bits levels."""
-    _check_bits("codebook", bits)
+    _check_bits("codebook", bits, CODEBOOK_MAX_BITS)
     rows, cols = row_layout(np.shape(w))
     w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))

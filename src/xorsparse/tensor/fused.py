@@ -17,9 +17,10 @@ a few KiB), then every kept weight is computed where it lies:
 
 Only validated input may reach these kernels (they do not bounds-check): `prepare`
 takes a `CompressedTensor` that has passed `validate()` and checks the remaining
-lengths itself. A new mask codec plugs in as one more tile decoder (`_mask_tile`); any
-codec can also go through `MASK_WORDS`, a bitmask of the whole tensor. A new quantizer
-adds one branch to `_level`.
+lengths itself. A mask codec (tensor/variants/) says how the kernels read it
+(`MaskCodec.kernel_mask`): through `MASK_WORDS`, a bitmask of the whole tensor (any codec),
+or as one more tile decoder (`_mask_tile`). A new quantizer adds one branch to `_level`,
+or none: any quantizer's levels can go through the precomputed table `Q_TABLE`.
 """
 
 from __future__ import annotations
@@ -31,15 +32,11 @@ from numba import njit, prange
 
 from ..codec._bits import U64, ctz64, f32_to_bf16_bits, f32_to_f16_bits, low_mask, popcount64, read128, read_bits, \
     round_f32_to_bf16, round_f32_to_f16, shl128
-from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
-
-# mask kinds
-MASK_WORDS = 0  # a bitmask of the whole tensor in uint64 words (any codec can be decoded to it)
-MASK_GOLOMB = 1  # the `entropy` codec: Golomb-coded gaps per block (FORMAT.md section 3)
-# quantizer kinds: how the kernels turn (scales of a group, code) into a float32 level
-Q_BCQ, Q_UNIFORM_SYM, Q_UNIFORM_ASYM = 0, 1, 2
-Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16 = 3, 4, 5  # `affine`, by scale dtype: [scale, zero point] per group
-Q_TABLE = 6  # the level of every code per (row, group), precomputed (codebook, scale_rows > 1, log8)
+from .maskcode import golomb_block, golomb_tables
+# mask kinds (how the kernels read a mask) and quantizer kinds (how they turn the scales of a
+# group and a code into a float32 level): each variant says which it uses (tensor/variants/)
+from .variants import MASK_GOLOMB, MASK_WORDS, Q_AFFINE_BF16, Q_AFFINE_F16, Q_AFFINE_F32, Q_BCQ, Q_TABLE, \
+    Q_UNIFORM_ASYM, Q_UNIFORM_SYM, levels_table, mask_codec, quantizer
 # output kinds: float32, float64, IEEE half bits, bfloat16 bits
 OUT_F32, OUT_F64, OUT_F16, OUT_BF16 = 0, 1, 2, 3
 OUT_KINDS = {"float32": OUT_F32, "float64": OUT_F64, "float16": OUT_F16, "bfloat16": OUT_BF16}
@@ -81,19 +78,6 @@ class DecodePlan:
         return -(-self.length // self.mask_block) if self.length else 0
 
 
-def _quant_kind(quantizer: str, symmetric: bool, scale_dtype: str = "") -> int:
-    if quantizer == "bcq":
-        return Q_BCQ
-    if quantizer == "uniform":
-        return Q_UNIFORM_SYM if symmetric else Q_UNIFORM_ASYM
-    if quantizer == "affine":
-        kinds = {"float32": Q_AFFINE_F32, "float16": Q_AFFINE_F16, "bfloat16": Q_AFFINE_BF16}
-        if scale_dtype not in kinds:
-            raise ValueError(f"affine scales of dtype {scale_dtype!r} are not supported")
-        return kinds[scale_dtype]
-    raise ValueError(f"the fused decoder does not know quantizer {quantizer!r}")
-
-
 def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     """(flat float32 parameters, parameters per group, quantizer kind) for the kernels' `_level`.
 
@@ -101,11 +85,9 @@ def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     (an integer, exact in float32). Codebook, scale row groups and log8 scales (format
     version 2): every row's table of 2^q levels (dequant.levels_table).
     """
-    if q.quantizer == "codebook" or q.scale_rows > 1 or q.scale_format == "log8":
-        from .dequant import levels_table
-
+    kind = quantizer(q.quantizer).kernel_kind(q)
+    if kind == Q_TABLE or q.scale_rows > 1 or q.scale_format == "log8":
         return np.ascontiguousarray(levels_table(q)).reshape(-1), 1 << q.bits, Q_TABLE
-    kind = _quant_kind(q.quantizer, q.symmetric, q.scale_storage_dtype)
     s = np.asarray(q.scales, dtype=np.float32)
     if kind in (Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16):
         z = np.zeros(s.shape[:2], np.float32) if q.zero_points is None else q.zero_points.astype(np.float32)
@@ -188,15 +170,9 @@ def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
     q = ct.quant
     n = ct.numel
     check_planes(ct)
-    m = ct.mask
-    if m.codec == "entropy":
-        offs, params = check_entropy_tables(m)
-        kind, words, block = MASK_GOLOMB, padded_bytes_as_words(m.data, 2), int(m.block)
-        gtables, gindex = golomb_tables(params)
-    else:
-        kind, words, block = MASK_WORDS, decode_mask_words(m), 64 * tile_words
-        offs = params = np.zeros(0, np.int64)
-        gtables, gindex = golomb_tables(params)
+    km = mask_codec(ct.mask.codec).kernel_mask(ct.mask, 64 * tile_words)
+    kind, words, offs, params, block = km.kind, km.words, km.offsets, km.params, km.block
+    gtables, gindex = golomb_tables(params)
     streams, pparams, g, wide = plane_arrays(ct.planes)
     ppos, pxor = natural_patches(ct.planes, n, ct.block_step)
     shared = len({(p.n_in, p.n_out, p.n_s, p.chunk_slices, p.seed) for p in ct.planes}) == 1

@@ -31,9 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune_quantize
-from ..tensor.dequant import dequantize
-from ..tensor.pipeline import CompressConfig, from_float32, prune_quantize, to_float32
-from ..tensor.quant import Quantized
+from ..tensor.pipeline import CompressConfig, Prepared, prune_quantize, to_float32
 
 
 class CalibrationError(ValueError):
@@ -302,22 +300,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 # ---------------------------------------------------------------------------------------
 # Compressing one module
-
-
-@dataclass
-class Prepared:
-    """A module's pruned and quantized weight: what compress_quantized stores."""
-
-    keep: np.ndarray
-    quant: Quantized
-    dtype: str
-    calibrated: bool  # False: data-free (magnitude) fallback
-
-    def dense(self) -> np.ndarray:
-        return dequantize(self.quant, self.keep).reshape(self.keep.shape)
-
-    def torch_weight(self) -> torch.Tensor:
-        return from_float32(self.dense(), self.dtype, framework="torch")
 
 
 def prepare_weight(weight: torch.Tensor, config: CompressConfig, xtx: torch.Tensor | np.ndarray | None,

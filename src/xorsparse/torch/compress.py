@@ -22,6 +22,7 @@ from ..io.container import RawTensor, write_xsp
 from ..io.torchconv import raw_from_torch
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
     to_float32
+from ..tensor.config import METHODS
 from ..tensor.parallel import default_threads
 from ..tensor.prune import global_magnitude_masks
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
@@ -43,7 +44,7 @@ class ModelConfig(CompressConfig):
     method: str = "auto"
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # (module name glob, sparsity): first match wins
 
-    _methods = ("auto",) + CompressConfig._methods
+    _methods = ("auto",) + METHODS
 
     def for_module(self, name: str) -> "ModelConfig":
         """This config with the sparsity of the first `layer_sparsity` glob matching `name`."""

@@ -26,7 +26,7 @@ from ..codec.plane import _tables
 from ..io.container import XspFile
 from ..codec.plane import get_decoder
 from ..tensor import fused
-from ..tensor.maskcode import decode_mask_words
+from ..tensor.variants import decode_mask_words
 from ..tensor.packed import PackedPlane
 from ..tensor.pipeline import CompressedTensor
 from .compress import MODULE_TYPES
