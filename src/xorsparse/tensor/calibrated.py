@@ -34,7 +34,7 @@ from numba import njit, prange
 from .dequant import dequantize, levels_table
 from .prune import _check, _check_sparsity, magnitude_mask, given_mask, smallest_mask
 from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, row_layout
-from .variants import quantize
+from .variants import QUANTIZERS, quantize
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
@@ -382,7 +382,7 @@ def _with_codes(qz: Quantized, codes: np.ndarray, keep: np.ndarray) -> Quantized
                      qz.group_size, qz.symmetric)
 
 
-ERROR_FEEDBACK_QUANTIZERS = ("bcq", "uniform")
+ERROR_FEEDBACK_QUANTIZERS = tuple(name for name, q in QUANTIZERS.items() if q.refits_scales)
 
 
 def check_error_feedback_quantizer(config) -> None:

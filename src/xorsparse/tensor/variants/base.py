@@ -113,6 +113,9 @@ class Quantizer:
     scale_layout: ClassVar[bool] = True  # scales may be shared by row groups and stored as log8 (4.1, 4.3)
     fields: ClassVar[tuple[str, ...]] = ()  # extra TENSOR members it reads
     repairs_range: ClassVar[bool] = False  # per-row float scales shrunk where a level overflows (layout.py)
+    # levels linear in per-row scales, refit by least squares: what calibration's error feedback
+    # (tensor/calibrated.py) and recovery by distillation (torch/recover.py) know how to optimize
+    refits_scales: ClassVar[bool] = False
 
     def quantize(self, w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool, group_size: int | None,
                  iters: int, scale_rows: int, codebook_rows: int | None,

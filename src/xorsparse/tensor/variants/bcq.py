@@ -22,6 +22,7 @@ class Bcq(Quantizer):
     rank = 0
     max_bits = BCQ_MAX_BITS
     repairs_range = True
+    refits_scales = True
     help = "bcq: binary coding, w = sum of q signed scales (default)"
 
     def scale_count(self, symmetric: bool, bits: int) -> int:

@@ -21,6 +21,7 @@ class Uniform(Quantizer):
     rank = 1
     max_bits = UNIFORM_MAX_BITS
     repairs_range = True
+    refits_scales = True
     help = "uniform: 2^q evenly spaced levels"
 
     def scale_count(self, symmetric: bool, bits: int) -> int:
