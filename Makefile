@@ -55,36 +55,36 @@ test: $(VENV)/.installed data hdl
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed
-	$(PY) -m xorsparse.bench codec --json docs/bench-codec.json --markdown docs/bench-codec.md
+	$(PY) -m benchmarks codec --json docs/bench-codec.json --markdown docs/bench-codec.md
 
 bench-formats: $(VENV)/.installed
-	$(PY) -m xorsparse.bench formats --json docs/bench-formats.json --plot docs/bench-formats.png --markdown docs/bench-formats.md
+	$(PY) -m benchmarks formats --json docs/bench-formats.json --plot docs/bench-formats.png --markdown docs/bench-formats.md
 
 # MiniLM quality against size: magnitude / wanda / sparsegpt, one-shot and with recovery (long: ~1 h on 2 cores)
 bench-quality: $(VENV)/.installed
-	$(PY) -m xorsparse.bench quality --json docs/bench-quality.json --plot docs/bench-quality.png --markdown docs/bench-quality.md
+	$(PY) -m benchmarks quality --json docs/bench-quality.json --plot docs/bench-quality.png --markdown docs/bench-quality.md
 
 # decoder cost table and co-simulation of each decoder over 100,000 slices (docs/HARDWARE.md)
 bench-rtl: $(VENV)/.installed hdl-bench
-	$(PY) -m xorsparse.bench rtl --cosim-slices 100000 --json docs/bench-rtl.json --markdown docs/bench-rtl.md
+	$(PY) -m benchmarks rtl --cosim-slices 100000 --json docs/bench-rtl.json --markdown docs/bench-rtl.md
 
 fashion-mnist: $(VENV)/.installed data
 	$(PY) examples/fashion_mnist.py --results docs/RESULTS.md
 
 bench-ct: $(VENV)/.installed
-	$(PY) -m xorsparse.bench ct --json docs/bench-ct.json --markdown docs/bench-ct.md
+	$(PY) -m benchmarks ct --json docs/bench-ct.json --markdown docs/bench-ct.md
 
 bench-hf: $(VENV)/.installed
-	$(PY) -m xorsparse.bench hf --json docs/bench-hf.json
+	$(PY) -m benchmarks hf --json docs/bench-hf.json
 
 bench-speed: $(VENV)/.installed
-	$(PY) -m xorsparse.bench speed --json docs/bench-speed.json --markdown docs/bench-speed.md
+	$(PY) -m benchmarks speed --json docs/bench-speed.json --markdown docs/bench-speed.md
 
 bench: bench-codec bench-formats bench-rtl bench-ct bench-hf bench-speed
 
 # hostile files: 100,000 mutated .xsp files through the CLI (1.5-2 hours on 2 shared cores)
 bench-fuzz: $(VENV)/.installed
-	$(PY) -m xorsparse.bench fuzz --cases 100000 --seed 100 --json docs/bench-fuzz.json --markdown docs/bench-fuzz.md
+	$(PY) -m benchmarks fuzz --cases 100000 --seed 100 --json docs/bench-fuzz.json --markdown docs/bench-fuzz.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

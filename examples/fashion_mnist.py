@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.results:
-        from xorsparse.io.output import write_bytes
+        from xorsparse.format.output import write_bytes
 
         write_bytes(args.results, text.encode())
         print(f"wrote {args.results}")

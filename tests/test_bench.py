@@ -2,7 +2,7 @@ import json
 import os
 
 
-from xorsparse.bench.__main__ import main
+from benchmarks.__main__ import main
 
 
 def test_codec_benchmark_small(tmp_path, capsys):
@@ -118,7 +118,7 @@ def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
 
 
 def test_rd_frontier_ignores_negligible_savings():
-    from xorsparse.bench.rd import frontier
+    from benchmarks.rd import frontier
 
     def pt(err, bits):
         return {"rel_error": err, "total_bits_per_weight": bits}

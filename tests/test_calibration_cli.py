@@ -118,7 +118,7 @@ def test_forward_failure_names_the_module(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_user_text_calibration_holds_out_one_in_eight(tiny_st_dir, tmp_path, capsys):
-    from xorsparse.io.calibdata import builtin_texts
+    from xorsparse.data.calibdata import builtin_texts
 
     cal = tmp_path / "mine.txt"
     cal.write_text("\n".join(builtin_texts("calibration")[:80]) + "\n")
@@ -152,7 +152,7 @@ def test_folder_output_carries_the_records_and_verifies(tiny_st_dir, tmp_path, c
 def test_a_config_the_checkpoint_does_not_match_falls_back_to_magnitude(tmp_path, capsys):
     """config.json naming a model the weights do not belong to: nothing is instantiated (a bare
     {"model_type": "llama"} would be a 7B default model); the default method falls back."""
-    from tests.io.test_job import make_folder
+    from tests.jobs.test_job import make_folder
 
     src = make_folder(tmp_path / "model", shards=1)
     code, text, err = run(capsys, "compress", src, str(tmp_path / "o.xsp"), "--sparsity", "0.5")

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from xorsparse.io import safetensors_io as st
-from xorsparse.io.checkpoint import reference_state
+from xorsparse.format import safetensors_io as st
+from xorsparse.checkpoint.verify import reference_state
 from xorsparse.cli import main
 from xorsparse.tensor import CompressConfig
 
@@ -152,7 +152,7 @@ def test_output_into_a_closed_pipe_is_not_an_error(st_file, tmp_path):
 
 
 def test_folder_job_on_workers_resumes_and_refuses(tmp_path, capsys):
-    from tests.io.test_job import make_folder, read_all
+    from tests.jobs.test_job import make_folder, read_all
 
     src = make_folder(tmp_path / "model")
     out = str(tmp_path / "out")
@@ -186,7 +186,7 @@ def test_executor_options_have_help(capsys):
 
 
 def test_bad_worker_count_is_one_line(tmp_path, capsys):
-    from tests.io.test_job import make_folder
+    from tests.jobs.test_job import make_folder
 
     src = make_folder(tmp_path / "model", shards=2)
     code, _, err = run(capsys, "compress", src, str(tmp_path / "o"), "--workers", "0")
@@ -194,7 +194,7 @@ def test_bad_worker_count_is_one_line(tmp_path, capsys):
 
 
 def test_ray_missing_is_one_line(tmp_path, capsys, monkeypatch):
-    from tests.io.test_job import make_folder
+    from tests.jobs.test_job import make_folder
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     src = make_folder(tmp_path / "model", shards=2)

@@ -1,5 +1,5 @@
 """Issue 11's findings, each from its minimal reproduction (the safe-output findings are in
-tests/io/test_output.py, the validator's rules one by one in tests/io/test_validate.py)."""
+tests/format/test_output.py, the validator's rules one by one in tests/format/test_validate.py)."""
 
 import os
 import struct
@@ -10,9 +10,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from xorsparse.bench.xspedit import XspImage
+from benchmarks.xspedit import XspImage
 from xorsparse.cli import main
-from xorsparse.io.container import RawTensor, XspError, XspFile, write_xsp
+from xorsparse.format.container import RawTensor, XspError, XspFile, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 
 

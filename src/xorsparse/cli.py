@@ -20,7 +20,7 @@ EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
 DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
-SAMPLES = 512  # = io.calibdata.SAMPLES (not imported here: the parser stays light)
+SAMPLES = 512  # = data.calibdata.SAMPLES (not imported here: the parser stays light)
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -97,7 +97,7 @@ def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
     always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
     compressed with magnitude, and asking for a calibrated method there is an error."""
-    from .io.compressed_tensors import is_compressed_tensors_folder
+    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
     from .torch.folder import is_model_folder
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
@@ -129,7 +129,7 @@ def _executor(args, folder: bool = True):
     """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
     import contextlib
 
-    from .distributed import make_executor
+    from .jobs.executors import make_executor
 
     if not folder:
         if args.workers is not None and args.workers < 1:
@@ -141,7 +141,7 @@ def _executor(args, folder: bool = True):
 def _job_progress(label: str, src: str, output: str | None = None):
     """A progress display across shards and tensors for a folder job (None for one file);
     the job announces its size with a "plan" event."""
-    from .distributed import JobProgress
+    from .jobs.executors import JobProgress
 
     if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
         return None
@@ -151,8 +151,9 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-    from .io.checkpoint import compress_checkpoint, totals
-    from .io.compressed_tensors import is_compressed_tensors_folder
+    from .jobs.checkpoint import compress_checkpoint
+    from .checkpoint.stats import totals
+    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
 
     sparsity = args.sparsity
     if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
@@ -239,7 +240,7 @@ def print_records(records: dict) -> None:
 
 
 def cmd_decompress(args) -> int:
-    from .io.checkpoint import decompress_checkpoint
+    from .jobs.checkpoint import decompress_checkpoint
 
     bar = _job_progress("decompress", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
@@ -256,7 +257,7 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .io.checkpoint import inspect_file
+    from .checkpoint.inspect import inspect_file
 
     info = inspect_file(args.input)
     if args.json:
@@ -279,8 +280,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .io.checkpoint import verify_checkpoint
-    from .io.checkpoint import XspSet
+    from .checkpoint.verify import verify_checkpoint
+    from .checkpoint.xspset import XspSet
     from .torch.folder import needs_recomputation
 
     with XspSet(args.input) as f:
@@ -415,7 +416,7 @@ def cmd_export_rtl(args) -> int:
         print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
                          ([True] if args.yosys else []) + [False]))
     if args.json:
-        from .io.output import write_bytes
+        from .format.output import write_bytes
 
         write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
     return 0
@@ -424,11 +425,11 @@ def cmd_export_rtl(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, layout_options(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
     p.add_argument("--version", action="version", version=f"xorsparse {__version__}")

@@ -60,11 +60,11 @@ def _mb(bits: float) -> str:
     return f"{bits / 8 / 1e6:8.3f}"
 
 
-def run_demo(args) -> int:
+def run_demo(args, layout: dict) -> int:
+    """`layout`: the scale layout, codebook and small-tensor options (cli.layout_options)."""
     import torch
 
-    from .cli import layout_options
-    from .io.calibdata import builtin_set
+    from .data.calibdata import builtin_set
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
     from .torch.quality import embedding_agreement
@@ -75,7 +75,7 @@ def run_demo(args) -> int:
     method = getattr(args, "method", None) or "sparsegpt"
     base = dict(sparsity=args.sparsity, bits=args.bits, quantizer=args.quantizer, symmetric=not args.asymmetric,
                 group_size=args.group_size, mask_codec=args.mask_codec, max_n_s=args.ns, max_window=args.window,
-                module_types=("Linear",), **layout_options(args))
+                module_types=("Linear",), **layout)
     cfg = ModelConfig(method=method, global_sparsity=args.global_sparsity and method == "magnitude", **base)
     model, tok = _load()
     print(f"loaded all-MiniLM-L6-v2 ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) "

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from xorsparse.bench import fuzz
-from xorsparse.bench.xspedit import XspImage
+from benchmarks import fuzz
+from benchmarks.xspedit import XspImage
 
 
 def test_fork_case_classifies_what_goes_wrong():
@@ -37,7 +37,7 @@ def test_mutations_are_deterministic_and_varied(tmp_path):
     # a forged mutation still passes the description checksum
     img = XspImage.loads(data)
     img.doc["tensors"]["w.weight"]["planes"][0]["care_bits"] = 7
-    from xorsparse.io.container import XspFile
+    from xorsparse.format.container import XspFile
 
     p = tmp_path / "forged.xsp"
     p.write_bytes(img.dumps(resign=True))

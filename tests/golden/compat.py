@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from xorsparse.io.container import XspFile
+from xorsparse.format.container import XspFile
 from xorsparse.tensor.pipeline import decompress_tensor, decompress_tensor_unfused
 
 from .. import reference

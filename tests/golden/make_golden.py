@@ -4,6 +4,8 @@ change). Each file exercises one version-2 feature; `<name>-expected.npz` holds 
 decoded (float32, or the stored dtype for stored tensors) by the code that wrote it.
 
     PYTHONPATH=src python tests/golden/make_golden.py tests/golden/data
+
+(module paths as of that commit: io/ has since become format/, checkpoint/ and jobs/.)
 """
 
 from __future__ import annotations

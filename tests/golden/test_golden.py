@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from xorsparse.io.checkpoint import XspSet
-from xorsparse.io.container import XspFile
+from xorsparse.checkpoint.xspset import XspSet
+from xorsparse.format.container import XspFile
 from xorsparse.tensor.variants import MASK_CODECS, QUANTIZERS
 
 from .compat import DATA, as_f32, check_backwards_compatibility

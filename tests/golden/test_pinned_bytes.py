@@ -10,7 +10,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from xorsparse.io.container import RawTensor, write_xsp
+from xorsparse.format.container import RawTensor, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor
 
 OPTIONS = {

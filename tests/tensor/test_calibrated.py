@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from xorsparse.io.container import write_xsp
+from xorsparse.format.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_quantized, decompress_tensor
 from xorsparse.tensor.calibrated import calibrated_prune_quantize, damped_hessian, decoded_levels, \
     inverse_cholesky, obs_pass, output_error, refit_scales, requantize, wanda_mask

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests import reference
 from xorsparse.codec.plane import encode_plane, get_decoder
-from xorsparse.io.container import write_xsp
+from xorsparse.format.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from xorsparse.tensor.fused import MASK_WORDS, OUT_F32, decode_dense, decode_into, prepare
 from xorsparse.tensor.interleave import to_coded

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xorsparse.cli import build_parser
-from xorsparse.io.container import XspFile, write_xsp
+from xorsparse.format.container import XspFile, write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 from xorsparse.tensor.maskcode import MaskCode
 from xorsparse.tensor.variants import (

@@ -191,7 +191,7 @@ def test_model_config_validation():
 def test_loading_refuses_what_does_not_fit(tmp_path, monkeypatch):
     from torch import nn
 
-    from xorsparse.io.container import XspError
+    from xorsparse.format.container import XspError
     from xorsparse.torch import ModelConfig, compress_model, load_compressed
 
     torch.manual_seed(0)

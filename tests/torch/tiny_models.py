@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from xorsparse.io.calibdata import builtin_texts
+from xorsparse.data.calibdata import builtin_texts
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import XorsparseError
 from . import _kernels
 from .patches import decode_patches, encode_patches, rice_bits, best_rice_parameter
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, NARROW_WINDOW, XorDecoder
@@ -24,7 +25,7 @@ CHUNK_TARGET_POSITIONS = 1 << 20
 _force_wide = False  # tests set this to cross-check the wide kernels on narrow windows
 
 
-class PlaneError(ValueError):
+class PlaneError(XorsparseError):
     """An EncodedPlane whose fields do not fit together; the message names the field."""
 
 

@@ -30,7 +30,7 @@ def decoders_in_file(path: str | os.PathLike) -> list[DecoderUse]:
     Tensors are read through the container's validating reader, so a damaged or edited
     file is an error naming the tensor, never a decoder built from bad parameters.
     """
-    from ..io.container import XspFile
+    from ..format.container import XspFile
 
     uses: dict[tuple[int, int, int, int], DecoderUse] = {}
     with XspFile(path) as f:
@@ -58,8 +58,8 @@ def decoder_from_params(n_in: int, n_out: int, n_s: int, seed: int, chunk_slices
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write via a temporary file and rename (io/output.py): a reader never sees half a
+    """Write via a temporary file and rename (format/output.py): a reader never sees half a
     module, and a device, folder or symlink in the way is refused."""
-    from ..io.output import write_bytes
+    from ..format.output import write_bytes
 
     write_bytes(path, text.encode())

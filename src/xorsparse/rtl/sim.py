@@ -30,12 +30,13 @@ from ..codec.plane import EncodedPlane, decode_plane, encode_plane
 from ..codec.xornet import XorDecoder
 from .netlist import XorNetlist
 from .verilog import decoder_verilog, hex_lines, module_name_for, parse_hex_lines, testbench_verilog
+from ..errors import XorsparseError
 
 SIMULATORS = ("iverilog", "verilator")
 StartMode = Literal["counter", "start"]
 
 
-class SimulatorUnavailable(RuntimeError):
+class SimulatorUnavailable(XorsparseError, RuntimeError):
     """No Verilog simulator on this machine (the message says how to get one)."""
 
 

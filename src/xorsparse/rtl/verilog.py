@@ -87,7 +87,7 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     if netlist is None and sharing == "paar":
         netlist = build_netlist(g, "paar")
     naive = naive_gate_count(g)
-    from .. import __version__
+    from ..version import __version__
 
     L: list[str] = []
     a = L.append

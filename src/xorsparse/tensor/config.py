@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
+from ..errors import XorsparseError
 from ..codec.rates import DEFAULT_WINDOW
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW
 from .variants import mask_codec_choices, quantizer, quantizer_choices
@@ -24,7 +25,7 @@ SCALE_FORMATS = ("float16", "log8", "auto")
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
-class ConfigError(ValueError):
+class ConfigError(XorsparseError):
     """A configuration field of the wrong type or range, or an unknown one; names the field."""
 
 

@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune_quantize
+from ..errors import XorsparseError
 from ..tensor.pipeline import CompressConfig, Prepared, prune_quantize, to_float32
 
 
-class CalibrationError(ValueError):
+class CalibrationError(XorsparseError):
     """The model cannot be run on the calibration data; the message names the module."""
 
 

@@ -18,8 +18,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..io.container import RawTensor, write_xsp
-from ..io.torchconv import raw_from_torch
+from ..format.container import RawTensor, write_xsp
+from ..format.torchconv import raw_from_torch
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
     to_float32
 from ..tensor.config import METHODS
@@ -226,7 +226,7 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
 
 def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
     """What the file says about how its codes were chosen (docs/FORMAT.md, section 8)."""
-    from ..io.records import CALIBRATION
+    from ..format.records import CALIBRATION
 
     rec = {"method": config.method, "source": "python", "sequential": res.sequential, "blocks": res.blocks,
            "calibrated_tensors": sum(p.calibrated for p in res.prepared.values()),

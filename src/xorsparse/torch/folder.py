@@ -6,7 +6,7 @@ as such), else AutoModel. Its Linear / Conv2d modules are matched to the checkpo
 names (by name suffix, then checked to hold the same values), calibrated layer by layer
 (calibrate.py), optionally recovered by distillation (recover.py), and measured against
 the original on held-out data (quality.py). The checkpoint writer then only encodes the
-prepared masks and codes (io.checkpoint.compress_checkpoint(prepared=...)).
+prepared masks and codes (jobs.checkpoint.compress_checkpoint(prepared=...)).
 
 `prepare_folder` is deterministic for the same folder, config, calibration data, seed and
 software on the same machine, so `xorsparse verify --against` can recompute it.
@@ -24,10 +24,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..io.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
-from ..io.checkpoint import CheckpointError, Prepared as CheckpointPrepared, open_checkpoint, select_tensors
-from ..io.records import needs_recomputation
-from ..io.torchconv import torch_dtype_name
+from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
+from ..checkpoint.readers import CheckpointError, open_checkpoint
+from ..checkpoint.selection import select_tensors
+from ..format.records import needs_recomputation
+from ..format.torchconv import torch_dtype_name
 from ..progress import Progress
 from ..tensor.calibrated import check_error_feedback_quantizer
 from ..tensor.pipeline import CompressConfig
@@ -37,12 +38,13 @@ from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weigh
     sentence_transformer_calibration, supports_calibration, text_calibration
 from .quality import quality_report
 from .recover import LR, SCALE_LR, recover_prepared
+from ..errors import XorsparseError
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(XorsparseError):
     """A folder whose model cannot be instantiated; the message names the folder and why."""
 
 
@@ -228,9 +230,9 @@ class FolderResult:
             out["quality"] = self.quality
         return out
 
-    def checkpoint_prepared(self) -> dict[str, CheckpointPrepared]:
-        """The prepared tensors in the form the checkpoint writer encodes (io.checkpoint.Prepared)."""
-        return {n: CheckpointPrepared(p.keep, p.quant, p.dtype) for n, p in self.prepared.items()}
+    def checkpoint_prepared(self) -> dict[str, Prepared]:
+        """The prepared tensors, as the checkpoint writer encodes them (one Prepared type throughout)."""
+        return dict(self.prepared)
 
 
 def _calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
@@ -348,7 +350,7 @@ def compress_model_folder(src: str, out: str, config: CompressConfig, *, include
     """prepare_folder, then the checkpoint writer encodes the prepared tensors (and stores the
     rest) into an .xsp file or model folder with the records; returns (CompressReport,
     FolderResult)."""
-    from ..io.checkpoint import compress_checkpoint
+    from ..jobs.checkpoint import compress_checkpoint
 
     res = prepare_folder(src, config, include=include, exclude=exclude, force_include=force_include,
                          embeddings=embeddings, **kwargs)
@@ -362,7 +364,7 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
                          ) -> dict[str, torch.Tensor]:
     """The dense tensors a calibrated file should decode to, recomputed from the original
     folder with the file's config and calibration record (same data, seed and steps)."""
-    from ..io.calibdata import builtin_set
+    from ..data.calibdata import builtin_set
     from ..tensor.pipeline import from_float32
 
     if record.get("source") == "builtin":

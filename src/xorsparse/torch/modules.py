@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..codec.plane import _tables
-from ..io.container import XspFile
+from ..format.container import XspFile
 from ..codec.plane import get_decoder
 from ..tensor import fused
 from ..tensor.variants import decode_mask_words

@@ -1,0 +1,1 @@
+"""The frameworks people load models with: transformers and sentence-transformers (`hf`)."""
