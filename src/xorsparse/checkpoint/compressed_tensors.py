@@ -25,8 +25,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..tensor.pipeline import Prepared
+from ..tensor.variants.affine import Affine
 from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
-from .planning import Prepared
 from .xspset import XspSet
 
 QUANT_METHOD = "compressed-tensors"
@@ -411,7 +412,7 @@ def _ct_state(ct, scheme, fmt: str, tag: str) -> dict:
     q = ct.quant
     w = scheme.weights
     strategy = getattr(w.strategy, "value", w.strategy)
-    if q.quantizer != "affine" or q.bits != w.num_bits or q.symmetric != bool(w.symmetric):
+    if q.quantizer != Affine.name or q.bits != w.num_bits or q.symmetric != bool(w.symmetric):
         raise CheckpointError(f"{tag}: stored as {q.quantizer} q={q.bits}, which the compressed-tensors scheme "
                               f"({w.num_bits}-bit {'symmetric' if w.symmetric else 'asymmetric'}) cannot express")
     sd_dtype = getattr(torch, q.scale_dtype)
@@ -483,7 +484,7 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
                 module = name[: -len(".weight")] if name.endswith(".weight") else None
                 ours = f.dense(name, framework="torch")
                 tag = f"{src}: tensor {name!r}"
-                affine = name in f.tensors and f.compressed(name).quant.quantizer == "affine"
+                affine = name in f.tensors and f.compressed(name).quant.quantizer == Affine.name
                 if affine and module not in claimed:
                     raise CheckpointError(f"{tag}: no compressed-tensors scheme of the config covers it")
                 if affine:

@@ -8,13 +8,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..checkpoint.dense import write_dense_safetensors, write_torch_state
 from ..checkpoint.folder import is_xsp_folder, xsp_files
-from ..checkpoint.planning import Prepared, plan_compression
+from ..checkpoint.planning import plan_compression
 from ..checkpoint.readers import Progress, open_checkpoint
 from ..checkpoint.shard import compress_shard
 from ..checkpoint.stats import CompressReport, size_rows
 from ..checkpoint.xspset import XspSet
 from ..format.output import check_output
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, Prepared
 from .folder import compress_folder, decompress_folder
 
 

@@ -25,12 +25,12 @@ from ..checkpoint.compressed_tensors import is_compressed_tensors, read_compress
 from ..checkpoint.folder import CONFIG, SINGLE, QUANT_METHOD, FolderPlan, carried_of_xsp_folder, \
     check_folder_output, copy_carried, model_subfolder, plan_folder, quantization_config, read_config, \
     shard_name, weights_dir, write_index, xsp_files
-from ..checkpoint.planning import Prepared, plan_compression
+from ..checkpoint.planning import plan_compression
 from ..checkpoint.readers import SAFE_INDEX, Progress
 from ..checkpoint.stats import CompressReport, size_rows
 from ..checkpoint.xspset import XspSet
 from ..format.output import clean_stale
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, Prepared
 from .tasks import DecompressTask, ShardTask, decompress_task, run_shard_task, shard_settings
 
 
