@@ -45,6 +45,7 @@ QUALITY = {"kind": "layer-error", "mean_relative_error": 0.125, "max_relative_er
 
 def single_files(out: str) -> None:
     from xorsparse.io.container import RawTensor, XspFile, write_xsp
+
     from xorsparse.tensor import CompressConfig, compress_tensor
 
     cases = {
@@ -93,9 +94,9 @@ def sharded_folder(out: str) -> None:
 
     import torch
     from safetensors.torch import save_file
-
     from xorsparse.io.checkpoint import XspSet
     from xorsparse.io.folder import compress_folder
+
     from xorsparse.tensor import CompressConfig
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from ..errors import XorsparseError
 from ..codec.rates import DEFAULT_WINDOW
 from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW
+from ..errors import XorsparseError
 from .variants import mask_codec_choices, quantizer, quantizer_choices
 
 CONFIG_VERSION = 1  # layout of CompressConfig.to_dict (flat, the field names below)
