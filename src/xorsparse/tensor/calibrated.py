@@ -304,13 +304,7 @@ def _basis(codes: np.ndarray, keep: np.ndarray, qz: Quantized, gidx: np.ndarray)
     """(rows, P, cols): weights = basis^T scales per row, P = groups * scales per group."""
     rows, cols = codes.shape
     ngroups, k = qz.scales.shape[1], qz.scales.shape[2]
-    if qz.quantizer == "bcq":
-        per = np.stack([(((codes >> i) & 1) * 2 - 1) for i in range(qz.bits)], axis=1).astype(np.float64)
-    elif qz.symmetric:
-        per = (codes - ((1 << qz.bits) - 1) / 2.0)[:, None, :].astype(np.float64)
-    else:
-        per = np.stack([codes.astype(np.float64), np.ones_like(codes, dtype=np.float64)], axis=1)
-    per = per * keep[:, None, :]
+    per = QUANTIZERS[qz.quantizer].scale_basis(codes, qz.bits, qz.symmetric) * keep[:, None, :]
     if ngroups == 1:
         return per
     out = np.zeros((rows, ngroups * k, cols), dtype=np.float64)

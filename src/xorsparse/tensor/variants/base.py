@@ -127,6 +127,11 @@ class Quantizer:
         """Its own overflow repair for any scale layout, or None for layout.fit_output_range's."""
         return None
 
+    def scale_basis(self, codes: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+        """refits_scales: each weight as a linear form of its group's k scales, (rows, k, cols)
+        float64 for codes (rows, cols): what a least-squares refit of the scales solves for."""
+        raise NotImplementedError
+
     def shrink_group(self, s64: np.ndarray, bits: int, symmetric: bool, limit: float) -> tuple[np.ndarray, slice]:
         """repairs_range: a group's float64 scales brought under `limit`, and which of them
         the search may shrink further."""

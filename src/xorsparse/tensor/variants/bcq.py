@@ -45,6 +45,9 @@ class Bcq(Quantizer):
         return quantize_in_row_groups(lambda w_, k_, g: quantize_bcq(w_, k_, bits, g, iters), w, keep, group_size,
                                       scale_rows)
 
+    def scale_basis(self, codes: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+        return np.stack([(((codes >> i) & 1) * 2 - 1) for i in range(bits)], axis=1).astype(np.float64)
+
     def shrink_group(self, s64: np.ndarray, bits: int, symmetric: bool, limit: float) -> tuple[np.ndarray, slice]:
         total = float(np.sum(np.abs(s64)))  # the largest level is the sum of the scales' magnitudes
         if total > limit:

@@ -44,6 +44,11 @@ class Uniform(Quantizer):
         return quantize_in_row_groups(lambda w_, k_, g: quantize_uniform(w_, k_, bits, symmetric, g), w, keep,
                                       group_size, scale_rows)
 
+    def scale_basis(self, codes: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+        if symmetric:
+            return (codes - ((1 << bits) - 1) / 2.0)[:, None, :].astype(np.float64)
+        return np.stack([codes.astype(np.float64), np.ones_like(codes, dtype=np.float64)], axis=1)
+
     def shrink_group(self, s64: np.ndarray, bits: int, symmetric: bool, limit: float) -> tuple[np.ndarray, slice]:
         n = (1 << bits) - 1
         if symmetric:
