@@ -40,9 +40,13 @@ def backends(path: str, name: str) -> dict[str, np.ndarray]:
     except ImportError:  # torch is optional
         pass
     else:
+        import torch
+
         xw = XorWeight(ct)
         for backend in ("numba", "torch"):
             out[f"torch-{backend}"] = as_f32(xw.dense(backend=backend))
+        if torch.cuda.is_available():  # the torch decoder on the GPU, where there is one
+            out["torch-cuda"] = as_f32(XorWeight(ct).to("cuda").dense().cpu())
     code = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(ct.dtype, "F32")
     values = [reference.round_scale_dtype(v, code) for v in reference.decode_tensor(path, name)]  # section 4's last step
     out["reference"] = np.array(values, dtype=np.float32).reshape(ct.shape)
