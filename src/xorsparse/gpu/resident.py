@@ -31,7 +31,7 @@ import numpy as np
 from ..codec.xornet import MAX_WINDOW
 from ..errors import XorsparseError
 from ..tensor import fused
-from ..tensor.maskcode import decode_mask_words
+from ..tensor.variants import decode_mask_words
 from ..tensor.packed import PackedPlane
 
 PREFIX_WORDS = MAX_WINDOW // 64  # zero words before each stream: windows may start up to 256 bits early
