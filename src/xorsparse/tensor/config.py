@@ -116,9 +116,11 @@ class CalibrationConfig:
     calib_block: int = 128
     calib_passes: int = 2
 
+    methods: ClassVar[tuple[str, ...]] = METHODS  # a subclass may accept more (torch's ModelConfig: "auto")
+
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in self.methods:
+            raise ConfigError(f"method must be one of {', '.join(self.methods)}, got {self.method!r}")
         if isinstance(self.calib_damp, bool) or not isinstance(self.calib_damp, (int, float)) \
                 or not 0.0 < float(self.calib_damp) <= 10.0:
             raise ConfigError(f"calib_damp must be in (0, 10], got {self.calib_damp!r}")
@@ -160,6 +162,7 @@ class CompressConfig:
     calib_passes: int = 2
 
     VERSION: ClassVar[int] = CONFIG_VERSION
+    calibration_type: ClassVar[type] = CalibrationConfig  # what `calibration` is (a subclass may widen it)
 
     def __post_init__(self) -> None:
         for name in PARTS:  # each part checks its fields
@@ -182,7 +185,7 @@ class CompressConfig:
 
     @property
     def calibration(self) -> CalibrationConfig:
-        return self._part(CalibrationConfig)
+        return self._part(self.calibration_type)
 
     @classmethod
     def from_parts(cls, pruning: PruningConfig | None = None, quantization: QuantizationConfig | None = None,

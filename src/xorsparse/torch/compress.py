@@ -22,12 +22,18 @@ from ..format.container import RawTensor, write_xsp
 from ..format.torchconv import raw_from_torch
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
     to_float32
-from ..tensor.config import METHODS
+from ..tensor.config import METHODS, CalibrationConfig
 from ..tensor.parallel import default_threads
 from ..tensor.prune import global_magnitude_masks
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
+
+
+class ModelCalibrationConfig(CalibrationConfig):
+    """A model's calibration: "auto" as well (calibrated where the model can be run)."""
+
+    methods = ("auto",) + METHODS
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class ModelConfig(CompressConfig):
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # (module name glob, sparsity): first match wins
 
     _methods = ("auto",) + METHODS
+    calibration_type = ModelCalibrationConfig
 
     def for_module(self, name: str) -> "ModelConfig":
         """This config with the sparsity of the first `layer_sparsity` glob matching `name`."""
