@@ -27,10 +27,11 @@ data:
 	fi
 
 # Hardware tools from Debian, installed when we can (root with apt): Icarus Verilog runs the
-# co-simulation tests, Yosys the synthesis statistics; Verilator (hdl-bench) compiles the long
-# benchmark runs. Where they cannot be installed those tests are skipped and say so.
-HDL_TEST := iverilog yosys
-HDL_BENCH := $(HDL_TEST) verilator
+# co-simulation tests, Yosys the synthesis statistics, Verilator the lint test (a 7 MB package,
+# seconds to run) and the long benchmark runs. Where they cannot be installed those tests are
+# skipped and say so.
+HDL_TEST := iverilog yosys verilator
+HDL_BENCH := $(HDL_TEST)
 define apt_install
 	@missing=""; for p in $(1); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -51,7 +52,10 @@ hdl-bench:
 demo: $(VENV)/.installed
 	$(VENV)/bin/xorsparse demo
 
+# lint (pyproject.toml [tool.ruff]), the floors import only downward ([tool.importlinter]), then the tests
 test: $(VENV)/.installed data hdl
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench-codec: $(VENV)/.installed

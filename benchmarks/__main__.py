@@ -1,4 +1,4 @@
-"""Entry point: python -m benchmarks {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,fuzz,quality} ..."""
+"""Entry point: python -m benchmarks {codec,formats,tensor,rtl,ct,hf,speed,scale,rd,masks,mobilenet,fuzz,quality,gpu} ..."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="which", required=True)
-    from . import codec, ct, formats, fuzz, hf, masks, mobilenet, quality, rd, rtl, scale, speed, tensor
+    from . import codec, ct, formats, fuzz, gpu, hf, masks, mobilenet, quality, rd, rtl, scale, speed, tensor
 
     codec.add_arguments(sub.add_parser("codec", help="codec efficiency and speed on random masks"))
     formats.add_arguments(sub.add_parser("formats", help="xorsparse against the sparse formats in use"))
@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     fuzz.add_arguments(sub.add_parser("fuzz", help="mutated .xsp files through the CLI: crashes, hangs, silent loss"))
     quality.add_arguments(sub.add_parser("quality", help="MiniLM quality against size: magnitude, wanda, sparsegpt, "
                                                       "one-shot and with recovery"))
+    gpu.add_arguments(sub.add_parser("gpu", help="the Triton path on a GPU: decode, XorLinear against F.linear, "
+                                                 "generation (--interpret: a CPU smoke run)"))
     args = p.parse_args(argv)
     return args.run(args)
 

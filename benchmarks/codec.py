@@ -12,6 +12,7 @@ import numpy as np
 
 from xorsparse.codec.plane import decode_plane, decode_plane_packed, encode_plane
 from xorsparse.codec.rates import choose
+
 from ._report import best_time, markdown_table, print_table, write_json, write_text
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)

@@ -65,8 +65,12 @@ def save_compressed_tensors(model, path: str, strategy: str = "group", fmt: str 
     """Quantize with compressed-tensors' own min-max scales, compress with its compressor for
     `fmt`, save as llm-compressor does (save_pretrained, then the compressor's config)."""
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme, \
-        apply_quantization_config
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
     from compressed_tensors.quantization.utils import calculate_qparams
 
     args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy=strategy,
@@ -172,8 +176,8 @@ CONFIGS = [  # (sparsity, bits, strategy, format, symmetric)
 
 
 def _bytes_of(path: str) -> dict[str, int]:
-    from xorsparse.checkpoint.stats import entry_bytes
     from xorsparse.checkpoint.folder import xsp_files
+    from xorsparse.checkpoint.stats import entry_bytes
 
     out: dict[str, int] = {}
     for f in xsp_files(path):

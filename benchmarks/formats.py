@@ -12,11 +12,12 @@ import time
 
 import numpy as np
 
-from xorsparse.tensor.maskcode import binary_entropy
-from xorsparse.tensor.prune import magnitude_mask
 from xorsparse.tensor.dequant import dequantize
-from xorsparse.tensor.variants import quantize
+from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
+from xorsparse.tensor.prune import magnitude_mask
+from xorsparse.tensor.variants import quantize
+
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 
 ALEXNET_FC = [(4096, 9216), (4096, 4096), (1000, 4096)]  # fc6, fc7, fc8 as (out, in)

@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from ._report import print_table, write_json
-
 from xorsparse.demo import SENTENCES  # the demo's six sentences
+
+from ._report import print_table, write_json
 
 
 def _folder_bytes(d: str) -> int:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging
 
     import xorsparse  # noqa: F401  (registers the transformers quantizer)
-    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.integrations.hf import load_mode
+    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.tensor.pipeline import CompressConfig
 
     logging.set_verbosity_error()

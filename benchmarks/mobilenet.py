@@ -20,6 +20,7 @@ import numpy as np
 
 from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+
 from ._report import markdown_table, print_table, write_json, write_text
 
 # (expansion t, output channels c, repeats n, stride s) of MobileNetV2's inverted residual blocks
@@ -64,17 +65,22 @@ def random_weights(seed: int = 0, channel_spread: float = 0.5, width: float = 1.
     return out
 
 
+PER_ROW_F16 = dict(scale_rows=1, scale_format="float16")  # the layout before the defaults became auto
 CONFIGS = {  # short name: (label, CompressConfig options)
+    "defaults": ("defaults (only sparsity and bits given)", {}),
     "v1": ("bcq, version-1 layout (per-row fp16 scales, Golomb mask, XOR planes)",
-           dict(mask_codec="entropy", packed_below=0)),
-    "ctx": ("bcq + ctx mask (auto)", dict(mask_codec="auto", packed_below=0)),
-    "scales": ("bcq + ctx + scale_rows auto", dict(mask_codec="auto", scale_rows="auto", packed_below=0)),
+           dict(mask_codec="entropy", packed_below=0, **PER_ROW_F16)),
+    "ctx": ("bcq + ctx mask", dict(mask_codec="ctx", packed_below=0, **PER_ROW_F16)),
+    "scales": ("bcq + ctx + scale_rows auto",
+               dict(mask_codec="ctx", scale_rows="auto", scale_format="float16", packed_below=0)),
     "packed": ("bcq + ctx + scale_rows auto + packed below 65536",
-               dict(mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
+               dict(mask_codec="ctx", scale_rows="auto", scale_format="float16", packed_below=1 << 16)),
+    "bcq_auto": ("bcq + scale_rows and scale_format auto", dict(scale_rows="auto", scale_format="auto")),
     "codebook": ("codebook + ctx + scale_rows auto + packed below 65536",
-                 dict(quantizer="codebook", mask_codec="auto", scale_rows="auto", packed_below=1 << 16)),
+                 dict(quantizer="codebook", mask_codec="ctx", scale_rows="auto", scale_format="float16",
+                      packed_below=1 << 16)),
     "log8": ("codebook + ctx + scale_rows and scale_format auto + packed below 65536",
-             dict(quantizer="codebook", mask_codec="auto", scale_rows="auto", scale_format="auto",
+             dict(quantizer="codebook", mask_codec="ctx", scale_rows="auto", scale_format="auto",
                   packed_below=1 << 16)),
 }
 

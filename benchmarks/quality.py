@@ -1,12 +1,17 @@
 """Quality against size: a sentence-transformers model (the bundled MiniLM by default) at
 several (sparsity, bits) points, each for magnitude / wanda / sparsegpt, one-shot and with
-recovery by distillation.
+recovery by distillation; dense-quantization anchors (sparsity 0, GPTQ-style error feedback,
+uniform integer codes with per-row scales stored as packed planes) at `--dense-bits`; and
+the bit budget (`--target-bits`: sparsity and bits chosen per layer) at each budget. The
+table answers "at this size, which is best".
 
 Every row goes through an .xsp file: the decoded tensors are compared bit for bit with the
 prepared masks and codes, and the file is decompressed into a copy of the model folder that
 plain sentence-transformers loads, whose embeddings must give the same cosine. Quality is
-measured on the held-out sentences shipped with xorsparse (never used for calibration):
-mean cosine similarity to the original's embeddings and nearest-neighbour agreement.
+measured on the built-in held-out sets (never used for calibration): in-domain (the
+calibration sources' held-out lines) and out-of-domain (a source and register calibration
+never saw), and on `--eval FILE` if given: mean cosine similarity to the original's
+embeddings and nearest-neighbour agreement.
 Times are wall and CPU seconds of this run (noisy on shared machines); the magnitude rows
 are the data-free baseline measured in the same run.
 """
@@ -24,9 +29,11 @@ import torch
 
 from ._report import markdown_table, print_table, write_json, write_text
 
-COLUMNS = [("sparsity", "S", ".2f"), ("bits", "q", "d"), ("method", "method", ""), ("recover_steps", "recovery", "d"),
+COLUMNS = [("point", "point", ""), ("method", "method", ""), ("recover_steps", "recovery", "d"),
            ("total_bits_per_weight", "total b/w", ".4f"), ("value_bits_per_weight", "value b/w", ".4f"),
-           ("mean_cosine", "mean cos", ".4f"), ("min_cosine", "min cos", ".4f"), ("nn_agreement", "NN agree", ".3f"),
+           ("mean_cosine", "in-domain cos", ".4f"), ("min_cosine", "min cos", ".4f"), ("nn_agreement", "NN agree", ".3f"),
+           ("ood_cosine", "out-of-domain cos", ".4f"), ("ood_nn_agreement", "OOD NN", ".3f"),
+           ("eval_cosine", "--eval cos", ".4f"),
            ("reloaded_cosine", "cos (reloaded)", ".4f"), ("exact", "bit-exact", ""),
            ("calibration_s", "calib s", ".1f"), ("calibration_cpu_s", "calib CPU s", ".1f"),
            ("recovery_s", "recover s", ".1f"), ("recovery_cpu_s", "recover CPU s", ".1f"),
@@ -41,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    choices=["magnitude", "wanda", "sparsegpt"])
     p.add_argument("--recover", type=int, nargs="*", default=[300], metavar="STEPS",
                    help="recovery steps for the rows with recovery (default 300; 0 rows are always there)")
+    p.add_argument("--dense-bits", type=int, nargs="*", default=[], metavar="Q",
+                   help="dense-quantization anchor rows: sparsity 0, error feedback, uniform integers with per-row "
+                        "scales, packed (e.g. 2 3 4)")
+    p.add_argument("--target-bits", type=float, nargs="*", default=[], metavar="B",
+                   help="bit-budget rows: sparsity and bits chosen per layer within B total bits per weight "
+                        "(e.g. 1.0 1.5 2.0 3.0)")
+    p.add_argument("--eval", metavar="FILE", default=None, help="also score this text (one sample per line)")
     p.add_argument("--samples", type=int, default=512, help="calibration sentences (default 512)")
     p.add_argument("--recover-lr", type=float, default=None, help="latent-weight step size (default: recover's)")
     p.add_argument("--json", metavar="PATH")
@@ -58,6 +72,10 @@ def _timer():
 
 
 def report(rows: list[dict], args) -> int:
+    for r in rows:  # rows of runs before the point / kind columns
+        if "point" not in r:
+            r["point"] = f"{r['sparsity']:.0%}/{r['bits']}"
+        r.setdefault("kind", "fixed")
     print()
     print_table(rows, COLUMNS)
     if args.json:
@@ -82,14 +100,16 @@ def run(args) -> int:
 
 
 def measure(args) -> int:
-    from xorsparse.data.calibdata import builtin_set
+    from xorsparse.checkpoint.options import SelectOptions
     from xorsparse.checkpoint.planning import Prepared as CheckpointPrepared
-    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.checkpoint.readers import open_checkpoint
     from xorsparse.checkpoint.selection import select_tensors
     from xorsparse.checkpoint.stats import totals
+    from xorsparse.data.calibdata import builtin_set, read_eval_file
     from xorsparse.format.container import XspFile
+    from xorsparse.jobs.checkpoint import compress_checkpoint, decompress_checkpoint
     from xorsparse.tensor.pipeline import CompressConfig, from_float32
+    from xorsparse.torch.budget import configs_of, plan_allocation
     from xorsparse.torch.calibrate import calibrate_model, prepare_weight
     from xorsparse.torch.folder import load_folder_model, map_to_checkpoint
     from xorsparse.torch.quality import embedding_agreement, sentence_embeddings
@@ -112,6 +132,10 @@ def measure(args) -> int:
     teacher = fm.model
     held = cset.held_out
     e0 = sentence_embeddings(teacher, held)
+    sets = {"ood": cset.out_of_domain}
+    if args.eval:
+        sets["eval"] = read_eval_file(args.eval)[0]
+    e0s = {k: sentence_embeddings(teacher, t) for k, t in sets.items()}
     work = args.keep or tempfile.mkdtemp(prefix="xsp-quality-")
     os.makedirs(work, exist_ok=True)
     rk = {} if args.recover_lr is None else {"lr": args.recover_lr}
@@ -119,10 +143,10 @@ def measure(args) -> int:
 
     def evaluate(student, prepared, cfg, extra: dict) -> dict:
         by_name = {mapping[m]: p for m, p in prepared.items()}
-        tag = f"{cfg.sparsity}-{cfg.bits}-{cfg.method}-{extra['recover_steps']}"
+        tag = f"{extra['point']}-{cfg.method}-{extra['recover_steps']}".replace(" ", "").replace("/", "_")
         path = os.path.join(work, f"minilm-{tag}.xsp")
         done = _timer()
-        trows = compress_checkpoint(model_dir, path, cfg, embeddings=False,
+        trows = compress_checkpoint(model_dir, path, cfg, SelectOptions(embeddings=False),
                                     prepared={n: CheckpointPrepared(p.keep, p.quant, p.dtype)
                                               for n, p in by_name.items()}).rows
         encode_s, encode_cpu_s = done()
@@ -134,6 +158,9 @@ def measure(args) -> int:
                 exact &= got.dtype == want.dtype and torch.equal(got.view(torch.uint8) if got.dim() else got,
                                                                  want.contiguous().view(torch.uint8))
         q = embedding_agreement(e0, sentence_embeddings(student, held))
+        for k, texts in sets.items():
+            qk = embedding_agreement(e0s[k], sentence_embeddings(student, texts))
+            q.update({f"{k}_cosine": qk["mean_cosine"], f"{k}_nn_agreement": qk.get("nn_agreement", 0.0)})
         # the file, decompressed into a copy of the folder, in plain sentence-transformers
         plain = os.path.join(work, f"plain-{tag}")
         shutil.rmtree(plain, ignore_errors=True)
@@ -153,64 +180,84 @@ def measure(args) -> int:
         rows.append(row)
         if args.json:  # after every row: a long run that is stopped keeps what it measured
             write_json(args.json, rows)
-        print(f"{tag}: total {row['total_bits_per_weight']:.4f} b/w, cosine {q['mean_cosine']:.4f}, "
+        print(f"{tag}: total {row['total_bits_per_weight']:.4f} b/w, cosine {q['mean_cosine']:.4f} "
+              f"(out-of-domain {q.get('ood_cosine', float('nan')):.4f}), "
               f"NN {q.get('nn_agreement', 0):.3f}, reloaded {q2['mean_cosine']:.4f}, exact {exact}", flush=True)
         if not args.keep:
             os.remove(path)
         return row
 
+    def run_point(cfg, point: str, kind: str, configs=None, allocation=None) -> None:
+        student = copy.deepcopy(teacher)
+        mods = dict(student.named_modules())
+        done = _timer()
+        if cfg.method == "magnitude":
+            prepared = {}
+            for m, c in mapping.items():
+                prepared[m] = prepare_weight(ck.get(c), cfg, None, name=c)
+                with torch.no_grad():
+                    mods[m].weight.copy_(prepared[m].torch_weight())
+        else:
+            if allocation is not None:  # the bit budget: plan on the uncompressed model, then calibrate
+                plan = plan_allocation(student, [(m, mods[m]) for m in mapping], data, cfg, allocation)
+                configs = configs_of(plan, cfg)
+            prepared = calibrate_model(student, cfg, data, [(m, mods[m]) for m in mapping], dtypes=dtypes,
+                                       configs=configs).prepared
+        wall, cpu = done()
+        base = {"point": point, "kind": kind, "calibration_s": wall, "calibration_cpu_s": cpu}
+        if kind == "target":  # per layer: the allocation says
+            base.update(sparsity=None, bits=None, target_bits=allocation)
+        if configs:
+            base["allocation"] = {mapping[m]: [c.sparsity, c.bits] for m, c in configs.items()}
+        evaluate(student, prepared, cfg, dict(base, recover_steps=0))
+        for steps in [r for r in args.recover if r > 0]:
+            st2 = copy.deepcopy(student)
+            done = _timer()
+            prep2 = recover_prepared(st2, teacher, data, steps, prepared=prepared, **rk)
+            rw, rc = done()
+            evaluate(st2, prep2, cfg, dict(base, recover_steps=steps, recovery_s=rw, recovery_cpu_s=rc))
+
     for point in args.points:
         s, q = point.split(":")
         for method in args.methods:
-            cfg = CompressConfig(float(s), int(q), method=method)
-            student = copy.deepcopy(teacher)
-            mods = dict(student.named_modules())
-            done = _timer()
-            if method == "magnitude":
-                prepared = {}
-                for m, c in mapping.items():
-                    prepared[m] = prepare_weight(ck.get(c), cfg, None, name=c)
-                    with torch.no_grad():
-                        mods[m].weight.copy_(prepared[m].torch_weight())
-            else:
-                prepared = calibrate_model(student, cfg, data, [(m, mods[m]) for m in mapping], dtypes=dtypes).prepared
-            wall, cpu = done()
-            evaluate(student, prepared, cfg, {"recover_steps": 0, "calibration_s": wall, "calibration_cpu_s": cpu})
-            for steps in [r for r in args.recover if r > 0]:
-                st2 = copy.deepcopy(student)
-                done = _timer()
-                prep2 = recover_prepared(st2, teacher, data, steps, prepared=prepared, **rk)
-                rw, rc = done()
-                evaluate(st2, prep2, cfg, {"recover_steps": steps, "calibration_s": wall, "calibration_cpu_s": cpu,
-                                           "recovery_s": rw, "recovery_cpu_s": rc})
+            run_point(CompressConfig(float(s), int(q), method=method), f"{float(s):.0%}/{int(q)}", "fixed")
+    for q in args.dense_bits:  # GPTQ-style anchors: no mask, integer codes, per-row scales, packed planes
+        run_point(CompressConfig(0.0, int(q), quantizer="uniform", method="sparsegpt", packed_below=1 << 40),
+                  f"dense int{int(q)}", "dense")
+    for b in args.target_bits:
+        run_point(CompressConfig(0.5, 4, method="sparsegpt"), f"budget {b:g}", "target", allocation=b)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return report(rows, args)
 
 
 def plot(rows: list[dict], path: str) -> None:
+    """Mean cosine against total bits per weight: in-domain (open) and out-of-domain (filled)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    markers = {"magnitude": "s", "wanda": "^", "sparsegpt": "o"}
-    for k, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-        for steps in sorted({r["recover_steps"] for r in rows}):
-            pts = sorted((r["total_bits_per_weight"], r["mean_cosine"]) for r in rows
-                         if r["method"] == method and r["recover_steps"] == steps)
-            if not pts:
-                continue
-            label = method + (f" + {steps} recovery steps" if steps else " (one-shot)")
-            ax.plot(*zip(*pts), marker=markers.get(method, "o"), color=f"C{k}", ls="-" if steps else "--",
-                    mfc=f"C{k}" if steps else "white", label=label)
-    ax.set_xlabel("total bits per Linear weight (mask, values, scales)")
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    markers = {"fixed": "o", "dense": "s", "target": "*"}
+    series = dict.fromkeys((r.get("kind", "fixed"), r["method"], r["recover_steps"]) for r in rows)
+    for k, (kind, method, steps) in enumerate(series):
+        sel = sorted((r for r in rows if (r.get("kind", "fixed"), r["method"], r["recover_steps"]) ==
+                      (kind, method, steps)), key=lambda r: r["total_bits_per_weight"])
+        label = {"fixed": f"{method}", "dense": "dense quantization", "target": "--target-bits"}[kind] + \
+            (f" + {steps} recovery steps" if steps else "")
+        x = [r["total_bits_per_weight"] for r in sel]
+        ax.plot(x, [r["mean_cosine"] for r in sel], marker=markers.get(kind, "o"), color=f"C{k}", ls=":",
+                mfc="white", label=label + " (in-domain)")
+        if all("ood_cosine" in r for r in sel):
+            ax.plot(x, [r["ood_cosine"] for r in sel], marker=markers.get(kind, "o"), color=f"C{k}", ls="-",
+                    label=label + " (out-of-domain)")
+    ax.set_xlabel("total bits per weight (mask, values, patches, scales)")
     ax.set_ylabel("mean cosine to the original embeddings (held-out)")
     ax.set_ylim(top=1.0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("all-MiniLM-L6-v2: quality against size")
+    ax.legend(fontsize=7)
+    ax.set_title("quality against size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -32,6 +32,7 @@ from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
 from xorsparse.tensor.prune import magnitude_mask
 from xorsparse.tensor.variants import quantize
+
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors
 
@@ -184,7 +185,6 @@ def plot(rows: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import LogFormatter
 
     keys = list(dict.fromkeys((r["tensor_set"], r["sparsity"]) for r in rows))

@@ -22,7 +22,8 @@ from xorsparse.codec.plane import default_chunk_slices, encode_plane
 from xorsparse.codec.rates import choose
 from xorsparse.rtl.cost import DEFAULT_CLOCK_MHZ, decoder_cost, yosys_available
 from xorsparse.rtl.netlist import build_netlist
-from xorsparse.rtl.sim import available_simulators, cosim_planes
+from xorsparse.rtl.sim import CosimOptions, available_simulators, cosim_planes
+
 from ._report import markdown_table, print_table, write_json, write_text
 
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -55,7 +56,8 @@ def cosim_row(dec, sparsity: float, n_slices: int, seed: int, simulator: str, ne
     bits = rng.integers(0, 2, length, dtype=np.uint8)
     enc = encode_plane(bits, care, dec, verify=True)
     patch_bits = max(24, (enc.n_slices * dec.n_out).bit_length() + 1)
-    res = cosim_planes([enc], mode="counter", simulator=simulator, netlist=netlist, patch_bits=patch_bits)
+    res = cosim_planes([enc], mode="counter",
+                       options=CosimOptions(simulator=simulator, netlist=netlist, patch_bits=patch_bits))
     print(f"  co-simulation: {res.summary()}; {enc.patches.size} patches", flush=True)
     return {"cosim_slices": res.n_slices, "cosim_bits": res.output_bits, "cosim_patches": int(enc.patches.size),
             "cosim_chunks": -(-enc.n_slices // enc.chunk_slices),

@@ -112,6 +112,7 @@ def job_main(argv: list[str]) -> int:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--bits", type=int, default=2)
     a = p.parse_args(argv)
+    from xorsparse.checkpoint.options import RunOptions
     from xorsparse.jobs.executors import JobProgress, make_executor, peak_rss_bytes
     from xorsparse.jobs.folder import compress_folder
     from xorsparse.tensor.pipeline import CompressConfig
@@ -120,7 +121,7 @@ def job_main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     with make_executor(a.workers, "" if a.ray else None) as ex:
         bar = JobProgress("compress", where=ex.describe(), every=60)
-        rep = compress_folder(a.src, a.out, cfg, executor=ex, on_event=bar)
+        rep = compress_folder(a.src, a.out, cfg, run=RunOptions(executor=ex, on_event=bar))
     wall = time.perf_counter() - t0
     oc = rep.outcomes
     stats = {"wall_seconds": wall, "executor": ex.describe(),

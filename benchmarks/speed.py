@@ -7,10 +7,17 @@ shared and noisy), repeated for --rounds rounds; tables show the median of the r
 and the JSON keeps every round. Timings are the fastest of several runs (the least
 disturbed by other load). The load average at the start and end is reported.
 
-- decode: a 4096 x 4096 float32 tensor at 90% / 2-bit, decoded into a preallocated
-  buffer, over numpy filling that buffer (the memory floor), on one thread and on all;
-  scipy CSR -> dense of the same weights into the same kind of buffer; the former
-  plane-by-plane decoder; decompress_tensor with its allocation over np.full.
+Every row says how many threads it ran on: numba's thread count is set for each call
+(numba_threads), and one-thread rows use the serial kernels. Times are wall clock and
+process CPU time (all threads of the process; time-slicing by other processes does
+not inflate it, so on a loaded machine the CPU-time ratio is the one to read for
+one-thread rows).
+
+- decode: a 4096 x 4096 float32 tensor at 90% / 2-bit, decoded by the fused kernel into
+  a preallocated buffer, over numpy filling that buffer (the memory floor), on one thread
+  and on all; scipy CSR -> dense of the same weights into the same kind of buffer;
+  decompress_tensor with default options and the former plane-by-plane decoder, with
+  their allocation, over np.full; the `ctx` mask's decode over the Golomb (`entropy`) one.
 - forward: all-MiniLM-L6-v2 with its Linear weights on demand (90% / 2-bit) over the
   dense model, batch 1 and batch 32 sentences, with and without decode-ahead.
 - compress: weights per CPU-second (all threads' CPU time, so "per core") of the whole
@@ -27,7 +34,7 @@ import time
 
 import numpy as np
 
-from ._report import best_time, markdown_table, print_table, write_json, write_text
+from ._report import markdown_table, print_table, write_json, write_text
 
 SENTENCES = [
     "A man is playing a guitar on the street.",
@@ -49,16 +56,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def interleaved_best(fns: dict, repeat: int = 7) -> dict:
-    """Fastest time of each function, running them in turn: a burst of load from elsewhere
-    then hits a baseline and what is measured against it alike."""
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
+    """Fastest wall time of each function, running them in turn: a burst of load from
+    elsewhere then hits a baseline and what is measured against it alike."""
+    return {k: v[0] for k, v in interleaved_wall_cpu({k: (None, fn) for k, fn in fns.items()}, repeat).items()}
+
+
+def interleaved_wall_cpu(fns: dict, repeat: int = 7) -> dict:
+    """{name: (best wall seconds, best process CPU seconds)} of each (threads, function),
+    run in turn, each on exactly `threads` numba threads (None: as configured).
+
+    Process CPU time counts every thread of the process (numba's workers included), and
+    time-slicing by other processes does not inflate it: on a loaded machine it is the
+    measure for one-thread rows (memory-bandwidth contention still shows in it)."""
+    from xorsparse.tensor.fused import numba_threads
+
+    for threads, fn in fns.values():
+        with numba_threads(threads):
             fn()
-            best[k] = min(best[k], time.perf_counter() - t)
+    best = {k: (float("inf"), float("inf")) for k in fns}
+    for _ in range(repeat):
+        for k, (threads, fn) in fns.items():
+            with numba_threads(threads):
+                c, t = time.process_time(), time.perf_counter()
+                fn()
+                dt, dc = time.perf_counter() - t, time.process_time() - c
+            best[k] = (min(best[k][0], dt), min(best[k][1], dc))
     return best
 
 
@@ -72,68 +94,87 @@ def cpu_time(fn, repeat: int = 3) -> tuple[float, float]:
     return best
 
 
-def decode_rows(scale: float) -> list[dict]:
+def all_threads() -> int:
+    """The thread count of the "all threads" rows: one per usable core, within numba's pool."""
     import numba
+
+    from xorsparse.tensor.parallel import default_threads
+
+    return max(1, min(default_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def decode_rows(scale: float) -> list[dict]:
     import scipy.sparse as sp
 
     from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
-    from xorsparse.tensor.fused import OUT_F32, decode_into, prepare
+    from xorsparse.tensor.fused import OUT_F32, decode_into, numba_threads, prepare
+    from xorsparse.tensor.maskcode import decode_mask_words
     from xorsparse.tensor.pipeline import decompress_tensor_unfused
 
     r, c = max(64, int(4096 * scale)), max(64, int(4096 * scale))
     w = np.random.default_rng(0).standard_normal((r, c), dtype=np.float32)
     cfg = CompressConfig(0.9, 2)
-    ct = compress_tensor(w, cfg)
+    ct = compress_tensor(w, cfg)  # default options: the mask codec `auto` chooses
+    golomb = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="entropy"))
+    ctx = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="ctx"))
     ref = reference_prune_quantize(w, cfg)
     csr = sp.csr_matrix(ref)
     csr.indices = csr.indices.astype(np.int32)
-    plan = prepare(ct)
+    with numba_threads(1):
+        plan = prepare(golomb)
     out = np.empty(ct.numel, np.float32)
     dense_out = np.empty((r, c), np.float32)
-    threads = numba.get_num_threads()
+    nall = all_threads()
     one = np.empty(ct.numel, np.float32)
 
     def csr_dense():  # scipy adds into `out`: zeroing it is part of the job, as in the fused kernel
         dense_out.fill(0.0)
         csr.toarray(out=dense_out)
 
-    t = interleaved_best({
-        "floor": lambda: out.fill(1.0),
-        "one": lambda: decode_into(plan, one, OUT_F32, parallel=False),
-        "all": lambda: decode_into(plan, out, OUT_F32, parallel=True),
-        "csr": csr_dense,
-        "alloc_floor": lambda: np.full((r, c), 1.0, np.float32),
-        "api": lambda: decompress_tensor(ct),
+    t = interleaved_wall_cpu({
+        "floor": (1, lambda: out.fill(1.0)),
+        "one": (1, lambda: decode_into(plan, one, OUT_F32, parallel=False)),
+        "all": (nall, lambda: decode_into(plan, out, OUT_F32, parallel=True)),
+        "csr": (1, csr_dense),
+        "alloc_floor": (1, lambda: np.full((r, c), 1.0, np.float32)),
+        "api1": (1, lambda: decompress_tensor(ct, parallel=False)),
+        "api": (nall, lambda: decompress_tensor(ct)),
+        "golomb": (1, lambda: decode_mask_words(golomb.mask)),
+        "ctx": (1, lambda: decode_mask_words(ctx.mask)),
     })
-    floor, t_one, t_all, t_csr, alloc_floor, t_api = (t[k] for k in ("floor", "one", "all", "csr", "alloc_floor",
-                                                                      "api"))
     ok = one.tobytes() == ref.tobytes() and dense_out.tobytes() == ref.tobytes()
     decode_into(plan, out, OUT_F32)
     ok &= out.tobytes() == ref.tobytes()
-    t_old = best_time(lambda: decompress_tensor_unfused(ct), repeat=3)
-    cpu = {}
-    for key, fn in (("floor", lambda: out.fill(1.0)), ("one", lambda: decode_into(plan, one, OUT_F32, parallel=False)),
-                    ("csr", csr_dense)):
-        best_c = float("inf")
-        for _ in range(7):
-            c0 = time.thread_time()
-            fn()
-            best_c = min(best_c, time.thread_time() - c0)
-        cpu[key] = best_c
+    ok &= decompress_tensor(ct, parallel=False).tobytes() == ref.tobytes()
+    with numba_threads(1):
+        t_old = cpu_time(lambda: decompress_tensor_unfused(ct), repeat=3)
     n = ct.numel
-    base = {"part": "decode", "tensor": f"{r}x{c} fp32 S=0.9 q=2", "floor_ms": floor * 1e3, "lossless": bool(ok)}
+    base = {"part": "decode", "tensor": f"{r}x{c} fp32 S=0.9 q=2", "floor_ms": t["floor"][0] * 1e3,
+            "lossless": bool(ok)}
+
+    def row(what, key, over, threads, note=""):
+        wall, cpu = t[key]
+        return dict(base, what=what, threads=threads, ms=wall * 1e3, cpu_ms=cpu * 1e3, ratio=wall / t[over][0],
+                    cpu_ratio=cpu / t[over][1], mweights_s=n / wall / 1e6, note=note)
+
+    def ratio(what, a, b, threads):
+        return dict(base, what=what, threads=threads, ratio=t[a][0] / t[b][0], cpu_ratio=t[a][1] / t[b][1])
+
     return [
-        dict(base, what="fused, 1 thread", ms=t_one * 1e3, ratio=t_one / floor, mweights_s=n / t_one / 1e6),
-        dict(base, what=f"fused, {threads} threads", ms=t_all * 1e3, ratio=t_all / floor, mweights_s=n / t_all / 1e6),
-        dict(base, what="scipy CSR -> dense", ms=t_csr * 1e3, ratio=t_csr / floor, mweights_s=n / t_csr / 1e6),
-        dict(base, what="fused 1 thread / CSR", ratio=t_one / t_csr),
-        dict(base, what="fused, 1 thread, CPU time", ms=cpu["one"] * 1e3, ratio=cpu["one"] / cpu["floor"],
-             note="thread CPU time: blind to time-slicing by other processes"),
-        dict(base, what="fused 1 thread / CSR, CPU time", ratio=cpu["one"] / cpu["csr"]),
-        dict(base, what="former decoder (per plane)", ms=t_old * 1e3, ratio=t_old / alloc_floor,
-             mweights_s=n / t_old / 1e6, note="with allocation, over np.full"),
-        dict(base, what="decompress_tensor (allocates)", ms=t_api * 1e3, ratio=t_api / alloc_floor,
-             mweights_s=n / t_api / 1e6, note="over np.full"),
+        row("numpy fill of the buffer (floor)", "floor", "floor", 1),
+        row("fused into the buffer (entropy mask)", "one", "floor", 1, "over the fill"),
+        row("fused into the buffer (entropy mask)", "all", "floor", nall, "over the fill (1 thread)"),
+        row("scipy CSR -> dense", "csr", "floor", 1, "over the fill"),
+        ratio("fused into the buffer / CSR -> dense", "one", "csr", 1),
+        row("np.full (allocates)", "alloc_floor", "alloc_floor", 1),
+        row(f"decompress_tensor, defaults ({ct.mask.codec} mask)", "api1", "alloc_floor", 1, "over np.full"),
+        row(f"decompress_tensor, defaults ({ct.mask.codec} mask)", "api", "alloc_floor", nall,
+            "over np.full (1 thread)"),
+        dict(base, what="former decoder (per plane)", threads=1, ms=t_old[1] * 1e3, cpu_ms=t_old[0] * 1e3,
+             ratio=t_old[1] / t["alloc_floor"][0], cpu_ratio=t_old[0] / t["alloc_floor"][1],
+             note="over np.full"),
+        row("mask decode, entropy (Golomb)", "golomb", "golomb", 1, f"{golomb.mask.nbits / n:.4f} b/w"),
+        row("mask decode, ctx", "ctx", "golomb", 1, f"over Golomb; {ctx.mask.nbits / n:.4f} b/w"),
     ]
 
 
@@ -171,7 +212,7 @@ def forward_rows(tmpdir: str) -> list[dict]:
             for key, m, label in (("plain", plain, "ondemand"), ("ahead", ahead, "ondemand + prefetch")):
                 same = bool(torch.equal(m(**enc).last_hidden_state, want))
                 rows.append({"part": "forward", "tensor": "MiniLM Linear S=0.9 q=2", "what": f"batch {batch}, {label}",
-                             "ms": t[key] * 1e3, "dense_ms": t["dense"] * 1e3, "ratio": t[key] / t["dense"],
+                             "threads": torch.get_num_threads(), "ms": t[key] * 1e3, "dense_ms": t["dense"] * 1e3, "ratio": t[key] / t["dense"],
                              "lossless": same, "note": f"dense {t['dense'] * 1e3:.1f} ms"})
     plain.xorsparse_workspace.close()
     ahead.xorsparse_workspace.close()
@@ -181,22 +222,24 @@ def forward_rows(tmpdir: str) -> list[dict]:
 def compress_rows(scale: float, minilm: bool = True) -> list[dict]:
     from xorsparse.codec import rates
     from xorsparse.tensor import CompressConfig, compress_tensor
-    from xorsparse.tensor.parallel import default_threads
+    from xorsparse.tensor.fused import numba_threads
 
     rows = []
     r, c = max(64, int(4096 * scale)), max(64, int(11008 * scale))
     w = np.random.default_rng(1).standard_normal((r, c), dtype=np.float32)
     cfg = CompressConfig(0.9, 2)
+    nall = all_threads()
     rates._bucket_choice.cache_clear()
-    cpu, wall = cpu_time(lambda: compress_tensor(w, cfg), repeat=1)
-    cpu_w, wall_w = cpu_time(lambda: compress_tensor(w, cfg), repeat=2)
-    ct = compress_tensor(w, cfg)
+    with numba_threads(nall):
+        cpu, wall = cpu_time(lambda: compress_tensor(w, cfg), repeat=1)
+        cpu_w, wall_w = cpu_time(lambda: compress_tensor(w, cfg), repeat=2)
+        ct = compress_tensor(w, cfg)
     n = w.size
     rows.append({"part": "compress", "tensor": f"{r}x{c} fp32 S=0.9 q=2", "what": "cold rate cache",
-                 "mweights_s": n / cpu / 1e6, "wall_mweights_s": n / wall / 1e6,
+                 "threads": nall, "mweights_s": n / cpu / 1e6, "wall_mweights_s": n / wall / 1e6,
                  "total_bits_per_weight": ct.total_bits / n})
     rows.append({"part": "compress", "tensor": f"{r}x{c} fp32 S=0.9 q=2", "what": "warm rate cache",
-                 "mweights_s": n / cpu_w / 1e6, "wall_mweights_s": n / wall_w / 1e6,
+                 "threads": nall, "mweights_s": n / cpu_w / 1e6, "wall_mweights_s": n / wall_w / 1e6,
                  "total_bits_per_weight": ct.total_bits / n})
     if not minilm:
         return rows
@@ -204,21 +247,23 @@ def compress_rows(scale: float, minilm: bool = True) -> list[dict]:
     from xorsparse.torch import ModelConfig, compress_model
 
     mcfg = ModelConfig(0.9, 2, module_types=("Linear",))
-    for threads in (1, default_threads()):
+    for threads in (1, nall):
         rates._bucket_choice.cache_clear()
         box = {}
-        cpu, wall = cpu_time(lambda: box.update(cm=compress_model(model, mcfg, threads=threads)), repeat=1)
+        with numba_threads(threads):  # threads=1: the kernels' own parallel loops on one thread too
+            cpu, wall = cpu_time(lambda: box.update(cm=compress_model(model, mcfg, threads=threads)), repeat=1)
         cm = box["cm"]
         n = cm.weights
         rows.append({"part": "compress", "tensor": "MiniLM Linear S=0.9 q=2",
-                     "what": f"compress_model, {threads} thread(s), cold rate cache",
+                     "what": "compress_model, cold rate cache", "threads": threads,
                      "mweights_s": n / cpu / 1e6, "wall_mweights_s": n / wall / 1e6,
                      "total_bits_per_weight": cm.bits_per_weight()[1]})
     return rows
 
 
-COLUMNS = [("part", "part", ""), ("tensor", "tensor", ""), ("what", "what", ""), ("ms", "ms", ".1f"),
-           ("ratio", "ratio", ".2f"), ("mweights_s", "M weights/s (per core for compress)", ".1f"),
+COLUMNS = [("part", "part", ""), ("tensor", "tensor", ""), ("what", "what", ""), ("threads", "threads", "d"),
+           ("ms", "ms", ".1f"), ("cpu_ms", "CPU ms", ".1f"), ("ratio", "ratio", ".2f"),
+           ("cpu_ratio", "CPU-time ratio", ".2f"), ("mweights_s", "M weights/s (per core for compress)", ".1f"),
            ("wall_mweights_s", "M weights/s wall", ".1f"), ("total_bits_per_weight", "total b/w", ".4f"),
            ("note", "note", "")]
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.pipeline import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+
 from ._report import best_time, print_table, write_json
 
 

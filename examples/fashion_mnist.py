@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.prune import magnitude_mask
-from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.quant import quantize
 from xorsparse.torch import ModelConfig, compress_model, load_compressed, reference_model_
 

@@ -1,7 +1,6 @@
 import json
 import os
 
-
 from benchmarks.__main__ import main
 
 
@@ -106,14 +105,21 @@ def test_rtl_benchmark_small(tmp_path):
 def test_quality_benchmark_tiny(tmp_path, tiny_st_dir):
     out, png, md = tmp_path / "q.json", tmp_path / "q.png", tmp_path / "q.md"
     assert main(["quality", "--model", tiny_st_dir, "--points", "0.5:2", "--methods", "magnitude", "sparsegpt",
-                 "--recover", "2", "--samples", "32", "--json", str(out), "--plot", str(png),
-                 "--markdown", str(md)]) == 0
+                 "--recover", "2", "--samples", "32", "--dense-bits", "3", "--target-bits", "2.0", "--json", str(out),
+                 "--plot", str(png), "--markdown", str(md)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["method"], r["recover_steps"]) for r in rows] == [("magnitude", 0), ("magnitude", 2),
-                                                                 ("sparsegpt", 0), ("sparsegpt", 2)]
+                                                                 ("sparsegpt", 0), ("sparsegpt", 2)] * 1 + \
+        [("sparsegpt", 0), ("sparsegpt", 2)] * 2
     for r in rows:
         assert r["exact"] and r["reloaded_matches"]
-        assert {"total_bits_per_weight", "mean_cosine", "nn_agreement", "calibration_s", "calibration_cpu_s"} <= set(r)
+        assert {"total_bits_per_weight", "mean_cosine", "nn_agreement", "ood_cosine", "calibration_s",
+                "calibration_cpu_s"} <= set(r)
+    dense = [r for r in rows if r["kind"] == "dense"]
+    assert dense[0]["point"] == "dense int3" and dense[0]["sparsity"] == 0.0
+    assert 3.0 <= dense[0]["total_bits_per_weight"] < 3.0 + 16 / 32 + 0.05  # no mask; codes + per-row scales
+    budget = [r for r in rows if r["kind"] == "target"]
+    assert budget[0]["target_bits"] == 2.0 and budget[0]["allocation"]
     assert os.path.getsize(png) > 1000 and "| sparsegpt |" in md.read_text()
 
 
@@ -126,3 +132,43 @@ def test_rd_frontier_ignores_negligible_savings():
     pts = [pt(0.77, 0.5313025), pt(0.95, 0.5313008), pt(0.76, 0.8), pt(0.80, 0.4), pt(0.79, 0.9)]
     assert [(p["rel_error"], p["total_bits_per_weight"]) for p in frontier(pts)] == \
         [(0.76, 0.8), (0.77, 0.5313025), (0.80, 0.4)]
+
+
+def test_gpu_benchmark_without_cuda_says_so_in_one_line(capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the bench would run for real")
+    assert main(["gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device" in err and "--interpret" in err
+
+
+def test_gpu_benchmark_interpret_smoke(tmp_path):
+    """The whole bench on tiny shapes through Triton's interpreter, in a fresh process
+    (TRITON_INTERPRET must be set before triton is imported)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("triton")
+    pytest.importorskip("xorsparse.gpu")
+    out, md = tmp_path / "g.json", tmp_path / "g.md"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
+    res = subprocess.run([sys.executable, "-m", "benchmarks", "gpu", "--interpret", "--configs", "90%/2",
+                          "--json", str(out), "--markdown", str(md)], env=env, cwd=root, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["interpret"] and "interpreter" in data["device"]
+    assert [r["shape"] for r in data["rows"]] == ["64x64", "160x64", "64x160"]
+    for r in data["rows"]:
+        assert r["bit_exact"] and r["resident_bits_per_weight"] > 0 and r["rel_err_b1"] < 1e-2
+        assert {"decode_ms", "copy_ms", "dense_ms_b1", "xor_ms_b24", "ratio_b24", "decode_gweights_s"} <= set(r)
+    e2e = data["e2e"]
+    assert "skipped" in e2e or (e2e["tokens"] == 4 and e2e["xor_tokens_s"] > 0)
+    assert "XorLinear against dense" in md.read_text()

@@ -37,9 +37,18 @@ def test_default_for_a_model_folder_is_calibrated_with_a_quality_report(compress
     assert any("embeddings" in t["name"] for t in info["tensors"])
     q = info["quality"]
     assert q["kind"] == "sentence-transformers" and -1 <= q["mean_cosine"] <= 1 and 0 <= q["nn_agreement"] <= 1
-    assert q["held_out"]["source"] == "builtin" and q["held_out"]["samples"] == 256
+    from xorsparse.data.calibdata import builtin_set, builtin_texts
+
+    assert q["held_out"]["source"] == "builtin" and q["held_out"]["domain"] == "in-domain"
+    assert q["held_out"]["samples"] == len(builtin_set(48).held_out) > 256
+    # the out-of-domain set: a source and register no calibration line comes from
+    ood = q["out_of_domain"]
+    assert ood["held_out"]["domain"] == "out-of-domain" and ood["held_out"]["file"] == "ood_jargon.txt"
+    assert ood["held_out"]["samples"] == len(builtin_texts("out-of-domain")) and -1 <= ood["mean_cosine"] <= 1
+    assert not set(builtin_texts("out-of-domain")) & set(builtin_texts("mix"))
     code, out, _ = run(capsys, "inspect", compressed_st)
     assert "quality: mean cosine to the original" in out and "method sparsegpt" in out
+    assert "in-domain held-out samples; out-of-domain (ood_jargon.txt): mean cosine" in out
     code, out, _ = run(capsys, "verify", compressed_st)
     assert code == 0 and "--against MODEL_DIR recomputes it" in out
 
@@ -174,3 +183,74 @@ def test_quantizers_calibration_cannot_refit(tiny_st_dir, tmp_path, capsys):
     for extra in (["--quantizer", "codebook"], ["--scale-format", "log8"], ["--scale-rows", "4"]):
         code, _, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--method", "sparsegpt", *extra)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "calibrated methods" in err
+
+
+def test_eval_file_is_scored_beside_the_builtin_sets(tiny_st_dir, tmp_path, capsys):
+    ev = tmp_path / "mine.txt"
+    ev.write_text("\n".join(f"My own sentence number {i} talks about gardens and rivers." for i in range(12)) + "\n")
+    out = str(tmp_path / "e.xsp")
+    code, text, _ = run(capsys, "compress", tiny_st_dir, out, "--sparsity", "0.5", "--bits", "2",
+                        "--calibration-samples", "40", "--eval", str(ev))
+    assert code == 0 and "--eval (mine.txt): mean cosine" in text
+    code, text, _ = run(capsys, "inspect", out, "--json")
+    q = json.loads(text)["quality"]["eval"]
+    assert q["held_out"]["domain"] == "user" and q["held_out"]["samples"] == 12 and -1 <= q["mean_cosine"] <= 1
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"", "empty evaluation file"),
+    (b"\x00\x01binary\n" * 20, "binary data"),
+    (b"\xff\xfe not utf-8\n" * 20, "not UTF-8"),
+    (b"one line only is not enough\n", "too short to evaluate"),
+    (b"a\nb\nc\nd\ne\nf\ng\nh\ni\n", "too short to evaluate"),
+])
+def test_bad_eval_files_are_one_line_errors(tiny_st_dir, tmp_path, capsys, content, msg):
+    ev = tmp_path / "ev.txt"
+    ev.write_bytes(content)
+    code, out, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--eval", str(ev))
+    assert code != 0 and msg in err and len(err.strip().splitlines()) == 1 and str(ev) in err
+    assert not os.path.exists(tmp_path / "x.xsp")
+
+
+def test_eval_needs_a_model(st_file, tmp_path, capsys):
+    ev = tmp_path / "ev.txt"
+    ev.write_text("a sentence long enough to be text\n" * 10)
+    code, out, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--eval", str(ev))
+    assert code != 0 and "--eval needs a model to run" in err
+
+
+def test_target_bits_chooses_sparsity_and_bits_per_layer(tiny_st_dir, tmp_path, capsys):
+    out = str(tmp_path / "b.xsp")
+    code, text, _ = run(capsys, "compress", tiny_st_dir, out, "--target-bits", "2.0", "--no-embeddings",
+                        "--calibration-samples", "40")
+    assert code == 0 and "bit budget 2 bits per weight: estimated" in text and "sparsity " in text
+    code, text, _ = run(capsys, "inspect", out, "--json")
+    info = json.loads(text)
+    alloc = info["allocation"]
+    assert alloc["target_bits"] == 2.0 and set(alloc["layers"]) == {t["name"] for t in info["tensors"]}
+    assert alloc["estimated_bits"] <= 2.0 + 1e-9
+    bits = {t["name"]: t for t in info["tensors"]}
+    for name, (s, q) in alloc["layers"].items():  # every tensor holds the bits the allocation chose
+        assert bits[name]["bits"] == q
+    code, text, _ = run(capsys, "verify", out, "--against", tiny_st_dir)
+    assert code == 0 and "bit-identical to a recomputation" in text
+
+
+@pytest.mark.parametrize("value,msg", [("0", "target bits must be a number in (0, 16]"),
+                                       ("-1", "target bits must be"), ("nan", "target bits must be"),
+                                       ("17", "target bits must be"), ("0.01", "below the smallest size")])
+def test_bad_target_bits_are_one_line_errors(tiny_st_dir, tmp_path, capsys, value, msg):
+    code, out, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--target-bits", value,
+                         "--calibration-samples", "40")
+    assert code != 0 and msg in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x.xsp")
+
+
+def test_target_bits_not_a_number(tiny_st_dir, tmp_path):
+    with pytest.raises(SystemExit):  # argparse: usage, then the error
+        main(["compress", tiny_st_dir, str(tmp_path / "x.xsp"), "--target-bits", "abc"])
+
+
+def test_target_bits_needs_a_model(st_file, tmp_path, capsys):
+    code, out, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--target-bits", "2")
+    assert code != 0 and "--target-bits needs a model to run" in err

@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from xorsparse.format import safetensors_io as st
 from xorsparse.checkpoint.verify import reference_state
 from xorsparse.cli import main
+from xorsparse.format import safetensors_io as st
 from xorsparse.tensor import CompressConfig
 
 
@@ -66,8 +66,9 @@ def test_options(st_file, tmp_path, capsys):
 def test_verify_detects_a_different_original(st_file, tmp_path, capsys):
     out = str(tmp_path / "m.xsp")
     run(capsys, "compress", st_file, out)
-    from .conftest import make_state
     from safetensors.torch import save_file
+
+    from .conftest import make_state
 
     other = str(tmp_path / "other.safetensors")
     save_file(make_state(seed=1), other)

@@ -13,14 +13,30 @@ import sys
 import time
 from typing import Sequence
 
+from .checkpoint.compressed_tensors import is_compressed_tensors_folder
+from .checkpoint.inspect import inspect_file
+from .checkpoint.options import RunOptions, SelectOptions
+from .checkpoint.readers import open_checkpoint
+from .checkpoint.selection import select_tensors
+from .checkpoint.stats import totals
+from .checkpoint.verify import verify_checkpoint
+from .checkpoint.xspset import XspSet
+from .data.calibdata import SAMPLES
+from .defaults import MODEL_TARGET, TENSOR_TARGET, default_target, quality_warning
+from .jobs.checkpoint import check_compress_output, compress_checkpoint, decompress_checkpoint
+from .jobs.executors import JobProgress, make_executor
 from .progress import Progress
+from .rtl.export import DecoderParams, RtlOptions, export_rtl
+from .tensor import CompressConfig
+from .tensor.calibrated import check_error_feedback_quantizer
 from .tensor.variants import AUTO, mask_codec, mask_codec_choices, quantizer, quantizer_choices
+from .version import __version__
 
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
 DEFAULT_METHOD = "sparsegpt"  # calibrated default for model folders (docs/BENCHMARKS.md, quality section)
-DEMO_SPARSITY, DEMO_BITS, DEMO_SAMPLES = 0.5, 4, 256
-SAMPLES = 512  # = data.calibdata.SAMPLES (not imported here: the parser stays light)
+DEMO_SPARSITY, DEMO_BITS = MODEL_TARGET
+DEMO_SAMPLES = 256
 
 
 def _fmt_table(rows: list[list[str]], right: Sequence[bool]) -> str:
@@ -64,8 +80,6 @@ def print_summary(rows: list[dict], total: dict) -> None:
 
 
 def _config(args, sparsity: float | None = None):
-    from .tensor import CompressConfig
-
     return CompressConfig(sparsity=args.sparsity if sparsity is None else sparsity, bits=args.bits,
                           quantizer=args.quantizer,
                           symmetric=not args.asymmetric, group_size=args.group_size,
@@ -97,22 +111,21 @@ def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
     always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
     compressed with magnitude, and asking for a calibrated method there is an error."""
-    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
     from .torch.folder import is_model_folder
 
     runnable = is_model_folder(args.input) and not is_compressed_tensors_folder(args.input)
     if not runnable:
-        if args.method not in (None, "magnitude") or args.calibration or args.recover:
+        if args.method not in (None, "magnitude") or args.calibration or args.recover or args.eval \
+                or args.target_bits is not None:
             what = f"--method {args.method}" if args.method not in (None, "magnitude") else \
-                ("--calibration" if args.calibration else "--recover")
+                ("--calibration" if args.calibration else "--eval" if args.eval else
+                 "--target-bits" if args.target_bits is not None else "--recover")
             kind = "a compressed-tensors checkpoint keeps its own codes" if is_model_folder(args.input) else \
                 "bare tensor files are compressed with --method magnitude"
             raise ValueError(f"{args.input}: {what} needs a model to run (a Hugging Face model folder with "
                              f"config.json); {kind}")
         return "magnitude", False
     if args.method is None:
-        from .tensor.calibrated import check_error_feedback_quantizer
-
         try:  # a quantizer or scale layout the calibrated pass cannot refit: data-free masks, still measured
             check_error_feedback_quantizer(_config(args, 0.5))
         except ValueError:
@@ -129,7 +142,6 @@ def _executor(args, folder: bool = True):
     """--workers / --ray: where the shards of a folder job run (one file: in this process)."""
     import contextlib
 
-    from .jobs.executors import make_executor
 
     if not folder:
         if args.workers is not None and args.workers < 1:
@@ -141,7 +153,6 @@ def _executor(args, folder: bool = True):
 def _job_progress(label: str, src: str, output: str | None = None):
     """A progress display across shards and tensors for a folder job (None for one file);
     the job announces its size with a "plan" event."""
-    from .jobs.executors import JobProgress
 
     if not os.path.isdir(src) or (output is not None and output.endswith(".xsp")):
         return None
@@ -151,47 +162,50 @@ def _job_progress(label: str, src: str, output: str | None = None):
 def cmd_compress(args) -> int:
     import dataclasses
 
-    from .jobs.checkpoint import compress_checkpoint
-    from .checkpoint.stats import totals
-    from .checkpoint.compressed_tensors import is_compressed_tensors_folder
-
-    sparsity = args.sparsity
-    if sparsity is None:  # a compressed-tensors checkpoint is pruned already: keep its zeros, prune no more
-        sparsity = 0.0 if os.path.isdir(args.input) and is_compressed_tensors_folder(args.input) else 0.9
-    cfg = _config(args, sparsity)
+    select = SelectOptions(args.include, args.exclude, args.force_include, args.embeddings,
+                           None if args.keep_dtype == "input" else args.keep_dtype)
     t0 = time.perf_counter()
+    check_compress_output(args.input, args.output, args.force)  # before any work: a mistake costs no calibration
+    bar = _job_progress("compress", args.input, args.output)  # its clock starts with the command
+    kind = ("compressed-tensors" if is_compressed_tensors_folder(args.input) else "model") \
+        if os.path.isdir(args.input) else "tensors"
+    target = default_target(kind)  # what was not given (xorsparse/defaults.py)
+    sparsity = target.sparsity if args.sparsity is None else args.sparsity
+    if args.bits is None:
+        args.bits = target.bits
+    cfg = _config(args, sparsity)
     method, run_model = _folder_method(args)
     cfg = dataclasses.replace(cfg, method=method)
     records: dict = {}
+    stage_seconds: dict[str, float] = {}
     prepared = None
-    if run_model:
+    kept = _finished_job(args, cfg, select) if run_model else None
+    if kept is not None:  # a resume with nothing left to do: no calibration, no quality report again
+        records, prepared = kept
+        print("resume: every output shard of this job is done and verified; calibration and quality report not "
+              "run again (the records are the first run's)", file=sys.stderr if args.json else sys.stdout)
+    elif run_model:
         from .torch.folder import ModelFolderError, prepare_folder
 
         try:
-            res = prepare_folder(args.input, cfg, include=args.include, exclude=args.exclude,
-                                 force_include=args.force_include, embeddings=args.embeddings,
-                                 calibration=args.calibration, recover_steps=args.recover,
-                                 samples=args.calibration_samples, seed=args.seed,
-                                 log=None if args.json else print)
-            records, prepared = res.records, res.checkpoint_prepared()
+            res = prepare_folder(args.input, cfg, select, _calibration_options(args), log=None if args.json else print)
+            records, prepared, stage_seconds = res.records, res.checkpoint_prepared(), res.seconds
         except (ModelFolderError, ImportError) as e:
-            if args.method is not None or args.calibration or args.recover:
+            if args.method is not None or args.calibration or args.recover or args.eval \
+                    or args.target_bits is not None:
                 raise
             # the default only: a folder we cannot run is still compressed, data-free
             print(f"note: {e}; compressing with --method magnitude, without a quality report",
                   file=sys.stderr if args.json else sys.stdout)
             cfg = dataclasses.replace(cfg, method="magnitude")
-    bar = _job_progress("compress", args.input, args.output)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
         try:
-            report = compress_checkpoint(args.input, args.output, cfg, args.include, args.exclude,
-                                         None if bar else Progress("compress"),
-                                         force_include=args.force_include, embeddings=args.embeddings,
-                                         keep_dtype=None if args.keep_dtype == "input" else args.keep_dtype,
-                                         load_mode=args.load_mode, executor=ex, force=args.force,
-                                         on_event=bar, prepared=prepared, extra=records or None)
+            run = RunOptions(executor=ex, on_event=bar, progress=None if bar else Progress("compress"),
+                             force=args.force)
+            report = compress_checkpoint(args.input, args.output, cfg, select, run, prepared=prepared,
+                                         load_mode=args.load_mode, extra=records or None)
         finally:
             if bar is not None:
                 bar.close()
@@ -200,9 +214,12 @@ def cmd_compress(args) -> int:
     if args.json:
         print(json.dumps({"file": args.output, "files": report.outputs, "bytes": tot.output_bytes,
                           "input_bytes": tot.input_bytes, "seconds": seconds, "tensors": report.rows,
-                          "total": totals(report.rows), **records}, indent=1))
+                          "total": totals(report.rows), "stage_seconds": stage_seconds, **records}, indent=1))
         return 0
     print(report.selection.describe())
+    if not records:  # no model run: say what chose the masks, since nothing else will
+        why = "a bare tensor file has no model to run" if kind == "tensors" else "no model run"
+        print(f"method magnitude (data-free: {why}); sparsity {cfg.sparsity}, {cfg.bits} bit-planes")
     for note in report.notes:
         print(note)
     if args.sparsity is None and sparsity == 0.0:
@@ -210,15 +227,49 @@ def cmd_compress(args) -> int:
     print_summary(report.rows, totals(report.rows))
     print()
     print_sizes(report.sizes)
-    print_records(records)
+    print_records(records, stage_seconds)
+    low = quality_warning(records.get("quality"))
+    if low:
+        print(f"WARNING: low quality: {low} (threshold: docs/CALIBRATION.md, Quality report); prune less or "
+              f"keep more bits, e.g. --sparsity {MODEL_TARGET.sparsity} --bits {MODEL_TARGET.bits}")
     how = f"x{tot.ratio:.2f} smaller" if tot.ratio >= 1 else f"x{1 / tot.ratio:.2f} larger"
     print(f"wrote {args.output}: {_mb(tot.output_bytes)} MB from {_mb(tot.input_bytes)} MB "
           f"({how}, whole files) in {seconds:.1f}s")
     return 0
 
 
-def print_records(records: dict) -> None:
-    """The calibration and quality records in a few lines."""
+def _calibration_options(args):
+    """The calibration run the command line asks for (torch.folder.CalibrationOptions)."""
+    from .torch.folder import CalibrationOptions
+
+    return CalibrationOptions(calibration=args.calibration, samples=args.calibration_samples, seed=args.seed,
+                              recover_steps=args.recover, eval_file=args.eval, target_bits=args.target_bits)
+
+
+def _finished_job(args, cfg, select: SelectOptions):
+    """(records, prepared) when the output folder already holds this whole job (torch/resume.py);
+    None when there is work to do. Refuses, before any work, shards of another job in the way."""
+    if args.output.endswith(".xsp") or not os.path.isdir(args.output):
+        return None
+    from .torch.resume import KeptShards, finished_folder_job
+
+    records = finished_folder_job(args.input, args.output, cfg, select, _calibration_options(args),
+                                  force=args.force)
+    if records is None:
+        return None
+    # a bit budget or an --eval text the shards were not made with: the model runs again
+    if (records.get("allocation") or {}).get("target_bits") != args.target_bits:
+        return None
+    if args.eval is not None and "eval" not in (records.get("quality") or {}):
+        return None
+    names = select_tensors(open_checkpoint(args.input), select.include, select.exclude, select.force_include,
+                           select.embeddings).compressed
+    return records, KeptShards(names, args.output)
+
+
+def print_records(records: dict, seconds: dict[str, float] | None = None) -> None:
+    """The calibration and quality records in a few lines; `seconds`: this run's stage
+    timings (not in the file; older files carry them in the calibration record)."""
     from .torch.quality import summary_line
 
     cal, q = records.get("calibration"), records.get("quality")
@@ -229,7 +280,7 @@ def print_records(records: dict) -> None:
                     f"{'sequential' if cal.get('sequential') else 'non-sequential'}")
         if cal.get("recover_steps"):
             how += f", {cal['recover_steps']} recovery steps"
-        secs = cal.get("seconds") or {}
+        secs = seconds or cal.get("seconds") or {}
         if secs:
             how += "; " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items())
         print(how)
@@ -240,8 +291,7 @@ def print_records(records: dict) -> None:
 
 
 def cmd_decompress(args) -> int:
-    from .jobs.checkpoint import decompress_checkpoint
-
+    t0 = time.perf_counter()
     bar = _job_progress("decompress", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
@@ -252,13 +302,11 @@ def cmd_decompress(args) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights)")
+    print(f"wrote {args.output} ({size / 1e6:.3f} MB of weights) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
 def cmd_inspect(args) -> int:
-    from .checkpoint.inspect import inspect_file
-
     info = inspect_file(args.input)
     if args.json:
         print(json.dumps(info, indent=1))
@@ -280,22 +328,23 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .checkpoint.verify import verify_checkpoint
-    from .checkpoint.xspset import XspSet
     from .torch.folder import needs_recomputation
 
+    t0 = time.perf_counter()
+    bar = _job_progress("verify", args.input)  # its clock starts with the command (a recomputation included)
     with XspSet(args.input) as f:
         record, cfg, names = f.records.get("calibration"), f.config, list(f.tensors)
+        allocation = f.records.get("allocation")
     calibrated = needs_recomputation(record)
     refs = None
     what = "the reference pruning+quantization"
     if calibrated and args.against:
         from .torch.folder import recompute_references
 
-        refs = recompute_references(names, args.against, cfg, record, args.calibration)
+        print(f"verify: recomputing the {record['method']} calibration from {args.against}", file=sys.stderr)
+        refs = recompute_references(names, args.against, cfg, record, args.calibration, allocation=allocation)
         what = f"a recomputation of its {record['method']} calibration" + \
                (f" and {record['recover_steps']} recovery steps" if record.get("recover_steps") else "")
-    bar = _job_progress("verify", args.input)
     with _executor(args, os.path.isdir(args.input)) as ex:
         if bar is not None and ex is not None:
             bar.where = ex.describe()
@@ -306,6 +355,7 @@ def cmd_verify(args) -> int:
             if bar is not None:
                 bar.close()
     n_c = sum(r["compressed"] for r in res)
+    took = f" in {time.perf_counter() - t0:.1f}s"
     if args.against:
         bad = [r["name"] for r in res if not r["exact"]]
         if bad:
@@ -314,11 +364,11 @@ def cmd_verify(args) -> int:
             print(f"FAILED: {len(bad)} of {len(res)} tensors differ from {what}, first {bad[0]!r}{hint}")
             return EXIT_MISMATCH
         print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed, decoded and bit-identical "
-              f"to {what} of {args.against}")
+              f"to {what} of {args.against}{took}")
     else:
         note = (f"; its codes come from {record['method']} calibration: --against MODEL_DIR recomputes it and "
                 "compares bit for bit") if calibrated else ""
-        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{note}")
+        print(f"OK: {len(res)} tensors ({n_c} compressed) checksummed and decoded{took}{note}")
     return 0
 
 
@@ -331,83 +381,21 @@ def _seed(text: str) -> int:
 
 
 def cmd_export_rtl(args) -> int:
-    from .rtl.cost import decoder_cost
-    from .rtl.export import decoder_from_params, decoders_in_file, write_text_atomic
-    from .rtl.sim import cosim_planes, random_stream_plane
-    from .rtl.netlist import build_netlist
-    from .rtl.verilog import decoder_verilog, module_name_for
+    def on_check(ok: bool, summary: str) -> None:
+        print(("check: " if ok else "check FAILED: ") + summary, file=sys.stderr if not ok else sys.stdout)
 
-    explicit = [args.n_in, args.n_out]
-    if args.xsp is not None:
-        if any(v is not None for v in explicit + [args.ns, args.seed]):
-            raise ValueError("give either an .xsp file or --n-in/--n-out/--ns/--seed, not both")
-        uses = decoders_in_file(args.xsp)
-        if not uses:
-            raise ValueError(f"{args.xsp}: no XOR-coded planes (no compressed tensors, or all packed), "
-                             "so no decoders to export")
-        if args.chunk_slices is not None:
-            for u in uses:
-                u.chunk_slices.clear()
-                u.chunk_slices[args.chunk_slices] += 1
-        source = os.path.basename(args.xsp)
-    else:
-        if args.n_in is None or args.n_out is None:
-            raise ValueError("give an .xsp file, or at least --n-in and --n-out")
-        from .codec.xornet import DEFAULT_SEED
-
-        uses = [decoder_from_params(args.n_in, args.n_out, 0 if args.ns is None else args.ns,
-                                    DEFAULT_SEED if args.seed is None else args.seed, args.chunk_slices)]
-        source = None
-    to_stdout = args.output == "-"
-    as_dir = not to_stdout and (args.xsp is not None or os.path.isdir(args.output) or args.output.endswith(os.sep))
-    if to_stdout and len(uses) > 1:
-        raise ValueError(f"{len(uses)} decoders to write: give a folder with -o, not '-'")
-    if as_dir:
-        os.makedirs(args.output, exist_ok=True)
-    rows = []
-    for u in uses:
-        d = u.decoder
-        cs = u.default_chunk_slices
-        net = build_netlist(d.window_matrix(), "paar") if args.sharing == "paar" else None
-        label = source
-        if source and len(u.planes):
-            label = f"{source}: {len(u.planes)} plane(s), first {u.planes[0]}"
-            if len(u.chunk_slices) > 1:
-                label += f"; chunk_slices differ ({sorted(u.chunk_slices)}), so in_start must mark chunks"
-        text = decoder_verilog(d, sharing=args.sharing, chunk_slices=cs, netlist=net, source=label,
-                               patch_bits=args.patch_bits)
-        if args.check:
-            # short checks still cross chunk starts: CHUNK_SLICES is overridden to 64 for them
-            check_cs = cs if cs and args.check >= 2 * cs else 64
-            plane = random_stream_plane(d, args.check, chunk_slices=check_cs, seed=args.check,
-                                        partial=min(3, d.n_out - 1), patch_rate=0.01 if args.patch_bits else 0.0)
-            try:
-                res = cosim_planes([plane], mode="counter" if cs else "start", sharing=args.sharing,
-                                   simulator=args.simulator, netlist=net, patch_bits=args.patch_bits)
-            except RuntimeError as e:  # no simulator, or it failed: first line here, all with --debug
-                if args.debug:
-                    raise
-                raise ValueError(f"--check: {str(e).splitlines()[0]}") from None
-            print(("check: " if res.ok else "check FAILED: ") + res.summary(), file=sys.stderr if not res.ok else sys.stdout)
-            if not res.ok:
-                return EXIT_MISMATCH
-        name = module_name_for(d)
-        if to_stdout:
-            sys.stdout.write(text)
-            path = "-"
-        else:
-            path = os.path.join(args.output, name + ".v") if as_dir else args.output
-            write_text_atomic(path, text)
-        cost = decoder_cost(d, chunk_slices=cs, clock_mhz=args.clock_mhz, yosys=args.yosys, netlist=net,
-                            patch_bits=args.patch_bits)
-        row = cost.as_dict()
-        row.update(module=name, file=path, planes=len(u.planes))
-        rows.append(row)
-    if not to_stdout:
+    options = RtlOptions(sharing=args.sharing, patch_bits=args.patch_bits, chunk_slices=args.chunk_slices,
+                         check=args.check, simulator=args.simulator, yosys=args.yosys, clock_mhz=args.clock_mhz,
+                         json_path=args.json)
+    res = export_rtl(args.output, args.xsp, DecoderParams(args.n_in, args.n_out, args.ns, args.seed), options,
+                     on_check=on_check)
+    if res.failed:
+        return EXIT_MISMATCH
+    if args.output != "-":
         table = [["module", "n_in/n_out/n_s", "CHUNK_SLICES", "XOR2 unshared", "shared", "depth", "FFs",
                   "XOR2/out bit", f"Gpos/s @{args.clock_mhz:g}MHz"] + (["yosys XOR2/cells"] if args.yosys else [])
                  + ["file"]]
-        for r in rows:
+        for r in res.rows:
             ys = r.get("yosys")
             table.append([r["module"], f"{r['n_in']}/{r['n_out']}/{r['n_s']}", str(r["chunk_slices"]),
                           str(r["xor2_unshared"]), str(r["xor2_shared"]), str(r["depth_shared"]),
@@ -415,10 +403,6 @@ def cmd_export_rtl(args) -> int:
                          + ([f"{ys['xor2']}/{ys['cells']}" if ys else "no yosys"] if args.yosys else []) + [r["file"]])
         print(_fmt_table(table, [False, True, True, True, True, True, True, True, True] +
                          ([True] if args.yosys else []) + [False]))
-    if args.json:
-        from .format.output import write_bytes
-
-        write_bytes(args.json, (json.dumps(rows, indent=1) + "\n").encode())
     return 0
 
 
@@ -429,8 +413,6 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .version import __version__
-
     p = argparse.ArgumentParser(prog="xorsparse", description="Fixed-rate lossless XOR-gate weight compression.")
     p.add_argument("--version", action="version", version=f"xorsparse {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -472,6 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in English corpus)")
     c.add_argument("--calibration-samples", type=int, default=SAMPLES, metavar="N",
                    help=f"calibration samples to use at most (default {SAMPLES}; a seeded subset of longer files)")
+    c.add_argument("--target-bits", type=float, default=None, metavar="B",
+                   help="a size budget: total bits per compressed weight (mask, values, patches, scales); "
+                        "sparsity and bits are chosen per layer from calibration statistics (dense quantization "
+                        "among the candidates) and printed; --sparsity/--bits are then not used")
+    c.add_argument("--eval", metavar="FILE", default=None,
+                   help="your own held-out text (UTF-8, one sample per line, never used for calibration): the "
+                        "quality report scores it too, beside the built-in in-domain and out-of-domain sets")
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")
@@ -563,14 +552,17 @@ def add_executor_options(c: argparse.ArgumentParser) -> None:
 
 
 def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None:
-    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, 2)
+    s, q = (DEMO_SPARSITY, DEMO_BITS) if demo else (None, None)
     c.add_argument("--sparsity", type=float, default=s,
                    help=f"fraction of weights pruned (default {s})" if demo else
-                   "fraction of weights pruned (default 0.9; for a compressed-tensors checkpoint, default: its "
-                   "own zeros only)")
+                   f"fraction of weights pruned (default: {MODEL_TARGET.sparsity} for a model folder, "
+                   f"{TENSOR_TARGET.sparsity} for a bare tensor file; for a compressed-tensors checkpoint its own "
+                   "zeros only)")
     c.add_argument("--global", dest="global_sparsity", action="store_true",
                    help="one magnitude threshold across all compressed tensors (magnitude pruning only)")
-    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})")
+    c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})" if demo else
+                   f"bit-planes per weight q (default: {MODEL_TARGET.bits} for a model folder, {TENSOR_TARGET.bits} "
+                   "for a bare tensor file)")
     quantizers = quantizer_choices()
     c.add_argument("--quantizer", choices=quantizers, default=quantizers[0],  # rank 0: bcq
                    help="; ".join(quantizer(q).help for q in quantizers) + ". compressed-tensors "
@@ -580,13 +572,14 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     codecs = [mask_codec(name).help for name in mask_codec_choices()[1:]]
     c.add_argument("--mask-codec", choices=mask_codec_choices(), default=AUTO,
                    help=f"how the pruning mask is stored: {', '.join(codecs)} or {AUTO}: whichever is smallest, "
-                        "per tensor (default)")
-    c.add_argument("--scale-rows", type=_scale_rows, default=1, metavar="N|auto",
-                   help="rows sharing one set of scales (default 1: per row); auto: the most rows whose "
-                        "weight error stays within --error-budget of per-row scales")
-    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="float16",
-                   help="scales as float16 (default), one byte each in the log domain (log8), or "
-                        "whichever costs less within --error-budget (auto)")
+                        "per tensor, ctx only where it saves 5%% or more (default)")
+    c.add_argument("--scale-rows", type=_scale_rows, default="auto", metavar="N|auto",
+                   help="rows sharing one set of scales (1: per row); auto (default): the most rows whose "
+                        "weight error stays within --error-budget of per-row scales, searched only where "
+                        "per-row float16 scales cost 5%% or more of the tensor's bits (short rows)")
+    c.add_argument("--scale-format", choices=["float16", "log8", "auto"], default="auto",
+                   help="scales as float16, one byte each in the log domain (log8), or whichever costs "
+                        "less within --error-budget (auto, the default; searched as --scale-rows auto)")
     c.add_argument("--error-budget", type=float, default=0.01,
                    help="for --scale-rows/--scale-format auto: allowed relative increase of ||W - Wq|| "
                         "over per-row float16 scales (default 0.01)")

@@ -12,6 +12,9 @@ import copy
 import os
 import time
 
+from .data.calibdata import builtin_set
+from .format.output import check_output
+
 SENTENCES = [
     "A man is playing a guitar on the street.",
     "The new movie is awesome and everyone should see it.",
@@ -64,12 +67,15 @@ def run_demo(args, layout: dict) -> int:
     """`layout`: the scale layout, codebook and small-tensor options (cli.layout_options)."""
     import torch
 
-    from .data.calibdata import builtin_set
     from .torch import ModelConfig, compress_model, load_compressed, resident_bytes, shared_table_bytes
     from .torch.calibrate import text_calibration
     from .torch.quality import embedding_agreement
     from .torch.recover import recover
 
+    # the output first (a folder or a device there), before minutes of calibration; an existing
+    # file is replaced: the demo is meant to be rerun
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    check_output(args.out, force=True)
     torch.manual_seed(0)
     t0, c0 = time.perf_counter(), time.process_time()
     method = getattr(args, "method", None) or "sparsegpt"
@@ -97,7 +103,6 @@ def run_demo(args, layout: dict) -> int:
         cm = recover(cm.apply_(copy.deepcopy(model)), model, calib, steps=steps)
         print(f"recovery: {steps} steps of distillation from the original in {time.perf_counter() - t:.1f}s")
     out = args.out
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     size = cm.save(out)
     print(f"wrote {out} ({size / 1e6:.2f} MB with the uncompressed embeddings, biases and norms)")
 

@@ -14,11 +14,17 @@ pytest.importorskip("compressed_tensors")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from benchmarks.ct import TINY, ct_dequantized, llama, prune_, save_compressed_tensors, \
-    save_legacy_bitmask  # noqa: E402
-from xorsparse.cli import main  # noqa: E402
-from xorsparse.checkpoint.xspset import XspSet  # noqa: E402
+from benchmarks.ct import (
+    TINY,
+    ct_dequantized,
+    llama,
+    prune_,
+    save_compressed_tensors,
+    save_legacy_bitmask,  # noqa: E402
+)
 from xorsparse.checkpoint.folder import xsp_files  # noqa: E402
+from xorsparse.checkpoint.xspset import XspSet  # noqa: E402
+from xorsparse.cli import main  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,7 +12,7 @@ from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor
 @pytest.fixture
 def xsp(tmp_path):
     rng = np.random.default_rng(0)
-    cfg = CompressConfig(0.8, 2)
+    cfg = CompressConfig(0.8, 2, scale_rows=1, scale_format="float16")  # the edits below assume per-row scales
     w = {"a.weight": rng.standard_normal((30, 40)).astype(np.float32),
          "b.weight": rng.standard_normal((5, 7)).astype(np.float16)}
     cts = {k: compress_tensor(v, cfg) for k, v in w.items()}
@@ -30,7 +30,7 @@ def test_round_trip_and_lazy_reading(xsp):
             assert decompress_tensor(f.compressed(k)).tobytes() == decompress_tensor(ct).tobytes()
         a, dt = f.raw("a.bias")
         assert dt == "F32" and a.tolist() == list(range(30))
-        assert f.config == CompressConfig(0.8, 2)
+        assert f.config == CompressConfig(0.8, 2, scale_rows=1, scale_format="float16")
 
 
 def test_standard_safetensors_tools_can_list_it(xsp):
@@ -323,7 +323,7 @@ def _as_version1(p):
 def ctx_xsp(tmp_path):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((60, 80)).astype(np.float32) * rng.lognormal(0, 0.7, (60, 1)).astype(np.float32)
-    cfg = CompressConfig(0.8, 2, mask_codec="ctx")
+    cfg = CompressConfig(0.8, 2, mask_codec="ctx", scale_rows=1, scale_format="float16")
     ct = compress_tensor(w, cfg)
     assert ct.mask.codec == "ctx" and ct.mask.model.row_step > 0
     p = tmp_path / "c.xsp"
@@ -383,8 +383,9 @@ def test_ctx_offsets_that_decrease_are_errors(ctx_xsp):
 
 def test_version_1_files_still_read_and_ctx_is_not_version_1(tmp_path, ctx_xsp):
     rng = np.random.default_rng(0)
-    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy")),
-           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask"))}
+    cts = {"a": compress_tensor(rng.standard_normal((30, 40)).astype(np.float32), CompressConfig(0.8, 2, mask_codec="entropy", scale_rows=1, scale_format="float16")),
+           "b": compress_tensor(rng.standard_normal((5, 7)).astype(np.float16), CompressConfig(0.5, 3, "uniform", mask_codec="bitmask",
+                                                                                       scale_rows=1, scale_format="float16"))}
     p = tmp_path / "v1.xsp"
     write_xsp(p, cts, {}, None)  # version-1 features only: the layout a version-1 writer produced
     _as_version1(p)
@@ -407,9 +408,10 @@ def v2_xsp(tmp_path):
     rng = np.random.default_rng(2)
     w = {"cb": rng.standard_normal((40, 50)).astype(np.float32), "pk": rng.standard_normal((16, 9)).astype(np.float32)}
     cts = {"cb": compress_tensor(w["cb"], CompressConfig(0.8, 2, "codebook", scale_rows=4, codebook_rows=10,
-                                                         mask_codec="entropy")),
-           "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_format="log8", mask_codec="entropy")),
-           "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask"))}
+                                                         mask_codec="entropy", scale_format="float16")),
+           "l8": compress_tensor(w["cb"], CompressConfig(0.8, 2, scale_rows=1, scale_format="log8", mask_codec="entropy")),
+           "pk": compress_tensor(w["pk"], CompressConfig(0.8, 2, packed_below=1000, mask_codec="bitmask", scale_rows=1,
+                                                         scale_format="float16"))}
     p = tmp_path / "v2.xsp"
     write_xsp(p, cts, {}, None)
     return p, cts

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st_
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 
 from benchmarks.xspedit import XspImage
 from xorsparse.format import validate
@@ -24,8 +25,9 @@ V1_EXPECTED = os.path.join(DATA, "v1-bitmask-expected.npz")
 def good(tmp_path_factory):
     """A version-2 file with both quantizers, both mask codecs and a stored tensor; its bytes."""
     rng = np.random.default_rng(3)
-    c1 = CompressConfig(0.7, 2, max_n_s=0, mask_codec="entropy")
-    c2 = CompressConfig(0.5, 3, "uniform", symmetric=False, group_size=7, mask_codec="bitmask")
+    c1 = CompressConfig(0.7, 2, max_n_s=0, mask_codec="entropy", scale_rows=1, scale_format="float16")
+    c2 = CompressConfig(0.5, 3, "uniform", symmetric=False, group_size=7, mask_codec="bitmask",
+                        scale_rows=1, scale_format="float16")
     cts = {"a.weight": compress_tensor(rng.standard_normal((40, 70)).astype(np.float32), c1),
            "b.weight": compress_tensor(rng.standard_normal((9, 30)).astype(np.float16), c2)}
     p = tmp_path_factory.mktemp("v") / "good.xsp"

@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
-from xorsparse.cli import main
-from xorsparse.format import safetensors_io as st
 from xorsparse.checkpoint.xspset import XspSet
+from xorsparse.cli import main
+from xorsparse.defaults import MODEL_TARGET
+from xorsparse.format import safetensors_io as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SENTENCES = ["A man is playing a guitar.", "Fixed-rate codes decode in parallel."]
@@ -66,7 +67,7 @@ def test_folder_layout(minilm, minilm_xsp, capsys):
     cfg = json.load(open(out["config.json"]))
     q = cfg.pop("quantization_config")
     assert q["quant_method"] == "xorsparse" and q["format_version"] == 2 and q["load_mode"] == "decode"
-    assert q["config"]["sparsity"] == 0.9 and q["config"]["bits"] == 2
+    assert (q["config"]["sparsity"], q["config"]["bits"]) == MODEL_TARGET  # the model folder default
     assert cfg == json.load(open(src["config.json"]))
     with XspSet(minilm_xsp) as xs:
         assert len(xs.tensors) == 13 and "embeddings.position_embeddings.weight" in xs.tensors
@@ -291,8 +292,8 @@ def test_decompress_to_a_torch_state_dict(st_file, tmp_path, capsys):
 
 
 def test_version_and_help_for_every_option(capsys):
-    from xorsparse.version import __version__
     from xorsparse.cli import build_parser
+    from xorsparse.version import __version__
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from xorsparse.jobs.executors import LocalExecutor
+from xorsparse.checkpoint.options import RunOptions
 from xorsparse.checkpoint.readers import open_checkpoint
 from xorsparse.checkpoint.verify import reference_state, verify_checkpoint
 from xorsparse.format.container import RawTensor, XspFile, XspWriter, write_xsp
+from xorsparse.jobs.executors import LocalExecutor
 from xorsparse.jobs.folder import compress_folder, decompress_folder
 from xorsparse.jobs.tasks import JobError
 from xorsparse.tensor import CompressConfig, compress_tensor
@@ -88,9 +89,9 @@ def test_folder_job_writes_one_shard_per_input_and_the_index(tmp_path, src):
 
 def test_same_bytes_with_one_or_two_workers(tmp_path, src):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    compress_folder(src, a, CFG, executor=LocalExecutor(1))
+    compress_folder(src, a, CFG, run=RunOptions(executor=LocalExecutor(1)))
     with LocalExecutor(2) as ex:
-        rep = compress_folder(src, b, CFG, executor=ex)
+        rep = compress_folder(src, b, CFG, run=RunOptions(executor=ex))
     assert len({o.pid for o in rep.outcomes}) >= 1
     assert read_all(a) == read_all(b)
 
@@ -103,7 +104,7 @@ def test_same_bytes_on_ray(tmp_path, src):
     compress_folder(src, a, CFG)
     events = []
     with RayExecutor(None, 2) as ex:
-        compress_folder(src, b, CFG, executor=ex, on_event=events.append)
+        compress_folder(src, b, CFG, run=RunOptions(executor=ex, on_event=events.append))
         assert all(r["exact"] for r in verify_checkpoint(b, src, executor=ex))
     assert read_all(a) == read_all(b)
     assert sum(e["kind"] == "tensor" for e in events) == 12  # progress came back from the tasks
@@ -149,7 +150,7 @@ def test_other_settings_are_refused_unless_forced(tmp_path, src):
     other = CompressConfig(sparsity=0.5, bits=2)
     with pytest.raises(JobError, match="another job.*--force"):
         compress_folder(src, str(out), other)
-    rep = compress_folder(src, str(out), other, force=True)
+    rep = compress_folder(src, str(out), other, run=RunOptions(force=True))
     assert not any(o.reused for o in rep.outcomes)
     fresh = tmp_path / "fresh"
     compress_folder(src, str(fresh), other)
@@ -173,7 +174,7 @@ def test_global_pruning_across_shards_equals_in_memory(tmp_path, src):
     cfg = CompressConfig(sparsity=0.7, bits=2, global_sparsity=True)
     out = str(tmp_path / "out")
     with LocalExecutor(2) as ex:
-        compress_folder(src, out, cfg, executor=ex)
+        compress_folder(src, out, cfg, run=RunOptions(executor=ex))
     ck = open_checkpoint(src)
     selected = [n for n in ck.names if "proj" in n]
     masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, 0.7)

@@ -8,8 +8,16 @@ import pytest
 
 from xorsparse import XorDecoder, decode_plane
 from xorsparse.rtl.cost import decoder_cost, yosys_available
-from xorsparse.rtl.sim import (cosim_planes, cosimulate, plane_vectors, random_plane, random_stream_plane,
-                               raw_outputs, stream_beats)
+from xorsparse.rtl.sim import (
+    CosimOptions,
+    cosim_planes,
+    cosimulate,
+    plane_vectors,
+    random_plane,
+    random_stream_plane,
+    raw_outputs,
+    stream_beats,
+)
 from xorsparse.rtl.verilog import decoder_verilog, module_name_for
 
 from .. import reference
@@ -30,7 +38,7 @@ def test_random_streams_bit_exact(simulator, params, mode):
     dec = XorDecoder(*params)
     # 3 chunks of 64 slices and a partial one, last slice short of n_out
     plane = random_stream_plane(dec, 64 * 3 + 17, chunk_slices=64, seed=params[0], partial=min(2, dec.n_out - 1))
-    res = cosim_planes([plane], mode=mode, simulator=simulator)
+    res = cosim_planes([plane], mode=mode, options=CosimOptions(simulator=simulator))
     assert res.ok, res.summary()
     assert res.output_bits == (64 * 3 + 17) * dec.n_out
 
@@ -51,7 +59,7 @@ def test_encoded_plane_with_patches(simulator):
     enc, bits, care = random_plane(dec, 200, 0.12, seed=5, chunk_slices=64, partial=5)
     assert enc.patches.size > 0  # a dense plane, so the patch path is covered too
     x, starts, exp, cs = plane_vectors([enc], "counter")
-    res = cosimulate(dec, x, starts, exp, chunk_slices=cs, simulator=simulator)
+    res = cosimulate(dec, x, starts, exp, options=CosimOptions(chunk_slices=cs, simulator=simulator))
     assert res.ok, res.summary()
     hw = exp.ravel()[: enc.length].copy()  # the simulator matched these bits exactly
     hw[enc.patches] ^= 1
@@ -75,12 +83,12 @@ def test_patch_stage_outputs_the_decoded_planes(simulator, params):
     assert np.array_equal(flat[: a.length], decode_plane(a))
     off = a.n_slices * dec.n_out
     assert np.array_equal(flat[off : off + b.length], decode_plane(b))
-    res = cosimulate(dec, x, starts, exp, chunk_slices=cs, patches=patches, patch_bits=24, simulator=simulator)
+    res = cosimulate(dec, x, starts, exp, patches, CosimOptions(chunk_slices=cs, patch_bits=24, simulator=simulator))
     assert res.ok, res.summary()
-    assert cosim_planes([a, b], patch_bits=24, simulator=simulator).ok
+    assert cosim_planes([a, b], options=CosimOptions(patch_bits=24, simulator=simulator)).ok
     # negative control: the patches go in, the expectation lacks them
     x, starts, raw, cs = plane_vectors([b], "counter")
-    res = cosimulate(dec, x, starts, raw, chunk_slices=cs, patches=b.patches, patch_bits=24, simulator=simulator)
+    res = cosimulate(dec, x, starts, raw, b.patches, CosimOptions(chunk_slices=cs, patch_bits=24, simulator=simulator))
     assert not res.ok and res.mismatched_bits == b.patches.size
 
 
@@ -89,7 +97,7 @@ def test_planes_back_to_back(simulator):
     dec = XorDecoder(4, 30, 7, 11)
     a = random_stream_plane(dec, 100, chunk_slices=64, seed=1, partial=7)
     b = random_stream_plane(dec, 150, chunk_slices=64, seed=2)
-    res = cosim_planes([a, b], mode="counter", simulator=simulator)
+    res = cosim_planes([a, b], mode="counter", options=CosimOptions(simulator=simulator))
     assert res.ok, res.summary()
 
 
@@ -98,7 +106,8 @@ def test_unshared_netlist_and_no_stalls(simulator):
     plane = random_stream_plane(dec, 150, chunk_slices=64, seed=9)
     for sharing, stall in (("none", True), ("paar", False)):
         x, starts, exp, cs = plane_vectors([plane], "counter")
-        res = cosimulate(dec, x, starts, exp, chunk_slices=cs, sharing=sharing, stall=stall, simulator=simulator)
+        res = cosimulate(dec, x, starts, exp, options=CosimOptions(chunk_slices=cs, sharing=sharing, stall=stall,
+                                                                simulator=simulator))
         assert res.ok, res.summary()
 
 
@@ -109,9 +118,9 @@ def test_mismatches_are_caught(simulator):
     x, starts, exp, cs = plane_vectors([plane], "counter")
     bad = exp.copy()
     bad[77, 3] ^= 1
-    res = cosimulate(dec, x, starts, bad, chunk_slices=cs, simulator=simulator)
+    res = cosimulate(dec, x, starts, bad, options=CosimOptions(chunk_slices=cs, simulator=simulator))
     assert not res.ok and res.first_mismatch == 77 and res.mismatched_bits == 1
-    res = cosimulate(dec, x, starts, exp, chunk_slices=128, simulator=simulator)
+    res = cosimulate(dec, x, starts, exp, options=CosimOptions(chunk_slices=128, simulator=simulator))
     assert not res.ok and res.first_mismatch == 64  # history not cleared at the real chunk start
 
 
@@ -126,8 +135,8 @@ def test_stream_beats_layout():
 def test_verilator_lint_clean():
     if not shutil.which("verilator"):
         pytest.skip("verilator not installed: lint check skipped (Debian: apt-get install verilator)")
-    import tempfile
     import os
+    import tempfile
 
     for params, cs, pb in [((8, 79, 15), 13248, 0), ((16, 140, 0), 64, 0), ((3, 7, 2), 0, 0),
                            ((8, 79, 15), 64, 32), ((1, 1, 0), 0, 8)]:

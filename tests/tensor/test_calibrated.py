@@ -4,8 +4,17 @@ import torch
 
 from xorsparse.format.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_quantized, decompress_tensor
-from xorsparse.tensor.calibrated import calibrated_prune_quantize, damped_hessian, decoded_levels, \
-    inverse_cholesky, obs_pass, output_error, refit_scales, requantize, wanda_mask
+from xorsparse.tensor.calibrated import (
+    calibrated_prune_quantize,
+    damped_hessian,
+    decoded_levels,
+    inverse_cholesky,
+    obs_pass,
+    output_error,
+    refit_scales,
+    requantize,
+    wanda_mask,
+)
 from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.pipeline import prune_quantize
 
@@ -173,10 +182,23 @@ def test_quantizers_without_error_feedback_are_refused():
 
 
 @pytest.mark.parametrize("layout,msg", [(dict(scale_rows=4), "scale_rows=4"), (dict(scale_format="log8"), "log8"),
-                                        (dict(scale_rows="auto"), "scale_rows='auto'")])
+                                        (dict(scale_rows=16), "scale_rows=16")])
 def test_scale_layouts_the_pass_does_not_refit_are_refused(layout, msg):
     from xorsparse.tensor.calibrated import calibrated_prune_quantize
 
     w = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
     with pytest.raises(ValueError, match=msg):
         calibrated_prune_quantize(w, np.eye(16), CompressConfig(0.5, 2, method="sparsegpt", **layout))
+
+
+def test_default_auto_layout_means_per_row_float16_scales_for_the_pass():
+    from xorsparse.tensor.calibrated import calibrated_prune_quantize
+
+    w = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    cfg = CompressConfig(0.5, 2, method="sparsegpt")
+    assert (cfg.scale_rows, cfg.scale_format) == ("auto", "auto")
+    explicit = CompressConfig(0.5, 2, method="sparsegpt", scale_rows=1, scale_format="float16")
+    a = calibrated_prune_quantize(w, np.eye(16), cfg)
+    b = calibrated_prune_quantize(w, np.eye(16), explicit)
+    assert a[1].scale_rows == 1 and a[1].scale_format != "log8"
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1].scales, b[1].scales)

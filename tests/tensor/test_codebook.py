@@ -145,10 +145,13 @@ def test_log8_scales_round_trip_and_nearest():
 
 
 @pytest.mark.parametrize("quantizer", ["bcq", "uniform", "codebook"])
-def test_log8_halves_scale_bits_at_little_error(weights, quantizer):
+def test_log8_halves_scale_bits_at_little_error(weights, quantizer, monkeypatch):
+    from xorsparse.tensor import pipeline
+
+    monkeypatch.setattr(pipeline, "AUTO_SCALE_MIN_SHARE", 0.0)  # search whatever the scales' share
     w, keep = weights
-    f16 = CompressConfig(0.7, 2, quantizer)
-    l8 = CompressConfig(0.7, 2, quantizer, scale_format="log8")
+    f16 = CompressConfig(0.7, 2, quantizer, scale_rows=1, scale_format="float16")
+    l8 = CompressConfig(0.7, 2, quantizer, scale_rows=1, scale_format="log8")
     a, b = compress_tensor(w, f16, keep=keep), compress_tensor(w, l8, keep=keep)
     assert b.quant.scale_format == "log8" and b.quant.scales.dtype == np.uint8
     assert b.scale_bits == a.scale_bits - 8 * a.quant.scales.size + 32 * a.quant.scales.shape[-1] \
@@ -157,7 +160,28 @@ def test_log8_halves_scale_bits_at_little_error(weights, quantizer):
     eb = np.linalg.norm(decompress_tensor(b) - w)
     assert eb <= 1.02 * ea
     assert decompress_tensor(b).tobytes() == reference_prune_quantize(w, l8, keep=keep).tobytes()
-    auto = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_format="auto", error_budget=0.05), keep=keep)
+    auto = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_rows=1, scale_format="auto", error_budget=0.05),
+                           keep=keep)
     assert auto.quant.scale_format == "log8"
-    strict = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_format="auto", error_budget=0.0), keep=keep)
+    strict = compress_tensor(w, CompressConfig(0.7, 2, quantizer, scale_rows=1, scale_format="auto", error_budget=0.0),
+                             keep=keep)
     assert np.linalg.norm(decompress_tensor(strict) - w) <= ea * (1 + 1e-9)
+
+
+def test_auto_searches_scale_layouts_only_where_scales_matter():
+    """Default (auto) layouts: per-row float16 where per-row scales are a small share of the
+    bits (long rows), searched where they are not (short rows, as in depthwise convolutions)."""
+    from xorsparse.tensor.pipeline import per_row_scales_matter, prune_quantize
+
+    rng = np.random.default_rng(3)
+    long_rows = rng.standard_normal((64, 4096)).astype(np.float32)
+    short_rows = rng.standard_normal((4096, 9)).astype(np.float32)
+    cfg = CompressConfig(0.8, 2)
+    k, qz, _ = prune_quantize(long_rows, cfg)
+    assert not per_row_scales_matter(k, cfg) and qz.scale_rows == 1 and qz.scale_format != "log8"
+    k, qz, _ = prune_quantize(short_rows, cfg)
+    assert per_row_scales_matter(k, cfg) and (qz.scale_rows > 1 or qz.scale_format == "log8")
+    ct = compress_tensor(short_rows, cfg)
+    assert decompress_tensor(ct).tobytes() == reference_prune_quantize(short_rows, cfg).tobytes()
+    assert ct.scale_bits < compress_tensor(short_rows, CompressConfig(0.8, 2, scale_rows=1,
+                                                                      scale_format="float16")).scale_bits

@@ -15,8 +15,8 @@ from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor,
 from xorsparse.tensor.fused import MASK_WORDS, OUT_F32, decode_dense, decode_into, prepare
 from xorsparse.tensor.interleave import to_coded
 from xorsparse.tensor.maskcode import encode_entropy, golomb_tables
-from xorsparse.tensor.variants import decode_mask, decode_mask_words
 from xorsparse.tensor.pipeline import decompress_tensor_unfused
+from xorsparse.tensor.variants import decode_mask, decode_mask_words
 
 
 def same(a, b) -> bool:
@@ -167,3 +167,75 @@ def test_inconsistent_planes_are_rejected_before_any_kernel():
     far = dataclasses.replace(ct.planes[0], patches=np.array([w.size + 5]))
     with pytest.raises(ValueError, match="patch"):
         decompress_tensor(dataclasses.replace(ct, planes=[far] + ct.planes[1:]))
+
+
+ROW_CONFIGS = CONFIGS + [
+    CompressConfig(0.8, 2, scale_rows=4, scale_format="log8", mask_codec="ctx"),
+    CompressConfig(0.7, 3, "codebook", scale_rows="auto", scale_format="auto"),
+]
+
+
+@pytest.mark.parametrize("cfg", ROW_CONFIGS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 13), (64, 64), (37, 129), (50, 7, 3)])
+def test_row_decode_equals_whole_tensor(cfg, dtype, shape):
+    """decode_rows_into (the embedding path) gives the rows of the whole-tensor decode bit for bit,
+    for any row order and repeats; the word straddling two rows is split correctly."""
+    from xorsparse.tensor.fused import OUT_DTYPES, OUT_KINDS, decode_rows_into
+    from xorsparse.tensor.maskcode import MaskCode
+
+    w = weights(shape, dtype, sum(shape) + 3)
+    ct = compress_tensor(w, cfg)
+    whole = reference_prune_quantize(w, cfg, framework="torch").reshape(shape[0], -1)
+    words = decode_mask_words(ct.mask)
+    as_bits = dataclasses.replace(ct, mask=MaskCode("bitmask", ct.numel, words.view(np.uint8)[: -(-ct.numel // 8)]
+                                                    .copy()))
+    plan = prepare(as_bits)
+    assert plan.mask_kind == MASK_WORDS
+    rows = np.random.default_rng(1).integers(0, shape[0], 2 * shape[0] + 1)
+    out = np.empty(rows.size * (ct.numel // shape[0]), OUT_DTYPES[dtype])
+    decode_rows_into(plan, rows, out, OUT_KINDS[dtype])
+    got = torch.from_numpy(out.view(np.int16) if dtype in ("float16", "bfloat16") else out)
+    if dtype in ("float16", "bfloat16"):
+        got = got.view(getattr(torch, dtype))
+    assert same(got.reshape(rows.size, -1), whole[torch.from_numpy(rows)])
+    with pytest.raises(IndexError):
+        decode_rows_into(plan, np.array([shape[0]]), out[: ct.numel // shape[0]], OUT_KINDS[dtype])
+
+
+def test_row_decode_equals_spec_decoder(tmp_path):
+    from xorsparse.tensor.fused import OUT_F32, decode_rows_into
+
+    w = np.random.default_rng(9).standard_normal((300, 45)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="bitmask"))
+    path = str(tmp_path / "e.xsp")
+    write_xsp(path, {"e": ct}, {})
+    want = np.array(reference.decode_tensor(path, "e"), dtype=np.float32).reshape(300, 45)
+    rows = np.array([299, 0, 17, 17, 150])
+    out = np.empty(rows.size * 45, np.float32)
+    decode_rows_into(prepare(ct), rows, out, OUT_F32)
+    assert out.reshape(rows.size, 45).tobytes() == want[rows].tobytes()
+
+
+def test_parallel_false_runs_every_step_on_one_thread(monkeypatch):
+    """decompress_tensor(parallel=False): the mask decode in prepare (parallel numba loops for
+    ctx and bitmask masks) also sees one thread; the caller's thread count comes back."""
+    import numba
+
+    from xorsparse.tensor.variants.ctx import Ctx
+
+    seen = []
+    real = Ctx.decode_words
+
+    def spy(self, code):
+        seen.append(numba.get_num_threads())
+        return real(self, code)
+
+    monkeypatch.setattr(Ctx, "decode_words", spy)
+    w = np.random.default_rng(0).standard_normal((40, 70)).astype(np.float32)
+    ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="ctx"))
+    before = numba.get_num_threads()
+    serial = decompress_tensor(ct, parallel=False)
+    assert seen == [1] and numba.get_num_threads() == before
+    assert serial.tobytes() == decompress_tensor(ct).tobytes() == reference_prune_quantize(
+        w, CompressConfig(0.9, 2, mask_codec="ctx")).tobytes()

@@ -4,8 +4,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xorsparse.tensor.maskcode import binary_entropy
+from xorsparse.tensor.maskctx import (
+    P1,
+    ZMAX,
+    check_ctx_fields,
+    ctx_model_from_parts,
+    decode_ctx_words,
+    encode_ctx,
+    fit_model_estimate,
+)
 from xorsparse.tensor.variants import decode_mask, encode_mask
-from xorsparse.tensor.maskctx import P1, ZMAX, check_ctx_fields, ctx_model_from_parts, decode_ctx_words
+from xorsparse.tensor.variants.ctx import CTX_ESTIMATE_SLACK, CTX_MIN_SAVING
 
 from .. import reference
 
@@ -72,13 +81,28 @@ def test_iid_mask_costs_about_the_entropy():
     assert ctx.nbits < 1.005 * binary_entropy(k.mean()) * k.size + 64 * 17
 
 
-def test_auto_picks_the_smallest():
-    for k in (heterogeneous(300, 400, 0.1, 3), np.random.default_rng(4).random((300, 400)) < 0.5,
-              np.random.default_rng(4).random((300, 400)) < 0.03):
+def test_auto_rule_weighs_ctx_decode_time():
+    """auto: the smaller of Golomb and bitmask, and ctx only where it saves CTX_MIN_SAVING."""
+    for k in (heterogeneous(300, 400, 0.1, 3), heterogeneous(300, 400, 0.1, 5),
+              np.random.default_rng(4).random((300, 400)) < 0.5,
+              np.random.default_rng(4).random((300, 400)) < 0.03, np.random.default_rng(5).random((300, 400)) < 0.1):
         sizes = {c: encode_mask(k, c, cols=400).nbits for c in ("bitmask", "entropy", "ctx")}
+        plain = min(sizes["entropy"], sizes["bitmask"])
+        want = "ctx" if sizes["ctx"] <= (1 - CTX_MIN_SAVING) * plain else min(("entropy", "bitmask"),
+                                                                               key=lambda c: sizes[c])
         auto = encode_mask(k, cols=400)
-        assert auto.nbits == min(sizes.values())
+        assert auto.codec == want
+        assert auto.nbits == sizes[want]
+        assert np.array_equal(decode_mask(auto), k.ravel())
     assert encode_mask(heterogeneous(300, 400, 0.1, 3), cols=400).codec == "ctx"
+    assert encode_mask(np.random.default_rng(5).random((300, 400)) < 0.1, cols=400).codec == "entropy"
+
+
+def test_estimate_is_close_to_the_coded_size():
+    for k in (heterogeneous(300, 400, 0.1, 3), np.random.default_rng(6).random((200, 500)) < 0.2):
+        model, est = fit_model_estimate(k)
+        coded = encode_ctx(k, 400 if k.shape[1] == 400 else 500, model=model)
+        assert abs(est / coded.nbits - 1) < CTX_ESTIMATE_SLACK
 
 
 @pytest.mark.parametrize("field,value,msg", [

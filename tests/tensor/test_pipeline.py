@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
+from xorsparse.tensor.maskcode import binary_entropy
 
 
 def same_bits(a, b) -> bool:

@@ -62,9 +62,10 @@ def test_tiny_tensors(n):
 
 # --- global pruning without holding every tensor: the streaming exact quantile ----------
 
-from hypothesis import given, settings, strategies as hst  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hst
 
-from xorsparse.tensor.prune import PruneRule, global_magnitude_masks, streaming_global_rules  # noqa: E402
+from xorsparse.tensor.prune import PruneRule, streaming_global_rules  # noqa: E402
 
 
 def _tensors(seed: int, ties: bool, zeros: bool, dtype) -> dict:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from xorsparse.tensor.prune import magnitude_mask
 from xorsparse.tensor.dequant import dequantize, squared_error
+from xorsparse.tensor.prune import magnitude_mask
 from xorsparse.tensor.variants import quantize
 
 

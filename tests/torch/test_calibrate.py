@@ -175,3 +175,48 @@ def test_recovery_keeps_masks_lowers_the_error_and_stays_exact(tmp_path):
             assert torch.equal(loaded(**bt).last_hidden_state, student(**bt).last_hidden_state)
     with pytest.raises(ValueError, match="no xorsparse-compressed weights"):
         recover(copy.deepcopy(model), model, data, steps=1)
+
+
+def test_target_bits_allocates_per_layer_within_the_budget(tmp_path):
+    from xorsparse.format.container import XspFile
+
+    model = tiny_bert()
+    data, held = batches(), batches(seed=9)
+    cm = compress_model(model, ModelConfig(method="sparsegpt", module_types=("Linear",), target_bits=2.5),
+                        calibration=data)
+    alloc = cm.allocation
+    assert alloc["target_bits"] == 2.5 and set(alloc["layers"]) == set(cm.tensors)
+    assert cm.bits_per_weight()[1] <= 2.5 * 1.03  # the size model's estimate, within 3% of the real size
+    for key, (s, q) in alloc["layers"].items():
+        assert cm.prepared[key.rsplit(".weight", 1)[0]].quant.bits == q
+    path = str(tmp_path / "b.xsp")
+    cm.save(path)
+    with XspFile(path) as f:
+        assert f.records["allocation"] == alloc
+    loaded = load_compressed(copy.deepcopy(model), path)
+    ref = cm.apply_(copy.deepcopy(model))
+    with torch.no_grad():
+        assert torch.equal(loaded(**held.batches[0]).last_hidden_state, ref(**held.batches[0]).last_hidden_state)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), 17, True, "2"])
+def test_target_bits_hostile_values(bad):
+    with pytest.raises(ValueError, match="target bits must be a number in"):
+        ModelConfig(target_bits=bad)
+
+
+def test_target_bits_needs_calibration():
+    with pytest.raises(ValueError, match="target_bits chooses sparsity and bits from calibration"):
+        compress_model(tiny_bert(), ModelConfig(module_types=("Linear",), target_bits=2.0))
+
+
+def test_allocation_records_are_checked():
+    from xorsparse.format.records import RecordError, check_allocation
+
+    good = {"target_bits": 2.0, "estimated_bits": 1.9, "proxy_error": 0.1, "layers": {"a.weight": [0.5, 3]}}
+    check_allocation(good)
+    for bad in ({**good, "layers": {"a.weight": [1.5, 3]}}, {**good, "layers": {"a.weight": [0.5, 99]}},
+                {**good, "layers": {}}, {**good, "target_bits": -1}, {**good, "extra": 1},
+                {k: v for k, v in good.items() if k != "layers"}, {**good, "layers": {"a": "x"}}):
+        with pytest.raises(RecordError):
+            check_allocation(bad)

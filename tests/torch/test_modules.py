@@ -5,8 +5,17 @@ import torch
 from torch import nn
 
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
-from xorsparse.torch import (ModelConfig, XorConv2d, XorEmbedding, XorLinear, XorWeight, compress_model,
-                             load_compressed, reference_model_, resident_bytes)
+from xorsparse.torch import (
+    ModelConfig,
+    XorConv2d,
+    XorEmbedding,
+    XorLinear,
+    XorWeight,
+    compress_model,
+    load_compressed,
+    reference_model_,
+    resident_bytes,
+)
 
 
 class Net(nn.Module):
@@ -236,3 +245,32 @@ def test_ondemand_affine_weight_matches_reference_decoder(symmetric, scale_dtype
     x = torch.randn(3, 64, dtype=torch.bfloat16, generator=g)
     assert torch.equal(lin(x), torch.nn.functional.linear(x, want))
     assert np.isfinite(scales).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_embedding_decodes_only_the_rows_looked_up(tmp_path, dtype):
+    """A lookup of a few ids decodes those rows (XorWeight.decode_rows), equal bit for bit to
+    the whole-table decode; out-of-range ids raise as nn.Embedding does."""
+    emb = nn.Embedding(1000, 48).to(dtype)
+    model = nn.Sequential(emb)
+    cfg = ModelConfig(0.8, 2, module_types=("Embedding",))
+    path = str(tmp_path / "emb.xsp")
+    compress_model(model, cfg).save(path)
+    ref = load_compressed(copy.deepcopy(model), path, mode="decode")
+    lazy = load_compressed(copy.deepcopy(model), path, mode="ondemand")
+    xe = lazy[0]
+    assert isinstance(xe, XorEmbedding)
+    calls = []
+    whole = xe.xw.for_compute
+    xe.xw.for_compute = lambda x: calls.append(1) or whole(x)
+    ids = torch.tensor([[3, 999, 3, 0], [512, 7, 7, 42]])
+    with torch.no_grad():
+        got = lazy(ids)
+        assert torch.equal(got.view(torch.int16) if dtype != torch.float32 else got,
+                           ref(ids).view(torch.int16) if dtype != torch.float32 else ref(ids))
+        assert not calls  # the whole table was never decoded
+        with pytest.raises(IndexError):
+            lazy(torch.tensor([1000]))
+        many = torch.arange(1000)
+        assert torch.equal(lazy(many).float(), ref(many).float())
+        assert calls  # most of the table looked up: decoded whole

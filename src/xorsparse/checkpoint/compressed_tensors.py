@@ -25,8 +25,24 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..tensor.pipeline import Prepared
+from ..format import safetensors_io as st
+from ..format.torchconv import raw_from_torch
+from ..tensor.dequant import dequantize
+from ..tensor.pipeline import Prepared, decompress_codes, from_float32
+from ..tensor.quant import given_keep, quantize_given
 from ..tensor.variants.affine import Affine
+from .folder import (
+    CONFIG,
+    FolderPlan,
+    carried_of_xsp_folder,
+    copy_carried,
+    model_subfolder,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
 from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from .xspset import XspSet
 
@@ -252,12 +268,8 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
     tensors (lossless), legacy bitmask tensors made dense, everything else as stored."""
     _require()
     import torch
-
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..tensor.dequant import dequantize
-    from ..tensor.pipeline import from_float32
-    from ..tensor.quant import given_keep, quantize_given
 
     raw = open_checkpoint(folder)
     qc = config["quantization_config"]
@@ -392,7 +404,6 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
 
 def _signed_codes(ct) -> np.ndarray:
     """The affine tensor's signed codes, pruned positions set to their zero point."""
-    from ..tensor.pipeline import decompress_codes
 
     q = ct.quant
     keep, codes = decompress_codes(ct)
@@ -445,10 +456,6 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
     import torch
     from compressed_tensors.compressors import BaseCompressor
 
-    from ..format import safetensors_io as st
-    from .folder import CONFIG, FolderPlan, carried_of_xsp_folder, copy_carried, read_config, weights_dir, \
-        model_subfolder, shard_name, write_index, xsp_files
-    from ..format.torchconv import raw_from_torch
 
     sub = model_subfolder(src)
     cfg = read_config(os.path.join(weights_dir(src), CONFIG)) or {}

@@ -26,9 +26,7 @@ def _dense_items(src: str, progress: Progress | None):
             progress(len(names), len(names), "")
 
 
-
 _ST_CODE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
-
 
 
 def write_dense_safetensors(src: str, out: str, progress: Progress | None = None,
@@ -60,7 +58,6 @@ def write_dense_safetensors(src: str, out: str, progress: Progress | None = None
         if progress:
             progress(len(chosen), len(chosen), "")
     return size
-
 
 
 def write_torch_state(src: str, out: str, progress: Progress | None, force: bool = True) -> int:

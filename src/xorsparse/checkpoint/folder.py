@@ -21,7 +21,6 @@ from ..tensor.pipeline import CompressConfig
 from ..version import __version__
 from .readers import SAFE_INDEX, TORCH_INDEX, Checkpoint, CheckpointError, index_shards, open_checkpoint
 
-
 CONFIG = "config.json"
 
 SINGLE = "model.safetensors"
@@ -31,16 +30,13 @@ QUANT_METHOD = "xorsparse"
 LOAD_MODES = ("decode", "ondemand")
 
 
-
 # Files and folders that hold the model's weights in other forms: never carried over, since
 # they would put the uncompressed weights back into the folder (and into its size).
 WEIGHT_FILE_PREFIXES = ("pytorch_model", "model-0", "tf_model", "flax_model", "rust_model")
 
 
-
 WEIGHT_FILE_NAMES = {"model.safetensors", SAFE_INDEX, TORCH_INDEX, "model.pt", "model.pth",
                      "pytorch_model.bin", "rust_model.ot", "tf_model.h5", "flax_model.msgpack"}
-
 
 
 WEIGHT_DIRS = {"onnx", "openvino"}
@@ -48,11 +44,9 @@ WEIGHT_DIRS = {"onnx", "openvino"}
 SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
 
-
 def shard_name(i: int, n: int) -> str:
     """transformers' names: model.safetensors alone, model-00001-of-00003.safetensors sharded."""
     return SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-
 
 
 def _is_weight_file(rel: str) -> bool:
@@ -61,7 +55,6 @@ def _is_weight_file(rel: str) -> bool:
         return True
     return base.startswith(WEIGHT_FILE_PREFIXES) and base.endswith((".bin", ".safetensors", ".h5", ".msgpack",
                                                                       ".ot", ".json"))
-
 
 
 def model_subfolder(src: str) -> str:
@@ -86,7 +79,6 @@ def model_subfolder(src: str) -> str:
     return ""
 
 
-
 @dataclass
 class FolderPlan:
     """What a folder becomes: the weights to convert, the files to carry, the files left out."""
@@ -96,7 +88,6 @@ class FolderPlan:
     checkpoint: Checkpoint
     carried: list[str] = field(default_factory=list)  # relative paths
     skipped: list[str] = field(default_factory=list)  # other forms of the weights, not carried
-
 
 
 def plan_folder(src: str, ck: Checkpoint | None = None) -> FolderPlan:
@@ -127,10 +118,8 @@ def plan_folder(src: str, ck: Checkpoint | None = None) -> FolderPlan:
     return FolderPlan(src, sub, ck, carried, skipped)
 
 
-
 def _atomic_write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))  # temporary name, then rename; the usual mode (format/output.py)
-
 
 
 def check_folder_output(src: str, out: str, force: bool) -> None:
@@ -141,7 +130,6 @@ def check_folder_output(src: str, out: str, force: bool) -> None:
         raise OutputError(f"{out}: is the input folder {src} or inside it; refusing to write there")
     empty = os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out)
     check_output(out, [src], force or empty, directory=True)
-
 
 
 def read_config(path: str) -> dict | None:
@@ -157,7 +145,6 @@ def read_config(path: str) -> dict | None:
     return cfg
 
 
-
 def quantization_config(config: CompressConfig, load_mode: str = "decode",
                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The `quantization_config` entry of an xorsparse folder's config.json."""
@@ -167,7 +154,6 @@ def quantization_config(config: CompressConfig, load_mode: str = "decode",
          "load_mode": load_mode, "config": config.to_dict()}
     q.update(extra or {})
     return q
-
 
 
 def copy_carried(plan: FolderPlan, out: str, config_text: dict[str, str]) -> tuple[int, int]:
@@ -186,7 +172,6 @@ def copy_carried(plan: FolderPlan, out: str, config_text: dict[str, str]) -> tup
     return n_in, n_out
 
 
-
 def write_index(out_dir: str, shard_files: Sequence[str], metadata: Mapping[str, Any] | None = None) -> str:
     """model.safetensors.index.json over the entries of `shard_files`: written last."""
     weight_map, total = {}, 0
@@ -203,11 +188,9 @@ def write_index(out_dir: str, shard_files: Sequence[str], metadata: Mapping[str,
     return path
 
 
-
 def weights_dir(path: str) -> str:
     sub = model_subfolder(path)
     return os.path.join(path, sub) if sub else path
-
 
 
 def xsp_files(path: str) -> list[str]:
@@ -228,7 +211,6 @@ def xsp_files(path: str) -> list[str]:
     raise CheckpointError(f"{path}: no {SINGLE} or {SAFE_INDEX} in this folder")
 
 
-
 def is_xsp_folder(path: str) -> bool:
     if not os.path.isdir(path):
         return False
@@ -244,7 +226,6 @@ def is_xsp_folder(path: str) -> bool:
             return META_KEY in r.metadata
     except st.FormatError:
         return False
-
 
 
 def carried_of_xsp_folder(src: str, files: Sequence[str]) -> list[str]:

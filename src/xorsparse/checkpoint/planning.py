@@ -16,8 +16,18 @@ import numpy as np
 
 from ..format import safetensors_io as st
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, Prepared, to_float32
-from ..tensor.prune import HIGH_BINS, PruneRule, global_prune_count, global_rules, high_histogram, low_values, \
-    magnitude_bits, select_high_bin, streaming_global_rules
+from ..tensor.prune import (
+    HIGH_BINS,
+    PruneRule,
+    global_prune_count,
+    global_rules,
+    high_histogram,
+    low_values,
+    magnitude_bits,
+    select_high_bin,
+    streaming_global_rules,
+)
+from .options import RunOptions, SelectOptions
 from .readers import Checkpoint, CheckpointError, Report, open_checkpoint
 from .selection import Selection, select_tensors
 
@@ -37,20 +47,18 @@ class CompressPlan:
     extra: Mapping[str, Any] = field(default_factory=dict)  # records (calibration, quality) of every shard
 
 
-
-def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[str] = (),
-                     exclude: Sequence[str] = (), *, prepared: Mapping[str, Prepared] | None = None,
-                     force_include: Sequence[str] = (), embeddings: bool = True,
-                     keep_dtype: str | None = None, default: Iterable[str] | None = None,
-                     info: Mapping[str, Any] | None = None, executor=None,
-                     on_event: Callable[[dict], None] | None = None,
+def plan_compression(ck: Checkpoint, config: CompressConfig, select: SelectOptions = SelectOptions(), *,
+                     prepared: Mapping[str, Prepared] | None = None, default: Iterable[str] | None = None,
+                     info: Mapping[str, Any] | None = None, run: RunOptions = RunOptions(),
                      extra: Mapping[str, Any] | None = None) -> tuple[CompressPlan, Selection]:
     """Select the tensors and, for global pruning, each tensor's share of the threshold (two
-    streaming passes over the shards, on `executor` if given): what every shard shares.
-    `prepared` may compute its values lazily: only its names are read here. `extra`: the
-    calibration / quality records (docs/FORMAT.md section 8) every shard carries."""
+    streaming passes over the shards, on `run.executor` if given): what every shard shares.
+    `prepared` may compute its values lazily: only its names are read here. `default`
+    replaces the default choice of tensors (compressed-tensors: its quantized ones). `extra`:
+    the calibration / quality records (docs/FORMAT.md section 8) every shard carries."""
     prepared = prepared if prepared is not None else {}
-    sel = select_tensors(ck, include, exclude, force_include, embeddings,
+    keep_dtype = select.keep_dtype
+    sel = select_tensors(ck, select.include, select.exclude, select.force_include, select.embeddings,
                          default=default if default is not None else (list(prepared) if prepared else None))
     selected = set(sel.compressed)
     if not selected:
@@ -60,10 +68,9 @@ def plan_compression(ck: Checkpoint, config: CompressConfig, include: Sequence[s
     rules = None
     if config.global_sparsity:
         free = [n for n in sel.compressed if n not in prepared]
-        rules = checkpoint_global_rules(ck, free, config.sparsity, executor, on_event)
+        rules = checkpoint_global_rules(ck, free, config.sparsity, run.executor, run.on_event)
     return CompressPlan(config, selected, None, rules, prepared, keep_dtype, dict(info or {}),
                         extra=dict(extra or {})), sel
-
 
 
 def checkpoint_global_rules(ck: Checkpoint, order: Sequence[str], sparsity: float, executor=None,
@@ -81,7 +88,6 @@ def checkpoint_global_rules(ck: Checkpoint, order: Sequence[str], sparsity: floa
     return global_pruning_rules(groups, order, sparsity, executor, on_event)
 
 
-
 def _plain_safetensors_shards(groups: Sequence[tuple[str, Sequence[str]]]) -> bool:
     """Whether every name is an entry of its safetensors file (so a worker can read it there)."""
     try:
@@ -96,7 +102,6 @@ def _plain_safetensors_shards(groups: Sequence[tuple[str, Sequence[str]]]) -> bo
     return bool(groups)
 
 
-
 @dataclass(frozen=True)
 class PassTask:
     """Read the tensors `names` of the shard `src` (pass 1: high histogram; pass 2 with
@@ -107,11 +112,9 @@ class PassTask:
     high: int | None = None
 
 
-
 def _tensor_loader(src: str):
     ck = open_checkpoint(src)
     return lambda name: to_float32(ck.get(name))[0]
-
 
 
 def histogram_pass(task: PassTask, report: Report | None = None) -> tuple[np.ndarray, int]:
@@ -128,7 +131,6 @@ def histogram_pass(task: PassTask, report: Report | None = None) -> tuple[np.nda
     return hist, n
 
 
-
 def low_pass(task: PassTask, report: Report | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Pass 2 over one shard: per tensor, the low 16 bits found in the threshold's high bin."""
     get = _tensor_loader(task.src)
@@ -139,7 +141,6 @@ def low_pass(task: PassTask, report: Report | None = None) -> dict[str, tuple[np
         if report:
             report({"kind": "tensor", "name": name, "weights": int(bits.size)})
     return out
-
 
 
 def global_pruning_rules(groups: Sequence[tuple[str, Sequence[str]]], order: Sequence[str], sparsity: float,
@@ -162,7 +163,6 @@ def global_pruning_rules(groups: Sequence[tuple[str, Sequence[str]]], order: Seq
         for _, part in run(low_pass, tasks2, on_event):
             low.update(part)
     return global_rules(order, total, sparsity, high, below, low)
-
 
 
 def item_runner(executor):

@@ -20,14 +20,12 @@ import numpy as np
 from ..errors import XorsparseError
 from ..format.torchconv import ST_TO_TORCH, torch_dtype_name
 
-
 Progress = Callable[[int, int, str], None]  # (done, total, text)
 Report = Callable[[dict], None]  # events of a work item (xorsparse.jobs.executors)
 
 
 class CheckpointError(XorsparseError):
     """An input checkpoint that cannot be read; the message names the file."""
-
 
 
 @dataclass
@@ -60,7 +58,6 @@ class Checkpoint:
         return [f for f, _ in self.shards] + list(self.extra_files)
 
 
-
 def _safetensors_files(files: Sequence[str], extra: Sequence[str] = ()) -> Checkpoint:
     from safetensors import safe_open
 
@@ -91,7 +88,6 @@ def _safetensors_files(files: Sequence[str], extra: Sequence[str] = ()) -> Check
     return Checkpoint(path, list(where), load, shards, infos.__getitem__, list(extra))
 
 
-
 def _refusal(path: str, e: Exception) -> CheckpointError:
     """One line for torch.load(weights_only=True) refusing a pickle: what it held, never how to
     bypass the check."""
@@ -105,7 +101,6 @@ def _refusal(path: str, e: Exception) -> CheckpointError:
     return CheckpointError(f"{path}: refused to load: the pickle holds more than tensors ({detail}); the file may "
                            "be unsafe, since loading a pickle can run code. Use a .safetensors copy from a "
                            "trusted source")
-
 
 
 def _torch_state(path: str) -> dict:
@@ -129,7 +124,6 @@ def _torch_state(path: str) -> dict:
     return sd
 
 
-
 def _torch_files(files: Sequence[str], extra: Sequence[str] = ()) -> Checkpoint:
     """PyTorch state dicts, one file or the shards of an index (read one shard at a time)."""
     where: dict[str, str] = {}
@@ -151,7 +145,6 @@ def _torch_files(files: Sequence[str], extra: Sequence[str] = ()) -> Checkpoint:
     return Checkpoint(path, list(where), load, shards, None, list(extra))
 
 
-
 def index_shards(folder: str, index_name: str) -> list[str] | None:
     """Shard files named by a Hugging Face weight-map index, or None if there is no index."""
     idx = os.path.join(folder, index_name)
@@ -169,13 +162,11 @@ def index_shards(folder: str, index_name: str) -> list[str] | None:
     return [os.path.join(folder, s) for s in sorted(shards)]
 
 
-
 SAFE_INDEX = "model.safetensors.index.json"
 
 TORCH_INDEX = "pytorch_model.bin.index.json"
 
 TORCH_SINGLE = ("pytorch_model.bin", "model.pt", "model.pth")
-
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -202,7 +193,6 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if p.endswith((".pt", ".pth", ".bin")):
         return _torch_files([p])
     raise CheckpointError(f"{p}: unknown checkpoint type (expected .safetensors, .pt, .pth, .bin or a folder)")
-
 
 
 def input_bytes(ck: Checkpoint, name: str) -> int:

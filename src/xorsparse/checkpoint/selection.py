@@ -12,11 +12,9 @@ from ..format.torchconv import torch_dtype_name
 from ..tensor.pipeline import FLOAT_DTYPES
 from .readers import Checkpoint
 
-
 NORM_WORDS = ("norm", "ln_", ".ln")
 
 EMBEDDING_WORDS = ("embed", "wte", "wpe")
-
 
 
 def is_embedding(name: str) -> bool:
@@ -24,10 +22,8 @@ def is_embedding(name: str) -> bool:
     return any(w in low for w in EMBEDDING_WORDS)
 
 
-
 def _matches(name: str, globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, g) for g in globs)
-
 
 
 @dataclass
@@ -49,7 +45,6 @@ class Selection:
             text += "; stored as they are: " + ", ".join(f"{k} {v}" for v, k in
                                                          sorted(((v, k) for k, v in reasons.items()), reverse=True))
         return text
-
 
 
 def select_tensors(ck: Checkpoint, include: Sequence[str] = (), exclude: Sequence[str] = (),
@@ -93,12 +88,10 @@ def select_tensors(ck: Checkpoint, include: Sequence[str] = (), exclude: Sequenc
     return Selection(chosen, kept)
 
 
-
 def default_selected(name: str, t) -> bool:
     """The default rule for one tensor: floating-point, two or more dimensions, not a norm."""
     low = name.lower()
     return t.dim() >= 2 and torch_dtype_name(t) in FLOAT_DTYPES and not any(w in low for w in NORM_WORDS)
-
 
 
 def is_selected(name: str, t, include: Sequence[str] = (), exclude: Sequence[str] = (),

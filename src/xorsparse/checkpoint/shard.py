@@ -26,7 +26,6 @@ class ShardResult:
     bytes: int
 
 
-
 def _stored(t, keep_dtype: str | None) -> RawTensor:
     import torch
 
@@ -36,10 +35,8 @@ def _stored(t, keep_dtype: str | None) -> RawTensor:
     return RawTensor(code, shape, data)
 
 
-
 def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: CompressPlan,
-                   progress: Progress | None = None, done: int = 0, total: int | None = None,
-                   on_tensor: Callable[[str, int], None] | None = None, *, force: bool = True) -> ShardResult:
+                   progress: Progress | None = None, on_tensor: Callable[[str, int], None] | None = None, *, force: bool = True) -> ShardResult:
     """Compress the tensors `names` of `ck` into one .xsp file `out` (written atomically).
 
     The unit of work of a folder: one input shard gives one output shard, independently of
@@ -50,7 +47,6 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     refused; force=False also refuses an existing output or a symlink (format/output.py).
     """
     rows, sizes_in, raw_names = [], {}, set()
-    total = len(names) if total is None else total
     # tensors to prune and quantize here run on plan.threads threads (same bytes for any
     # count; a worker of a sharded job uses one), coming back in file order; each tensor's
     # coded parts go to the writer's spool as soon as it is done
@@ -60,7 +56,7 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
     with XspWriter(out, inputs=ck.files, force=force) as writer:
         for i, name in enumerate(names):
             if progress:
-                progress(done + i, total, name)
+                progress(i, len(names), name)
             if name in plan.prepared and name in plan.selected:  # (excluded ones are stored as read)
                 p = plan.prepared[name]
                 t0 = time.perf_counter()
@@ -92,7 +88,6 @@ def compress_shard(ck: Checkpoint, names: Sequence[str], out: str, plan: Compres
                  "compressed embeddings" if is_embedding(n) else "compressed weights",
                  sizes_in[n], written.get(n, 0)) for n in names}
     return ShardResult(out, rows, sizes, size)
-
 
 
 def _plan_keep(plan: CompressPlan, name: str):

@@ -31,7 +31,6 @@ def tensor_stats(name: str, ct: CompressedTensor) -> dict[str, Any]:
     }
 
 
-
 def totals(rows: Iterable[dict]) -> dict[str, Any]:
     rows = list(rows)
     w = sum(r["weights"] for r in rows)
@@ -48,7 +47,6 @@ def totals(rows: Iterable[dict]) -> dict[str, Any]:
     }
 
 
-
 @dataclass
 class SizeRow:
     """One line of the size summary: bytes in the input and in the output."""
@@ -63,9 +61,7 @@ class SizeRow:
         return self.input_bytes / self.output_bytes if self.output_bytes else float("inf")
 
 
-
 CATEGORIES = ("compressed weights", "compressed embeddings", "stored as they are")
-
 
 
 def size_rows(tensor_sizes: Mapping[str, tuple[str, int, int]], input_files: int, output_files: int,
@@ -87,7 +83,6 @@ def size_rows(tensor_sizes: Mapping[str, tuple[str, int, int]], input_files: int
     return rows
 
 
-
 def entry_bytes(path: str) -> dict[str, int]:
     """Data bytes of each tensor in an .xsp file (a compressed tensor's parts summed)."""
     out: dict[str, int] = {}
@@ -97,7 +92,6 @@ def entry_bytes(path: str) -> dict[str, int]:
             b, end = e["offsets"]
             out[base] = out.get(base, 0) + end - b
     return out
-
 
 
 @dataclass

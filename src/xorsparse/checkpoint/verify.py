@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 from ..format.container import XspFile
 from ..format.torchconv import raw_from_torch, torch_dtype_name
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, reference_prune_quantize, to_float32
-from ..tensor.variants import QUANTIZERS
 from ..tensor.prune import PruneRule, global_magnitude_masks
+from ..tensor.variants import QUANTIZERS
 from .compressed_tensors import is_compressed_tensors_folder, read_compressed_tensors
 from .folder import CONFIG, model_subfolder
 from .planning import checkpoint_global_rules
@@ -40,6 +40,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
         free = [n for n in names if n in f.tensors and QUANTIZERS[f.where[n].tensors[n]["quantizer"]].quantizes]
         global_pruning = f.meta.get("info", {}).get("pruning") == "global"
+        weights = sum(f.weights().values())
     rules = None
     if against:
         orig = open_original(against)
@@ -66,7 +67,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     run = executor.map if executor is not None and not references else \
         (lambda fn, items, ev: ((i, fn(t, ev, references)) for i, t in enumerate(items)))
     if on_event:
-        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names)})
+        on_event({"kind": "plan", "items": len(tasks), "tensors": len(names), "weights": weights})
     by_task: list[list[dict]] = [[] for _ in tasks]
     for i, rows in run(verify_task, tasks, events):
         by_task[i] = rows
@@ -75,7 +76,6 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
     if progress:
         progress(len(names), len(names), "")
     return [r for rows in by_task for r in rows]
-
 
 
 def open_original(path: str) -> Checkpoint:
@@ -88,7 +88,6 @@ def open_original(path: str) -> Checkpoint:
                 return read_compressed_tensors(d, json.load(fh)).checkpoint
         return open_checkpoint(d)
     return open_checkpoint(path)
-
 
 
 def reference_state(src: str, config: CompressConfig, include: Sequence[str] = (),
@@ -107,7 +106,6 @@ def reference_state(src: str, config: CompressConfig, include: Sequence[str] = (
     return out
 
 
-
 @dataclass(frozen=True)
 class VerifyTask:
     """Decode every tensor of one .xsp file; with `against`, compare each with the
@@ -118,7 +116,6 @@ class VerifyTask:
     against: str | None = None
     config: dict | None = None
     rules: dict | None = None  # name -> [threshold, ties]
-
 
 
 def verify_task(task: VerifyTask, report: Report | None = None,
@@ -132,6 +129,7 @@ def verify_task(task: VerifyTask, report: Report | None = None,
         for name in task.names:
             dense = f.dense(name, framework="torch")
             row = {"name": name, "compressed": name in f.tensors, "decoded": True, "exact": None}
+            weights = int(dense.numel())
             if orig is not None:
                 t = orig.get(name)
                 if references and name in references:
@@ -152,5 +150,5 @@ def verify_task(task: VerifyTask, report: Report | None = None,
             del dense
             rows.append(row)
             if report:
-                report({"kind": "tensor", "name": name, "weights": 0})
+                report({"kind": "tensor", "name": name, "weights": weights})
     return rows

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ..format.container import XspError, XspFile
 from ..tensor.pipeline import CompressedTensor
 from .folder import xsp_files
@@ -62,6 +64,15 @@ class XspSet:
             if n in f.tensors:
                 f.check_cost(n)
 
+    def weights(self) -> dict[str, int]:
+        """Weights (elements) of every tensor, from the headers: nothing is decoded. Progress
+        lines count them."""
+        out = {}
+        for name, f in self.where.items():
+            shape = f.desc.tensors[name].shape if name in f.tensors else f._r.infos[name].shape
+            out[name] = int(np.prod(shape, dtype=np.int64))
+        return out
+
     def names(self) -> list[str]:
         order = [n for f in self.files for n in f.meta.get("info", {}).get("order", []) if n in self.where]
         rest = [n for n in self.where if n not in set(order)]
@@ -82,3 +93,9 @@ class XspSet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_xsp(path: str | os.PathLike) -> XspSet:
+    """Open an .xsp file or an xorsparse model folder for reading: every tensor by name,
+    decoded on demand (`dense`, `compressed`); use it as a context manager."""
+    return XspSet(os.fspath(path))

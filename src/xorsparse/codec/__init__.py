@@ -4,8 +4,10 @@ Pure numpy and numba: planes in, streams and patch lists out (docs/FORMAT.md sec
 """
 
 from .plane import EncodedPlane, decode_plane, decode_plane_packed, get_decoder
-from .rates import encode_plane  # decoder="auto" as well as a given XorDecoder
-from .rates import choose
+from .rates import (
+           choose,
+           encode_plane,  # decoder="auto" as well as a given XorDecoder
+)
 from .xornet import DEFAULT_SEED, XorDecoder
 
 __all__ = ["DEFAULT_SEED", "EncodedPlane", "XorDecoder", "choose", "decode_plane", "decode_plane_packed",

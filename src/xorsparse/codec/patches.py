@@ -11,7 +11,6 @@ import numpy as np
 from numba import njit
 
 
-
 def _gaps(positions: np.ndarray) -> np.ndarray:
     pos = np.asarray(positions, dtype=np.int64)
     if pos.size and (np.any(pos[1:] <= pos[:-1]) or pos[0] < 0):

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import XorsparseError
 from . import _kernels
-from .patches import decode_patches, encode_patches, rice_bits, best_rice_parameter
+from .patches import best_rice_parameter, decode_patches, encode_patches, rice_bits
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, NARROW_WINDOW, XorDecoder
 
 Method = Literal["elimination", "exhaustive"]

@@ -21,7 +21,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from .plane import EXHAUSTIVE_MAX_N_IN, EncodedPlane, Method, as_plane, encode_plane as encode_with, get_decoder
+from .plane import EXHAUSTIVE_MAX_N_IN, EncodedPlane, Method, as_plane, get_decoder
+from .plane import encode_plane as encode_with
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, XorDecoder
 
 SAMPLE_BLOCKS = 4

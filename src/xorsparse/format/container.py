@@ -17,16 +17,18 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import safetensors_io as st
-from .records import CHECKS
-from . import validate
-from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
-from ..tensor.variants import mask_codec, quantizer
 from ..tensor.packed import PackedPlane
-from ..tensor.quant import Quantized
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
+from ..tensor.quant import Quantized
+from ..tensor.variants import mask_codec, quantizer
+from . import safetensors_io as st
+from . import validate
+from .output import check_output
+from .records import CHECKS
+from .torchconv import st_to_torch
+from .validate import SEP, XspError, _q, meta_crc  # noqa: F401  (re-exported)
 
 FORMAT_NAME = "xorsparse"
 FORMAT_VERSION = 2
@@ -169,7 +171,6 @@ class XspWriter:
     def __init__(self, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = True):
         import tempfile
 
-        from .output import check_output
 
         self.path = os.fspath(path)
         self.inputs, self.force = list(inputs), force
@@ -353,8 +354,6 @@ class XspFile:
                 raise XspError(f"{self.path}: tensor {_q(name)}: {e}") from None
         a, dt = self.raw(name)
         if dt == "BF16" or framework == "torch":
-            from .torchconv import st_to_torch
-
             return st_to_torch(a, dt)
         return a
 

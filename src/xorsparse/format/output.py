@@ -27,6 +27,7 @@ import stat
 import threading
 import zlib
 from typing import Iterable, Iterator
+
 from ..errors import XorsparseError
 
 log = logging.getLogger("xorsparse")
@@ -62,7 +63,8 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return a.st_dev == b.st_dev and a.st_ino == b.st_ino
 
 
-def _inside(child: str, folder: str) -> bool:
+def is_inside(child: str, folder: str) -> bool:
+    """Whether `child` is `folder` or below it, symlinks resolved."""
     c, f = os.path.realpath(child), os.path.realpath(folder)
     return c == f or c.startswith(f.rstrip(os.sep) + os.sep)
 
@@ -95,7 +97,7 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
             continue
         if st is not None and _same(ist, st):
             raise OutputError(f"{p}: is the same file as the input {os.fspath(i)}; refusing to overwrite it")
-        if directory and _inside(os.fspath(i), target):
+        if directory and is_inside(os.fspath(i), target):
             raise OutputError(f"{p}: holds the input {os.fspath(i)}; refusing to replace it")
     if st is not None and not force:
         raise OutputError(f"{p}: already exists (use --force to replace it)")
@@ -309,4 +311,4 @@ def write_bytes(path: str | os.PathLike, data: bytes, **kw) -> None:
         f.write(data)
 
 
-__all__ = ["OutputError", "check_output", "atomic_file", "atomic_dir", "clean_stale", "write_bytes", "temp_name"]
+__all__ = ["OutputError", "check_output", "is_inside", "atomic_file", "atomic_dir", "clean_stale", "write_bytes", "temp_name"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+
 from ..errors import XorsparseError
 
 QUALITY_KINDS = ("sentence-transformers", "causal-lm", "layer-error")
@@ -69,6 +70,7 @@ def _num_map(v: Any) -> bool:
 
 HELD_OUT = {
     "source": _str, "file": _opt(_str), "sha256": _opt(_sha256), "samples": _int(), "selection": _str,
+    "domain": _one_of("in-domain", "out-of-domain", "user"),
 }
 
 QUALITY = {
@@ -78,6 +80,10 @@ QUALITY = {
     "layers": _num_map, "mean_relative_error": _num(0.0), "max_relative_error": _num(0.0),
     "output_relative_error": _num(0.0),
 }
+# the same figures on other held-out sets: out-of-domain text, the user's --eval file
+SUB_QUALITY = {k: v for k, v in QUALITY.items() if k not in ("kind", "layers")}
+QUALITY["out_of_domain"] = "sub"
+QUALITY["eval"] = "sub"
 
 CALIBRATION = {
     "method": _one_of(*METHODS), "model_kind": _str, "source": _one_of("builtin", "file", "python"),
@@ -97,8 +103,29 @@ def _check(record: Any, schema: dict, what: str) -> None:
         check = schema[k]
         if check is None:
             _check(v, HELD_OUT, f"{what}.{k}")
+        elif check == "sub":
+            _check(v, SUB_QUALITY, f"{what}.{k}")
         elif not check(v):
             raise RecordError(f"{what}.{k}: invalid value {str(v)[:60]!r}")
+
+
+def _allocation_layers(v: Any) -> bool:
+    return isinstance(v, dict) and 0 < len(v) <= MAX_ITEMS and all(
+        _str(k) and isinstance(c, list) and len(c) == 2 and _num(0.0, 0.999999)(c[0]) and _int(1, 8)(c[1])
+        for k, c in v.items())
+
+
+ALLOCATION = {
+    "target_bits": _num(1e-9, 16.0), "estimated_bits": _num(0.0, 64.0), "proxy_error": _num(0.0),
+    "layers": _allocation_layers,  # tensor name -> [sparsity, bits]
+}
+
+
+def check_allocation(record: Any) -> None:
+    _check(record, ALLOCATION, "allocation")
+    for k in ("target_bits", "layers"):
+        if k not in record:
+            raise RecordError(f"allocation.{k}: missing")
 
 
 def check_quality(record: Any) -> None:
@@ -113,7 +140,7 @@ def check_calibration(record: Any) -> None:
         raise RecordError("calibration.method: missing")
 
 
-CHECKS = {"quality": check_quality, "calibration": check_calibration}
+CHECKS = {"quality": check_quality, "calibration": check_calibration, "allocation": check_allocation}
 
 
 def needs_recomputation(record: dict | None) -> bool:
@@ -121,4 +148,4 @@ def needs_recomputation(record: dict | None) -> bool:
     return bool(record) and (record.get("method") != "magnitude" or bool(record.get("recover_steps")))
 
 
-__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_calibration", "check_quality", "needs_recomputation"]
+__all__ = ["CHECKS", "QUALITY_KINDS", "RecordError", "check_allocation", "check_calibration", "check_quality", "needs_recomputation"]

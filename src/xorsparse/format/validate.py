@@ -35,9 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
-from ..errors import XorsparseError
 
+from ..codec.patches import rice_bits
+from ..codec.xornet import MAX_N_IN, MAX_N_OUT, MAX_WINDOW
+from ..errors import XorsparseError
+from ..tensor.pipeline import FLOAT_DTYPES
 from ..tensor.variants import MASK_CODECS, QUANTIZERS, Part
+from .records import CHECKS as RECORD_CHECKS
+from .records import RecordError
 
 # ---------------------------------------------------------------------------------------
 # Limits (docs/FORMAT.md, "Reader limits")
@@ -48,7 +53,6 @@ MAX_POSITIONS = 1 << 48  # weights in one compressed tensor
 MAX_DIM = 1 << 62
 MAX_CHUNK_SLICES = 1 << 32
 MAX_RICE_K = 40
-MAX_N_IN, MAX_N_OUT, MAX_WINDOW = 64, 1024, 256
 MAX_BCQ_ITERS = 1000
 DEFAULT_MAX_TENSOR_BYTES = 16 << 30
 MAX_TENSOR_BYTES_ENV = "XORSPARSE_MAX_TENSOR_BYTES"
@@ -58,7 +62,6 @@ CHECKSUM_KEY = "xorsparse_crc32"  # __metadata__ key of the version-2 descriptio
 META_KEY = "xorsparse"
 FORMAT_NAME = "xorsparse"
 READ_VERSIONS = (1, 2)
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 ST_NUMPY = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "F16": "float16",
@@ -708,7 +711,6 @@ def validate_description(metadata: Mapping[str, str], entries: Mapping[str, Entr
     raw_v = w.obj(doc["raw"], "raw")
     info = w.obj(doc["info"], "info")
     config = _check_config(w, doc["config"])
-    from .records import CHECKS as RECORD_CHECKS, RecordError
 
     for key, check in RECORD_CHECKS.items():  # calibration / quality (FORMAT.md section 8)
         if key not in doc:
@@ -807,7 +809,6 @@ def check_patch_list(path: str, spec: TensorSpec, i: int, positions: np.ndarray)
     (validate_tensor bounded every gap below 2^63, so a running sum that wrapped shows
     up here as a decrease.)
     """
-    from ..codec.patches import rice_bits
 
     w = Where(path, spec.name)
     p = spec.planes[i]

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import XorsparseError
 from ..tensor.fused import Q_UNIFORM_ASYM
-from .resident import ResidentWeight
+from .resident import OUT_KINDS, ResidentWeight
 
 FUSED_MAX_BATCH = 16  # rows of x up to which linear() runs the fused decode-multiply kernel
 # Tiles and warps: compiled for sm_90 (ptxas, no spills: 80 registers for decode, about 110
@@ -76,8 +76,6 @@ def _common_args(rw: ResidentWeight) -> tuple[list, dict]:
 
 
 def _out_kind(rw: ResidentWeight) -> int:
-    from .resident import OUT_KINDS
-
     return OUT_KINDS[rw.dtype_name]
 
 

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from ..codec.xornet import MAX_WINDOW
+from ..codec.plane import get_decoder
+from ..codec.xornet import MAX_WINDOW, check_params
 from ..errors import XorsparseError
 from ..tensor import fused
-from ..tensor.variants import decode_mask_words
 from ..tensor.packed import PackedPlane
+from ..tensor.quant import row_layout
+from ..tensor.variants import decode_mask_words
 
 PREFIX_WORDS = MAX_WINDOW // 64  # zero words before each stream: windows may start up to 256 bits early
 PATCH_CHUNK_SHIFT = 10  # per-chunk patch offsets every 1024 positions (32 bits per 1024 weights)
@@ -219,9 +221,6 @@ class ResidentWeight:
                 params[i] = (0, 0, 0, 0, offset, 0, 1, 0)
                 packed_bits |= 1 << i
             else:
-                from ..codec.plane import get_decoder
-                from ..codec.xornet import check_params
-
                 try:
                     check_params(p.n_in, p.n_out, p.n_s)
                 except (TypeError, ValueError) as e:
@@ -330,8 +329,6 @@ class ResidentWeight:
 
 
 def _rows_cols(shape) -> tuple[int, int]:
-    from ..tensor.quant import row_layout
-
     return row_layout(tuple(shape))
 
 

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
+
 from ..errors import XorsparseError
 
 Event = dict
@@ -316,18 +317,23 @@ def make_executor(workers: int | None = None, ray: str | None = None) -> Executo
 class JobProgress:
     """Progress of a sharded job on stderr: items (shards) and tensors done, weights per
     second, time left. On a terminal one line redrawn in place; elsewhere (logs, CI, pipes)
-    a line when a shard finishes and at least every `every` seconds while tensors finish."""
+    a line when a shard finishes and at least every `every` seconds while tensors finish.
+    The seconds shown count from the display's creation (make it when the command starts:
+    they then include the work before the shards, e.g. a recomputed calibration); the rate
+    counts only weights worked on since the plan (shards kept by a resume are not work)."""
 
-    def __init__(self, label: str, items: int = 0, tensors: int = 0, weights: int = 0, enabled: bool = True,
-                 tty: bool | None = None, every: float = 30.0, stream=None, where: str = ""):
+    WHAT = {"compress": "to code", "verify": "to decode and check", "decompress": "to decode"}
+
+    def __init__(self, label: str, enabled: bool = True, tty: bool | None = None, every: float = 30.0,
+                 stream=None, where: str = ""):
         self.label = label
         self.where = where
-        self.items, self.tensors, self.weights = items, tensors, weights
+        self.items = self.tensors = self.weights = 0  # the job's "plan" event says
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = every
-        self.t0 = time.perf_counter()
+        self.t0 = self.started = time.perf_counter()
         self.items_done = self.tensors_done = self.weights_done = self.reused = 0
         self._weights_worked = 0
         self._last_line = self.t0
@@ -342,8 +348,9 @@ class JobProgress:
                 self.t0 = self._last_line = time.perf_counter()
                 if self.enabled:
                     on = f" on {self.where}" if self.where else ""
-                    w = (f", {self.weights / 1e9:.2f} G weights to code" if self.weights >= 1e9 else
-                         f", {self.weights / 1e6:.2f} M weights to code" if self.weights else "")
+                    what = self.WHAT.get(self.label, "")
+                    w = (f", {self.weights / 1e9:.2f} G weights {what}" if self.weights >= 1e9 else
+                         f", {self.weights / 1e6:.2f} M weights {what}" if self.weights else "").rstrip()
                     self.stream.write(f"{self.label}: {self.items} shard(s), {self.tensors} tensors{w}{on}\n")
                     self.stream.flush()
             elif kind == "tensor":
@@ -372,11 +379,12 @@ class JobProgress:
         return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
     def line(self, name: str = "") -> str:
-        el = time.perf_counter() - self.t0
+        el = time.perf_counter() - self.started
         reused = f" ({self.reused} reused)" if self.reused else ""
+        rate = f"{self._rate() / 1e6:.2f} M weights/s, " if self._weights_worked else ""
         return (f"{self.label}: shards {self.items_done}/{self.items}{reused}, tensors "
-                f"{self.tensors_done}/{self.tensors}, {self._rate() / 1e6:.2f} M weights/s, "
-                f"{el:.0f}s, left {self._eta()}" + (f"  {name}" if name else ""))
+                f"{self.tensors_done}/{self.tensors}, {rate}{el:.0f}s, left {self._eta()}"
+                + (f"  {name}" if name else ""))
 
     def _show(self, name: str, force: bool, finished: bool = False) -> None:
         if not self.enabled:

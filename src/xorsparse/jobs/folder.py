@@ -16,22 +16,52 @@ import json
 import os
 import shutil
 from collections import ChainMap
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..checkpoint.compressed_tensors import is_compressed_tensors, read_compressed_tensors, \
-    write_compressed_tensors_folder
-from ..checkpoint.folder import CONFIG, SINGLE, QUANT_METHOD, FolderPlan, carried_of_xsp_folder, \
-    check_folder_output, copy_carried, model_subfolder, plan_folder, quantization_config, read_config, \
-    shard_name, weights_dir, write_index, xsp_files
+from ..checkpoint.compressed_tensors import (
+    is_compressed_tensors,
+    read_compressed_tensors,
+    write_compressed_tensors_folder,
+)
+from ..checkpoint.folder import (
+    CONFIG,
+    QUANT_METHOD,
+    SINGLE,
+    FolderPlan,
+    carried_of_xsp_folder,
+    check_folder_output,
+    copy_carried,
+    model_subfolder,
+    plan_folder,
+    quantization_config,
+    read_config,
+    shard_name,
+    weights_dir,
+    write_index,
+    xsp_files,
+)
+from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import plan_compression
-from ..checkpoint.readers import SAFE_INDEX, Progress
+from ..checkpoint.readers import SAFE_INDEX, Checkpoint, Progress
 from ..checkpoint.stats import CompressReport, size_rows
 from ..checkpoint.xspset import XspSet
+from ..format.container import XspError, XspFile
 from ..format.output import clean_stale
 from ..tensor.pipeline import CompressConfig, Prepared
-from .tasks import DecompressTask, ShardTask, decompress_task, run_shard_task, shard_settings
+from .tasks import (
+    JOB_INFO,
+    DecompressTask,
+    ShardTask,
+    decompress_task,
+    existing_shard,
+    file_sha256,
+    job_key,
+    run_shard_task,
+    shard_settings,
+)
 
 
 class _Written:
@@ -60,21 +90,20 @@ class _Written:
                 os.unlink(f)
 
 
-
 def _all_files(d: str) -> list[str]:
     return [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs]
 
 
-
-def compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), progress: Progress | None = None, **kwargs: Any) -> CompressReport:
+def compress_folder(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                    run: RunOptions = RunOptions(), *, prepared: Mapping[str, Prepared] | None = None,
+                    load_mode: str = "decode", extra: Mapping[str, Any] | None = None) -> CompressReport:
     """A model folder in, an xorsparse model folder out (one output shard per input shard).
 
-    The shards are independent work items (jobs/tasks.py) run on `executor` (default: in this
-    process); rerunning into the same folder keeps the output shards the same job already
-    wrote (resume) and refuses, unless `force`, shards of another job. `on_event` receives
-    progress events (xorsparse.jobs.executors.JobProgress); `progress` the older per-tensor
-    callback. On failure the folder is left as it was, except for the output shards that
+    The shards are independent work items (jobs/tasks.py) run on `run.executor` (default: in
+    this process); rerunning into the same folder keeps the output shards the same job already
+    wrote (resume) and refuses, unless `run.force`, shards of another job. `run.on_event`
+    receives progress events (xorsparse.jobs.executors.JobProgress); `run.progress` the older
+    per-tensor callback. On failure the folder is left as it was, except for the output shards that
     were finished (each complete and checksummed): the rerun keeps them. A folder without
     its index is incomplete (the index is written last). The output is never the input
     folder, inside it or around it, nor a file, device or symlink (format/output.py); an
@@ -82,8 +111,7 @@ def compress_folder(src: str, out: str, config: CompressConfig, include: Sequenc
     """
     check_folder_output(src, out, True)
     with _Written(out, keep=_is_output_shard):
-        return _compress_folder(src, out, config, include, exclude, progress, **kwargs)
-
+        return _compress_folder(src, out, config, select, run, prepared, load_mode, extra)
 
 
 def _is_output_shard(path: str) -> bool:
@@ -91,14 +119,10 @@ def _is_output_shard(path: str) -> bool:
     return base == SINGLE or (base.startswith("model-") and base.endswith(".safetensors"))
 
 
-
-def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequence[str] = (),
-                     exclude: Sequence[str] = (), progress: Progress | None = None, *,
-                     prepared: Mapping[str, Prepared] | None = None, force_include: Sequence[str] = (),
-                     embeddings: bool = True, keep_dtype: str | None = None,
-                     load_mode: str = "decode", executor=None, force: bool = False,
-                     on_event: Callable[[dict], None] | None = None,
-                     extra: Mapping[str, Any] | None = None) -> CompressReport:
+def _compress_folder(src: str, out: str, config: CompressConfig, select: SelectOptions, run: RunOptions,
+                     prepared: Mapping[str, Prepared] | None, load_mode: str,
+                     extra: Mapping[str, Any] | None) -> CompressReport:
+    executor, force, keep_dtype = run.executor, run.force, select.keep_dtype
     sub = model_subfolder(src)
     weights_dir = os.path.join(src, sub) if sub else src
     cfg_path = os.path.join(weights_dir, CONFIG)
@@ -118,11 +142,10 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     if ck is None:  # opened from the files: a worker can open each shard itself
         plan_ck_from_files = plan.checkpoint
     ck = plan.checkpoint
-    events = _event_sink(on_event, progress, len(ck.names))
-    cplan, sel = plan_compression(ck, config, include, exclude, prepared=prepared, force_include=force_include,
-                                  embeddings=embeddings, keep_dtype=keep_dtype, default=default,
+    events = _event_sink(run.on_event, run.progress, len(ck.names))
+    cplan, sel = plan_compression(ck, config, select, prepared=prepared, default=default,
                                   info={"pruning": "global" if config.global_sparsity else "per-tensor"},
-                                  executor=executor, extra=extra)
+                                  run=RunOptions(executor=executor), extra=extra)
     out_weights = os.path.join(out, sub) if sub else out
     os.makedirs(out_weights, exist_ok=True)
 
@@ -137,7 +160,6 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     # 2. one output shard per input shard, each an independent task; the index goes first
     #    (a folder without its index is incomplete) and comes back last
     n = len(ck.shards)
-    names_out = [shard_name(i, n) for i in range(n)]
     index_path = os.path.join(out_weights, SAFE_INDEX)
     if os.path.exists(index_path):
         os.unlink(index_path)
@@ -147,15 +169,7 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     # from the files here, not read as they are by a worker)
     in_process = (ck is not plan_ck_from_files or bool(cplan.prepared) or cplan.masks is not None
                   or executor is None or getattr(executor, "in_process", False))
-    tasks = []
-    for i, (shard_path, names) in enumerate(ck.shards):
-        info = dict(cplan.info)
-        info["source"] = os.path.relpath(shard_path, src)
-        info["shard"] = [i + 1, n]
-        out_path = os.path.join(out_weights, names_out[i])
-        settings = shard_settings(config, names, sorted(cplan.selected & set(names)), cplan.rules,
-                                  keep_dtype, info, out_path, cplan.extra)
-        tasks.append(ShardTask(i, shard_path, out_path, settings, force, None if in_process else 1))
+    tasks = _shard_tasks(src, ck, cplan, keep_dtype, out_weights, force, in_process)
     if events:
         weights = sum(int(np.prod(ck.info(nm)[1], dtype=np.int64)) for nm in cplan.selected)
         events({"kind": "plan", "items": n, "tensors": len(ck.names), "weights": weights})
@@ -196,6 +210,77 @@ def _compress_folder(src: str, out: str, config: CompressConfig, include: Sequen
     return report
 
 
+def _shard_tasks(src: str, ck: Checkpoint, cplan, keep_dtype: str | None, out_weights: str, force: bool = False,
+                 in_process: bool = True) -> list:
+    """One ShardTask per input shard: what each output shard's bytes (and job key) depend on."""
+
+    n = len(ck.shards)
+    tasks = []
+    for i, (shard_path, names) in enumerate(ck.shards):
+        info = dict(cplan.info)
+        info["source"] = os.path.relpath(shard_path, src)
+        info["shard"] = [i + 1, n]
+        out_path = os.path.join(out_weights, shard_name(i, n))
+        settings = shard_settings(cplan.config, names, sorted(cplan.selected & set(names)), cplan.rules,
+                                  keep_dtype, info, out_path, cplan.extra)
+        tasks.append(ShardTask(i, shard_path, out_path, settings, force, None if in_process else 1))
+    return tasks
+
+
+@dataclass
+class ResumeCheck:
+    """What an output folder holds of a prepared (calibrated) job, found before any model work:
+    `state` "done" (every output shard is this job's and verifies), "other" (a shard of another
+    job is in the way: `why`) or "todo"; `records`: those the shards carry (None: no shard)."""
+
+    state: str
+    records: dict | None = None
+    why: str = ""
+
+
+def check_prepared_job(src: str, out: str, config: CompressConfig, names: Sequence[str],
+                       select: SelectOptions = SelectOptions()) -> ResumeCheck:
+    """Would `compress_folder(src, out, ..., prepared={names}, extra=R)` keep every output shard,
+    with R the records those shards carry? Answered from the headers and checksums alone, so a
+    resume of a finished calibrated job needs no calibration (the caller must also check that
+    R's calibration record asks for the same data: xorsparse.torch.resume). Compressed-tensors
+    inputs and folders without output shards are "todo"."""
+    if not os.path.isdir(out):
+        return ResumeCheck("todo")
+    sub = model_subfolder(src)
+    model_config = read_config(os.path.join(os.path.join(src, sub) if sub else src, CONFIG))
+    if model_config is not None and is_compressed_tensors(model_config):
+        return ResumeCheck("todo")
+    plan = plan_folder(src)
+    ck = plan.checkpoint
+    out_weights = os.path.join(out, sub) if sub else out
+    paths = [os.path.join(out_weights, shard_name(i, len(ck.shards))) for i in range(len(ck.shards))]
+    present = [p for p in paths if os.path.lexists(p)]
+    if not present:
+        return ResumeCheck("todo")
+    try:
+        with XspFile(present[0]) as f:
+            records = dict(f.records)
+            job = f.meta.get("info", {}).get(JOB_INFO)
+    except (XspError, OSError, ValueError) as e:
+        return ResumeCheck("other", why=f"{present[0]}: not an xorsparse shard ({e})")
+    if not isinstance(job, dict):
+        return ResumeCheck("other", why=f"{present[0]}: written by another job (no job key)")
+    cplan, _ = plan_compression(ck, config, select, prepared=dict.fromkeys(names),
+                                info={"pruning": "global" if config.global_sparsity else "per-tensor"},
+                                extra=records)
+    state = "done"
+    for task in _shard_tasks(src, ck, cplan, select.keep_dtype, out_weights):
+        if not os.path.lexists(task.out):
+            state = "todo"
+            continue
+        status, why = existing_shard(task.out, job_key(task.settings, file_sha256(task.src)))
+        if status == "other":
+            return ResumeCheck("other", records, f"{task.out}: {why}")
+        if status != "same":
+            state = "todo"
+    return ResumeCheck(state, records)
+
 
 def _event_sink(on_event, progress, total: int):
     """One event callback from the new (events) and the older (i, n, name) progress."""
@@ -215,7 +300,6 @@ def _event_sink(on_event, progress, total: int):
     return sink
 
 
-
 def decompress_folder(src: str, out: str, progress: Progress | None = None,
                       output_format: str | None = None, force: bool = True, executor=None,
                       on_event: Callable[[dict], None] | None = None) -> int:
@@ -226,15 +310,12 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     force=False refuses an existing, non-empty output folder."""
     if output_format not in (None, "safetensors", "compressed-tensors"):
         raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
-    from .checkpoint import XspSet
-
     XspSet(src).close()  # every shard's description checked, a clear error before anything is created
     check_folder_output(src, out, force)
     with _Written(out):
         if output_format == "compressed-tensors":
             return write_compressed_tensors_folder(src, out, progress)
         return _decompress_plain(src, out, progress, executor, on_event)
-
 
 
 def _decompress_plain(src: str, out: str, progress: Progress | None, executor=None,
@@ -252,11 +333,12 @@ def _decompress_plain(src: str, out: str, progress: Progress | None, executor=No
     copy_carried(FolderPlan(src, sub, None, carried), out, config_text)  # type: ignore[arg-type]
     with XspSet(src) as xs:
         total = len(xs.names())
+        weights = sum(xs.weights().values())
     n = len(files)
     tasks = [DecompressTask(f, os.path.join(out_weights, shard_name(i, n))) for i, f in enumerate(files)]
     events = _event_sink(on_event, progress, total)
     if on_event:
-        on_event({"kind": "plan", "items": n, "tensors": total})
+        on_event({"kind": "plan", "items": n, "tensors": total, "weights": weights})
     run = executor.map if executor is not None else \
         (lambda fn, items, ev: ((i, fn(t, ev)) for i, t in enumerate(items)))
     written = 0

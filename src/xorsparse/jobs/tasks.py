@@ -35,20 +35,18 @@ from ..checkpoint.readers import Report, input_bytes, open_checkpoint
 from ..checkpoint.selection import is_embedding
 from ..checkpoint.shard import compress_shard
 from ..checkpoint.stats import entry_bytes, tensor_stats
+from ..checkpoint.xspset import XspSet
 from ..errors import XorsparseError
 from ..format.container import FORMAT_VERSION, XspError, XspFile
 from ..tensor.pipeline import CompressConfig
 from ..tensor.prune import PruneRule
 from ..version import __version__
 
-
 JOB_INFO = "job"  # info.job of every output shard: {"key": ..., "input_sha256": ...}
-
 
 
 class JobError(XorsparseError):
     """A job that cannot go on as asked (an output from another job in the way)."""
-
 
 
 def _peak_rss() -> int:
@@ -57,7 +55,6 @@ def _peak_rss() -> int:
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r) if sys.platform == "darwin" else int(r) * 1024
-
 
 
 def file_sha256(path: str, chunk: int = 8 << 20) -> str:
@@ -69,7 +66,6 @@ def file_sha256(path: str, chunk: int = 8 << 20) -> str:
             if not b:
                 return h.hexdigest()
             h.update(b)
-
 
 
 def _what_the_output_depends_on(settings: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -85,13 +81,11 @@ def _what_the_output_depends_on(settings: Mapping[str, Any]) -> Mapping[str, Any
     return {**settings, "extra": extra}
 
 
-
 def job_key(settings: Mapping[str, Any], input_sha256: str) -> str:
     body = json.dumps({"settings": _what_the_output_depends_on(settings), "input_sha256": input_sha256},
                       sort_keys=True,
                       separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
-
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,6 @@ class ShardTask:
         return list(self.settings["names"])
 
 
-
 @dataclass
 class ShardOutcome:
     index: int
@@ -126,7 +119,6 @@ class ShardOutcome:
     redone: str = ""  # why an existing output was redone ("" if none was there)
 
 
-
 def shard_settings(config: CompressConfig, names: Sequence[str], selected: Sequence[str],
                    rules: Mapping[str, PruneRule] | None, keep_dtype: str | None,
                    info: Mapping[str, Any], output: str, extra: Mapping[str, Any] | None = None) -> dict:
@@ -140,7 +132,6 @@ def shard_settings(config: CompressConfig, names: Sequence[str], selected: Seque
             **({"extra": dict(extra)} if extra else {})}
 
 
-
 def _plan_of(settings: Mapping[str, Any], key: str, digest: str, threads: int | None = 1):
     rules = settings["rules"]
     info = dict(settings["info"])
@@ -149,7 +140,6 @@ def _plan_of(settings: Mapping[str, Any], key: str, digest: str, threads: int | 
                         None, rules=None if rules is None else {n: PruneRule(*r) for n, r in rules.items()},
                         keep_dtype=settings["keep_dtype"], info=info, threads=threads,
                         extra=dict(settings.get("extra") or {}))
-
 
 
 def existing_shard(path: str, key: str) -> tuple[str, str]:
@@ -175,7 +165,6 @@ def existing_shard(path: str, key: str) -> tuple[str, str]:
         f.close()
 
 
-
 def _reused_outcome(task: ShardTask, ck, t0: float) -> ShardOutcome:
     with XspFile(task.out) as f:
         rows = [tensor_stats(n, f.compressed(n)) for n in f.tensors]
@@ -186,7 +175,6 @@ def _reused_outcome(task: ShardTask, ck, t0: float) -> ShardOutcome:
                  input_bytes(ck, n), written.get(n, 0)) for n in task.names}
     return ShardOutcome(task.index, task.out, True, rows, sizes, os.path.getsize(task.out),
                         time.perf_counter() - t0, sum(r["weights"] for r in rows), os.getpid(), _peak_rss())
-
 
 
 def run_shard_task(task: ShardTask, report: Report | None = None, *, ck=None, prepared=None) -> ShardOutcome:
@@ -221,17 +209,18 @@ def run_shard_task(task: ShardTask, report: Report | None = None, *, ck=None, pr
                         _peak_rss(), redone)
 
 
-
 @dataclass(frozen=True)
 class DecompressTask:
     xsp: str
     out: str
 
 
-
 def decompress_task(task: DecompressTask, report: Report | None = None) -> int:
     """One .xsp file to one dense safetensors file (one tensor in memory at a time)."""
+    with XspSet(task.xsp) as xs:
+        weights = xs.weights()
+
     def progress(i: int, n: int, name: str) -> None:
         if report and name:
-            report({"kind": "tensor", "name": name, "weights": 0})
+            report({"kind": "tensor", "name": name, "weights": weights.get(name, 0)})
     return write_dense_safetensors(task.xsp, task.out, progress)

@@ -24,9 +24,10 @@ simulators, by Verilator's lint in the tests, and by Yosys synthesis.
 
 from .cost import DecoderCost, decoder_cost, yosys_available, yosys_stat
 from .netlist import XorNetlist, build_netlist, naive_gate_count
-from .sim import CosimResult, SimulatorUnavailable, available_simulators, cosim_planes, cosimulate
-from .verilog import decoder_verilog, module_name_for, testbench_verilog
+from .sim import CosimOptions, CosimResult, SimulatorUnavailable, available_simulators, cosim_planes, cosimulate
+from .verilog import Testbench, decoder_verilog, module_name_for, testbench_verilog
 
-__all__ = ["CosimResult", "DecoderCost", "SimulatorUnavailable", "XorNetlist", "available_simulators",
+__all__ = ["CosimOptions", "CosimResult", "DecoderCost", "SimulatorUnavailable", "Testbench", "XorNetlist",
+           "available_simulators",
            "build_netlist", "cosim_planes", "cosimulate", "decoder_cost", "decoder_verilog", "module_name_for",
            "naive_gate_count", "testbench_verilog", "yosys_available", "yosys_stat"]

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..codec.plane import EncodedPlane, decode_plane, encode_plane
 from ..codec.xornet import XorDecoder
-from .netlist import XorNetlist
-from .verilog import decoder_verilog, hex_lines, module_name_for, parse_hex_lines, testbench_verilog
 from ..errors import XorsparseError
+from .netlist import XorNetlist
+from .verilog import Testbench, decoder_verilog, hex_lines, module_name_for, parse_hex_lines, testbench_verilog
 
 SIMULATORS = ("iverilog", "verilator")
 StartMode = Literal["counter", "start"]
@@ -122,11 +122,25 @@ def _compile(simulator: str, workdir: str, top: str, files: list[str], timeout: 
     return [os.path.join("obj", "sim")]
 
 
-def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.ndarray, *,
-               chunk_slices: int = 0, sharing: str = "paar", simulator: str = "auto", stall: bool = True,
-               workdir: str | None = None, netlist: XorNetlist | None = None, seed: int = 1,
-               timeout: float | None = None, patches: np.ndarray | None = None,
-               patch_bits: int = 0) -> CosimResult:
+@dataclass(frozen=True)
+class CosimOptions:
+    """How the decoder module is generated and simulated: CHUNK_SLICES, XOR sharing (or a
+    ready `netlist`), the simulator, random stalls (LFSR `seed`), where the files go (`workdir`,
+    kept; None: a temporary folder), a time limit per tool run, and the patch port width."""
+
+    chunk_slices: int = 0
+    sharing: str = "paar"
+    simulator: str = "auto"
+    stall: bool = True
+    workdir: str | None = None
+    netlist: XorNetlist | None = None
+    seed: int = 1
+    timeout: float | None = None
+    patch_bits: int = 0
+
+
+def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.ndarray,
+               patches: np.ndarray | None = None, options: CosimOptions = CosimOptions()) -> CosimResult:
     """Feed beats {starts[t], x[t]} to the generated decoder and compare every output with `expected`.
 
     x: (n_slices, n_in) 0/1; starts: (n_slices,) bool (in_start per beat); expected:
@@ -135,6 +149,9 @@ def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.
     patch_bits > 0 generates the module with its patch stage and streams `patches` (output
     positions since reset, increasing) into it; `expected` must then include their flips.
     """
+    o = options
+    chunk_slices, sharing, simulator, stall, workdir = o.chunk_slices, o.sharing, o.simulator, o.stall, o.workdir
+    netlist, seed, timeout, patch_bits = o.netlist, o.seed, o.timeout, o.patch_bits
     sim = pick_simulator(simulator)
     x = np.asarray(x, dtype=np.uint8)
     n = x.shape[0]
@@ -164,8 +181,8 @@ def cosimulate(dec: XorDecoder, x: np.ndarray, starts: np.ndarray, expected: np.
             f.write(decoder_verilog(dec, sharing=sharing, chunk_slices=chunk_slices, netlist=netlist,
                                     patch_bits=patch_bits))
         with open(os.path.join(workdir, "tb.v"), "w") as f:
-            f.write(testbench_verilog(name, dec.n_in, dec.n_out, n, chunk_slices=chunk_slices, stall=stall,
-                                      seed=seed, patch_bits=patch_bits, n_patches=int(pl.size)))
+            f.write(testbench_verilog(name, dec.n_in, dec.n_out, Testbench(n, chunk_slices, stall, seed, patch_bits,
+                                                                          int(pl.size))))
         with open(os.path.join(workdir, "in.hex"), "wb") as f:
             f.write(hex_lines(beats))
         out_path = os.path.join(workdir, "out.hex")
@@ -278,18 +295,19 @@ def stream_patches(planes: list[EncodedPlane]) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
 
-def cosim_planes(planes: list[EncodedPlane], *, mode: StartMode = "counter", patch_bits: int = 0,
-                 **kw) -> CosimResult:
+def cosim_planes(planes: list[EncodedPlane], *, mode: StartMode = "counter",
+                 options: CosimOptions = CosimOptions()) -> CosimResult:
     """Co-simulate the decoder of `planes` over all their slices (see plane_vectors for mode).
 
-    patch_bits > 0: with the patch stage, fed the planes' patch lists, so the outputs
+    options.patch_bits > 0: with the patch stage, fed the planes' patch lists, so the outputs
     compared are the decoded planes themselves (decode_plane) plus the last slice's tail.
+    options.chunk_slices is the planes' own.
     """
+    patch_bits = options.patch_bits
     x, starts, exp, cs = plane_vectors(planes, mode)
     patches = None
     if patch_bits:
         patches = stream_patches(planes)
         flat = exp.reshape(-1)  # a view: flip the expected bits in place
         flat[patches] ^= 1
-    return cosimulate(planes[0].decoder, x, starts, exp, chunk_slices=cs, patches=patches,
-                      patch_bits=patch_bits, **kw)
+    return cosimulate(planes[0].decoder, x, starts, exp, patches, dataclasses.replace(options, chunk_slices=cs))

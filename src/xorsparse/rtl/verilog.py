@@ -26,9 +26,12 @@ the module outputs the decoded plane itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..codec.xornet import XorDecoder
+from ..version import __version__
 from .netlist import XorNetlist, build_netlist, naive_gate_count
 
 
@@ -87,7 +90,6 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     if netlist is None and sharing == "paar":
         netlist = build_netlist(g, "paar")
     naive = naive_gate_count(g)
-    from ..version import __version__
 
     L: list[str] = []
     a = L.append
@@ -149,7 +151,7 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    // Patch stage: out_data holds slice y_t while patches inside it flip one bit per cycle;")
         a("    // it leaves (out_valid) once the next patch lies beyond it.")
         a(f"    localparam PB = {patch_bits};")
-        a(f"    localparam [N_OUT-1:0] ONE = 1;")
+        a("    localparam [N_OUT-1:0] ONE = 1;")
         a("    reg held;  // out_data holds a decoded slice")
         a("    reg [PB-1:0] base;  // output position (since reset) of out_data bit 0")
         a("    wire [PB-1:0] offs = patch_pos - base;")
@@ -219,7 +221,6 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
         a("    end")
     a("")
     if sharing == "paar":
-        ng = netlist.n_gates
         a("    // XOR network: wire g<k> is gate k; outputs read window bits w[b] or gates g<k>.")
         a("    // (One scalar wire per gate: simulators re-evaluate a vector's readers on any bit change.)")
 
@@ -240,10 +241,24 @@ def decoder_verilog(dec: XorDecoder, *, sharing: str = "paar", chunk_slices: int
     return "\n".join(L) + "\n"
 
 
-def testbench_verilog(dut: str, n_in: int, n_out: int, n_slices: int, *, chunk_slices: int,
-                      in_file: str = "in.hex", out_file: str = "out.hex", stall: bool = True,
-                      seed: int = 1, patch_bits: int = 0, n_patches: int = 0,
-                      patch_file: str = "patch.hex") -> str:
+@dataclass(frozen=True)
+class Testbench:
+    """What a testbench drives: `n_slices` beats into a module with CHUNK_SLICES `chunk_slices`,
+    with random stalls (`stall`, LFSR `seed`), `n_patches` patches of `patch_bits` bits, and
+    the files it reads and writes."""
+
+    n_slices: int
+    chunk_slices: int
+    stall: bool = True
+    seed: int = 1
+    patch_bits: int = 0
+    n_patches: int = 0
+    in_file: str = "in.hex"
+    out_file: str = "out.hex"
+    patch_file: str = "patch.hex"
+
+
+def testbench_verilog(dut: str, n_in: int, n_out: int, bench: Testbench) -> str:
     """A self-running testbench: reads {in_start, x_t} per line (hex) from in_file, writes out_data per line.
 
     With stall=True the source drops in_valid and the sink drops out_ready on pseudo-random
@@ -251,6 +266,9 @@ def testbench_verilog(dut: str, n_in: int, n_out: int, n_slices: int, *, chunk_s
     Python compares out_file with the software decoder. With patch_bits > 0 the module
     has the patch stage and patch_file holds n_patches positions and the sentinel.
     """
+    n_slices, chunk_slices, stall, seed = bench.n_slices, bench.chunk_slices, bench.stall, bench.seed
+    patch_bits, n_patches = bench.patch_bits, bench.n_patches
+    in_file, out_file, patch_file = bench.in_file, bench.out_file, bench.patch_file
     if patch_bits:
         p_decl = f"""
     localparam NP = {n_patches};

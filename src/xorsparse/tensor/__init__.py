@@ -3,8 +3,16 @@ puts them together around the codec. Pure numpy (torch tensors are accepted as i
 """
 
 from .config import CalibrationConfig, CodingConfig, ConfigError, PruningConfig, QuantizationConfig
-from .pipeline import (FLOAT_DTYPES, CompressConfig, CompressedTensor, compress_quantized, compress_tensor,
-                       decompress_tensor, prune_quantize, reference_prune_quantize)
+from .pipeline import (
+                       FLOAT_DTYPES,
+                       CompressConfig,
+                       CompressedTensor,
+                       compress_quantized,
+                       compress_tensor,
+                       decompress_tensor,
+                       prune_quantize,
+                       reference_prune_quantize,
+)
 
 __all__ = ["FLOAT_DTYPES", "CalibrationConfig", "CodingConfig", "CompressConfig", "CompressedTensor", "ConfigError",
            "PruningConfig", "QuantizationConfig", "compress_quantized", "compress_tensor", "decompress_tensor",

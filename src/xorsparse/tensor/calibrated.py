@@ -32,8 +32,8 @@ import numpy as np
 from numba import njit, prange
 
 from .dequant import dequantize, levels_table
-from .prune import _check, _check_sparsity, magnitude_mask, given_mask, smallest_mask
-from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, row_layout
+from .prune import _check, _check_sparsity, given_mask, magnitude_mask, smallest_mask
+from .quant import Quantized, _groups, _scale_dtype, codes_to_planes, planes_to_codes, row_layout
 from .variants import QUANTIZERS, quantize
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -331,7 +331,7 @@ def refit_scales(w: np.ndarray, xtx: np.ndarray, keep: np.ndarray, qz: Quantized
     w2 = np.asarray(w, dtype=np.float64).reshape(rows, cols)
     k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
     h = np.asarray(xtx, dtype=np.float64)
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    codes = planes_to_codes(qz.planes).reshape(rows, cols)
     gidx = np.arange(cols) // qz.group_size
     ngroups, k = qz.scales.shape[1], qz.scales.shape[2]
     p = ngroups * k
@@ -372,7 +372,7 @@ def refit_scales(w: np.ndarray, xtx: np.ndarray, keep: np.ndarray, qz: Quantized
 
 def _with_codes(qz: Quantized, codes: np.ndarray, keep: np.ndarray) -> Quantized:
     c = np.where(keep, codes, 0)
-    return Quantized(qz.quantizer, qz.bits, _codes_to_planes(c, qz.bits), qz.scales, qz.rows, qz.cols,
+    return Quantized(qz.quantizer, qz.bits, codes_to_planes(c, qz.bits), qz.scales, qz.rows, qz.cols,
                      qz.group_size, qz.symmetric)
 
 
@@ -390,15 +390,17 @@ def check_error_feedback_quantizer(config) -> None:
                          "with it")
     # the pass refits one set of scales per row, stored as float16 or float32 values: scales
     # shared by several rows or stored in the 8-bit log format are not what it optimizes
+    # ("auto", the default, means per-row float16 scales there)
     rows, fmt = getattr(config, "scale_rows", 1), getattr(config, "scale_format", "float16")
-    if rows != 1 or fmt != "float16":
+    if rows not in (1, "auto") or fmt not in ("float16", "auto"):
         raise ValueError(f"calibrated methods (wanda, sparsegpt) refit per-row float16 scales; scale_rows={rows!r} "
                          f"scale_format={fmt!r} is not supported with them (use --method magnitude, or the "
-                         "defaults --scale-rows 1 --scale-format float16)")
+                         "defaults --scale-rows auto --scale-format auto)")
 
 
 def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: np.ndarray | None = None,
-                              dtype: str = "float32", name: str = "tensor") -> tuple[np.ndarray, Quantized]:
+                              dtype: str = "float32", name: str = "tensor",
+                              inverse_factor: np.ndarray | None = None) -> tuple[np.ndarray, Quantized]:
     """(keep mask, Quantized) for one weight from its inputs' X^T X.
 
     config: a CompressConfig (sparsity, quantizer, bits, symmetric, group_size, bcq_iters,
@@ -406,6 +408,8 @@ def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: n
     given: 'magnitude' (data-free mask, then error feedback), 'wanda', or 'sparsegpt' (mask
     chosen inside the quantization pass). Every method then quantizes with error feedback,
     refits the scales, and repeats the pass with the refit scales `calib_passes - 1` times.
+    inverse_factor: inverse_cholesky(damped_hessian(xtx, config.calib_damp)) if the caller
+    has it already (the bit budget runs many candidates on one layer's statistics).
     """
     a = _check(name, w)
     rows, cols = row_layout(a.shape)
@@ -415,7 +419,7 @@ def calibrated_prune_quantize(w: np.ndarray, xtx: np.ndarray, config, *, keep: n
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     check_error_feedback_quantizer(config)
-    u = inverse_cholesky(damped_hessian(h, config.calib_damp))
+    u = inverse_cholesky(damped_hessian(h, config.calib_damp)) if inverse_factor is None else inverse_factor
     block = int(config.calib_block)
     gcol = np.arange(cols) // _groups(cols, config.group_size)[0]
 

@@ -46,16 +46,21 @@ class PruningConfig:
 class QuantizationConfig:
     """bits / quantizer: q bit-planes of a registered quantizer (tensor/variants/);
     symmetric (uniform); group_size: columns per scale (None = per row); bcq_iters;
-    scale_rows (int or "auto"), scale_format ("float16", "log8" or "auto") and the
-    error_budget that "auto" keeps to; codebook_rows (codebook; None = one per tensor)."""
+    scale_rows (int or "auto", the default: among 1, 4, 16, 64 and the whole tensor, the
+    layout with the fewest scale bits whose weight error stays within error_budget of per-row
+    float16 scales, searched only where per-row float16 scales cost at least
+    pipeline.AUTO_SCALE_MIN_SHARE of the tensor's bits, elsewhere per-row), scale_format
+    ("float16", "log8" or "auto", the default, chosen as above; the calibrated methods refit
+    per-row float16 scales, which "auto" means there) and the error_budget that "auto" keeps
+    to; codebook_rows (codebook; None = one per tensor)."""
 
     bits: int = 2
     quantizer: str = "bcq"
     symmetric: bool = True
     group_size: int | None = None
     bcq_iters: int = 15
-    scale_rows: int | str = 1
-    scale_format: str = "float16"
+    scale_rows: int | str = "auto"
+    scale_format: str = "auto"
     error_budget: float = 0.01
     codebook_rows: int | None = None
 
@@ -151,8 +156,8 @@ class CompressConfig:
     max_window: int = DEFAULT_WINDOW
     seed: int = DEFAULT_SEED
     bcq_iters: int = 15
-    scale_rows: int | str = 1
-    scale_format: str = "float16"
+    scale_rows: int | str = "auto"
+    scale_format: str = "auto"
     error_budget: float = 0.01
     codebook_rows: int | None = None
     packed_below: int = 0

@@ -10,14 +10,14 @@ import numpy as np
 from numba import njit, prange
 
 from ..codec._bits import ctz64
-from .quant import Quantized, _planes_to_codes
+from .quant import Quantized, planes_to_codes
 from .variants import levels_table  # each quantizer's levels (tensor/variants/), re-exported here
 
 
 def dequantize(qz: Quantized, keep: np.ndarray) -> np.ndarray:
     """Float32 values of shape (rows, cols), exactly zero at pruned positions."""
     rows, cols = qz.rows, qz.cols
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    codes = planes_to_codes(qz.planes).reshape(rows, cols)
     gidx = np.arange(cols) // qz.group_size
     out = levels_table(qz)[np.arange(rows)[:, None], gidx[None, :], codes]
     return np.where(np.asarray(keep).reshape(rows, cols), out, np.float32(0)).astype(np.float32)

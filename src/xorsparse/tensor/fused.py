@@ -25,18 +25,47 @@ or none: any quantizer's levels can go through the precomputed table `Q_TABLE`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from ..codec._bits import U64, ctz64, f32_to_bf16_bits, f32_to_f16_bits, low_mask, popcount64, read128, read_bits, \
-    round_f32_to_bf16, round_f32_to_f16, shl128
+from ..codec._bits import (
+    U64,
+    ctz64,
+    f32_to_bf16_bits,
+    f32_to_f16_bits,
+    low_mask,
+    popcount64,
+    read128,
+    read_bits,
+    round_f32_to_bf16,
+    round_f32_to_f16,
+    shl128,
+)
+from ..codec.plane import get_decoder
 from .maskcode import golomb_block, golomb_tables
+
 # mask kinds (how the kernels read a mask) and quantizer kinds (how they turn the scales of a
 # group and a code into a float32 level): each variant says which it uses (tensor/variants/)
-from .variants import MASK_GOLOMB, MASK_WORDS, Q_AFFINE_BF16, Q_AFFINE_F16, Q_AFFINE_F32, Q_BCQ, Q_TABLE, \
-    Q_UNIFORM_ASYM, Q_UNIFORM_SYM, levels_table, mask_codec, quantizer
+from .variants import (
+    MASK_GOLOMB,
+    MASK_WORDS,
+    Q_AFFINE_BF16,
+    Q_AFFINE_F16,
+    Q_AFFINE_F32,
+    Q_BCQ,
+    Q_TABLE,
+    Q_UNIFORM_ASYM,
+    Q_UNIFORM_SYM,
+    levels_table,
+    mask_codec,
+    quantizer,
+)
+
 # output kinds: float32, float64, IEEE half bits, bfloat16 bits
 OUT_F32, OUT_F64, OUT_F16, OUT_BF16 = 0, 1, 2, 3
 OUT_KINDS = {"float32": OUT_F32, "float64": OUT_F64, "float16": OUT_F16, "bfloat16": OUT_BF16}
@@ -136,7 +165,6 @@ def natural_patches(planes, length: int, step: int) -> tuple[np.ndarray, np.ndar
 
 def plane_arrays(planes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """(streams, params, g, wide) for the kernels from EncodedPlane objects."""
-    from ..codec.plane import get_decoder
 
     q = len(planes)
     max_out = max((p.n_out for p in planes), default=1)
@@ -165,8 +193,32 @@ def check_planes(ct) -> None:
             raise ValueError(f"plane {i}: chunk_slices must be a positive multiple of 64, got {p.chunk_slices}")
 
 
+@contextlib.contextmanager
+def numba_threads(n: int | None) -> Iterator[None]:
+    """Run numba's parallel kernels on at most n threads inside the block (None: leave as is).
+
+    numba.set_num_threads is per calling thread, so this does not affect other threads'
+    kernels; `parallel=False` everywhere means this with n = 1: a kernel compiled with
+    parallel=True (the mask decoders) would otherwise still use the whole pool.
+    """
+    if n is None:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
-    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open)."""
+    """A DecodePlan for a validated CompressedTensor (checks what validate() leaves open).
+
+    A `ctx` or `bitmask` mask is decoded here into whole-tensor words (on numba's threads:
+    wrap in numba_threads(1) for one thread); a Golomb mask is decoded tile by tile inside
+    the fused kernel.
+    """
     q = ct.quant
     n = ct.numel
     check_planes(ct)
@@ -446,6 +498,76 @@ def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, 
                 out[p] = lv[code]
 
 
+def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_pos, patch_xor, scales, quant_kind,
+               q, scale_k, wide, out_kind, out):
+    """Rows rows_sel (each in range: checked by the caller) of a MASK_WORDS tensor into out,
+    one after another (len(rows_sel) * cols values): what an embedding lookup needs. The
+    same per-kept-weight work as _fused_impl; a 64-position word may straddle two rows, so
+    the bits outside the row are masked off."""
+    ngroups = (cols + gsize - 1) // gsize
+    one_group = gsize >= cols
+    inv_g = 1.0 / gsize
+    for i in prange(rows_sel.size):
+        r = rows_sel[i]
+        p0 = r * cols
+        p1 = p0 + cols
+        o0 = i * cols - p0  # out index of position p: o0 + p
+        out[i * cols:(i + 1) * cols] = 0
+        send = np.zeros(q, dtype=np.int64)
+        win = np.zeros((q, 4), dtype=np.uint64)
+        inv_out = np.empty(q, dtype=np.float64)
+        inv_cs = np.empty(q, dtype=np.float64)
+        for j in range(q):
+            inv_out[j] = 1.0 / pp[j, 1]
+            inv_cs[j] = 1.0 / pp[j, 3]
+        ptr = np.searchsorted(patch_pos, p0)
+        for w in range(p0 >> 6, (p1 + 63) >> 6):
+            base = w * 64
+            m = words[w]
+            if base < p0:
+                m &= ~low_mask(p0 - base)
+            if base + 64 > p1:
+                m &= low_mask(p1 - base)
+            if m == 0:
+                continue
+            kw = (w * step) % nfull if w < nfull else w
+            cbase = kw * 64
+            for j in range(q):
+                send[j] = -1
+            while m:
+                b = ctz64(m)
+                m &= m - U64(1)
+                p = base + b
+                pc = cbase + b
+                code = 0
+                for j in range(q):
+                    n_out = pp[j, 1]
+                    if pc >= send[j]:
+                        t = _div(pc, n_out, inv_out[j])
+                        send[j] = (t + 1) * n_out
+                        if wide:
+                            _window_wide(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j], win[j])
+                        else:
+                            lo, hi = _window(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j])
+                            win[j, 0] = lo
+                            win[j, 1] = hi
+                    jo = pc - send[j] + n_out
+                    if wide:
+                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1])
+                                         ^ (g[j, jo, 2] & win[j, 2]) ^ (g[j, jo, 3] & win[j, 3]))
+                    else:
+                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1]))
+                    code |= (par & 1) << j
+                while patch_pos[ptr] < p:
+                    ptr += 1
+                if patch_pos[ptr] == p:
+                    code ^= patch_xor[ptr]
+                gi = 0 if one_group else _div(p - p0, gsize, inv_g)
+                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
+                _store(out, o0 + p, v, out_kind)
+
+
+_rows_kernel = njit(nogil=True, cache=True)(_rows_impl)
 _fused_parallel = njit(parallel=True, nogil=True, cache=True)(_fused_impl)
 _fused_serial = njit(nogil=True, cache=True)(_fused_impl)
 _fast_parallel = njit(parallel=True, nogil=True, cache=True)(_fused_fast_impl)
@@ -461,8 +583,9 @@ def _fast_ok(plan: DecodePlan) -> bool:
 def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool = True) -> np.ndarray:
     """Decode the whole tensor into the flat array out (float32/float64, or uint16 bits).
 
-    parallel=False runs on the calling thread only (the kernels release the GIL, so
-    several tensors can decode at once from a thread pool).
+    parallel=False runs on the calling thread only (a kernel compiled without numba's
+    parallel loops; the kernels release the GIL, so several tensors can decode at once
+    from a thread pool).
     """
     if out.ndim != 1 or out.size != plan.length or not out.flags.c_contiguous:
         raise ValueError(f"output must be a contiguous flat array of {plan.length} elements")
@@ -509,14 +632,18 @@ def _run_kernel(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
 
 
 def decode_dense(ct, parallel: bool = True) -> np.ndarray:
-    """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits."""
-    plan = prepare(ct)
-    check_mask_blocks(plan)
-    out = output_array(plan.length, OUT_DTYPES[ct.dtype])
-    if ct.dtype == "float16":
-        decode_into(plan, out, OUT_F16, parallel)
-        return out.view(np.float16)
-    return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
+    """The dense tensor as a flat array: float32/float64/float16, or uint16 bfloat16 bits.
+
+    parallel=False: every step (the mask decode in `prepare` included) on the calling thread.
+    """
+    with numba_threads(None if parallel else 1):
+        plan = prepare(ct)
+        check_mask_blocks(plan)
+        out = output_array(plan.length, OUT_DTYPES[ct.dtype])
+        if ct.dtype == "float16":
+            decode_into(plan, out, OUT_F16, parallel)
+            return out.view(np.float16)
+        return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
 
 
 # Tensors of at least this many positions have their Golomb mask blocks decoded once before
@@ -549,3 +676,24 @@ def _check_golomb_blocks(words, offsets, params, tables, tindex, block, length, 
         p1 = min(length, tile * block + block)
         wbuf = np.zeros((p1 - tile * block + 63) >> 6, dtype=np.uint64)
         ok[tile] = _mask_tile(MASK_GOLOMB, words, offsets, params, tables, tindex, block, length, tile, wbuf)
+
+
+def decode_rows_into(plan: DecodePlan, rows: np.ndarray, out: np.ndarray, out_kind: int) -> np.ndarray:
+    """Rows `rows` of the tensor (as rows x cols: dim 0 by the rest) into the flat array out
+    of len(rows) * cols elements, on the calling thread: an embedding lookup decodes the
+    rows it reads, not the whole table. The plan's mask must be a bitmask (MASK_WORDS:
+    a Golomb mask decodes only block by block); rows outside the tensor raise IndexError."""
+    if plan.mask_kind != MASK_WORDS:
+        raise ValueError("row decoding needs the mask as a bitmask (a MASK_WORDS plan)")
+    sel = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+    if sel.size and (int(sel.min()) < 0 or int(sel.max()) >= plan.rows):
+        raise IndexError(f"row index out of range for a table of {plan.rows} rows")
+    if out.ndim != 1 or out.size != sel.size * plan.cols or not out.flags.c_contiguous:
+        raise ValueError(f"output must be a contiguous flat array of {sel.size * plan.cols} elements")
+    if out.dtype != np.dtype(OUT_DTYPES[next(k for k, v in OUT_KINDS.items() if v == out_kind)]):
+        raise ValueError(f"output dtype {out.dtype} does not match output kind {out_kind}")
+    if sel.size and plan.cols:
+        _rows_kernel(plan.mask_words, sel, plan.cols, plan.group_size, plan.nfull, plan.step, plan.streams,
+                     plan.plane_params, plan.g, plan.patch_pos, plan.patch_xor, plan.scales, plan.quant_kind,
+                     plan.bits, plan.scale_k, plan.wide, out_kind, out)
+    return out

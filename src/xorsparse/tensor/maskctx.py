@@ -389,7 +389,55 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+@njit(cache=True, nogil=True)
+def _newton_offsets(target, levels, hist, a0):
+    """Per line i: the root of sum_l hist[l] * sigmoid(a + levels[l]) - target[i], by Newton
+    steps kept inside a shrinking bracket (bisection where a step would leave it)."""
+    out = np.empty(target.size)
+    for i in range(target.size):
+        lo, hi, a = -40.0, 40.0, a0[i]
+        for _ in range(100):
+            f = -target[i]
+            slope = 0.0
+            for j in range(levels.size):
+                sg = 0.5 * (1.0 + np.tanh(0.5 * (a + levels[j])))
+                f += hist[j] * sg
+                slope += hist[j] * sg * (1.0 - sg)
+            if f < 0:
+                lo = a
+            else:
+                hi = a
+            nxt = a - f / slope if slope > 0 else 0.5 * (lo + hi)
+            if not (lo < nxt < hi):
+                nxt = 0.5 * (lo + hi)
+            if abs(nxt - a) < 1e-11:
+                a = nxt
+                break
+            a = nxt
+        out[i] = a
+    return out
+
+
 def _solve_offsets(counts: np.ndarray, n_other: int, levels: np.ndarray, hist: np.ndarray) -> np.ndarray:
+    """Per line: the real log-odds offset a with sum_l hist[l] * sigmoid(a + levels[l]) = count.
+
+    The sum is increasing in a: Newton's method inside a bracket, line by line in numba
+    (a few iterations where the former vectorised bisection took 40 over whole arrays; the
+    fit dominated compress_model's time on small tensors). Counts of 0 or n_other are
+    clamped a little inside so the offset stays finite.
+    """
+    target = np.clip(counts.astype(np.float64), 0.3, n_other - 0.3) if n_other > 0.6 else counts * 1.0
+    lv = np.ascontiguousarray(levels, dtype=np.float64)
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    total = float(h.sum())
+    if target.size == 0 or total <= 0:
+        return np.zeros(target.shape)
+    frac = np.clip(target / total, 1e-9, 1 - 1e-9)
+    a0 = np.clip(np.log(frac / (1 - frac)) - float((lv * h).sum()) / total, -39.0, 39.0)
+    return _newton_offsets(np.ascontiguousarray(target), lv, h, a0)
+
+
+def _solve_offsets_bisect(counts: np.ndarray, n_other: int, levels: np.ndarray, hist: np.ndarray) -> np.ndarray:
     """Per line: the real log-odds offset a with sum_l hist[l] * sigmoid(a + levels[l]) = count.
 
     Bisection (monotone in a), vectorised over lines; counts of 0 or n_other are clamped
@@ -436,6 +484,19 @@ def _index_bits(index: np.ndarray) -> float:
 def fit_model(keep2d: np.ndarray) -> CtxModel:
     """The row/column model with the smallest estimated code: steps are searched over a few
     values around the optimum quantization step sqrt(12 / (n p (1 - p))) per axis."""
+    return fit_model_estimate(keep2d)[0]
+
+
+PRECHECK_MARGIN = 0.03  # the full step search gains at most about this over the central steps
+
+
+def fit_model_estimate(keep2d: np.ndarray, limit: float | None = None) -> tuple[CtxModel | None, float]:
+    """fit_model, and the estimated size in bits of the mask coded with it (the model's
+    likelihood from the row and column counts, plus its coded indices): what `auto` uses
+    to decide whether coding the positions is worth it, before coding them.
+
+    With `limit`, the central step pair alone is fitted first (a tenth of the search);
+    if its estimate exceeds limit by more than PRECHECK_MARGIN, (None, that estimate)."""
     k = np.asarray(keep2d, dtype=bool)
     rows, cols = k.shape
     n = k.size
@@ -456,14 +517,22 @@ def fit_model(keep2d: np.ndarray) -> CtxModel:
         return [0] + sorted({int(np.clip(round(s * f), 1, MAX_STEP)) for f in (0.7, 1.0, 1.4)})
 
     best = None
-    for sr in axis_steps(cols, kr):
-        for sc in axis_steps(rows, kc):
+    row_steps, col_steps = axis_steps(cols, kr), axis_steps(rows, kc)
+    if limit is not None:
+        # the middle candidate of each axis ([0, s*0.7, s, s*1.4] -> s)
+        central = _fit_steps(kr, kc, rows, cols, base0, row_steps[len(row_steps) // 2],
+                             col_steps[len(col_steps) // 2])
+        if central[0] > limit * (1.0 + PRECHECK_MARGIN):
+            return None, central[0]
+    for sr in row_steps:
+        for sc in col_steps:
             cand = _fit_steps(kr, kc, rows, cols, base0, sr, sc)
             if best is None or cand[0] < best[0]:
                 best = cand
-    _, base, sr, sc, ia, ib = best
+    cost, base, sr, sc, ia, ib = best
     data = encode_model_indices(ia, ib, sr, sc)
-    return CtxModel(rows, cols, base, sr, sc, data, ia, ib)
+    return CtxModel(rows, cols, base, sr, sc, data, ia, ib), cost - (_index_bits(ia) if sr else 0) \
+        - (_index_bits(ib) if sc else 0) + 8.0 * data.size
 
 
 def _fit_steps(kr, kc, rows, cols, base0, sr, sc):
@@ -504,7 +573,9 @@ def _fit_steps(kr, kc, rows, cols, base0, sr, sc):
 # --- the codec's entry points (registered in variants/ctx.py) ---------------------------------
 
 
-def encode_ctx(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_BLOCK) -> MaskCode:
+def encode_ctx(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_BLOCK,
+               model: CtxModel | None = None) -> MaskCode:
+    """keep coded with `model` (default: the one fit_model finds for it)."""
     if block <= 0 or block % 64 or block > MAX_BLOCK:
         raise ValueError(f"mask block must be a positive multiple of 64 up to {MAX_BLOCK}, got {block}")
     k = np.asarray(keep, dtype=bool)
@@ -516,7 +587,10 @@ def encode_ctx(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_B
     if n and (cols <= 0 or n % cols):
         raise ValueError(f"ctx mask: {n} positions are not whole rows of {cols}")
     rows = n // cols if cols else 0
-    model = fit_model(flat.reshape(rows, cols) if n else np.zeros((0, 0), bool))
+    if model is None:
+        model = fit_model(flat.reshape(rows, cols) if n else np.zeros((0, 0), bool))
+    elif (model.rows, model.cols) != (rows, cols):
+        raise ValueError(f"ctx model of {model.rows} x {model.cols} for a mask of {rows} x {cols}")
     data, offsets = encode_blocks(flat.view(np.uint8), model, block)
     return MaskCode("ctx", n, data, block, offsets, None, model)
 

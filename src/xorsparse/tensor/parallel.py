@@ -12,7 +12,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from .pipeline import CompressConfig, CompressedTensor, compress_tensor
 

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 
 from ..codec.plane import EncodedPlane, decode_plane_packed, encode_plane
-from .interleave import block_step, to_coded, words_to_natural
-from .maskcode import MaskCode
-from .packed import PackedPlane, pack_plane, unpack_plane_words
-from .prune import given_mask, magnitude_mask
-from .dequant import dequantize, dequantize_words, levels_table
-from .fused import decode_dense
-from .quant import Quantized, row_layout
 from ..codec.rates import choose
 from ..codec.xornet import check_params
 from .config import SCALE_FORMATS, CompressConfig  # noqa: F401  (SCALE_FORMATS re-exported)
+from .dequant import dequantize, dequantize_words, levels_table
+from .fused import decode_dense, numba_threads
+from .interleave import block_step, to_coded, words_to_natural
+from .maskcode import MaskCode, binary_entropy
+from .packed import PackedPlane, pack_plane, unpack_plane_words
+from .prune import given_mask, magnitude_mask
+from .quant import Quantized, row_layout
 from .variants import decode_mask_words, encode_mask, fit_range, quantize, quantizer, requantize_log8
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -166,6 +166,23 @@ def prune_quantize(w: Any, config: CompressConfig | None = None, *, keep: Any = 
 
 
 AUTO_SCALE_ROWS = (1, 4, 16, 64)
+AUTO_SCALE_MIN_SHARE = 0.05  # "auto" searches scale layouts only where per-row float16 scales cost this
+# share of H(S) + (1-S)q bits or more: elsewhere the saving is small and each try is a quantization
+
+
+def per_row_scales_matter(keep: np.ndarray, cfg: CompressConfig) -> bool:
+    """Whether per-row float16 scales cost at least AUTO_SCALE_MIN_SHARE of the tensor's bound
+    H(S) + (1-S)q bits (S its sparsity): true for short rows (depthwise and small 1x1
+    convolutions, 384-wide transformer rows), false for LLM-sized rows."""
+    rows, cols = row_layout(keep.shape)
+    n = rows * cols
+    if n == 0:
+        return False
+    s = 1.0 - float(np.count_nonzero(keep)) / n
+    per_group = cfg.bits if cfg.quantizer == "bcq" else (1 if cfg.quantizer == "codebook" or cfg.symmetric else 2)
+    groups = max(1, -(-cols // cfg.group_size)) if cfg.group_size else 1
+    scale_bits = 16.0 * rows * groups * per_group
+    return scale_bits >= AUTO_SCALE_MIN_SHARE * n * (binary_entropy(s) + (1.0 - s) * cfg.bits)
 
 
 def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig,
@@ -173,6 +190,9 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
     """Quantize with cfg.scale_rows and cfg.scale_format; where either is "auto", the layout
     with the fewest scale bits whose error ||W - Wq|| (pruned weights included) is at most
     (1 + error_budget) times that of float16 scales at the fixed (or per-row) row grouping.
+
+    The search (layouts in order of scale bits, the first within the budget taken) runs
+    only where per_row_scales_matter; elsewhere "auto" is per-row float16.
 
     Every level stays finite in `dtype` (no finite weight decodes to inf): per-row float
     scales of bcq and uniform are shrunk where needed (variants/layout.py); a layout
@@ -191,11 +211,13 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
         return levels_fit(qz, dtype)
 
     rows = row_layout(w32.shape)[0]
-    fmts = ["float16", "log8"] if cfg.scale_format == "auto" else [cfg.scale_format]
-    if cfg.scale_rows == "auto":
+    search = "auto" in (cfg.scale_rows, cfg.scale_format) and per_row_scales_matter(keep, cfg)
+    fmts = ["float16", "log8"] if cfg.scale_format == "auto" and search else \
+        ["float16" if cfg.scale_format == "auto" else cfg.scale_format]
+    if cfg.scale_rows == "auto" and search:
         groups = [1] + sorted({min(g, rows) for g in AUTO_SCALE_ROWS[1:] + (rows,) if min(g, rows) > 1})
     else:
-        groups = [int(cfg.scale_rows)]
+        groups = [1 if cfg.scale_rows == "auto" else int(cfg.scale_rows)]
     if len(groups) * len(fmts) == 1:
         qz = run(groups[0], fmts[0])
         return qz if finite(qz) or (groups[0], fmts[0]) == (1, "float16") else run(1, "float16")
@@ -208,16 +230,15 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
     if not finite(base):
         base = run(1, "float16")
     limit = err(base) * (1.0 + float(cfg.error_budget)) ** 2
-    best = base
-    # coarsest grouping first; within one, the cheaper format first: stop at the first fit
-    for g in reversed(groups):
-        for fmt in sorted(fmts, key=lambda f: f != "log8"):
-            if (g, fmt) == (groups[0], "float16"):
-                continue
-            cand = run(g, fmt)
-            if cand.scale_bits < best.scale_bits and finite(cand) and err(cand) <= limit:
-                best = cand
-    return best
+    # layouts in order of their scale bits (a log8 scale is a byte, a float16 one two): the
+    # first within the budget is the answer (most tensors stop at the first or second try)
+    cands = sorted(((-(-rows // g)) * (8 if fmt == "log8" else 16), fmt != "float16", g, fmt)
+                   for g in groups for fmt in fmts if (g, fmt) != (groups[0], "float16"))
+    for _, _, g, fmt in cands:
+        cand = run(g, fmt)
+        if cand.scale_bits < base.scale_bits and finite(cand) and err(cand) <= limit:
+            return cand
+    return base
 
 
 def levels_fit(qz: Quantized, dtype: str) -> bool:
@@ -266,11 +287,13 @@ def decompress_tensor(ct: CompressedTensor, framework: str | None = None, *, par
     """The dense pruned-and-quantized tensor in its original shape and dtype.
 
     One fused pass (tensor/fused.py) writes the output in its dtype; parallel=False keeps
-    it on the calling thread (the kernel releases the GIL, for thread pools).
+    every step on the calling thread, mask decoding included (the kernels release the GIL,
+    for thread pools).
     """
     ct.validate()
     if any(isinstance(p, PackedPlane) for p in ct.planes):  # small tensors: no XOR streams to fuse
-        return decompress_tensor_unfused(ct, framework)
+        with numba_threads(None if parallel else 1):
+            return decompress_tensor_unfused(ct, framework)
     flat = decode_dense(ct, parallel=parallel)
     return wrap_dense(flat, ct.dtype, ct.shape, framework)
 

@@ -30,7 +30,6 @@ from numba import njit, prange
 
 from .logscale import decode_log8
 
-
 BCQ_MAX_BITS = 4
 UNIFORM_MAX_BITS = 8
 SCALE_DTYPES = ("float16", "bfloat16", "float32")  # what an `affine` scale may be stored as
@@ -240,7 +239,7 @@ def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
 
 
 @njit(cache=True, nogil=True)
-def _bcq_reassign(w, keep, q, gsize, alphas, codes):
+def bcq_reassign(w, keep, q, gsize, alphas, codes):
     """Best sign patterns for the stored (rounded) alphas."""
     rows, cols = w.shape
     for r in range(rows):
@@ -260,7 +259,7 @@ def _split_planes(flat, planes):
             planes[i, p] = (c >> i) & 1
 
 
-def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
+def codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
     """(q, size) uint8 bit-planes of integer codes, in one pass (numpy's shift-and-stack
     per plane cost as much as binary-coding quantization itself)."""
     flat = np.ascontiguousarray(codes).reshape(-1)
@@ -270,7 +269,7 @@ def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
     return planes
 
 
-def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
+def planes_to_codes(planes: np.ndarray) -> np.ndarray:
     codes = np.zeros(planes.shape[1], dtype=np.int64)
     for i in range(planes.shape[0]):
         codes |= planes[i].astype(np.int64) << i
@@ -295,8 +294,8 @@ def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | N
     _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
     sdt = _scale_dtype(alphas)
     stored = alphas.astype(sdt)
-    _bcq_reassign(w2, k2, bits, gsize, stored.astype(np.float32), codes)
-    return Quantized("bcq", bits, _codes_to_planes(codes, bits), stored, rows, cols, gsize, True)
+    bcq_reassign(w2, k2, bits, gsize, stored.astype(np.float32), codes)
+    return Quantized("bcq", bits, codes_to_planes(codes, bits), stored, rows, cols, gsize, True)
 
 
 def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool = True,
@@ -338,7 +337,7 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
     x = np.where(np.isfinite(x), x, 0.0)
     codes = np.clip(np.rint(x), 0, levels).astype(np.uint8)
     codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
-    return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
+    return Quantized("uniform", bits, codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
 
 
 def scale_groups(rows: int, cols: int, group_size: int, scale_rows: int) -> tuple[int, int]:
@@ -364,7 +363,7 @@ def from_row_groups(v: np.ndarray, rows: int, cols: int, scale_rows: int, gsize:
     return np.ascontiguousarray(out[:rows, :cols])
 
 
-def _check_scale_rows(scale_rows: int) -> int:
+def check_scale_rows(scale_rows: int) -> int:
     if isinstance(scale_rows, bool) or not isinstance(scale_rows, (int, np.integer)) or scale_rows < 1:
         raise ValueError(f"scale_rows must be a positive integer, got {scale_rows!r}")
     return int(scale_rows)
@@ -389,8 +388,8 @@ def quantize_in_row_groups(quantize_groups: Callable[[np.ndarray, np.ndarray, in
     k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
     vw, vk = to_row_groups(w2, scale_rows, gsize, 0.0), to_row_groups(k2, scale_rows, gsize, False)
     v = quantize_groups(vw, vk, scale_rows * gsize)
-    codes = from_row_groups(_planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
-    return Quantized(v.quantizer, v.bits, _codes_to_planes(codes, v.bits), v.scales, rows, cols, gsize, v.symmetric,
+    codes = from_row_groups(planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
+    return Quantized(v.quantizer, v.bits, codes_to_planes(codes, v.bits), v.scales, rows, cols, gsize, v.symmetric,
                      scale_rows=scale_rows)
 
 
@@ -482,5 +481,5 @@ def quantize_given(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarra
     if c.size and (c.min() < lo or c.max() > hi):
         raise ValueError(f"codes outside the {bits}-bit range {lo}..{hi}")
     unsigned = (c.astype(np.int64) - lo).reshape(rows, cols)
-    return Quantized("affine", int(bits), _codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
+    return Quantized("affine", int(bits), codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
                      zp is None, zp, scale_dtype)

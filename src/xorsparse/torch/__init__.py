@@ -11,10 +11,20 @@ With calibration data (one-shot, layer by layer) and, optionally, recovery by di
 """
 
 from .calibrate import CalibrationData, CalibrationError, as_calibration, calibrate_model, text_calibration
-from .compress import MODULE_TYPES, CompressedModel, ModelConfig, compress_model, reference_model_, \
-    selected_modules
-from .modules import DecodeWorkspace, XorConv2d, XorEmbedding, XorLinear, XorWeight, decoder_table, dense_torch, \
-    load_compressed, resident_bytes, shared_table_bytes, unpack_bits
+from .compress import MODULE_TYPES, CompressedModel, ModelConfig, compress_model, reference_model_, selected_modules
+from .modules import (
+           DecodeWorkspace,
+           XorConv2d,
+           XorEmbedding,
+           XorLinear,
+           XorWeight,
+           decoder_table,
+           dense_torch,
+           load_compressed,
+           resident_bytes,
+           shared_table_bytes,
+           unpack_bits,
+)
 from .recover import levels_torch, recover
 
 __all__ = ["MODULE_TYPES", "CalibrationData", "CalibrationError", "CompressedModel", "DecodeWorkspace", "ModelConfig",

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tensor.calibrated import check_error_feedback_quantizer, calibrated_prune_quantize
 from ..errors import XorsparseError
+from ..tensor.calibrated import calibrated_prune_quantize, check_error_feedback_quantizer
 from ..tensor.pipeline import CompressConfig, Prepared, prune_quantize, to_float32
 
 

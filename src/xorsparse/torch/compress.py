@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from ..format.container import RawTensor, write_xsp
+from ..format.records import CALIBRATION
 from ..format.torchconv import raw_from_torch
-from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, \
-    to_float32
+from ..tensor.budget import check_target_bits
 from ..tensor.config import METHODS, CalibrationConfig
 from ..tensor.parallel import default_threads
+from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, to_float32
 from ..tensor.prune import global_magnitude_masks
+from .attach import attach_prepared
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
@@ -49,6 +51,7 @@ class ModelConfig(CompressConfig):
     exclude: tuple[str, ...] = ()
     method: str = "auto"
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # (module name glob, sparsity): first match wins
+    target_bits: float | None = None  # total bits per weight: (sparsity, bits) chosen per layer (torch/budget.py)
 
     _methods = ("auto",) + METHODS
     calibration_type = ModelCalibrationConfig
@@ -67,6 +70,10 @@ class ModelConfig(CompressConfig):
                 raise ValueError(f"layer_sparsity entries are (glob, sparsity in [0, 1)), got {item!r}")
         if self.layer_sparsity and self.global_sparsity:
             raise ValueError("layer_sparsity and global_sparsity exclude each other")
+        if self.target_bits is not None:
+            check_target_bits(self.target_bits)
+            if self.layer_sparsity or self.global_sparsity:
+                raise ValueError("target_bits chooses every layer's sparsity: no layer_sparsity or global_sparsity")
         bad = [t for t in self.module_types if t not in MODULE_TYPES]
         if bad:
             raise ValueError(f"module_types: unknown {bad[0]!r}; choose from {', '.join(MODULE_TYPES)}")
@@ -127,10 +134,12 @@ class CompressedModel:
     prepared: dict[str, Prepared] = field(default_factory=dict)
     calibration: dict | None = None
     quality: dict | None = None
+    allocation: dict | None = None  # target_bits: the (sparsity, bits) chosen per tensor
 
     def save(self, path: str) -> int:
         info = {"order": self.order, "pruning": "global" if self.config.global_sparsity else "per-tensor"}
-        extra = {k: v for k, v in (("calibration", self.calibration), ("quality", self.quality)) if v is not None}
+        extra = {k: v for k, v in (("calibration", self.calibration), ("quality", self.quality),
+                                   ("allocation", self.allocation)) if v is not None}
         return write_xsp(path, self.tensors, self.raw, self.config, info, extra=extra)
 
     @property
@@ -148,8 +157,6 @@ class CompressedModel:
     def apply_(self, model: nn.Module) -> nn.Module:
         """Write the compressed weights (as they decode) into `model`, in place, and remember
         them there so that `recover(model, teacher, data)` can fine-tune them."""
-        from .recover import attach_prepared
-
         return attach_prepared(model, self.prepared, self.config, self.calibration)
 
 
@@ -207,6 +214,9 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
     method = resolve_method(cfg, calibration)
     cfg = replace(cfg, method=method)
     mods = selected_modules(model, cfg)
+    if cfg.target_bits is not None and method == "magnitude":
+        raise ValueError("target_bits chooses sparsity and bits from calibration statistics: pass calibration=... "
+                         "with method 'auto', 'sparsegpt' or 'wanda'")
     if method == "magnitude":
         masks = _weight_masks(mods, cfg, masks)
         prepared = {name: prepare_weight(mod.weight, cfg.for_module(name), None,
@@ -220,20 +230,27 @@ def compress_model(model: nn.Module, config: ModelConfig | None = None, masks: d
         if missing:
             raise ValueError(f"no mask given for module {missing[0]!r}")
     data = as_calibration(calibration, model)
+    configs = {n: cfg.for_module(n) for n, _ in mods} if cfg.layer_sparsity else None
+    allocation = None
+    if cfg.target_bits is not None:
+        from .budget import allocation_record, configs_of, plan_allocation
+
+        plan = plan_allocation(model, mods, data, cfg, cfg.target_bits)
+        configs, allocation = configs_of(plan, cfg), allocation_record(plan, {n: _weight_key(n) for n, _ in mods})
     saved = {n: m.weight.detach().clone() for n, m in mods}
     try:
-        res = calibrate_model(model, cfg, data, mods, masks, progress=progress,
-                              configs={n: cfg.for_module(n) for n, _ in mods} if cfg.layer_sparsity else None)
+        res = calibrate_model(model, cfg, data, mods, masks, progress=progress, configs=configs)
     finally:
         with torch.no_grad():
             for n, m in mods:
                 m.weight.copy_(saved[n])
-    return encode_prepared(model, res.prepared, cfg, calibration_record(res, cfg, data.info), threads=threads)
+    cm = encode_prepared(model, res.prepared, cfg, calibration_record(res, cfg, data.info), threads=threads)
+    cm.allocation = allocation
+    return cm
 
 
 def calibration_record(res: CalibrationResult, config: CompressConfig, info: dict | None = None) -> dict:
     """What the file says about how its codes were chosen (docs/FORMAT.md, section 8)."""
-    from ..format.records import CALIBRATION
 
     rec = {"method": config.method, "source": "python", "sequential": res.sequential, "blocks": res.blocks,
            "calibrated_tensors": sum(p.calibrated for p in res.prepared.values()),

@@ -16,29 +16,38 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file
+from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.selection import select_tensors
+from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file, read_eval_file
+from ..errors import XorsparseError
 from ..format.records import needs_recomputation
 from ..format.torchconv import torch_dtype_name
+from ..jobs.checkpoint import compress_checkpoint
 from ..progress import Progress
+from ..tensor.budget import BITS, SPARSITIES, check_target_bits
 from ..tensor.calibrated import check_error_feedback_quantizer
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, from_float32, to_float32
 from ..tensor.prune import global_magnitude_masks
-from ..tensor.pipeline import to_float32
-from .calibrate import CalibrationData, Prepared, calibrate_model, prepare_weight, \
-    sentence_transformer_calibration, supports_calibration, text_calibration
-from .quality import quality_report
+from .budget import allocation_lines, allocation_record, configs_of, plan_allocation
+from .calibrate import (
+    CalibrationData,
+    Prepared,
+    calibrate_model,
+    prepare_weight,
+    sentence_transformer_calibration,
+    supports_calibration,
+    text_calibration,
+)
+from .quality import quality_report, sub_report
 from .recover import LR, SCALE_LR, recover_prepared
-from ..errors import XorsparseError
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
@@ -148,7 +157,9 @@ def load_folder_model(path: str) -> FolderModel:
                                         model_kwargs={"dtype": torch.float32})
             return FolderModel(path, "sentence-transformers", model.eval())
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        )
 
         causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
         archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
@@ -221,13 +232,20 @@ class FolderResult:
     quality: dict | None
     model_kind: str
     notes: list[str] = field(default_factory=list)
+    # wall seconds of each stage and the CPU seconds: reported, never written into the file
+    # (they differ from run to run, and a rerun must give the same bytes)
+    seconds: dict[str, float] = field(default_factory=dict)
+    allocation: dict | None = None  # the bit budget's choice per tensor (--target-bits)
 
     @property
     def records(self) -> dict:
-        """The .xsp records (docs/FORMAT.md section 8): calibration, and quality if measured."""
+        """The .xsp records (docs/FORMAT.md section 8): calibration, quality if measured, and
+        allocation under a bit budget."""
         out = {"calibration": self.calibration}
         if self.quality is not None:
             out["quality"] = self.quality
+        if self.allocation is not None:
+            out["allocation"] = self.allocation
         return out
 
     def checkpoint_prepared(self) -> dict[str, Prepared]:
@@ -235,35 +253,72 @@ class FolderResult:
         return dict(self.prepared)
 
 
-def _calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
+def calibration_set(calibration: str | None, samples: int | None, seed: int) -> CalibrationSet:
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
 
-def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                   force_include: Sequence[str] = (), embeddings: bool = True,
-                   calibration: str | None = None, recover_steps: int = 0, samples: int | None = SAMPLES,
-                   seed: int = 0, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH,
-                   recover_lr: float = LR, recover_scale_lr: float = SCALE_LR, with_quality: bool = True,
-                   log: Callable[[str], None] | None = None, progress: bool | None = None) -> FolderResult:
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """The calibration run of a model folder: its data (`calibration` file or the built-in
+    sentences, `samples`, `seed`, `batch_size`, `max_length`), recovery by distillation
+    (`recover_steps`, `recover_lr`, `recover_scale_lr`), whether to measure quality, an
+    `eval_file` of held-out text, and `target_bits`: total bits per compressed weight, the
+    sparsity and bits of every tensor then chosen per layer within it (torch/budget.py, config's
+    not used); `allocation`: a file's `allocation` record, to recompute that file (verify --against)."""
+
+    calibration: str | None = None
+    samples: int | None = SAMPLES
+    seed: int = 0
+    batch_size: int = BATCH_SIZE
+    max_length: int = MAX_LENGTH
+    recover_steps: int = 0
+    recover_lr: float = LR
+    recover_scale_lr: float = SCALE_LR
+    with_quality: bool = True
+    eval_file: str | None = None
+    target_bits: float | None = None
+    allocation: dict | None = None
+
+
+def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                   calib: CalibrationOptions = CalibrationOptions(), *, log: Callable[[str], None] | None = None,
+                   progress: bool | None = None) -> FolderResult:
     """Masks and codes of a model folder's selected tensors by `config.method` (plus recovery),
     and the quality report; nothing is written. The selection is the checkpoint writer's
-    (include, exclude, force_include, embeddings); selected tensors that are not weights of
-    modules the calibration can reach (embedding tables, ...) are pruned data-free here too,
-    so that `prepared` holds every selected tensor."""
+    (`select`: include, exclude, force_include, embeddings); selected tensors that are not
+    weights of modules the calibration can reach (embedding tables, ...) are pruned data-free
+    here too, so that `prepared` holds every selected tensor. `progress` (None: on) shows
+    calibration and recovery on stderr: a bar on a terminal, elsewhere a line every tenth of
+    the work."""
+    calibration, recover_steps, samples, seed = calib.calibration, calib.recover_steps, calib.samples, calib.seed
+    batch_size, max_length, with_quality = calib.batch_size, calib.max_length, calib.with_quality
+    recover_lr, recover_scale_lr = calib.recover_lr, calib.recover_scale_lr
+    eval_file, target_bits, allocation = calib.eval_file, calib.target_bits, calib.allocation
     say = log or (lambda s: None)
     t0, c0 = time.perf_counter(), time.process_time()
     fm = load_folder_model(src)
     ck = open_checkpoint(src)
-    selected = select_tensors(ck, include, exclude, force_include, embeddings).compressed
+    selected = select_tensors(ck, select.include, select.exclude, select.force_include, select.embeddings).compressed
     if not selected:
         raise CheckpointError(f"{src}: no tensor selected for compression (check --include/--exclude)")
     if config.global_sparsity and config.method != "magnitude":
         raise ValueError("--global applies to magnitude pruning only; calibrated methods prune per layer")
-    if config.method != "magnitude" or recover_steps:
+    if config.method != "magnitude" or recover_steps or target_bits is not None:
         check_error_feedback_quantizer(config)  # before the model runs (recovery has the same needs)
-    cset = _calibration_set(calibration, samples, seed)
+    if target_bits is not None:
+        check_target_bits(target_bits)
+        if config.method == "magnitude" or config.global_sparsity:
+            raise ValueError("--target-bits chooses sparsity and bits per layer from calibration data: use a "
+                             "calibrated method (sparsegpt or wanda), without --global")
+    cset = calibration_set(calibration, samples, seed)
+    eval_set = read_eval_file(eval_file) if eval_file is not None and with_quality else None
+    if eval_set is not None and fm.quality_kind != "sentence-transformers" and fm.tokenizer is None:
+        raise ModelFolderError(f"{src}: no tokenizer to turn the --eval text into inputs")
     data = fm.data(cset.calibration, cset.kind, batch_size, max_length, cset.info)
     mapping, notes = map_to_checkpoint(fm.model, ck, selected)
+    calibrated = config.method != "magnitude" or bool(recover_steps)
+    if not calibrated:  # notes on what calibration could not reach mean nothing when nothing is calibrated
+        notes = []
     mods = dict(fm.model.named_modules())
     modules = [(m, mods[m]) for m in mapping]
     dtypes = {m: torch_dtype_name(ck.get(c)) for m, c in mapping.items()}
@@ -272,11 +327,26 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     # written into the model first, so that calibration, recovery and the quality report
     # all see the model the file will hold
     free = [n for n in selected if n not in mapping.values()]
+    chosen, configs = None, {}  # the allocation record of a new bit budget; per-module configs
+    if target_bits is not None:
+        say(f"bit budget: scoring {len(modules) + len(free)} tensors at {len(SPARSITIES) * len(BITS)} "
+            f"(sparsity, bits) candidates each")
+        plan = plan_allocation(fm.model, modules, data, config, target_bits, free={n: ck.get(n) for n in free},
+                               progress=Progress("budget", progress,
+                                                 unit="tensors"))
+        configs = configs_of(plan, config)
+        chosen = allocation_record(plan, mapping)
+        for line in allocation_lines(plan, mapping):
+            say(line)
+    elif allocation is not None:  # recomputing a file made under a bit budget: its recorded choices
+        module_of = {c: m for m, c in mapping.items()}
+        configs = {module_of.get(n, n): replace(config, sparsity=float(sq[0]), bits=int(sq[1]))
+                   for n, sq in allocation["layers"].items()}
     free_masks = None
     if config.global_sparsity:
         free_masks = global_magnitude_masks({n: to_float32(ck.get(n))[0] for n in selected}, config.sparsity)
-    free_prepared = {n: prepare_weight(ck.get(n), config, None, None if free_masks is None else free_masks[n], name=n)
-                     for n in free}
+    free_prepared = {n: prepare_weight(ck.get(n), configs.get(n, config), None,
+                                       None if free_masks is None else free_masks[n], name=n) for n in free}
     params = _parameters_of(fm.model, ck, free)
     with torch.no_grad():
         for n, p in free_prepared.items():
@@ -302,14 +372,13 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
     else:
         say(f"calibrating {len(modules)} modules with {config.method} on {cset.info['samples']} samples "
             f"({cset.info['source']}: {os.path.basename(str(cset.info.get('file')))})")
-        res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes,
-                              progress=Progress("calibrate", sys.stderr.isatty() if progress is None else progress,
-                                                       unit="modules"))
+        res = calibrate_model(fm.model, config, data, modules, dtypes=dtypes, configs=configs or None,
+                              progress=Progress("calibrate", progress, unit="modules"))
         prepared = res.prepared
         notes += res.notes
         rec.update({"sequential": res.sequential, "blocks": res.blocks,
                     "calibrated_tensors": sum(p.calibrated for p in prepared.values())})
-    seconds["calibration"] = time.perf_counter() - t
+    seconds["pruning" if config.method == "magnitude" else "calibration"] = time.perf_counter() - t
     if recover_steps:
         say(f"recovery: {recover_steps} steps of distillation from the original model")
         t = time.perf_counter()
@@ -327,45 +396,49 @@ def prepare_folder(src: str, config: CompressConfig, *, include: Sequence[str] =
                                  info=cset.held_out_info)
         if "layers" in quality:
             quality["layers"] = {mapping[m]: v for m, v in quality["layers"].items()}
+        # the same figures on text calibration never saw: the built-in out-of-domain set, --eval FILE
+        for key, texts, info in (("out_of_domain", cset.out_of_domain, cset.out_of_domain_info),
+                                 ("eval", *(eval_set or (None, None)))):
+            if texts is None or (fm.quality_kind != "sentence-transformers" and fm.tokenizer is None):
+                continue
+            held = texts if fm.quality_kind == "sentence-transformers" else \
+                fm.data(texts, "text", batch_size, max_length, info)
+            quality[key] = sub_report(quality_report(fm.quality_kind, teacher, fm.model, held, names=list(mapping),
+                                                     info=info))
         seconds["quality"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     seconds["cpu"] = time.process_time() - c0
-    rec["seconds"] = seconds
-    if free:
+    if free and calibrated:
         notes.append(f"{len(free)} selected tensors are not weights of calibratable modules "
                      f"(data-free magnitude pruning), first {free[0]!r}")
     rec["notes"] = notes
     out = {mapping[m]: p for m, p in prepared.items()}
     out.update(free_prepared)
-    return FolderResult(out, rec, quality, fm.kind, notes)
+    return FolderResult(out, rec, quality, fm.kind, notes, seconds,
+                        chosen if chosen is not None else allocation)
 
 
-__all__ = ["FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
+__all__ = ["CalibrationOptions", "FolderModel", "FolderResult", "ModelFolderError", "is_model_folder", "load_folder_model",
            "map_to_checkpoint", "prepare_folder"]
 
 
-def compress_model_folder(src: str, out: str, config: CompressConfig, *, include: Sequence[str] = (),
-                          exclude: Sequence[str] = (), progress: Callable[[int, int, str], None] | None = None,
-                          force_include: Sequence[str] = (), embeddings: bool = True, **kwargs):
+def compress_model_folder(src: str, out: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
+                          calib: CalibrationOptions = CalibrationOptions(), run: RunOptions = RunOptions(), *,
+                          log: Callable[[str], None] | None = None):
     """prepare_folder, then the checkpoint writer encodes the prepared tensors (and stores the
     rest) into an .xsp file or model folder with the records; returns (CompressReport,
     FolderResult)."""
-    from ..jobs.checkpoint import compress_checkpoint
-
-    res = prepare_folder(src, config, include=include, exclude=exclude, force_include=force_include,
-                         embeddings=embeddings, **kwargs)
-    report = compress_checkpoint(src, out, config, include, exclude, progress, prepared=res.checkpoint_prepared(),
-                                 force_include=force_include, embeddings=embeddings, extra=res.records)
+    res = prepare_folder(src, config, select, calib, log=log)
+    report = compress_checkpoint(src, out, config, select, run, prepared=res.checkpoint_prepared(),
+                                 extra=res.records)
     return report, res
 
 
 def recompute_references(xsp_names: Sequence[str], against: str, config: CompressConfig, record: dict,
-                         calibration: str | None = None, log: Callable[[str], None] | None = None
-                         ) -> dict[str, torch.Tensor]:
+                         calibration: str | None = None, log: Callable[[str], None] | None = None,
+                         allocation: dict | None = None) -> dict[str, torch.Tensor]:
     """The dense tensors a calibrated file should decode to, recomputed from the original
     folder with the file's config and calibration record (same data, seed and steps)."""
-    from ..data.calibdata import builtin_set
-    from ..tensor.pipeline import from_float32
 
     if record.get("source") == "builtin":
         path = None
@@ -382,12 +455,14 @@ def recompute_references(xsp_names: Sequence[str], against: str, config: Compres
             raise ValueError(f"{path}: not the calibration file this .xsp was made with (sha256 differs)")
     else:
         raise ValueError(f"calibration source {record.get('source')!r} cannot be recomputed")
-    res = prepare_folder(against, config, include=list(xsp_names), calibration=path,
-                         recover_steps=int(record.get("recover_steps") or 0), samples=record.get("samples"),
-                         seed=int(record.get("seed", 0)), batch_size=int(record.get("batch_size", BATCH_SIZE)),
-                         max_length=int(record.get("max_length", MAX_LENGTH)),
-                         recover_lr=float(record.get("recover_lr", LR)),
-                         recover_scale_lr=float(record.get("recover_scale_lr", SCALE_LR)), with_quality=False, log=log)
+    calib = CalibrationOptions(calibration=path, samples=record.get("samples"), seed=int(record.get("seed", 0)),
+                               batch_size=int(record.get("batch_size", BATCH_SIZE)),
+                               max_length=int(record.get("max_length", MAX_LENGTH)),
+                               recover_steps=int(record.get("recover_steps") or 0),
+                               recover_lr=float(record.get("recover_lr", LR)),
+                               recover_scale_lr=float(record.get("recover_scale_lr", SCALE_LR)), with_quality=False,
+                               allocation=allocation)
+    res = prepare_folder(against, config, SelectOptions(include=list(xsp_names)), calib, log=log)
     return {n: from_float32(p.dense(), p.dtype, "torch") for n, p in res.prepared.items()}
 
 

@@ -6,16 +6,22 @@ weights compressed in Xor* modules that decode in forward.
 On CPU the modules call the fused numba decoder (tensor/fused.py) on numpy views of their
 own buffers, into a workspace shared by the model's modules: no copy of the compressed
 data, no allocation per forward, and optionally the next layer decodes on a background
-thread while this one computes. On other devices they decode with torch operations,
-chunk by chunk so that the temporaries stay below the size of the dense weight. Both
-paths equal the reference bit for bit (tests check it).
+thread while this one computes. On a CUDA device, when Triton is installed, they run the
+kernels of xorsparse.gpu: moving a module there (`.to("cuda")`) builds the kernels' resident
+layout once, and forward calls the fused decode + matmul (XorLinear), decodes only the
+looked-up rows (XorEmbedding) or decodes to dense (XorConv2d). On other devices, or CUDA
+without Triton, they decode with torch operations, chunk by chunk so that the temporaries
+stay below the size of the dense weight. Every path equals the reference bit for bit in
+the decoded weights (tests check it).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
-from dataclasses import replace
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,11 +30,10 @@ from torch import nn
 
 from ..codec.plane import _tables
 from ..format.container import XspFile
-from ..codec.plane import get_decoder
 from ..tensor import fused
-from ..tensor.variants import decode_mask_words
 from ..tensor.packed import PackedPlane
-from ..tensor.pipeline import CompressedTensor
+from ..tensor.pipeline import CompressedTensor, decompress_tensor
+from ..tensor.variants import decode_mask_words
 from .compress import MODULE_TYPES
 
 # ---------------------------------------------------------------------------------------
@@ -181,6 +186,68 @@ def _levels_at(scales: torch.Tensor, sidx: torch.Tensor, code: torch.Tensor, q: 
 
 
 # ---------------------------------------------------------------------------------------
+# The Triton path: CUDA devices, or CPU tensors under the Triton interpreter when forced
+
+TRITON_ON_CPU_ENV = "XORSPARSE_TRITON_ON_CPU"
+_triton_on_cpu: bool | None = None  # set_triton_on_cpu; None: the environment variable decides
+
+
+def set_triton_on_cpu(enabled: bool | None) -> None:
+    """Route the Xor* modules' CPU tensors through the Triton kernels (True), through the
+    numba kernel (False), or let XORSPARSE_TRITON_ON_CPU decide (None, the default).
+
+    For tests and CI without a GPU: the kernels then run in Triton's interpreter, which
+    needs TRITON_INTERPRET=1 in the environment before triton is first imported.
+    """
+    global _triton_on_cpu
+    _triton_on_cpu = None if enabled is None else bool(enabled)
+
+
+def triton_on_cpu() -> bool:
+    """Whether CPU tensors go through the Triton kernels (see set_triton_on_cpu)."""
+    if _triton_on_cpu is not None:
+        return _triton_on_cpu
+    return os.environ.get(TRITON_ON_CPU_ENV, "") not in ("", "0")
+
+
+@functools.cache
+def _gpu_or_none():
+    """The xorsparse.gpu package, or None where it or triton cannot be imported."""
+    try:
+        from .. import gpu
+    except ImportError:
+        return None
+    return gpu
+
+
+def _gpu():
+    gpu = _gpu_or_none()
+    if gpu is None:
+        raise RuntimeError("the Triton path needs triton and xorsparse.gpu: pip install 'xorsparse[gpu]'")
+    return gpu
+
+
+@functools.cache
+def _cuda_has_triton() -> bool:
+    gpu = _gpu_or_none()
+    return gpu is not None and gpu.is_available()
+
+
+def triton_device(device: torch.device) -> bool:
+    """Whether weights on `device` decode with the Triton kernels: a CUDA device when triton
+    is installed, or the CPU when forced (set_triton_on_cpu) under TRITON_INTERPRET=1."""
+    if device.type == "cuda":
+        return _cuda_has_triton()
+    if device.type == "cpu" and triton_on_cpu():
+        if os.environ.get("TRITON_INTERPRET", "") in ("", "0"):
+            raise RuntimeError(f"{TRITON_ON_CPU_ENV}=1 needs TRITON_INTERPRET=1 (set before triton is imported) "
+                               "to run the Triton kernels on CPU tensors")
+        _gpu()
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------
 # The workspace: reusable output buffers and decoding ahead on CPU
 
 
@@ -277,6 +344,11 @@ class XorWeight(nn.Module):
     Buffers: `mask_bits` (the mask as a bitmask, padded to whole 64-bit words), `streams`
     (every plane's stream as int64 words, padded for the kernels' window reads), the merged
     row-major patch list `patch_pos`/`patch_xor`, and float32 `scales`.
+
+    On a Triton device (see triton_device) the buffers stay in host memory, where state_dict
+    and `.cpu()` find them, and the device holds only the kernels' ResidentWeight, built
+    once from these (validated) buffers when the module moves there, or at first use.
+    Moving the module keeps the buffers' dtypes: `model.half()` cannot round the scales.
     """
 
     def __init__(self, ct: CompressedTensor, cache: bool = False, workspace: DecodeWorkspace | None = None):
@@ -284,7 +356,6 @@ class XorWeight(nn.Module):
         ct.validate()
         packed = any(isinstance(p, PackedPlane) for p in ct.planes)
         if packed:  # a small tensor stored bit for bit (FORMAT.md 1.8): kept decoded, no XOR streams
-            from ..tensor.pipeline import decompress_tensor
 
             dense = decompress_tensor(ct, framework="torch").reshape(-1).clone()
             ct = replace(ct, planes=[])
@@ -317,11 +388,62 @@ class XorWeight(nn.Module):
         self.cache = cache
         self.workspace = workspace
         self._cached: torch.Tensor | None = None
+        # the Triton path: whether it applies, the device the module lives on, the kernels' copy
+        self._tritonable = dense is None and ct.numel > 0
+        self._device = torch.device("cpu")
+        self._resident = None
         self._summary = (f"shape={tuple(ct.shape)}, dtype={ct.dtype}, {q.quantizer} q={q.bits}, "
                          f"{ct.total_bits / max(ct.numel, 1):.3f} bits/weight, cache={cache}")
 
     def extra_repr(self) -> str:
         return self._summary
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module computes (its buffers stay on the CPU on a Triton device)."""
+        return self._device
+
+    def _apply(self, fn, recurse: bool = True):
+        target = fn(torch.zeros(0, device=self._device)).device
+        if target != self._device:
+            self._cached = None
+        if self._tritonable and triton_device(target):
+            if self._resident is None or self._resident.device != target:
+                self._resident = None  # the old copy goes before the new one is built
+                self._resident = _gpu().ResidentWeight.from_xor_weight(self, device=target)
+            if self.scales.device.type != "cpu":
+                super()._apply(lambda t: t.cpu(), recurse)
+            self._device = target
+            return self
+        self._resident = None
+        super()._apply(lambda t: fn(t).to(dtype=t.dtype), recurse)
+        self._device = target
+        return self
+
+    def resident(self):
+        """The kernels' ResidentWeight when this weight runs through Triton here, else None.
+
+        Built on first use where the module was not moved (a CPU module forced onto Triton)."""
+        if not self._tritonable or (self._device.type == "cpu" and not triton_on_cpu()):
+            return None
+        if self._resident is None or self._resident.device != self._device:
+            if not triton_device(self._device):
+                return None
+            self._resident = _gpu().ResidentWeight.from_xor_weight(self, device=self._device)
+        return self._resident
+
+    def device_nbytes(self) -> int:
+        """Bytes this weight holds on its device: the ResidentWeight on the Triton path, the
+        buffers otherwise (decoder tables shared by the modules and caches not included)."""
+        rw = self.resident()
+        if rw is not None:
+            return int(rw.nbytes)
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def __getstate__(self):  # copies and pickles rebuild the kernels' copy where they are used
+        state = self.__dict__.copy()
+        state["_resident"] = None
+        return state
 
     def _plan(self) -> fused.DecodePlan:
         """A decode plan over numpy views of this module's CPU buffers (no copies)."""
@@ -346,16 +468,36 @@ class XorWeight(nn.Module):
         fused.decode_into(self._plan(), view, kind, parallel)
         return out
 
+    def decode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows `rows` (int64, dim 0 of the weight) as a (len(rows), rest) CPU tensor, decoded
+        on the calling thread by the fused row kernel; IndexError for rows out of range."""
+        cols = self.length // self.shape[0] if self.shape and self.shape[0] else 0
+        out = torch.empty(rows.numel() * cols, dtype=self.torch_dtype)
+        if self.dtype_name in ("bfloat16", "float16"):
+            view = out.view(torch.int16).numpy().view(np.uint16)
+            kind = fused.OUT_BF16 if self.dtype_name == "bfloat16" else fused.OUT_F16
+        else:
+            view, kind = out.numpy(), fused.OUT_KINDS[self.dtype_name]
+        fused.decode_rows_into(self._plan(), rows.numpy(), view, kind)
+        return out.view(rows.numel(), *self.shape[1:])
+
     def dense(self, backend: str = "auto") -> torch.Tensor:
-        """A fresh dense weight (the cached one if cache=True). backend: auto, numba or torch."""
+        """A fresh dense weight (the cached one if cache=True). backend: auto, numba, torch or
+        triton. On a Triton device, numba and torch decode the host buffers, on the CPU."""
         if self._cached is not None:
             return self._cached
         on_cpu = self.scales.device.type == "cpu"
-        if backend not in ("auto", "numba", "torch"):
-            raise ValueError(f"backend must be auto, numba or torch, got {backend!r}")
+        if backend not in ("auto", "numba", "torch", "triton"):
+            raise ValueError(f"backend must be auto, numba, torch or triton, got {backend!r}")
         if backend == "numba" and not on_cpu:
             raise ValueError("the numba decoder runs on CPU tensors only")
-        if self.packed_dense is not None:
+        rw = self.resident() if backend in ("auto", "triton") else None
+        if backend == "triton" and rw is None:
+            raise ValueError("the Triton decoder runs on CUDA devices, or on CPU tensors with "
+                             f"{TRITON_ON_CPU_ENV}=1 and TRITON_INTERPRET=1")
+        if rw is not None:
+            w = _gpu().decode_dense(rw).view(self.shape)
+        elif self.packed_dense is not None:
             w = self.packed_dense.clone().view(self.shape)
         elif backend == "torch" or not on_cpu:
             w = dense_torch(self)
@@ -369,7 +511,7 @@ class XorWeight(nn.Module):
         """The weight for one forward: a workspace buffer when nothing can keep a reference."""
         if self._cached is not None or self.cache:
             return self.dense()
-        if (self.workspace is not None and self.scales.device.type == "cpu"
+        if (self.workspace is not None and self.scales.device.type == "cpu" and self.resident() is None
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             return self.workspace.weight(self)
         return self.dense()
@@ -397,6 +539,11 @@ class XorLinear(nn.Module):
         return self.xw.dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rw = self.xw.resident()
+        if rw is not None and not self.xw.cache and not (torch.is_grad_enabled() and x.requires_grad):
+            # fused decode + matmul: the dense weight is never written (small batches)
+            y = _gpu().linear(x.reshape(-1, self.in_features), rw, self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.xw.for_compute(x), self.bias)
 
 
@@ -438,10 +585,21 @@ class XorEmbedding(nn.Module):
         return self.xw.dense()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.xw.for_compute(ids), self.padding_idx)
+        rw = self.xw.resident()
+        if rw is not None and not self.xw.cache:  # only the looked-up rows are decoded
+            return _gpu().embedding(ids, rw)
+        xw = self.xw
+        if (xw._cached is None and not xw.cache and xw.packed_dense is None and xw.scales.device.type == "cpu"
+                and ids.device.type == "cpu" and not torch.is_grad_enabled()):
+            # CPU: decode only the rows looked up (the table's other rows cost nothing)
+            rows, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+            if rows.numel() * 2 <= xw.shape[0]:
+                table = xw.decode_rows(rows)
+                return F.embedding(inverse.reshape(ids.shape), table)
+        return F.embedding(ids, xw.for_compute(ids), self.padding_idx)
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     parts = name.split(".")
     mod = model
     for p in parts[:-1]:
@@ -459,7 +617,8 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
     decode in every forward, into two buffers shared by the model's modules (the
     workspace, `model.xorsparse_workspace`). cache=True keeps each decoded weight after
     its first use instead (as much memory as the dense model). prefetch=True decodes the
-    next module's weight on a background thread while the current one computes.
+    next module's weight on a background thread while the current one computes (CPU only).
+    Then `model.to("cuda")` moves the Xor* modules onto the Triton kernels (XorWeight).
     """
     if mode not in ("decode", "ondemand"):
         raise ValueError(f"mode must be 'decode' or 'ondemand', got {mode!r}")
@@ -497,7 +656,7 @@ def load_compressed(model: nn.Module, path: str, mode: str = "decode", cache: bo
                 new = XorConv2d(ct, mod, cache, workspace)
             else:
                 new = XorEmbedding(ct, mod, cache, workspace)
-            parent, attr = _parent(model, mod_name)
+            parent, attr = parent_of(model, mod_name)
             setattr(parent, attr, new)
     if workspace is not None:
         model.xorsparse_workspace = workspace

@@ -8,6 +8,11 @@
   (its compressed output against the original layer applied to the same input), and of the
   model's output.
 
+A report is measured on the in-domain held-out set (the held-out part of the calibration
+sources) and, as sub-reports `out_of_domain` and `eval`, on text from sources calibration
+never saw (the built-in out-of-domain set) and on the user's `--eval FILE`: the in-domain
+figure alone overstates what a user sees on their own text.
+
 Every report is a JSON-ready dict; `xorsparse compress` stores it in the .xsp metadata
 under `quality` (docs/FORMAT.md).
 """
@@ -141,12 +146,33 @@ def quality_report(kind: str, original: nn.Module, compressed: nn.Module, held_o
     return report
 
 
+SUB_REPORTS = ("out_of_domain", "eval")  # measured on other held-out sets (FORMAT.md section 8)
+
+
+def sub_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A report as stored under `out_of_domain` / `eval`: its figures and held_out, without
+    the per-layer table (the in-domain report has it)."""
+    return {k: v for k, v in report.items() if k not in ("layers", "kind") + SUB_REPORTS}
+
+
 def summary_line(report: dict[str, Any]) -> str:
-    """The report in one line, for the CLI summary and inspect."""
+    """The report in one line, for the CLI summary and inspect: in-domain, then out-of-domain
+    and the user's --eval text when measured."""
+    line = _one_line(report)
+    for key, label in (("out_of_domain", "out-of-domain"), ("eval", "--eval")):
+        sub = report.get(key)
+        if isinstance(sub, dict):
+            h = sub.get("held_out", {})
+            line += f"; {label} ({h.get('file', '?').rsplit('/', 1)[-1]}): " + _one_line(dict(sub, kind=report.get("kind")))
+    return line
+
+
+def _one_line(report: dict[str, Any]) -> str:
     kind = report.get("kind")
     h = report.get("held_out", {})
     n = h.get("samples")
-    where = f" on {n} held-out samples" if n else ""
+    domain = {"in-domain": " in-domain", "out-of-domain": " out-of-domain", "user": " of your"}.get(h.get("domain"), "")
+    where = f" on {n}{domain} held-out samples" if n else ""
     if kind == "sentence-transformers":
         s = f"mean cosine to the original {report['mean_cosine']:.4f} (min {report['min_cosine']:.4f})"
         if "nn_agreement" in report:
@@ -161,5 +187,5 @@ def summary_line(report: dict[str, Any]) -> str:
     return f"quality: {kind}"
 
 
-__all__ = ["KINDS", "embedding_agreement", "layer_errors", "perplexity", "quality_report", "sentence_embeddings",
+__all__ = ["KINDS", "SUB_REPORTS", "embedding_agreement", "sub_report", "layer_errors", "perplexity", "quality_report", "sentence_embeddings",
            "summary_line"]

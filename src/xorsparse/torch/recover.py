@@ -29,9 +29,10 @@ from ..progress import Progress
 from ..tensor.calibrated import requantize
 from ..tensor.quant import Quantized
 from ..tensor.variants import QUANTIZERS
-from .calibrate import Prepared, as_calibration, run_model
+from .attach import PREPARED_ATTR, attach_prepared
+from .calibrate import Prepared, _first_tensor, as_calibration, find_blocks, run_model
+from .compress import CompressedModel, encode_prepared
 
-PREPARED_ATTR = "_xorsparse_prepared"
 RECOVERABLE = tuple(name for name, q in QUANTIZERS.items() if q.refits_scales)
 LR, SCALE_LR = 1e-3, 1e-4  # Adam step sizes of the latent weights and of the scales (warm-up, cosine decay)
 
@@ -54,19 +55,6 @@ def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) 
     if symmetric:
         return s[:, :, 0:1] * (c - torch.tensor(((1 << q) - 1) / 2, dtype=torch.float32, device=dev))
     return s[:, :, 1:2] + s[:, :, 0:1] * c
-
-def attach_prepared(model: nn.Module, prepared: Mapping[str, Prepared], config: Any = None,
-                    record: dict | None = None) -> nn.Module:
-    """Write the prepared weights into `model` and remember them (and the config) there, so
-    that `recover(model, teacher, data)` knows each weight's mask and quantizer."""
-    mods = dict(model.named_modules())
-    with torch.no_grad():
-        for name, p in prepared.items():
-            if name not in mods or getattr(mods[name], "weight", None) is None:
-                raise ValueError(f"model has no module {name!r} with a weight")
-            mods[name].weight.copy_(p.torch_weight().to(mods[name].weight.device))
-    setattr(model, PREPARED_ATTR, (dict(prepared), config, record))
-    return model
 
 
 class _QuantizedWeight(nn.Module):
@@ -179,8 +167,6 @@ class _BlockTap:
     """Forward hooks that keep the output of every block of the model's block list."""
 
     def __init__(self, model: nn.Module):
-        from .calibrate import _first_tensor, find_blocks
-
         self.outputs: list[torch.Tensor] = []
         found = find_blocks(model)
         self.handles = [b.register_forward_hook(lambda m, a, o: self.outputs.append(_first_tensor(o)))
@@ -213,8 +199,6 @@ def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *
     data: unlabeled inputs, as for compress_model's calibration. lr / scale_lr: Adam step
     sizes of the latent weights and of the scales (warm-up, then cosine decay).
     """
-    from .compress import CompressedModel, encode_prepared
-
     config, record = None, None
     if isinstance(compressed, CompressedModel):
         config, prepared, record = compressed.config, compressed.prepared, compressed.calibration
@@ -336,4 +320,4 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
     return result
 
 
-__all__ = ["attach_prepared", "distillation_loss", "recover", "recover_prepared"]
+__all__ = ["distillation_loss", "recover", "recover_prepared"]

@@ -20,10 +20,10 @@ from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ...tensor.pipeline import CompressedTensor, decompress_tensor
-from ...format.container import XspError, XspFile, compressed_from_parts
-from ...format.validate import check_decode_cost
+from ...format.container import READ_VERSIONS, XspError, XspFile, compressed_from_parts
 from ...format.torchconv import TORCH_TO_ST
+from ...format.validate import check_decode_cost
+from ...tensor.pipeline import CompressedTensor, decompress_tensor
 from . import QUANT_METHOD, current_load_mode, register
 
 # part name -> source pattern (regular expressions: transformers compiles them)
@@ -104,7 +104,9 @@ class XspDecode(ConversionOps):
         dtype = ref.dtype if ref is not None else getattr(torch, ct.dtype)
         if q.mode == "ondemand" and q.ondemand_ok(model, full_layer_name):
             q.pending[full_layer_name] = ct
-            return {full_layer_name: torch.empty(ct.shape, dtype=getattr(torch, ct.dtype)).to(dtype)}
+            # a placeholder until the Xor* module replaces the module after loading: one element
+            # broadcast to the weight's shape, so that no dense copy of any weight is ever allocated
+            return {full_layer_name: torch.zeros((), dtype=dtype).expand(tuple(ct.shape))}
         try:
             return {full_layer_name: decompress_tensor(ct, "torch").to(dtype)}
         except ValueError as e:
@@ -125,11 +127,10 @@ class XorsparseHfQuantizer(HfQuantizer):
         quantization_config.dequantize = self.mode == "decode"
         self.index: dict[tuple[int, int], list[tuple[str, str, dict, int]]] = {}
         self.pending: dict[str, CompressedTensor] = {}
+        self.device_map: Any = None
         self.pattern_kind = {p: k for k, p in _PART_PATTERNS.items()}
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
-        from ...format.container import READ_VERSIONS
-
         v = getattr(self.quantization_config, "format_version", None)
         if v not in READ_VERSIONS:
             raise ValueError(f"this folder holds xorsparse format version {v!r}; this xorsparse reads "
@@ -139,6 +140,7 @@ class XorsparseHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs: Any):
         self.index.clear()
+        self.device_map = kwargs.get("device_map")
         for path in checkpoint_files or []:
             with XspFile(path) as f:  # header only: the whole description validated, nothing decoded
                 for name, spec in f.desc.tensors.items():
@@ -180,7 +182,7 @@ class XorsparseHfQuantizer(HfQuantizer):
         return name not in set(tied) | set(tied.values())
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):
-        from ...torch.modules import XorConv2d, XorEmbedding, XorLinear, _parent
+        from ...torch.modules import XorConv2d, XorEmbedding, XorLinear, parent_of
 
         for name, ct in self.pending.items():
             mod_name = name[: -len(".weight")]
@@ -191,10 +193,26 @@ class XorsparseHfQuantizer(HfQuantizer):
                 new = XorConv2d(ct, mod)
             else:
                 new = XorEmbedding(ct, mod)
-            parent, attr = _parent(model, mod_name)
+            device = self.module_device(mod_name)
+            if device is not None:  # on CUDA this builds the Triton kernels' resident copy
+                new.to(device)
+            parent, attr = parent_of(model, mod_name)
             setattr(parent, attr, new)
         self.pending.clear()
         return model
+
+    def module_device(self, mod_name: str) -> torch.device | None:
+        """Where device_map puts this module's weight (None: no device_map; "disk" stays on
+        the CPU). The weight itself arrived as a CPU placeholder: its device says nothing."""
+        device_map = self.device_map
+        if device_map is None:
+            return None
+        if not isinstance(device_map, dict):
+            device_map = {"": device_map}
+        from transformers.integrations.accelerate import get_device
+
+        device = get_device(device_map, mod_name + ".weight", valid_torch_device=True)
+        return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
 
     # --- what transformers asks of a quantizer ----------------------------------------------------
 

@@ -15,7 +15,7 @@ import pkgutil
 import numpy as np
 
 from ..maskcode import DEFAULT_BLOCK, MaskCode
-from ..quant import Quantized, _check_scale_rows
+from ..quant import Quantized, check_scale_rows
 from .base import (
     MASK_CODECS,
     MASK_GOLOMB,
@@ -65,7 +65,7 @@ def quantize(w: np.ndarray, keep: np.ndarray, quantizer: str = "bcq", bits: int 
     """Quantize the kept weights. scale_rows: consecutive rows sharing one scale set;
     codebook_rows (codebook only): rows per codebook (None: one for the tensor);
     importance (codebook only): per-weight weights of the k-means fit (e.g. from calibration)."""
-    scale_rows = _check_scale_rows(scale_rows)
+    scale_rows = check_scale_rows(scale_rows)
     q = QUANTIZERS.get(quantizer)
     if q is None or not q.quantizes:
         raise ValueError(f"quantizer must be one of {', '.join(quantizer_choices())}, got {quantizer!r}")
@@ -83,12 +83,25 @@ def levels_table(qz: Quantized) -> np.ndarray:
 def encode_mask(keep: np.ndarray, codec: str = AUTO, block: int = DEFAULT_BLOCK,
                 cols: int | None = None) -> MaskCode:
     """cols: row length of the row-major mask, for models by row and column (default: keep's last axis).
-    codec "auto": every registered codec, the smallest kept (ties: the lowest rank)."""
+    codec "auto": the smallest of the codecs that decode fast (ties: the lowest rank), and a codec
+    with a costly decode (ctx) instead only where it saves at least its min_saving of those bits."""
     if codec == AUTO:
-        return min((c.encode(keep, cols, block) for c in MASK_CODECS.values()), key=lambda m: m.nbits)
+        return encode_auto(keep, cols, block)
     if codec not in MASK_CODECS:
         raise ValueError(f"mask codec must be one of {', '.join(mask_codec_choices())}, got {codec!r}")
     return MASK_CODECS[codec].encode(keep, cols, block)
+
+
+def encode_auto(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_BLOCK) -> MaskCode:
+    """The `auto` mask codec (see encode_mask)."""
+    codecs = sorted(MASK_CODECS.values(), key=lambda c: c.rank)
+    best = min((c.encode(keep, cols, block) for c in codecs if not c.costly_decode), key=lambda m: m.nbits)
+    for c in codecs:
+        if c.costly_decode:
+            code = c.encode_if_saving(keep, cols, block, (1.0 - c.min_saving) * best.nbits)
+            if code is not None and code.nbits < best.nbits:
+                best = code
+    return best
 
 
 def decode_mask_words(code: MaskCode) -> np.ndarray:
@@ -104,6 +117,7 @@ def decode_mask(code: MaskCode) -> np.ndarray:
 
 __all__ = [
     "AUTO",
+    "encode_auto",
     "MASK_CODECS",
     "MASK_GOLOMB",
     "MASK_WORDS",

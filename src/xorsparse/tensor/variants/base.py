@@ -63,6 +63,16 @@ class MaskCodec:
     def encode(self, keep: np.ndarray, cols: int | None, block: int) -> MaskCode:
         raise NotImplementedError
 
+    # `auto`: a codec with costly_decode is taken only where it saves at least min_saving of the
+    # bits of the best codec without it (see encode_if_saving)
+    costly_decode: ClassVar[bool] = False
+    min_saving: ClassVar[float] = 0.0
+
+    def encode_if_saving(self, keep: np.ndarray, cols: int | None, block: int, limit: float) -> MaskCode | None:
+        """The mask coded by this codec if it takes at most `limit` bits, else None (for `auto`)."""
+        code = self.encode(keep, cols, block)
+        return code if code.nbits <= limit else None
+
     def decode_words(self, code: MaskCode) -> np.ndarray:
         """The mask as little-endian packed bits in uint64 words (ceil(length/64) + 1 words);
         ValueError if the data are inconsistent."""

@@ -9,7 +9,7 @@ import numpy as np
 from ..quant import (
     BCQ_MAX_BITS,
     Quantized,
-    _bcq_reassign,
+    bcq_reassign,
     quantize_bcq,
     quantize_in_row_groups,
 )
@@ -56,7 +56,7 @@ class Bcq(Quantizer):
 
     def reassign_codes(self, qz: Quantized, w2: np.ndarray, k2: np.ndarray, scales: np.ndarray,
                        bad: np.ndarray, codes: np.ndarray) -> None:
-        _bcq_reassign(w2, k2, qz.bits, qz.group_size, scales.astype(np.float32), codes)
+        bcq_reassign(w2, k2, qz.bits, qz.group_size, scales.astype(np.float32), codes)
 
     def check(self, w: Any, t: dict) -> None:
         if t["symmetric"] is not True:

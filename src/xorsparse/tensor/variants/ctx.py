@@ -17,12 +17,15 @@ from ..maskctx import (
     ctx_model_from_parts,
     decode_ctx_words,
     encode_ctx,
+    fit_model_estimate,
 )
 from .base import MaskCodec, Part, register_mask_codec
 
 MODEL_FIELDS = ("rows", "cols", "base", "row_step", "col_step")
 MAX_BASE = 4 * ZMAX  # 1020
 MAX_POSITIONS = 1 << 48
+CTX_MIN_SAVING = 0.05  # `auto` takes ctx only if at least 5% smaller than the Golomb/bitmask mask
+CTX_ESTIMATE_SLACK = 0.02  # the margin-based estimate's error allowed before coding ctx for real
 
 
 @register_mask_codec
@@ -33,8 +36,29 @@ class Ctx(MaskCodec):
     help = "ctx (range coding with a row x column density model)"
     fields = ("block",) + MODEL_FIELDS
 
+    # Why a threshold for `auto`: ctx decodes one range-coder step per position, about 6x the
+    # Golomb decode time per position at 90% sparsity (speed bench, "mask decode" rows), which
+    # costs more than the rest of a tensor's decode; on i.i.d. masks it saves under 1%, on
+    # magnitude-pruned transformer and conv masks 5-20% (BENCHMARKS section 11).
+    costly_decode = True
+    min_saving = CTX_MIN_SAVING
+
     def encode(self, keep: np.ndarray, cols: int | None, block: int) -> MaskCode:
         return encode_ctx(keep, cols, block)
+
+    def encode_if_saving(self, keep: np.ndarray, cols: int | None, block: int, limit: float) -> MaskCode | None:
+        """The positions are coded only where the model's estimated size (from the row and column
+        counts, no coding) can pass `limit`: estimating costs a fraction of coding."""
+        k = np.asarray(keep, dtype=bool)
+        n = k.size
+        ncols = int(cols) if cols is not None else (k.shape[-1] if k.ndim >= 2 else n)
+        if n == 0 or ncols <= 0 or n % ncols:
+            return None
+        model, estimate = fit_model_estimate(k.reshape(n // ncols, ncols), limit)
+        if model is None or estimate > limit * (1.0 + CTX_ESTIMATE_SLACK):
+            return None
+        code = encode_ctx(k, ncols, block, model=model)
+        return code if code.nbits <= limit else None
 
     def decode_words(self, code: MaskCode) -> np.ndarray:
         return decode_ctx_words(code)

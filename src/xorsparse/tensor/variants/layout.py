@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..codebook import _assign
+from ..codebook import assign_codes
 from ..logscale import encode_log8
-from ..quant import LEVEL_LIMIT, Quantized, _codes_to_planes, _planes_to_codes
+from ..quant import LEVEL_LIMIT, Quantized, codes_to_planes, planes_to_codes
 from .base import QUANTIZERS
 
 
@@ -63,9 +63,9 @@ def fit_output_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, dtype: str)
     rows, cols = qz.rows, qz.cols
     w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    codes = planes_to_codes(qz.planes).reshape(rows, cols)
     variant.reassign_codes(qz, w2, k2, scales, bad, codes)
-    return Quantized(qz.quantizer, qz.bits, _codes_to_planes(codes, qz.bits), scales, rows, cols, qz.group_size,
+    return Quantized(qz.quantizer, qz.bits, codes_to_planes(codes, qz.bits), scales, rows, cols, qz.group_size,
                      qz.symmetric)
 
 
@@ -89,5 +89,5 @@ def requantize_log8(qz: Quantized, w: np.ndarray, keep: np.ndarray) -> Quantized
         levels = np.ascontiguousarray(QUANTIZERS[qz.quantizer].levels_table(new)[:, :, None, :])
         w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
         k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
-        _assign(w2, k2, levels, qz.group_size, 1, 1 << 62, codes)
-    return replace(new, planes=_codes_to_planes(codes, qz.bits))
+        assign_codes(w2, k2, levels, qz.group_size, 1, 1 << 62, codes)
+    return replace(new, planes=codes_to_planes(codes, qz.bits))
