@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from xorsparse.tensor.maskcode import binary_entropy, decode_mask_words, encode_mask
+from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.prune import magnitude_mask
+from xorsparse.tensor.variants import decode_mask_words, encode_mask
 
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors

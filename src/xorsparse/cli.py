@@ -29,6 +29,7 @@ from .progress import Progress
 from .rtl.export import DecoderParams, RtlOptions, export_rtl
 from .tensor import CompressConfig
 from .tensor.calibrated import check_error_feedback_quantizer
+from .tensor.variants import AUTO, mask_codec, mask_codec_choices, quantizer, quantizer_choices
 from .version import __version__
 
 EXIT_ERROR = 2
@@ -562,16 +563,16 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--bits", type=int, default=q, help=f"bit-planes per weight q (default {q})" if demo else
                    f"bit-planes per weight q (default: {MODEL_TARGET.bits} for a model folder, {TENSOR_TARGET.bits} "
                    "for a bare tensor file)")
-    c.add_argument("--quantizer", choices=["bcq", "uniform", "codebook"], default="bcq",
-                   help="bcq: binary coding, w = sum of q signed scales (default); uniform: 2^q evenly spaced "
-                        "levels; codebook: 2^q fitted levels times a per-row scale. compressed-tensors "
+    quantizers = quantizer_choices()
+    c.add_argument("--quantizer", choices=quantizers, default=quantizers[0],  # rank 0: bcq
+                   help="; ".join(quantizer(q).help for q in quantizers) + ". compressed-tensors "
                         "int4/int8 weights keep their own codes either way")
     c.add_argument("--asymmetric", action="store_true", help="uniform quantizer with a zero point")
     c.add_argument("--group-size", type=int, default=None, help="columns per scale (default: one per row)")
-    c.add_argument("--mask-codec", choices=["auto", "bitmask", "entropy", "ctx"], default="auto",
-                   help="how the pruning mask is stored: bitmask (1 bit per weight), entropy (Golomb-coded "
-                        "gaps between kept weights), ctx (range coding with a row x column density model) "
-                        "or auto: whichever is smallest, per tensor (default)")
+    codecs = [mask_codec(name).help for name in mask_codec_choices()[1:]]
+    c.add_argument("--mask-codec", choices=mask_codec_choices(), default=AUTO,
+                   help=f"how the pruning mask is stored: {', '.join(codecs)} or {AUTO}: whichever is smallest, "
+                        "per tensor, ctx only where it saves 5%% or more (default)")
     c.add_argument("--scale-rows", type=_scale_rows, default="auto", metavar="N|auto",
                    help="rows sharing one set of scales (1: per row); auto (default): the most rows whose "
                         "weight error stays within --error-budget of per-row scales, searched only where "
@@ -590,6 +591,16 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
     c.add_argument("--ns", type=int, default=None, help="longest decoder memory n_s (0 = paper mode)")
     c.add_argument("--window", type=int, default=128,
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
+
+
+def _caused_by_memory_error(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _one_line(e: BaseException) -> str:
@@ -635,6 +646,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line, the traceback with --debug
         if args.debug:
             raise
+        if _caused_by_memory_error(e):  # e.g. a compiled kernel's SystemError wrapping a failed allocation
+            print("xorsparse: error: out of memory", file=sys.stderr)
+            return EXIT_ERROR
         print(f"xorsparse: internal error: {type(e).__name__}: {_one_line(e)[:300]} (run with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
         return EXIT_ERROR

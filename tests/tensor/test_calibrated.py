@@ -97,7 +97,7 @@ def test_refit_never_increases_the_output_error():
     rng = np.random.default_rng(3)
     for quantizer, sym, gs in [("bcq", True, None), ("uniform", True, None), ("uniform", False, 32), ("bcq", True, 40)]:
         keep = rng.random(w.shape) > 0.5
-        from xorsparse.tensor.quant import quantize
+        from xorsparse.tensor.variants import quantize
 
         qz = quantize(w, keep, quantizer, 3, sym, gs)
         before = err(w, keep, qz, h)

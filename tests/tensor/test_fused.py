@@ -14,8 +14,9 @@ from xorsparse.format.container import write_xsp
 from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
 from xorsparse.tensor.fused import MASK_WORDS, OUT_F32, decode_dense, decode_into, prepare
 from xorsparse.tensor.interleave import to_coded
-from xorsparse.tensor.maskcode import decode_mask, decode_mask_words, encode_entropy, golomb_tables
+from xorsparse.tensor.maskcode import encode_entropy, golomb_tables
 from xorsparse.tensor.pipeline import decompress_tensor_unfused
+from xorsparse.tensor.variants import decode_mask, decode_mask_words
 
 
 def same(a, b) -> bool:
@@ -221,16 +222,16 @@ def test_parallel_false_runs_every_step_on_one_thread(monkeypatch):
     ctx and bitmask masks) also sees one thread; the caller's thread count comes back."""
     import numba
 
-    from xorsparse.tensor import fused
+    from xorsparse.tensor.variants.ctx import Ctx
 
     seen = []
-    real = fused.decode_mask_words
+    real = Ctx.decode_words
 
-    def spy(code):
+    def spy(self, code):
         seen.append(numba.get_num_threads())
-        return real(code)
+        return real(self, code)
 
-    monkeypatch.setattr(fused, "decode_mask_words", spy)
+    monkeypatch.setattr(Ctx, "decode_words", spy)
     w = np.random.default_rng(0).standard_normal((40, 70)).astype(np.float32)
     ct = compress_tensor(w, CompressConfig(0.9, 2, mask_codec="ctx"))
     before = numba.get_num_threads()

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.tensor.maskcode import binary_entropy, decode_mask, encode_mask
+from xorsparse.tensor.maskcode import binary_entropy
+from xorsparse.tensor.variants import decode_mask, encode_mask
 
 
 def structured_masks():

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xorsparse.tensor.maskcode import CTX_ESTIMATE_SLACK, CTX_MIN_SAVING, binary_entropy, decode_mask, encode_mask
+from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.maskctx import (
     P1,
     ZMAX,
@@ -13,6 +13,8 @@ from xorsparse.tensor.maskctx import (
     encode_ctx,
     fit_model_estimate,
 )
+from xorsparse.tensor.variants import decode_mask, encode_mask
+from xorsparse.tensor.variants.ctx import CTX_ESTIMATE_SLACK, CTX_MIN_SAVING
 
 from .. import reference
 

@@ -3,7 +3,7 @@ import pytest
 
 from xorsparse.tensor.dequant import dequantize, squared_error
 from xorsparse.tensor.prune import magnitude_mask
-from xorsparse.tensor.quant import quantize
+from xorsparse.tensor.variants import quantize
 
 
 @pytest.fixture(scope="module")

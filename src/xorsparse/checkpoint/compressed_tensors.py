@@ -28,8 +28,9 @@ import numpy as np
 from ..format import safetensors_io as st
 from ..format.torchconv import raw_from_torch
 from ..tensor.dequant import dequantize
-from ..tensor.pipeline import decompress_codes, from_float32
+from ..tensor.pipeline import Prepared, decompress_codes, from_float32
 from ..tensor.quant import given_keep, quantize_given
+from ..tensor.variants.affine import Affine
 from .folder import (
     CONFIG,
     FolderPlan,
@@ -42,7 +43,6 @@ from .folder import (
     write_index,
     xsp_files,
 )
-from .planning import Prepared
 from .readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from .xspset import XspSet
 
@@ -359,7 +359,7 @@ def read_compressed_tensors(folder: str, config: Mapping[str, Any]) -> CTInput:
         if theirs.dtype != ours.dtype or not torch.equal(theirs.view(torch.uint8), ours.view(torch.uint8)):
             raise CheckpointError(f"{tag}: compressed-tensors dequantizes these codes differently from the "
                                   "affine quantizer; not stored (please report)")
-        return Prepared(keep, qz, sdt, sum(t.numel() * t.element_size() for t in sd.values()))
+        return Prepared(keep, qz, sdt, input_bytes=sum(t.numel() * t.element_size() for t in sd.values()))
 
     prepared = _LazyPrepared(list(claims), prepare)
 
@@ -423,7 +423,7 @@ def _ct_state(ct, scheme, fmt: str, tag: str) -> dict:
     q = ct.quant
     w = scheme.weights
     strategy = getattr(w.strategy, "value", w.strategy)
-    if q.quantizer != "affine" or q.bits != w.num_bits or q.symmetric != bool(w.symmetric):
+    if q.quantizer != Affine.name or q.bits != w.num_bits or q.symmetric != bool(w.symmetric):
         raise CheckpointError(f"{tag}: stored as {q.quantizer} q={q.bits}, which the compressed-tensors scheme "
                               f"({w.num_bits}-bit {'symmetric' if w.symmetric else 'asymmetric'}) cannot express")
     sd_dtype = getattr(torch, q.scale_dtype)
@@ -491,7 +491,7 @@ def write_compressed_tensors_folder(src: str, out: str, progress: Progress | Non
                 module = name[: -len(".weight")] if name.endswith(".weight") else None
                 ours = f.dense(name, framework="torch")
                 tag = f"{src}: tensor {name!r}"
-                affine = name in f.tensors and f.compressed(name).quant.quantizer == "affine"
+                affine = name in f.tensors and f.compressed(name).quant.quantizer == Affine.name
                 if affine and module not in claimed:
                     raise CheckpointError(f"{tag}: no compressed-tensors scheme of the config covers it")
                 if affine:

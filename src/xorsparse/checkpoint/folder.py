@@ -200,6 +200,11 @@ def xsp_files(path: str) -> list[str]:
     d = weights_dir(path)
     shards = index_shards(d, SAFE_INDEX)
     if shards is not None:
+        listed = {os.path.basename(s) for s in shards}
+        extra = sorted(f for f in os.listdir(d) if f.endswith(".safetensors") and f not in listed)
+        if extra:  # a stray shard is no part of the model; copied along it would pass for a dense file
+            raise CheckpointError(f"{os.path.join(d, extra[0])}: a weights file that {SAFE_INDEX} does not list "
+                                  "(FORMAT.md 7.1); remove it or add it to the index")
         return shards
     if os.path.exists(os.path.join(d, SINGLE)):
         return [os.path.join(d, SINGLE)]

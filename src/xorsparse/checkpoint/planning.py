@@ -10,12 +10,12 @@ global_magnitude_masks over all tensors at once, tie rule included.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..format import safetensors_io as st
-from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, to_float32
+from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, Prepared, to_float32
 from ..tensor.prune import (
     HIGH_BINS,
     PruneRule,
@@ -27,20 +27,9 @@ from ..tensor.prune import (
     select_high_bin,
     streaming_global_rules,
 )
-from ..tensor.quant import Quantized
 from .options import RunOptions, SelectOptions
 from .readers import Checkpoint, CheckpointError, Report, open_checkpoint
 from .selection import Selection, select_tensors
-
-
-class Prepared(NamedTuple):
-    """A tensor already pruned and quantized elsewhere: keep mask, quantized codes and
-    parameters, original dtype name, and the bytes it took in the input."""
-
-    keep: np.ndarray
-    quant: Quantized
-    dtype: str
-    input_bytes: int | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ..format.container import XspFile
 from ..format.torchconv import raw_from_torch, torch_dtype_name
 from ..tensor.pipeline import FLOAT_DTYPES, CompressConfig, reference_prune_quantize, to_float32
 from ..tensor.prune import PruneRule, global_magnitude_masks
+from ..tensor.variants import QUANTIZERS
 from .compressed_tensors import is_compressed_tensors_folder, read_compressed_tensors
 from .folder import CONFIG, model_subfolder
 from .planning import checkpoint_global_rules
@@ -37,7 +38,7 @@ def verify_checkpoint(src: str, against: str | None = None, progress: Progress |
         names = f.names()
         cfg = f.config or CompressConfig()
         per_file = [(x.path, [n for n in names if f.where[n] is x]) for x in f.files]
-        free = [n for n in names if n in f.tensors and f.where[n].tensors[n].get("quantizer") != "affine"]
+        free = [n for n in names if n in f.tensors and QUANTIZERS[f.where[n].tensors[n]["quantizer"]].quantizes]
         global_pruning = f.meta.get("info", {}).get("pruning") == "global"
         weights = sum(f.weights().values())
     rules = None
@@ -133,7 +134,7 @@ def verify_task(task: VerifyTask, report: Report | None = None,
                 t = orig.get(name)
                 if references and name in references:
                     ref = references[name]
-                elif name in f.tensors and f.tensors[name].get("quantizer") == "affine":
+                elif name in f.tensors and not QUANTIZERS[f.tensors[name]["quantizer"]].quantizes:
                     ref = t  # given codes: the original's own dequantization (compressed-tensors)
                 elif name in f.tensors:
                     keep = None

@@ -39,12 +39,16 @@ class XspSet:
         self.records = first.records  # calibration, quality (the same in every shard)
 
     def _check_shards(self) -> None:
-        """A folder's shards are all there: each says `"shard": [i, N]`, and i runs over 1..N."""
+        """A folder's shards are all there: each says `"shard": [i, N]`, and i runs over 1..N
+        (FORMAT.md 7.1; required of every shard of an indexed folder of several files)."""
         n = len(self.files)
         seen = {}
         for f in self.files:
             sh = f.meta["info"].get("shard")
             if sh is None:
+                if n > 1:
+                    raise XspError(f"{f.path}: info.shard: missing (every shard of a model folder says which "
+                                   "it is, FORMAT.md 7.1)")
                 continue
             if (not isinstance(sh, list) or len(sh) != 2 or any(type(v) is not int for v in sh)
                     or not 1 <= sh[0] <= sh[1]):

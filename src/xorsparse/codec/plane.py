@@ -14,14 +14,58 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import XorsparseError
 from . import _kernels
 from .patches import best_rice_parameter, decode_patches, encode_patches, rice_bits
-from .xornet import DEFAULT_SEED, NARROW_WINDOW, XorDecoder
+from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, NARROW_WINDOW, XorDecoder
 
 Method = Literal["elimination", "exhaustive"]
 EXHAUSTIVE_MAX_N_IN = 24
 CHUNK_TARGET_POSITIONS = 1 << 20
 _force_wide = False  # tests set this to cross-check the wide kernels on narrow windows
+
+
+class PlaneError(XorsparseError):
+    """An EncodedPlane whose fields do not fit together; the message names the field."""
+
+
+MAX_PLANE_LENGTH = 1 << 48  # positions: beyond anything a file can describe (validate.MAX_POSITIONS)
+
+
+def _int_field(enc, name: str, lo: int, hi: int) -> int:
+    v = getattr(enc, name)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise PlaneError(f"plane {name}: must be an integer, got {type(v).__name__}")
+    if not lo <= int(v) <= hi:
+        raise PlaneError(f"plane {name}: must be in {lo}..{hi}, got {int(v)}")
+    return int(v)
+
+
+def check_plane(enc: "EncodedPlane") -> None:
+    """Refuse (PlaneError) an EncodedPlane the decoding kernels cannot take: they do not
+    bounds-check, so every field is checked here against the others first."""
+    n = _int_field(enc, "length", 0, MAX_PLANE_LENGTH)
+    n_in = _int_field(enc, "n_in", 1, MAX_N_IN)
+    _int_field(enc, "n_out", 1, MAX_N_OUT)
+    n_s = _int_field(enc, "n_s", 0, MAX_WINDOW - 1)
+    if n_in * (n_s + 1) > MAX_WINDOW:
+        raise PlaneError(f"plane n_in * (n_s + 1) must be <= {MAX_WINDOW}, got {n_in * (n_s + 1)}")
+    _int_field(enc, "seed", 0, (1 << 64) - 1)
+    cs = _int_field(enc, "chunk_slices", 64, 1 << 62)
+    if cs % 64:
+        raise PlaneError(f"plane chunk_slices: must be a positive multiple of 64, got {cs}")
+    for name, kinds in (("stream", "u"), ("patches", "iu")):
+        a = getattr(enc, name)
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in kinds \
+                or (name == "stream" and a.dtype.itemsize != 1):
+            raise PlaneError(f"plane {name}: must be a flat numpy array of "
+                             f"{'uint8' if name == 'stream' else 'integers'}")
+    expected = -(-enc.n_slices * n_in // 8)
+    if enc.stream.size != expected:
+        raise PlaneError(f"plane stream holds {enc.stream.size} bytes, expected {expected}")
+    p = enc.patches
+    if p.size and (int(p.min()) < 0 or int(p.max()) >= n or np.any(np.diff(p.astype(np.int64)) <= 0)):
+        raise PlaneError(f"plane patches: positions must be strictly increasing and in 0..{n - 1}")
 
 
 @lru_cache(maxsize=64)
@@ -98,7 +142,7 @@ class EncodedPlane:
         return cls(patches=decode_patches(data, count, k, nbits), _rice_k=k, **kw)
 
 
-def _as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
+def as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
     b = np.asarray(bits)
     c = np.asarray(care)
     if b.ndim != 1 or c.ndim != 1:
@@ -121,26 +165,22 @@ def _as_plane(bits, care) -> tuple[np.ndarray, np.ndarray]:
 def encode_plane(
     bits,
     care,
-    decoder: XorDecoder | str = "auto",
+    decoder: XorDecoder,
     *,
     method: Method = "elimination",
     chunk_slices: int | None = None,
     verify: bool = False,
 ) -> EncodedPlane:
-    """Encode a flat 0/1 plane so that decode_plane reproduces every care bit.
+    """Encode a flat 0/1 plane with `decoder` so that decode_plane reproduces every care bit.
 
-    decoder="auto" picks the rate from the care density (see `rates.choose`).
     method="exhaustive" is the paper's search over all 2^n_in inputs (n_s = 0 only).
+    (`xorsparse.encode_plane`, in rates.py, also takes decoder="auto": the rate chosen
+    from the care density.)
     """
-    b, c = _as_plane(bits, care)
-    if isinstance(decoder, str):
-        if decoder != "auto":
-            raise ValueError(f"decoder must be an XorDecoder or 'auto', got {decoder!r}")
-        from .rates import choose
-
-        decoder = choose(b, c.view(bool), method=method)
+    b, c = as_plane(bits, care)
     if not isinstance(decoder, XorDecoder):
-        raise TypeError(f"decoder must be an XorDecoder or 'auto', got {type(decoder).__name__}")
+        raise TypeError(f"decoder must be an XorDecoder, got {type(decoder).__name__} (decoder='auto': "
+                        "xorsparse.encode_plane)")
     d = decoder
     if method not in ("elimination", "exhaustive"):
         raise ValueError(f"method must be 'elimination' or 'exhaustive', got {method!r}")
@@ -190,28 +230,20 @@ def encode_plane(
 
 def decode_plane_packed(enc: EncodedPlane) -> np.ndarray:
     """Decoded plane as little-endian packed bits in uint64 words (ceil(length/64) words)."""
+    check_plane(enc)
     n_slices = enc.n_slices
-    expected = -(-n_slices * enc.n_in // 8)
-    if enc.stream.size != expected:
-        raise ValueError(f"plane stream holds {enc.stream.size} bytes, expected {expected}")
-    if enc.chunk_slices <= 0 or enc.chunk_slices % 64:
-        raise ValueError(f"chunk_slices must be a positive multiple of 64, got {enc.chunk_slices}")
-    if enc.patches.size and (enc.patches[0] < 0 or np.any(np.diff(enc.patches) <= 0)):
-        raise ValueError("patch positions must be strictly increasing and non-negative")
     nwords_stream = -(-n_slices * enc.n_in // 64) + 1
     stream = np.zeros(nwords_stream * 8, dtype=np.uint8)
     stream[: enc.stream.size] = enc.stream
     stream = stream.view("<u8")
     out = np.zeros(-(-n_slices * enc.n_out // 64) + 1, dtype=np.uint64)
     if n_slices:
-        table = _tables(enc.n_in, enc.n_out, enc.n_s, enc.seed)
+        table = _tables(int(enc.n_in), int(enc.n_out), int(enc.n_s), int(enc.seed))
         kernel = _kernels.decode_tables if enc.n_in * (enc.n_s + 1) <= NARROW_WINDOW and not _force_wide \
             else _kernels.decode_tables_wide
-        kernel(stream, n_slices, enc.n_in, enc.n_out, enc.n_s, enc.chunk_slices, table, out)
+        kernel(stream, n_slices, int(enc.n_in), int(enc.n_out), int(enc.n_s), int(enc.chunk_slices), table, out)
     if enc.patches.size:
-        if enc.patches[-1] >= enc.length:
-            raise ValueError(f"patch position {int(enc.patches[-1])} beyond plane length {enc.length}")
-        _kernels.flip_bits(out, enc.patches)
+        _kernels.flip_bits(out, enc.patches.astype(np.int64, copy=False))
     nw = -(-enc.length // 64)
     out = out[:nw]
     if enc.length % 64:

@@ -21,6 +21,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
+from .plane import EXHAUSTIVE_MAX_N_IN, EncodedPlane, Method, as_plane, get_decoder
+from .plane import encode_plane as encode_with
 from .xornet import DEFAULT_SEED, MAX_N_IN, MAX_N_OUT, MAX_WINDOW, XorDecoder
 
 SAMPLE_BLOCKS = 4
@@ -179,8 +181,6 @@ def choose(
         return XorDecoder(1, MAX_N_OUT, 0, seed)
     if care.size <= SMALL_PLANE:
         return choose_by_encoding(bits, care, method=method, max_n_s=max_n_s, max_window=max_window, seed=seed)
-    from .plane import get_decoder
-
     density = n_care / care.size
     key = (density_bucket(density), dispersion_bucket(care), method, limit_s, int(max_window), int(seed))
     with _bucket_lock:  # one thread scores a bucket, the others wait for its answer
@@ -206,8 +206,6 @@ def choose_by_encoding(
     search is limited to n_in <= 16 and candidates are still scored by elimination (the
     exhaustive result can only have fewer patches).
     """
-    from .plane import EXHAUSTIVE_MAX_N_IN, encode_plane, get_decoder
-
     bits = np.asarray(bits, dtype=np.uint8)
     care = np.asarray(care, dtype=bool)
     limit_s = _limits(method, max_n_s, max_window)
@@ -220,7 +218,7 @@ def choose_by_encoding(
 
     def cost(n_in: int, n_out: int, n_s: int) -> float:
         d = get_decoder(n_in, n_out, n_s, seed)
-        encs = [encode_plane(b, c, d) for b, c in parts]
+        encs = [encode_with(b, c, d) for b, c in parts]
         # without memory patches are independent; on the whole plane the count is exact
         weight = PATCH_WEIGHT if n_s > 0 and scale > 1 else 1.0
         return scale * sum(e.stream_bits + weight * e.patch_bits for e in encs)
@@ -255,3 +253,15 @@ def choose_by_encoding(
             score(b_in, float(f))
     (n_in, n_out, n_s), _ = min(scores.items(), key=lambda kv: (kv[1], kv[0]))
     return get_decoder(n_in, n_out, n_s, seed)
+
+
+def encode_plane(bits, care, decoder: XorDecoder | str = "auto", *, method: Method = "elimination",
+                 chunk_slices: int | None = None, verify: bool = False) -> EncodedPlane:
+    """Encode a flat 0/1 plane so that decode_plane reproduces every care bit (plane.py);
+    decoder="auto" picks the rate from the care density (`choose`)."""
+    if isinstance(decoder, str):
+        if decoder != "auto":
+            raise ValueError(f"decoder must be an XorDecoder or 'auto', got {decoder!r}")
+        b, c = as_plane(bits, care)
+        decoder = choose(b, c.view(bool), method=method)
+    return encode_with(bits, care, decoder, method=method, chunk_slices=chunk_slices, verify=verify)

@@ -19,11 +19,10 @@ import numpy as np
 
 from ..codec.patches import decode_patches
 from ..codec.plane import EncodedPlane
-from ..tensor.maskcode import MaskCode
-from ..tensor.maskctx import ctx_model_from_parts
 from ..tensor.packed import PackedPlane
 from ..tensor.pipeline import CompressConfig, CompressedTensor, decompress_tensor
 from ..tensor.quant import Quantized
+from ..tensor.variants import mask_codec, quantizer
 from . import safetensors_io as st
 from . import validate
 from .output import check_output
@@ -57,35 +56,25 @@ def _crc(data) -> int:
 
 
 def _scale_part(q: Quantized) -> np.ndarray | st.Entry:
-    """Scales as stored: their own dtype (bcq, uniform), or the affine tensor's scale dtype."""
-    if q.quantizer != "affine":
-        return q.scales
-    s = np.ascontiguousarray(q.scales, dtype=np.float32)
-    if q.scale_dtype == "float16":
-        return s.astype(np.float16)
-    if q.scale_dtype == "bfloat16":  # exact bfloat16 values: the high half of their float32 bits
-        return st.Entry("", "BF16", s.shape, (s.view(np.uint32) >> np.uint32(16)).astype(np.uint16))
-    return s
+    """Scales as stored: in the dtype their quantizer stores them in (tensor/variants/)."""
+    a, code = quantizer(q.quantizer).stored_scales(q)
+    return a if code is None else st.Entry("", code, a.shape, a)
 
 
 def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry], dict]:
     q = ct.quant
+    qv = quantizer(q.quantizer)
     parts: list[tuple[str, np.ndarray | st.Entry]] = [("scales", _scale_part(q))]
     if q.zero_points is not None:
         parts.append(("zero_points", q.zero_points.astype(np.int8)))
-    if q.quantizer == "codebook":
-        parts.append(("codebook", q.codebook))
+    parts += qv.stored_parts(q)
     if q.scale_format == "log8":
         parts.append(("scale_ref", q.scale_ref.astype("<f4")))
     m = ct.mask
+    codec = mask_codec(m.codec)
     parts.append(("mask", m.data))
-    if m.codec == "entropy":
-        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_params", m.params.astype("<u4"))]
-    mask_meta = {"codec": m.codec, "length": m.length, "block": m.block}
-    if m.codec == "ctx":
-        parts += [("mask_offsets", m.offsets.astype("<u4")), ("mask_model", m.model.data)]
-        mask_meta.update(rows=m.model.rows, cols=m.model.cols, base=m.model.base,
-                         row_step=m.model.row_step, col_step=m.model.col_step)
+    parts += codec.stored_parts(m)
+    mask_meta = {"codec": m.codec, "length": m.length, **codec.describe(m)}
     planes = []
     for i, p in enumerate(ct.planes):
         if isinstance(p, PackedPlane):
@@ -105,7 +94,7 @@ def _compressed_entries(name: str, ct: CompressedTensor) -> tuple[list[st.Entry]
         "order": {"kind": "blocks64", "step": ct.block_step},
         "mask": mask_meta,
         **({"scale_rows": q.scale_rows} if q.scale_rows != 1 else {}),
-        **({"codebook_rows": q.codebook_rows} if q.quantizer == "codebook" else {}),
+        **qv.describe(q),
         **({"scale_format": "log8"} if q.scale_format == "log8" else {}),
         "planes": planes,
         "crc32": {e.name[len(name + SEP):]: _crc(e.payload()) for e in entries},
@@ -248,16 +237,6 @@ class XspWriter:
         self.close()
 
 
-_SCALE_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
-
-
-def _scales_from_part(a: np.ndarray, code: str) -> np.ndarray:
-    """Stored scales as float32 values (BF16 arrives as its uint16 bit patterns)."""
-    if code == "BF16":
-        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return a.astype(np.float32)
-
-
 def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple[np.ndarray, str]],
                           path: str) -> CompressedTensor:
     """A CompressedTensor from its checked description and its checksummed parts.
@@ -277,13 +256,7 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
     validate.check_tensor_data(path, spec, arrays, codes)  # dtypes, shapes and values of every part
     n = spec.length
     mk = spec.mask
-    model = None
-    if mk["codec"] == "ctx":  # the row and column indices: bounded work on any bytes (FORMAT.md 3.2)
-
-        model = ctx_model_from_parts(mk["rows"], mk["cols"], mk["base"], mk["row_step"], mk["col_step"],
-                                     arrays["mask_model"])
-    mask = MaskCode(mk["codec"], n, arrays["mask"], mk.get("block", 0),
-                    arrays.get("mask_offsets"), arrays.get("mask_params"), model)
+    mask = mask_codec(mk["codec"]).from_parts(mk, n, arrays)
     planes: list = []
     for i, p in enumerate(spec.planes):
         if p.kind == "packed":  # FORMAT.md 1.8; the mask's kept count is checked when it is decoded
@@ -297,15 +270,7 @@ def compressed_from_parts(spec: validate.TensorSpec, part: Callable[[str], tuple
         planes.append(EncodedPlane(length=n, n_in=p.n_in, n_out=p.n_out, n_s=p.n_s, seed=p.seed,
                                    chunk_slices=p.chunk_slices, stream=arrays[f"plane{i}.stream"],
                                    patches=pos, care_bits=p.care_bits, _rice_k=p.rice_k))
-    if spec.quantizer == "affine":
-        q = Quantized("affine", spec.bits, np.zeros((0, 0), np.uint8),
-                      _scales_from_part(arrays["scales"], codes["scales"]), spec.rows, spec.cols, spec.group_size,
-                      spec.symmetric, arrays.get("zero_points"), _SCALE_DTYPES[codes["scales"]])
-    else:  # bcq, uniform, codebook; scale row groups and log8 scales (FORMAT.md 4.1-4.3)
-        q = Quantized(spec.quantizer, spec.bits, np.zeros((0, 0), np.uint8), arrays["scales"], spec.rows,
-                      spec.cols, spec.group_size, spec.symmetric, scale_rows=spec.scale_rows,
-                      codebook=arrays.get("codebook"), codebook_rows=spec.codebook_rows,
-                      scale_ref=arrays.get("scale_ref"))
+    q = quantizer(spec.quantizer).from_parts(spec, arrays, codes)  # scale row groups, log8 (FORMAT.md 4.1-4.3)
     ct = CompressedTensor(spec.shape, spec.dtype, q, mask, planes, spec.step)
     try:
         ct.validate()  # the validator's guarantees, checked once more where the decoder relies on them
@@ -330,7 +295,7 @@ class XspFile:
             self.desc = validate.validate_description(self._r.metadata, self._r.infos, self.path)
             cfg = self.desc.config
             try:
-                self.config = CompressConfig.from_dict(cfg) if cfg else None
+                self.config = CompressConfig.from_dict(cfg, unknown="ignore") if cfg else None
             except (ValueError, TypeError) as e:
                 raise XspError(f"{self.path}: config: {e}") from None
         except BaseException:

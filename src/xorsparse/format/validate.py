@@ -18,9 +18,9 @@ Three levels, each cheap compared with what it protects:
 - `check_tensor_data`: the values inside the small parts (mask block tables, padding bits,
   scales) once their CRC-32s matched, and `check_patch_list` before a patch list is decoded.
 
-New quantizers, mask codecs and coded orders slot in through the QUANTIZERS, MASK_CODECS
-and ORDERS tables: each rule names the members it reads, the parts it stores (dtype and
-shape) and the checks of its data.
+Quantizers and mask codecs bring their own rules (tensor/variants/: the members they read,
+the parts they store, dtype and shape, and the checks of their data), read here through
+the registry; coded orders slot in through the ORDERS table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from ..codec.patches import rice_bits
 from ..codec.xornet import MAX_N_IN, MAX_N_OUT, MAX_WINDOW
 from ..errors import XorsparseError
 from ..tensor.pipeline import FLOAT_DTYPES
+from ..tensor.variants import MASK_CODECS, QUANTIZERS, Part
 from .records import CHECKS as RECORD_CHECKS
 from .records import RecordError
 
@@ -51,10 +52,6 @@ MAX_NDIM = 64
 MAX_POSITIONS = 1 << 48  # weights in one compressed tensor
 MAX_DIM = 1 << 62
 MAX_CHUNK_SLICES = 1 << 32
-MAX_MASK_BLOCK = 1 << 26
-MAX_CTX_BLOCK = 1 << 24  # ctx mask blocks (FORMAT.md section 3.2)
-MAX_CTX_BASE, MAX_CTX_STEP = 1020, 64
-MAX_GOLOMB = 1 << 26
 MAX_RICE_K = 40
 MAX_BCQ_ITERS = 1000
 DEFAULT_MAX_TENSOR_BYTES = 16 << 30
@@ -344,12 +341,7 @@ def meta_crc(meta: dict) -> int:
 # Tensor descriptions: rules per quantizer, mask codec and coded order
 
 
-@dataclass(frozen=True)
-class PartSpec:
-    """An entry NAME.__xs__.PART: allowed dtypes and exact shape (None: 1-D of any length)."""
-
-    dtypes: tuple[str, ...]
-    shape: tuple[int, ...] | None
+PartSpec = Part  # an entry NAME.__xs__.PART: allowed dtypes and exact shape (None: 1-D of any length)
 
 
 @dataclass(frozen=True)
@@ -404,195 +396,22 @@ class TensorSpec:
     def read_bytes(self) -> int:
         """Memory of reading the parts beyond their own bytes (which the file backs): the ctx
         mask's model indices, rows + cols of them, not bounded by the file's size."""
-        return 8 * (self.mask.get("rows", 0) + self.mask.get("cols", 0)) if self.mask.get("codec") == "ctx" else 0
+        return MASK_CODECS[self.mask["codec"]].model_bytes(self.mask)
 
     def decode_bytes(self) -> int:
         """Working memory of decoding this tensor (FORMAT.md, "Reader limits")."""
         n = self.length
         words = (-(-n // 64) + 2) * 8
         levels = self.rows * self.groups * (1 << self.bits) * 4
-        ctx = 8 * (self.mask.get("rows", 0) + self.mask.get("cols", 0)) if self.mask.get("codec") == "ctx" else 0
-        return 4 * n + 2 * n * ITEMSIZE[self.dtype] + (self.bits + 2) * words + levels + ctx
+        model = MASK_CODECS[self.mask["codec"]].model_bytes(self.mask)
+        return 4 * n + 2 * n * ITEMSIZE[self.dtype] + (self.bits + 2) * words + levels + model
 
 
-@dataclass(frozen=True)
-class QuantizerRule:
-    """How a quantizer is described: its bit limit, the parts it stores, its checks.
-
-    parts(t, rows, groups) gives the PartSpecs of the parts it stores (t: the tensor's
-    checked members); fields are the extra TENSOR members it reads, checked by `check`;
-    check_data sees the parts' arrays (and their dtype codes) once their CRC-32s matched;
-    min_version is the first format version that has this quantizer.
-    """
-
-    max_bits: int
-    parts: Callable[[dict, int, int], dict[str, PartSpec]]
-    fields: tuple[str, ...] = ()
-    check: Callable[[Where, dict], None] | None = None
-    check_data: Callable[[Where, "TensorSpec", dict[str, np.ndarray], dict[str, str]], None] | None = None
-    min_version: int = 1
-
-
-def _scale_set_rows(t: dict, rows: int) -> int:
-    """Rows of the scales array: ceil(R / scale_rows) (FORMAT.md 4.1; scale_rows checked first)."""
-    return -(-rows // t.get("scale_rows", 1))
-
-
-def _scales_part(k: Callable[[dict], int]) -> Callable[[dict, int, int], dict[str, PartSpec]]:
-    return lambda t, rows, groups: {"scales": PartSpec(("F16", "F32"), (_scale_set_rows(t, rows), groups, k(t)))}
-
-
-def _codebook_parts(t: dict, rows: int, groups: int) -> dict[str, PartSpec]:
-    return {"scales": PartSpec(("F16", "F32"), (_scale_set_rows(t, rows), groups, 1)),
-            "codebook": PartSpec(("F16", "F32"), (-(-rows // t["codebook_rows"]), 1 << t["bits"]))}
-
-
-def _codebook_check(w: Where, t: dict) -> None:
-    if t["symmetric"] is not True:
-        raise w.error("symmetric", "must be true for codebook")
-    w.int_field(t, "codebook_rows", "", 1, max(t["rows"], 1))
-
-
-def _codebook_data(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray], codes: dict[str, str]) -> None:
-    _finite_scales(w, spec, arrays, codes)
-    if arrays["codebook"].size and not np.all(np.isfinite(arrays["codebook"])):
-        raise w.error("codebook", "holds a value that is NaN or infinite")
-
-
-def _bcq_check(w: Where, t: dict) -> None:
-    if t["symmetric"] is not True:
-        raise w.error("symmetric", "must be true for bcq")
-
-
-def _finite_scales(w: Where, spec: "TensorSpec", arrays: dict[str, np.ndarray], codes: dict[str, str]) -> None:
-    s = arrays["scales"]
-    if "scale_ref" in arrays:  # log8: bytes, any value; their references finite
-        ref = arrays["scale_ref"]
-        if ref.size and not np.all(np.isfinite(ref)):
-            raise w.error("scale_ref", "holds a value that is NaN or infinite")
-        return
-    if codes.get("scales") == "BF16":  # uint16 bit patterns: all-ones exponent is inf or NaN
-        bad = (s.astype(np.uint16) & np.uint16(0x7F80)) == np.uint16(0x7F80)
-    else:
-        bad = ~np.isfinite(s)
-    if s.size and bad.any():
-        raise w.error("scales", "holds a value that is NaN or infinite")
-
-
-def _affine_parts(t: dict, rows: int, groups: int) -> dict[str, PartSpec]:
-    parts = {"scales": PartSpec(("F16", "BF16", "F32"), (rows, groups, 1))}
-    if not t["symmetric"]:
-        parts["zero_points"] = PartSpec(("I8",), (rows, groups))
-    return parts
-
-
-QUANTIZERS: dict[str, QuantizerRule] = {
-    "bcq": QuantizerRule(4, _scales_part(lambda t: t["bits"]), check=_bcq_check, check_data=_finite_scales),
-    "uniform": QuantizerRule(8, _scales_part(lambda t: 1 if t["symmetric"] else 2), check_data=_finite_scales),
-    # given codes, scales and int8 zero points (compressed-tensors), FORMAT.md section 2.1
-    "affine": QuantizerRule(8, _affine_parts, check_data=_finite_scales, min_version=2),
-    # normalised levels per group of rows, one scale per (row group, column group): FORMAT.md 4.2
-    "codebook": QuantizerRule(4, _codebook_parts, ("codebook_rows",), _codebook_check, _codebook_data, 2),
-}
+# Quantizers and mask codecs: each variant's rule is in its own module (tensor/variants/),
+# read here through the registry; a new variant needs no change in this file.
 # quantizers whose scales may be shared by row groups and stored as log8 bytes (4.1, 4.3)
-SCALE_LAYOUT_QUANTIZERS = ("bcq", "uniform", "codebook")
+SCALE_LAYOUT_QUANTIZERS = tuple(name for name, q in QUANTIZERS.items() if q.scale_layout)
 SCALE_LAYOUT_FIELDS = ("scale_rows", "scale_format")
-
-
-@dataclass(frozen=True)
-class MaskCodecRule:
-    """How a mask codec is described: members of "mask" (besides codec and length) with
-    their checks, its parts, and the checks of their data."""
-
-    fields: tuple[str, ...]
-    check: Callable[[Where, dict, int], None]
-    parts: Callable[[dict, int], dict[str, PartSpec]]
-    check_data: Callable[[Where, dict, int, dict[str, np.ndarray]], None]
-    min_version: int = 1
-
-
-def _bitmask_check(w: Where, m: dict, length: int) -> None:
-    w.int_field(m, "block", "mask.", 0, 0)
-
-
-def _bitmask_data(w: Where, m: dict, length: int, arrays: dict[str, np.ndarray]) -> None:
-    _zero_padding(w, "mask", arrays["mask"], length)
-
-
-def _entropy_check(w: Where, m: dict, length: int) -> None:
-    b = w.int_field(m, "block", "mask.", 64, MAX_MASK_BLOCK)
-    if b % 64:
-        raise w.error("mask.block", f"must be a multiple of 64, got {b}")
-
-
-def _entropy_parts(m: dict, length: int) -> dict[str, PartSpec]:
-    nb = -(-length // m["block"])
-    return {"mask": PartSpec(("U8",), None), "mask_offsets": PartSpec(("U32",), (nb,)),
-            "mask_params": PartSpec(("U32",), (nb,))}
-
-
-def _entropy_data(w: Where, m: dict, length: int, arrays: dict[str, np.ndarray]) -> None:
-    params = arrays["mask_params"].astype(np.int64)
-    offs = arrays["mask_offsets"].astype(np.int64)
-    if params.size:
-        bad = np.flatnonzero((params < 1) | (params > MAX_GOLOMB))
-        if bad.size:
-            raise w.error("mask_params", f"block {int(bad[0])}: Golomb parameter {int(params[bad[0]])} "
-                                         f"is outside 1..{MAX_GOLOMB}")
-        steps = np.diff(np.concatenate(([0], offs)))
-        bad = np.flatnonzero(steps <= 0)
-        if bad.size:
-            raise w.error("mask_offsets", f"block {int(bad[0])}: offsets must increase (every block "
-                                          "holds at least one byte)")
-        if offs[-1] != arrays["mask"].size:
-            raise w.error("mask_offsets", f"last offset {int(offs[-1])} does not match the "
-                                          f"{arrays['mask'].size} bytes of the mask")
-    elif arrays["mask"].size:
-        raise w.error("mask", f"{arrays['mask'].size} bytes for an empty tensor")
-
-
-CTX_FIELDS = ("rows", "cols", "base", "row_step", "col_step")
-
-
-def _ctx_check(w: Where, m: dict, length: int) -> None:
-    b = w.int_field(m, "block", "mask.", 64, MAX_CTX_BLOCK)
-    if b % 64:
-        raise w.error("mask.block", f"must be a multiple of 64, got {b}")
-    r = w.int_field(m, "rows", "mask.", 0, MAX_POSITIONS)
-    c = w.int_field(m, "cols", "mask.", 0, MAX_POSITIONS)
-    if r * c != length:
-        raise w.error("mask.rows", f"rows x cols = {r} x {c} does not cover the {length} positions")
-    w.int_field(m, "base", "mask.", -MAX_CTX_BASE, MAX_CTX_BASE)
-    w.int_field(m, "row_step", "mask.", 0, MAX_CTX_STEP)
-    w.int_field(m, "col_step", "mask.", 0, MAX_CTX_STEP)
-
-
-def _ctx_parts(m: dict, length: int) -> dict[str, PartSpec]:
-    nb = -(-length // m["block"])
-    return {"mask": PartSpec(("U8",), None), "mask_offsets": PartSpec(("U32",), (nb,)),
-            "mask_model": PartSpec(("U8",), None)}
-
-
-def _ctx_data(w: Where, m: dict, length: int, arrays: dict[str, np.ndarray]) -> None:
-    offs = arrays["mask_offsets"].astype(np.int64)
-    if offs.size:
-        bad = np.flatnonzero(np.diff(np.concatenate(([0], offs))) < 0)
-        if bad.size:
-            raise w.error("mask_offsets", f"block {int(bad[0])}: offsets must not decrease")
-        if offs[-1] != arrays["mask"].size:
-            raise w.error("mask_offsets", f"last offset {int(offs[-1])} does not match the "
-                                          f"{arrays['mask'].size} bytes of the mask")
-    elif arrays["mask"].size:
-        raise w.error("mask", f"{arrays['mask'].size} bytes for an empty tensor")
-
-
-MASK_CODECS: dict[str, MaskCodecRule] = {
-    "bitmask": MaskCodecRule(("block",), _bitmask_check,
-                             lambda m, n: {"mask": PartSpec(("U8",), (-(-n // 8),))}, _bitmask_data),
-    "entropy": MaskCodecRule(("block",), _entropy_check, _entropy_parts, _entropy_data),
-    # range-coded with a row x column model (FORMAT.md 3.2)
-    "ctx": MaskCodecRule(("block",) + CTX_FIELDS, _ctx_check, _ctx_parts, _ctx_data, min_version=2),
-}
 
 
 @dataclass(frozen=True)
@@ -696,8 +515,7 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
     groups = max(1, -(-cols // gsize))
     scale_rows = w.int_field(t, "scale_rows", "", 1, max(rows, 1)) if "scale_rows" in t else 1
     scale_format = w.str_field(t, "scale_format", "", ("log8",)) if "scale_format" in t else "float"
-    if rule.check:
-        rule.check(w, t)
+    rule.check(w, t)
 
     order = w.obj(w.get(t, "order", "order"), "order")
     kind = w.str_field(order, "kind", "order.", tuple(ORDERS))
@@ -722,12 +540,12 @@ def validate_tensor(path: str, name: str, t: Any, entries: Mapping[str, EntryInf
         raise w.error("planes", f"{len(planes_v)} planes for {bits} bits")
     planes = [_plane(w, p, i, length, version) for i, p in enumerate(planes_v)]
 
-    parts = dict(rule.parts(t, rows, groups))
+    parts = dict(rule.part_specs(t, rows, groups))
     if scale_format == "log8":  # U8 scales and one float32 reference per scale index (4.3)
         sshape = parts["scales"].shape
         parts["scales"] = PartSpec(("U8",), sshape)
         parts["scale_ref"] = PartSpec(("F32",), (sshape[-1],))
-    parts.update(mrule.parts(mask, length))
+    parts.update(mrule.part_specs(mask, length))
     for i, p in enumerate(planes):
         if p.kind == "packed":
             parts[f"plane{i}.stream"] = PartSpec(("U8",), (-(-p.care_bits // 8),))
@@ -975,9 +793,7 @@ def check_tensor_data(path: str, spec: TensorSpec, arrays: dict[str, np.ndarray]
         if (ps.shape is None and a.ndim != 1) or (ps.shape is not None and tuple(a.shape) != ps.shape):
             raise w.error(part, f"shape {list(a.shape)} where the description needs "
                                 f"{list(ps.shape) if ps.shape is not None else 'one dimension'}")
-    rule = QUANTIZERS[spec.quantizer]
-    if rule.check_data:
-        rule.check_data(w, spec, arrays, codes)
+    QUANTIZERS[spec.quantizer].check_data(w, spec, arrays, codes)
     MASK_CODECS[spec.mask["codec"]].check_data(w, spec.mask, spec.length, arrays)
     for i, p in enumerate(spec.planes):
         if p.kind == "packed":
@@ -1032,7 +848,6 @@ def check_decode_cost(path: str, spec: TensorSpec, limit: int | None = None, rea
                   f"limit of {limit / 2**20:.0f} MiB (set {MAX_TENSOR_BYTES_ENV} to allow it)")
 
 
-__all__ = ["XspError", "EntryInfo", "TensorSpec", "PlaneSpec", "PartSpec", "Description", "QuantizerRule",
-           "MaskCodecRule", "OrderRule", "QUANTIZERS", "MASK_CODECS", "ORDERS", "CONFIG_RULES", "parse_header",
+__all__ = ["XspError", "EntryInfo", "TensorSpec", "PlaneSpec", "PartSpec", "Description", "OrderRule", "QUANTIZERS", "MASK_CODECS", "ORDERS", "CONFIG_RULES", "parse_header",
            "validate_description", "validate_tensor", "check_tensor_data", "check_patch_list",
            "description_crc", "format_crc", "meta_crc", "load_json", "max_tensor_bytes", "check_decode_cost"]

@@ -32,9 +32,9 @@ from ..codec.plane import get_decoder
 from ..codec.xornet import MAX_WINDOW, check_params
 from ..errors import XorsparseError
 from ..tensor import fused
-from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane
 from ..tensor.quant import row_layout
+from ..tensor.variants import decode_mask_words
 
 PREFIX_WORDS = MAX_WINDOW // 64  # zero words before each stream: windows may start up to 256 bits early
 PATCH_CHUNK_SHIFT = 10  # per-chunk patch offsets every 1024 positions (32 bits per 1024 weights)

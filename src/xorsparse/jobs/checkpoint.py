@@ -9,12 +9,13 @@ from typing import Any, Callable, Mapping
 from ..checkpoint.dense import write_dense_safetensors, write_torch_state
 from ..checkpoint.folder import check_folder_output, is_xsp_folder, xsp_files
 from ..checkpoint.options import RunOptions, SelectOptions
-from ..checkpoint.planning import Prepared, plan_compression
+from ..checkpoint.planning import plan_compression
 from ..checkpoint.readers import Checkpoint, CheckpointError, Progress, open_checkpoint
 from ..checkpoint.shard import compress_shard
 from ..checkpoint.stats import CompressReport, size_rows
+from ..checkpoint.xspset import XspSet
 from ..format.output import OutputError, check_output, is_inside
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, Prepared
 from .folder import compress_folder, decompress_folder
 
 
@@ -74,6 +75,12 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
         return decompress_folder(src, out, progress, output_format, force=force, executor=executor,
                                  on_event=on_event)
     if os.path.isdir(src):  # the input is the problem, whatever the output's name
+        try:
+            shards = xsp_files(src)
+        except CheckpointError:
+            shards = []
+        if shards:  # .xsp files not recognised as a model folder: a shard that cannot be read says so, by name
+            XspSet(src).close()
         raise CheckpointError(f"{src}: not an xorsparse model folder (no xorsparse quantization_config in its "
                               "config.json, no .xsp weights); decompress reads what `xorsparse compress` wrote")
     if output_format not in (None, "safetensors"):

@@ -44,13 +44,13 @@ from ..checkpoint.folder import (
     xsp_files,
 )
 from ..checkpoint.options import RunOptions, SelectOptions
-from ..checkpoint.planning import Prepared, plan_compression
+from ..checkpoint.planning import plan_compression
 from ..checkpoint.readers import SAFE_INDEX, Checkpoint, Progress
 from ..checkpoint.stats import CompressReport, size_rows
 from ..checkpoint.xspset import XspSet
 from ..format.container import XspError, XspFile
 from ..format.output import clean_stale
-from ..tensor.pipeline import CompressConfig
+from ..tensor.pipeline import CompressConfig, Prepared
 from .tasks import (
     JOB_INFO,
     DecompressTask,
@@ -310,7 +310,7 @@ def decompress_folder(src: str, out: str, progress: Progress | None = None,
     force=False refuses an existing, non-empty output folder."""
     if output_format not in (None, "safetensors", "compressed-tensors"):
         raise ValueError(f"unknown output format {output_format!r} (safetensors or compressed-tensors)")
-    xsp_files(src)  # a clear error before anything is created
+    XspSet(src).close()  # every shard's description checked, a clear error before anything is created
     check_folder_output(src, out, force)
     with _Written(out):
         if output_format == "compressed-tensors":

@@ -2,6 +2,7 @@
 puts them together around the codec. Pure numpy (torch tensors are accepted as input).
 """
 
+from .config import CalibrationConfig, CodingConfig, ConfigError, PruningConfig, QuantizationConfig
 from .pipeline import (
                        FLOAT_DTYPES,
                        CompressConfig,
@@ -13,5 +14,6 @@ from .pipeline import (
                        reference_prune_quantize,
 )
 
-__all__ = ["FLOAT_DTYPES", "CompressConfig", "CompressedTensor", "compress_quantized", "compress_tensor",
-           "decompress_tensor", "prune_quantize", "reference_prune_quantize"]
+__all__ = ["FLOAT_DTYPES", "CalibrationConfig", "CodingConfig", "CompressConfig", "CompressedTensor", "ConfigError",
+           "PruningConfig", "QuantizationConfig", "compress_quantized", "compress_tensor", "decompress_tensor",
+           "prune_quantize", "reference_prune_quantize"]

@@ -33,7 +33,8 @@ from numba import njit, prange
 
 from .dequant import dequantize, levels_table
 from .prune import _check, _check_sparsity, given_mask, magnitude_mask, smallest_mask
-from .quant import Quantized, _codes_to_planes, _groups, _planes_to_codes, _scale_dtype, quantize, row_layout
+from .quant import Quantized, _groups, _scale_dtype, codes_to_planes, planes_to_codes, row_layout
+from .variants import QUANTIZERS, quantize
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 CALIBRATED_METHODS = ("wanda", "sparsegpt")
@@ -303,13 +304,7 @@ def _basis(codes: np.ndarray, keep: np.ndarray, qz: Quantized, gidx: np.ndarray)
     """(rows, P, cols): weights = basis^T scales per row, P = groups * scales per group."""
     rows, cols = codes.shape
     ngroups, k = qz.scales.shape[1], qz.scales.shape[2]
-    if qz.quantizer == "bcq":
-        per = np.stack([(((codes >> i) & 1) * 2 - 1) for i in range(qz.bits)], axis=1).astype(np.float64)
-    elif qz.symmetric:
-        per = (codes - ((1 << qz.bits) - 1) / 2.0)[:, None, :].astype(np.float64)
-    else:
-        per = np.stack([codes.astype(np.float64), np.ones_like(codes, dtype=np.float64)], axis=1)
-    per = per * keep[:, None, :]
+    per = QUANTIZERS[qz.quantizer].scale_basis(codes, qz.bits, qz.symmetric) * keep[:, None, :]
     if ngroups == 1:
         return per
     out = np.zeros((rows, ngroups * k, cols), dtype=np.float64)
@@ -336,7 +331,7 @@ def refit_scales(w: np.ndarray, xtx: np.ndarray, keep: np.ndarray, qz: Quantized
     w2 = np.asarray(w, dtype=np.float64).reshape(rows, cols)
     k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
     h = np.asarray(xtx, dtype=np.float64)
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    codes = planes_to_codes(qz.planes).reshape(rows, cols)
     gidx = np.arange(cols) // qz.group_size
     ngroups, k = qz.scales.shape[1], qz.scales.shape[2]
     p = ngroups * k
@@ -377,11 +372,11 @@ def refit_scales(w: np.ndarray, xtx: np.ndarray, keep: np.ndarray, qz: Quantized
 
 def _with_codes(qz: Quantized, codes: np.ndarray, keep: np.ndarray) -> Quantized:
     c = np.where(keep, codes, 0)
-    return Quantized(qz.quantizer, qz.bits, _codes_to_planes(c, qz.bits), qz.scales, qz.rows, qz.cols,
+    return Quantized(qz.quantizer, qz.bits, codes_to_planes(c, qz.bits), qz.scales, qz.rows, qz.cols,
                      qz.group_size, qz.symmetric)
 
 
-ERROR_FEEDBACK_QUANTIZERS = ("bcq", "uniform")
+ERROR_FEEDBACK_QUANTIZERS = tuple(name for name, q in QUANTIZERS.items() if q.refits_scales)
 
 
 def check_error_feedback_quantizer(config) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .quant import Quantized, _check_bits, _codes_to_planes, _groups, _scale_dtype, row_layout, scale_groups
+from .quant import Quantized, _check_bits, _groups, _scale_dtype, codes_to_planes, row_layout, scale_groups
 
 LLOYD_ITERS = 25
+CODEBOOK_MAX_BITS = 4
 
 
 @njit(parallel=True, cache=True)
-def _assign(w, keep, levels, gsize, scale_rows, book_rows, codes):
+def assign_codes(w, keep, levels, gsize, scale_rows, book_rows, codes):
     """Nearest level per kept weight; levels[(row group, col group, book), code] precomputed
     in float32 as the decoder computes them. Ties go to the lower code."""
     rows, cols = w.shape
@@ -82,7 +83,7 @@ def quantize_codebook(w: np.ndarray, keep: np.ndarray, bits: int, group_size: in
                       scale_rows: int = 1, codebook_rows: int | None = None,
                       importance: np.ndarray | None = None, iters: int = 15) -> Quantized:
     """Per-row (or row-group) scales times a shared normalised codebook of 2^bits levels."""
-    _check_bits("codebook", bits)
+    _check_bits("codebook", bits, CODEBOOK_MAX_BITS)
     rows, cols = row_layout(np.shape(w))
     w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
@@ -135,12 +136,12 @@ def quantize_codebook(w: np.ndarray, keep: np.ndarray, bits: int, group_size: in
     scales = scale.reshape(rs, gc, 1).astype(sdt)
     stored_book = book.astype(sdt)
     levels = codebook_levels(scales, stored_book, scale_rows, book_rows, rows)  # (rows, gc, k)
-    # _assign reads levels[row group, col group, book]: give it the per-row table as is
+    # assign_codes reads levels[row group, col group, book]: give it the per-row table as is
     lv4 = np.ascontiguousarray(levels[:, :, None, :])
     codes = np.zeros((rows, cols), dtype=np.int64)
     if rows and cols:
-        _assign(w2, k2, lv4, gsize, 1, 1 << 62, codes)
-    return Quantized("codebook", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, True,
+        assign_codes(w2, k2, lv4, gsize, 1, 1 << 62, codes)
+    return Quantized("codebook", bits, codes_to_planes(codes, bits), scales, rows, cols, gsize, True,
                      scale_rows=scale_rows, codebook=stored_book, codebook_rows=book_rows)
 
 
@@ -179,6 +180,6 @@ def fit_codebook_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, limit: fl
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
     codes = np.zeros((rows, cols), dtype=np.int64)
     if rows and cols:
-        _assign(w2, k2, np.ascontiguousarray(levels[:, :, None, :]), gsize, 1, 1 << 62, codes)
-    return Quantized("codebook", qz.bits, _codes_to_planes(codes, qz.bits), scales, rows, cols, gsize, True,
+        assign_codes(w2, k2, np.ascontiguousarray(levels[:, :, None, :]), gsize, 1, 1 << 62, codes)
+    return Quantized("codebook", qz.bits, codes_to_planes(codes, qz.bits), scales, rows, cols, gsize, True,
                      scale_rows=rs_n, codebook=qz.codebook, codebook_rows=qz.codebook_rows)

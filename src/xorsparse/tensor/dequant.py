@@ -10,55 +10,14 @@ import numpy as np
 from numba import njit, prange
 
 from ..codec._bits import ctz64
-from .quant import Quantized, _planes_to_codes, code_range, round_to_scale_dtype
-
-
-def levels_table(qz: Quantized) -> np.ndarray:
-    """Value of every code in every (row, group): (rows, groups, 2^q) float32.
-
-    All arithmetic is float32 in the order docs/FORMAT.md section 4 gives, so every decoder
-    (this one, the fused kernel, the torch modules) gets the same bits. Scales shared by
-    `scale_rows` rows are computed once and repeated per row.
-    """
-    if qz.quantizer == "codebook":
-        from .codebook import codebook_levels
-
-        return codebook_levels(qz.scale_values(), qz.codebook, qz.scale_rows, qz.codebook_rows, qz.rows)
-    out = _scale_row_levels(qz)
-    if qz.scale_rows > 1:
-        out = np.ascontiguousarray(out[np.arange(qz.rows) // qz.scale_rows])
-    return out
-
-
-def _scale_row_levels(qz: Quantized) -> np.ndarray:
-    s = qz.scale_values()
-    q = qz.bits
-    codes = np.arange(1 << q)
-    shape = s.shape[:2] + (1 << q,)
-    if qz.quantizer == "bcq":
-        out = np.zeros(shape, dtype=np.float32)
-        for i in range(q):
-            sign = (((codes >> i) & 1) * 2 - 1).astype(np.float32)
-            out = out + s[:, :, i : i + 1] * sign
-    elif qz.quantizer == "affine":
-        # signed code c = u - 2^(q-1); c - z is exact, one float32 multiply, one rounding to
-        # the scale's dtype (exact products for float16/bfloat16 scales): compressed-tensors'
-        # dequantization, bit for bit
-        signed = (codes + code_range(q)[0])[None, None, :]
-        z = 0 if qz.zero_points is None else qz.zero_points.astype(np.int64)[:, :, None]
-        with np.errstate(over="ignore"):
-            out = round_to_scale_dtype((signed - z).astype(np.float32) * s[:, :, 0:1], qz.scale_dtype)
-    elif qz.symmetric:
-        out = s[:, :, 0:1] * (codes.astype(np.float32) - np.float32(((1 << q) - 1) / 2))
-    else:
-        out = s[:, :, 1:2] + s[:, :, 0:1] * codes.astype(np.float32)
-    return np.ascontiguousarray(out, dtype=np.float32)
+from .quant import Quantized, planes_to_codes
+from .variants import levels_table  # each quantizer's levels (tensor/variants/), re-exported here
 
 
 def dequantize(qz: Quantized, keep: np.ndarray) -> np.ndarray:
     """Float32 values of shape (rows, cols), exactly zero at pruned positions."""
     rows, cols = qz.rows, qz.cols
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
+    codes = planes_to_codes(qz.planes).reshape(rows, cols)
     gidx = np.arange(cols) // qz.group_size
     out = levels_table(qz)[np.arange(rows)[:, None], gidx[None, :], codes]
     return np.where(np.asarray(keep).reshape(rows, cols), out, np.float32(0)).astype(np.float32)

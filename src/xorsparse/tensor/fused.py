@@ -17,9 +17,10 @@ a few KiB), then every kept weight is computed where it lies:
 
 Only validated input may reach these kernels (they do not bounds-check): `prepare`
 takes a `CompressedTensor` that has passed `validate()` and checks the remaining
-lengths itself. A new mask codec plugs in as one more tile decoder (`_mask_tile`); any
-codec can also go through `MASK_WORDS`, a bitmask of the whole tensor. A new quantizer
-adds one branch to `_level`.
+lengths itself. A mask codec (tensor/variants/) says how the kernels read it
+(`MaskCodec.kernel_mask`): through `MASK_WORDS`, a bitmask of the whole tensor (any codec),
+or as one more tile decoder (`_mask_tile`). A new quantizer adds one branch to `_level`,
+or none: any quantizer's levels can go through the precomputed table `Q_TABLE`.
 """
 
 from __future__ import annotations
@@ -46,16 +47,25 @@ from ..codec._bits import (
     shl128,
 )
 from ..codec.plane import get_decoder
-from .dequant import levels_table
-from .maskcode import check_entropy_tables, decode_mask_words, golomb_block, golomb_tables, padded_bytes_as_words
+from .maskcode import golomb_block, golomb_tables
 
-# mask kinds
-MASK_WORDS = 0  # a bitmask of the whole tensor in uint64 words (any codec can be decoded to it)
-MASK_GOLOMB = 1  # the `entropy` codec: Golomb-coded gaps per block (FORMAT.md section 3)
-# quantizer kinds: how the kernels turn (scales of a group, code) into a float32 level
-Q_BCQ, Q_UNIFORM_SYM, Q_UNIFORM_ASYM = 0, 1, 2
-Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16 = 3, 4, 5  # `affine`, by scale dtype: [scale, zero point] per group
-Q_TABLE = 6  # the level of every code per (row, group), precomputed (codebook, scale_rows > 1, log8)
+# mask kinds (how the kernels read a mask) and quantizer kinds (how they turn the scales of a
+# group and a code into a float32 level): each variant says which it uses (tensor/variants/)
+from .variants import (
+    MASK_GOLOMB,
+    MASK_WORDS,
+    Q_AFFINE_BF16,
+    Q_AFFINE_F16,
+    Q_AFFINE_F32,
+    Q_BCQ,
+    Q_TABLE,
+    Q_UNIFORM_ASYM,
+    Q_UNIFORM_SYM,
+    levels_table,
+    mask_codec,
+    quantizer,
+)
+
 # output kinds: float32, float64, IEEE half bits, bfloat16 bits
 OUT_F32, OUT_F64, OUT_F16, OUT_BF16 = 0, 1, 2, 3
 OUT_KINDS = {"float32": OUT_F32, "float64": OUT_F64, "float16": OUT_F16, "bfloat16": OUT_BF16}
@@ -97,19 +107,6 @@ class DecodePlan:
         return -(-self.length // self.mask_block) if self.length else 0
 
 
-def _quant_kind(quantizer: str, symmetric: bool, scale_dtype: str = "") -> int:
-    if quantizer == "bcq":
-        return Q_BCQ
-    if quantizer == "uniform":
-        return Q_UNIFORM_SYM if symmetric else Q_UNIFORM_ASYM
-    if quantizer == "affine":
-        kinds = {"float32": Q_AFFINE_F32, "float16": Q_AFFINE_F16, "bfloat16": Q_AFFINE_BF16}
-        if scale_dtype not in kinds:
-            raise ValueError(f"affine scales of dtype {scale_dtype!r} are not supported")
-        return kinds[scale_dtype]
-    raise ValueError(f"the fused decoder does not know quantizer {quantizer!r}")
-
-
 def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     """(flat float32 parameters, parameters per group, quantizer kind) for the kernels' `_level`.
 
@@ -117,9 +114,9 @@ def kernel_scales(q) -> tuple[np.ndarray, int, int]:
     (an integer, exact in float32). Codebook, scale row groups and log8 scales (format
     version 2): every row's table of 2^q levels (dequant.levels_table).
     """
-    if q.quantizer == "codebook" or q.scale_rows > 1 or q.scale_format == "log8":
+    kind = quantizer(q.quantizer).kernel_kind(q)
+    if kind == Q_TABLE or q.scale_rows > 1 or q.scale_format == "log8":
         return np.ascontiguousarray(levels_table(q)).reshape(-1), 1 << q.bits, Q_TABLE
-    kind = _quant_kind(q.quantizer, q.symmetric, q.scale_storage_dtype)
     s = np.asarray(q.scales, dtype=np.float32)
     if kind in (Q_AFFINE_F32, Q_AFFINE_F16, Q_AFFINE_BF16):
         z = np.zeros(s.shape[:2], np.float32) if q.zero_points is None else q.zero_points.astype(np.float32)
@@ -225,15 +222,9 @@ def prepare(ct, tile_words: int = TILE_WORDS) -> DecodePlan:
     q = ct.quant
     n = ct.numel
     check_planes(ct)
-    m = ct.mask
-    if m.codec == "entropy":
-        offs, params = check_entropy_tables(m)
-        kind, words, block = MASK_GOLOMB, padded_bytes_as_words(m.data, 2), int(m.block)
-        gtables, gindex = golomb_tables(params)
-    else:
-        kind, words, block = MASK_WORDS, decode_mask_words(m), 64 * tile_words
-        offs = params = np.zeros(0, np.int64)
-        gtables, gindex = golomb_tables(params)
+    km = mask_codec(ct.mask.codec).kernel_mask(ct.mask, 64 * tile_words)
+    kind, words, offs, params, block = km.kind, km.words, km.offsets, km.params, km.block
+    gtables, gindex = golomb_tables(params)
     streams, pparams, g, wide = plane_arrays(ct.planes)
     ppos, pxor = natural_patches(ct.planes, n, ct.block_step)
     shared = len({(p.n_in, p.n_out, p.n_s, p.chunk_slices, p.seed) for p in ct.planes}) == 1
@@ -602,6 +593,28 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
         raise ValueError(f"output dtype {out.dtype} does not match output kind {out_kind}")
     ntiles = plan.ntiles
     ok = np.ones(max(ntiles, 1), dtype=np.bool_)
+    try:
+        _run_kernel(plan, out, out_kind, parallel, ok)
+    except SystemError as e:  # numba's parallel kernels report an allocation failure this way, at times
+        if _caused_by_memory_error(e):
+            raise MemoryError(f"out of memory decoding a tensor of {plan.length} positions") from None
+        raise
+    if not ok[:ntiles].all():
+        raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
+    return out
+
+
+def _caused_by_memory_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _run_kernel(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool, ok: np.ndarray) -> None:
     if plan.length:
         if _fast_ok(plan):
             n_in, n_out, n_s, cs = (int(v) for v in plan.plane_params[0])
@@ -616,9 +629,6 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
                    plan.mask_block, plan.length, plan.rows, plan.cols, plan.group_size, plan.nfull, plan.step,
                    plan.streams, plan.plane_params, plan.g, plan.patch_pos, plan.patch_xor, plan.scales,
                    plan.quant_kind, plan.bits, plan.scale_k, plan.wide, out_kind, out, ok)
-    if not ok[:ntiles].all():
-        raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
-    return out
 
 
 def decode_dense(ct, parallel: bool = True) -> np.ndarray:
@@ -628,11 +638,44 @@ def decode_dense(ct, parallel: bool = True) -> np.ndarray:
     """
     with numba_threads(None if parallel else 1):
         plan = prepare(ct)
-        out = np.empty(plan.length, dtype=OUT_DTYPES[ct.dtype])
+        check_mask_blocks(plan)
+        out = output_array(plan.length, OUT_DTYPES[ct.dtype])
         if ct.dtype == "float16":
             decode_into(plan, out, OUT_F16, parallel)
             return out.view(np.float16)
         return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
+
+
+# Tensors of at least this many positions have their Golomb mask blocks decoded once before
+# the output is allocated: a corrupt block then costs no dense allocation (a forged file can
+# declare a tensor of gigabytes with a mask of kilobytes). Bitmask and ctx masks are decoded
+# whole by `prepare`, before the output, at any size.
+PRECHECK_POSITIONS = 1 << 22
+
+
+def check_mask_blocks(plan: DecodePlan) -> None:
+    """ValueError naming the first corrupt or truncated Golomb mask block of a large tensor."""
+    if plan.mask_kind != MASK_GOLOMB or plan.length < PRECHECK_POSITIONS:
+        return
+    ok = np.ones(max(plan.ntiles, 1), dtype=np.bool_)
+    _check_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                         plan.mask_block, plan.length, ok)
+    if not ok[: plan.ntiles].all():
+        raise ValueError(f"mask block {int(np.argmin(ok[: plan.ntiles]))} is corrupt or truncated")
+
+
+def output_array(length: int, dtype) -> np.ndarray:
+    """The flat output, allocated once the input has passed every check that needs no output."""
+    return np.empty(length, dtype=dtype)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _check_golomb_blocks(words, offsets, params, tables, tindex, block, length, ok):
+    ntiles = (length + block - 1) // block
+    for tile in prange(ntiles):
+        p1 = min(length, tile * block + block)
+        wbuf = np.zeros((p1 - tile * block + 63) >> 6, dtype=np.uint64)
+        ok[tile] = _mask_tile(MASK_GOLOMB, words, offsets, params, tables, tindex, block, length, tile, wbuf)
 
 
 def decode_rows_into(plan: DecodePlan, rows: np.ndarray, out: np.ndarray, out_kind: int) -> np.ndarray:

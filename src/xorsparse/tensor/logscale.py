@@ -10,8 +10,6 @@ agree bit for bit. Layout: docs/FORMAT.md section 4.3.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 # 2^(-j/8) for j = 0..7, rounded to float32 (their bit patterns are in FORMAT.md)
@@ -55,22 +53,3 @@ def encode_log8(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         best_err = np.where(better, err, best_err)
     sign = (s < 0) & (best > 0)
     return (best | (sign.astype(np.int64) << 7)).astype(np.uint8), ref
-
-
-def requantize_log8(qz, w: np.ndarray, keep: np.ndarray):
-    """The same quantization with its scales stored as log8 bytes and every kept weight
-    re-assigned to its nearest level under the stored scales (ties to the lower code)."""
-    from .codebook import _assign
-    from .dequant import levels_table
-    from .quant import _codes_to_planes
-
-    codes8, ref = encode_log8(qz.scales)
-    new = replace(qz, scales=codes8, scale_ref=ref)
-    rows, cols = qz.rows, qz.cols
-    codes = np.zeros((rows, cols), dtype=np.int64)
-    if rows and cols:
-        levels = np.ascontiguousarray(levels_table(new)[:, :, None, :])
-        w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
-        k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
-        _assign(w2, k2, levels, qz.group_size, 1, 1 << 62, codes)
-    return replace(new, planes=_codes_to_planes(codes, qz.bits))

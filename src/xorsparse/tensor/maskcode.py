@@ -6,8 +6,8 @@ gaps are geometric, for which Golomb codes are the optimal prefix codes (within 
 binary entropy from 50% to 99% sparsity), and decoding costs work per *kept* weight, not
 per position. Blocks decode independently (in parallel) through an offset table. `ctx`
 (maskctx.py, format version 2) range-codes each position with a probability from a
-row x column model the file carries. The default (`auto`) keeps whichever is smallest.
-Layout: docs/FORMAT.md section 3.
+row x column model the file carries. The codecs as the library sees them, and `auto`
+(whichever is smallest), are in tensor/variants/. Layout: docs/FORMAT.md section 3.
 """
 
 from __future__ import annotations
@@ -26,22 +26,23 @@ MAX_GOLOMB = 1 << 20
 
 @dataclass(frozen=True)
 class MaskCode:
-    codec: str  # "bitmask", "entropy" or "ctx"
+    codec: str  # a registered mask codec's name (tensor/variants/)
     length: int
     data: np.ndarray  # uint8
-    block: int = 0  # entropy: positions per block (a multiple of 64)
-    offsets: np.ndarray | None = None  # entropy: uint32 end offset of each block's bytes
+    block: int = 0  # entropy, ctx: positions per block (a multiple of 64)
+    offsets: np.ndarray | None = None  # entropy, ctx: uint32 end offset of each block's bytes
     params: np.ndarray | None = None  # entropy: uint32 Golomb parameter m of each block
-    model: Any = None  # ctx: maskctx.CtxModel (offsets hold the block table)
+    model: Any = None  # ctx: maskctx.CtxModel
 
     @property
     def nbits(self) -> int:
-        """Bits the mask costs: payload plus the block table (and the ctx model)."""
+        """Bits the mask costs: payload plus whatever tables it stores (block table, model)."""
         n = self.data.size * 8
-        if self.codec == "entropy":
-            n += self.offsets.size * 32 + self.params.size * 32
-        if self.codec == "ctx":
-            n += self.offsets.size * 32 + self.model.data.size * 8
+        for table in (self.offsets, self.params):
+            if table is not None:
+                n += table.size * 32
+        if self.model is not None:
+            n += self.model.data.size * 8
         return n
 
 
@@ -367,54 +368,6 @@ def encode_bitmask(keep: np.ndarray) -> MaskCode:
     return MaskCode("bitmask", k.size, np.packbits(k, bitorder="little"))
 
 
-def encode_mask(keep: np.ndarray, codec: str = "auto", block: int = DEFAULT_BLOCK,
-                cols: int | None = None) -> MaskCode:
-    """cols: row length of the row-major mask, for the ctx model (default: keep's last axis)."""
-    if codec == "bitmask":
-        return encode_bitmask(keep)
-    if codec == "entropy":
-        return encode_entropy(keep, block)
-    if codec == "ctx":
-        from .maskctx import encode_ctx
-
-        return encode_ctx(keep, cols, block)
-    if codec == "auto":
-        return encode_auto(keep, block, cols)
-    raise ValueError(f"mask codec must be 'auto', 'bitmask', 'entropy' or 'ctx', got {codec!r}")
-
-
-CTX_MIN_SAVING = 0.05  # `auto` takes ctx only if at least 5% smaller than the Golomb/bitmask mask
-CTX_ESTIMATE_SLACK = 0.02  # the margin-based estimate's error allowed before coding ctx for real
-
-
-def encode_auto(keep: np.ndarray, block: int = DEFAULT_BLOCK, cols: int | None = None) -> MaskCode:
-    """The `auto` codec: the smaller of Golomb (`entropy`) and `bitmask` (ties: Golomb), and
-    `ctx` instead where it saves at least CTX_MIN_SAVING of that mask's bits.
-
-    Why a threshold: ctx decodes one range-coder step per position, about 6x the Golomb
-    decode time per position at 90% sparsity (speed bench, "mask decode" rows), which
-    costs more than the rest of a tensor's decode; on i.i.d. masks it saves under 1%,
-    on magnitude-pruned transformer and conv masks 5-20% (BENCHMARKS section 11). The
-    ctx positions are coded only where the model's estimated size (from the row and
-    column counts, no coding) can pass the threshold: estimating costs a fraction of
-    coding, and most of compress_model's time on small tensors went to coding both.
-    """
-    from .maskctx import encode_ctx, fit_model_estimate
-
-    best = min([encode_entropy(keep, block), encode_bitmask(keep)], key=lambda c: c.nbits)
-    k = np.asarray(keep, dtype=bool)
-    n = k.size
-    ncols = int(cols) if cols is not None else (k.shape[-1] if k.ndim >= 2 else n)
-    if n == 0 or ncols <= 0 or n % ncols:
-        return best
-    limit = (1.0 - CTX_MIN_SAVING) * best.nbits
-    model, estimate = fit_model_estimate(k.reshape(n // ncols, ncols), limit)
-    if model is None or estimate > limit * (1.0 + CTX_ESTIMATE_SLACK):
-        return best
-    ctx = encode_ctx(k, ncols, block, model=model)
-    return ctx if ctx.nbits <= limit else best
-
-
 def check_entropy_tables(code: MaskCode) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, params) as int64 after checking they fit the payload (kernels do not bounds-check)."""
     n = code.length
@@ -439,25 +392,24 @@ def padded_bytes_as_words(data: np.ndarray, pad_words: int = 2) -> np.ndarray:
     return buf.view("<u8")
 
 
-def decode_mask_words(code: MaskCode) -> np.ndarray:
-    """The mask as little-endian packed bits in uint64 words (ceil(length/64) + 1 words)."""
+def decode_bitmask_words(code: MaskCode) -> np.ndarray:
+    """A `bitmask` mask as little-endian packed bits in uint64 words (ceil(length/64) + 1 words)."""
     n = code.length
     nw = -(-n // 64) + 1
-    if code.codec == "bitmask":
-        if code.data.size != -(-n // 8):
-            raise ValueError(f"bitmask holds {code.data.size} bytes, expected {-(-n // 8)}")
-        out = np.zeros(nw * 8, dtype=np.uint8)
-        out[: code.data.size] = code.data
-        words = out.view("<u8")
-        if n % 64:
-            words[n // 64] &= U64((1 << (n % 64)) - 1)
-        return words
-    if code.codec == "ctx":
-        from .maskctx import decode_ctx_words
+    if code.data.size != -(-n // 8):
+        raise ValueError(f"bitmask holds {code.data.size} bytes, expected {-(-n // 8)}")
+    out = np.zeros(nw * 8, dtype=np.uint8)
+    out[: code.data.size] = code.data
+    words = out.view("<u8")
+    if n % 64:
+        words[n // 64] &= U64((1 << (n % 64)) - 1)
+    return words
 
-        return decode_ctx_words(code)
-    if code.codec != "entropy":
-        raise ValueError(f"unknown mask codec {code.codec!r}")
+
+def decode_entropy_words(code: MaskCode) -> np.ndarray:
+    """An `entropy` mask as little-endian packed bits in uint64 words (ceil(length/64) + 1 words)."""
+    n = code.length
+    nw = -(-n // 64) + 1
     offs, params = check_entropy_tables(code)
     nb = offs.size
     words = np.zeros(nw, dtype=np.uint64)
@@ -468,10 +420,4 @@ def decode_mask_words(code: MaskCode) -> np.ndarray:
     if not ok[:nb].all():
         raise ValueError(f"mask block {int(np.argmin(ok[:nb]))} is corrupt or truncated")
     return words
-
-
-def decode_mask(code: MaskCode) -> np.ndarray:
-    """Flat boolean keep mask of code.length; ValueError if the data are inconsistent."""
-    words = decode_mask_words(code)
-    return np.unpackbits(words.view(np.uint8), bitorder="little", count=code.length).view(bool)
 

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..codec._bits import U64
+from .maskcode import MaskCode
 
 ZMAX = 255  # log-odds index range [-ZMAX, ZMAX], units of 1/16
 UNIT = 1.0 / 16.0
@@ -569,13 +570,12 @@ def _fit_steps(kr, kc, rows, cols, base0, sr, sc):
     return cost, base, sr, sc, ia, ib
 
 
-# --- the codec's entry points (registered in maskcode.py) -------------------------------------
+# --- the codec's entry points (registered in variants/ctx.py) ---------------------------------
 
 
-def encode_ctx(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_BLOCK, model: CtxModel | None = None):
+def encode_ctx(keep: np.ndarray, cols: int | None = None, block: int = DEFAULT_BLOCK,
+               model: CtxModel | None = None) -> MaskCode:
     """keep coded with `model` (default: the one fit_model finds for it)."""
-    from .maskcode import MaskCode
-
     if block <= 0 or block % 64 or block > MAX_BLOCK:
         raise ValueError(f"mask block must be a positive multiple of 64 up to {MAX_BLOCK}, got {block}")
     k = np.asarray(keep, dtype=bool)
@@ -620,7 +620,7 @@ def ctx_model_from_parts(rows: int, cols: int, base: int, row_step: int, col_ste
     return CtxModel(rows, cols, base, row_step, col_step, np.asarray(data, dtype=np.uint8), ia, ib)
 
 
-def decode_ctx_words(code) -> np.ndarray:
+def decode_ctx_words(code: MaskCode) -> np.ndarray:
     m = code.model
     n = code.length
     if m is None:

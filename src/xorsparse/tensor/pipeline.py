@@ -12,132 +12,39 @@ from typing import Any
 import numpy as np
 
 from ..codec.plane import EncodedPlane, decode_plane_packed, encode_plane
-from ..codec.rates import DEFAULT_WINDOW, choose
-from ..codec.xornet import DEFAULT_SEED, MAX_WINDOW, check_params
+from ..codec.rates import choose
+from ..codec.xornet import check_params
+from .config import SCALE_FORMATS, CompressConfig  # noqa: F401  (SCALE_FORMATS re-exported)
 from .dequant import dequantize, dequantize_words, levels_table
 from .fused import decode_dense, numba_threads
 from .interleave import block_step, to_coded, words_to_natural
-from .maskcode import MaskCode, decode_mask_words, encode_mask
+from .maskcode import MaskCode, binary_entropy
 from .packed import PackedPlane, pack_plane, unpack_plane_words
 from .prune import given_mask, magnitude_mask
-from .quant import (
-    MAX_BITS,
-    QUANTIZERS,
-    Quantized,
-    check_given_parameters,
-    fit_output_range,
-    quantize,
-    row_layout,
-    scale_groups,
-)
+from .quant import Quantized, row_layout
+from .variants import decode_mask_words, encode_mask, fit_range, quantize, quantizer, requantize_log8
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-CONFIG_QUANTIZERS = ("bcq", "uniform", "codebook")  # the ones that quantize (affine takes given codes)
 
 
 @dataclass(frozen=True)
-class CompressConfig:
-    """How to compress: in the spirit of torchao's quantize_(model, config), one object.
+class Prepared:
+    """A tensor pruned and quantized already (by calibration, by recovery, or read from
+    another format): what `compress_quantized` stores, with where it came from."""
 
-    sparsity: fraction of weights to prune by magnitude (existing zeros count as pruned);
-    global_sparsity: one threshold across all selected tensors instead of per tensor;
-    bits / quantizer: q bit-planes from binary coding ('bcq', q <= 4), integers
-    ('uniform', q <= 8, symmetric or not) or a fitted codebook ('codebook', q <= 4: per-row
-    scale times a shared table of 2^q levels); group_size: columns per scale (None = per row);
-    scale_rows: consecutive rows sharing one scale set (1 = per row; "auto", the default =
-    among 1, 4, 16, 64 and the whole tensor, the layout with the fewest scale bits whose
-    weight error ||W - Wq|| stays within error_budget (relative) of per-row float16 scales,
-    searched only where per-row float16 scales cost at least AUTO_SCALE_MIN_SHARE of the
-    tensor's bits: short rows such as depthwise convolutions; elsewhere per-row);
-    scale_format: "float16" (float32 where a scale falls outside float16), "log8" (one byte
-    per scale, 2^(1/8) steps below a per-tensor reference) or "auto" (the default, chosen
-    as above); the calibrated methods refit per-row float16 scales, which "auto" means there;
-    codebook_rows: rows per codebook (None = one codebook per tensor);
-    packed_below: tensors of fewer positions store their planes packed (one bit per kept
-    weight, no XOR network: exact size, where the XOR code's fixed overheads show; 16384
-    suits conv nets); 0 = never (the default);
-    max_n_s: longest decoder memory the rate search may use (0 = the paper's network);
-    max_window: cap on n_in * (n_s + 1); 256 codes ~0.5% smaller, encodes ~3x slower.
-    method: how the mask and codes are chosen: 'magnitude' (data-free, this module), or
-    'wanda' / 'sparsegpt' (calibrated on layer inputs: tensor/calibrated.py, driven by
-    xorsparse.torch.calibrate); calib_damp, calib_block, calib_passes tune the calibrated
-    pass (Hessian damping relative to its mean diagonal, columns per block, quantization
-    passes with the scales refit in between).
-    """
+    keep: np.ndarray
+    quant: Quantized
+    dtype: str  # the original dtype name
+    calibrated: bool = False  # codes chosen with calibration data (False: data-free)
+    input_bytes: int | None = None  # bytes it took in its input (size tables); None: the checkpoint's
 
-    sparsity: float = 0.9
-    bits: int = 2
-    quantizer: str = "bcq"
-    symmetric: bool = True
-    group_size: int | None = None
-    global_sparsity: bool = False
-    mask_codec: str = "auto"
-    max_n_s: int | None = None
-    max_window: int = DEFAULT_WINDOW
-    seed: int = DEFAULT_SEED
-    bcq_iters: int = 15
-    scale_rows: int | str = "auto"
-    scale_format: str = "auto"
-    error_budget: float = 0.01
-    codebook_rows: int | None = None
-    packed_below: int = 0
-    method: str = "magnitude"
-    calib_damp: float = 0.01
-    calib_block: int = 128
-    calib_passes: int = 2
+    def dense(self) -> np.ndarray:
+        """Float32 values in the tensor's shape, exactly zero where pruned."""
+        return dequantize(self.quant, self.keep).reshape(self.keep.shape)
 
-    _methods = ("magnitude", "wanda", "sparsegpt")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= float(self.sparsity) < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.quantizer not in CONFIG_QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {', '.join(CONFIG_QUANTIZERS)}, got {self.quantizer!r}")
-        limit = MAX_BITS[self.quantizer]
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= limit:
-            raise ValueError(f"bits must be in 1..{limit} for {self.quantizer}, got {self.bits}")
-        if self.mask_codec not in ("auto", "bitmask", "entropy", "ctx"):
-            raise ValueError(f"mask_codec must be auto, bitmask, entropy or ctx, got {self.mask_codec!r}")
-        if self.group_size is not None and self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if self.max_n_s is not None and not 0 <= self.max_n_s < MAX_WINDOW:
-            raise ValueError(f"max_n_s must be in 0..{MAX_WINDOW - 1}, got {self.max_n_s}")
-        if not 1 <= self.max_window <= MAX_WINDOW:
-            raise ValueError(f"max_window must be in 1..{MAX_WINDOW}, got {self.max_window}")
-        if self.bcq_iters < 0:
-            raise ValueError(f"bcq_iters must be >= 0, got {self.bcq_iters}")
-        if self.scale_rows != "auto" and (isinstance(self.scale_rows, bool) or not isinstance(self.scale_rows, int)
-                                          or self.scale_rows < 1):
-            raise ValueError(f"scale_rows must be a positive integer or 'auto', got {self.scale_rows!r}")
-        if self.scale_format not in SCALE_FORMATS:
-            raise ValueError(f"scale_format must be one of {', '.join(SCALE_FORMATS)}, got {self.scale_format!r}")
-        if not 0.0 <= float(self.error_budget) <= 10.0:
-            raise ValueError(f"error_budget must be in [0, 10], got {self.error_budget}")
-        if self.codebook_rows is not None and (not isinstance(self.codebook_rows, int) or self.codebook_rows < 1):
-            raise ValueError(f"codebook_rows must be a positive integer or None, got {self.codebook_rows!r}")
-        if not isinstance(self.packed_below, int) or self.packed_below < 0:
-            raise ValueError(f"packed_below must be a non-negative integer, got {self.packed_below!r}")
-        if self.method not in self._methods:
-            raise ValueError(f"method must be one of {', '.join(self._methods)}, got {self.method!r}")
-        if isinstance(self.calib_damp, bool) or not isinstance(self.calib_damp, (int, float)) \
-                or not 0.0 < float(self.calib_damp) <= 10.0:
-            raise ValueError(f"calib_damp must be in (0, 10], got {self.calib_damp!r}")
-        for f, lo, hi in (("calib_block", 1, 1 << 16), ("calib_passes", 1, 16)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"{f} must be an integer in {lo}..{hi}, got {v!r}")
-
-    @property
-    def calibrated(self) -> bool:
-        """True when the codes depend on calibration data (not reproducible from the weights)."""
-        return self.method != "magnitude"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CompressConfig":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+    def torch_weight(self):
+        """The dense weight as a torch tensor of the original dtype."""
+        return from_float32(self.dense(), self.dtype, framework="torch")
 
 
 @dataclass(frozen=True)
@@ -165,28 +72,7 @@ class CompressedTensor:
             raise ValueError(f"rows x cols = {q.rows} x {q.cols} does not match shape {self.shape}")
         if q.group_size < 1:
             raise ValueError(f"invalid group size {q.group_size}")
-        if q.quantizer not in QUANTIZERS:
-            raise ValueError(f"unknown quantizer {q.quantizer!r}")
-        groups = max(1, -(-q.cols // q.group_size))
-        if not 1 <= q.scale_rows <= max(q.rows, 1) or (q.quantizer == "affine" and q.scale_rows != 1):
-            raise ValueError(f"scale_rows {q.scale_rows} outside 1..{max(q.rows, 1)}")
-        if q.quantizer == "affine":
-            check_given_parameters(q.bits, q.scales, q.zero_points, q.scale_dtype, q.rows, groups)
-            if q.symmetric != (q.zero_points is None):
-                raise ValueError("an affine tensor has zero points exactly when it is not symmetric")
-        else:
-            want = scale_groups(q.rows, q.cols, q.group_size, q.scale_rows) + (q.scale_count,)
-            if tuple(q.scales.shape) != want:
-                raise ValueError(f"scales have shape {tuple(q.scales.shape)}, expected {want}")
-        if q.scale_format == "log8" and (q.scale_ref is None or tuple(q.scale_ref.shape) != (q.scale_count,)):
-            raise ValueError(f"log8 scales need {q.scale_count} references")
-        if q.quantizer == "codebook":
-            if not 1 <= q.codebook_rows <= max(q.rows, 1):
-                raise ValueError(f"codebook_rows {q.codebook_rows} outside 1..{max(q.rows, 1)}")
-            books = (-(-q.rows // q.codebook_rows), 1 << q.bits)
-            if q.codebook is None or tuple(q.codebook.shape) != books:
-                got = None if q.codebook is None else tuple(q.codebook.shape)
-                raise ValueError(f"codebook has shape {got}, expected {books}")
+        quantizer(q.quantizer).check_quantized(q)  # ValueError for an unknown quantizer too
         if len(self.planes) != q.bits:
             raise ValueError(f"{len(self.planes)} planes for {q.bits} bits")
         for p in self.planes:
@@ -288,8 +174,6 @@ def per_row_scales_matter(keep: np.ndarray, cfg: CompressConfig) -> bool:
     """Whether per-row float16 scales cost at least AUTO_SCALE_MIN_SHARE of the tensor's bound
     H(S) + (1-S)q bits (S its sparsity): true for short rows (depthwise and small 1x1
     convolutions, 384-wide transformer rows), false for LLM-sized rows."""
-    from .maskcode import binary_entropy
-
     rows, cols = row_layout(keep.shape)
     n = rows * cols
     if n == 0:
@@ -299,8 +183,6 @@ def per_row_scales_matter(keep: np.ndarray, cfg: CompressConfig) -> bool:
     groups = max(1, -(-cols // cfg.group_size)) if cfg.group_size else 1
     scale_bits = 16.0 * rows * groups * per_group
     return scale_bits >= AUTO_SCALE_MIN_SHARE * n * (binary_entropy(s) + (1.0 - s) * cfg.bits)
-
-SCALE_FORMATS = ("float16", "log8", "auto")
 
 
 def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressConfig,
@@ -313,23 +195,16 @@ def quantize_with_scale_layout(w32: np.ndarray, keep: np.ndarray, cfg: CompressC
     only where per_row_scales_matter; elsewhere "auto" is per-row float16.
 
     Every level stays finite in `dtype` (no finite weight decodes to inf): per-row float
-    scales of bcq and uniform are shrunk where needed (quant.fit_output_range); a layout
+    scales of bcq and uniform are shrunk where needed (variants/layout.py); a layout
     whose levels overflow otherwise (shared or log8 scales, codebooks of huge weights) is
     not chosen: the per-row float layout takes its place.
     """
-    from .logscale import requantize_log8
-
     def run(rows_per_scale: int, fmt: str) -> Quantized:
         qz = quantize(w32, keep, cfg.quantizer, cfg.bits, cfg.symmetric, cfg.group_size, cfg.bcq_iters,
                       scale_rows=rows_per_scale, codebook_rows=cfg.codebook_rows)
-        qz = requantize_log8(qz, w32, keep) if fmt == "log8" else qz
-        if qz.quantizer == "codebook" and fmt != "log8":
-            from .codebook import fit_codebook_range
-            from .quant import LEVEL_LIMIT
-
-            qz = fit_codebook_range(qz, w32, keep, LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"]))
-        elif rows_per_scale == 1 and fmt != "log8":
-            qz = fit_output_range(qz, w32, keep, dtype)
+        if fmt == "log8":
+            return requantize_log8(qz, w32, keep)
+        return fit_range(qz, w32, keep, dtype, rows_per_scale)
         return qz
 
     def finite(qz: Quantized) -> bool:

@@ -23,14 +23,15 @@ they are, so nothing is re-quantized (`quantize_given`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable
 
 import numpy as np
 from numba import njit, prange
 
-Quantizer = Literal["bcq", "uniform", "codebook"]
-QUANTIZERS = ("bcq", "uniform", "codebook", "affine")  # "affine": given codes (quantize_given)
-MAX_BITS = {"bcq": 4, "uniform": 8, "codebook": 4, "affine": 8}
+from .logscale import decode_log8
+
+BCQ_MAX_BITS = 4
+UNIFORM_MAX_BITS = 8
 SCALE_DTYPES = ("float16", "bfloat16", "float32")  # what an `affine` scale may be stored as
 FP16_MIN = 2.0**-24  # smallest float16 subnormal
 FP16_MAX = 65504.0
@@ -82,8 +83,6 @@ class Quantized:
     def scale_values(self) -> np.ndarray:
         """The scales as float32, decoded from log8 bytes where stored so."""
         if self.scale_format == "log8":
-            from .logscale import decode_log8
-
             return decode_log8(self.scales, self.scale_ref)
         return self.scales.astype(np.float32)
 
@@ -92,14 +91,6 @@ class Quantized:
         """parameter_bits: everything but the planes that gives the codes their values."""
         return self.parameter_bits
 
-    @property
-    def scale_count(self) -> int:
-        """Scales per (scale row, group): q for bcq, 1 or 2 for uniform, 1 for codebook and affine."""
-        if self.quantizer == "bcq":
-            return self.bits
-        if self.quantizer == "uniform":
-            return 1 if self.symmetric else 2
-        return 1
 
 
 def row_layout(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -248,7 +239,7 @@ def _bcq_kernel(w, keep, q, gsize, ngroups, iters, alphas, codes):
 
 
 @njit(cache=True, nogil=True)
-def _bcq_reassign(w, keep, q, gsize, alphas, codes):
+def bcq_reassign(w, keep, q, gsize, alphas, codes):
     """Best sign patterns for the stored (rounded) alphas."""
     rows, cols = w.shape
     for r in range(rows):
@@ -268,7 +259,7 @@ def _split_planes(flat, planes):
             planes[i, p] = (c >> i) & 1
 
 
-def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
+def codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
     """(q, size) uint8 bit-planes of integer codes, in one pass (numpy's shift-and-stack
     per plane cost as much as binary-coding quantization itself)."""
     flat = np.ascontiguousarray(codes).reshape(-1)
@@ -278,17 +269,14 @@ def _codes_to_planes(codes: np.ndarray, q: int) -> np.ndarray:
     return planes
 
 
-def _planes_to_codes(planes: np.ndarray) -> np.ndarray:
+def planes_to_codes(planes: np.ndarray) -> np.ndarray:
     codes = np.zeros(planes.shape[1], dtype=np.int64)
     for i in range(planes.shape[0]):
         codes |= planes[i].astype(np.int64) << i
     return codes
 
 
-def _check_bits(quantizer: str, bits: int) -> None:
-    if quantizer not in QUANTIZERS:
-        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
-    limit = MAX_BITS[quantizer]
+def _check_bits(quantizer: str, bits: int, limit: int) -> None:
     if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= limit:
         raise ValueError(f"{quantizer} bits must be in 1..{limit}, got {bits}")
 
@@ -296,7 +284,7 @@ def _check_bits(quantizer: str, bits: int) -> None:
 def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | None = None,
                  iters: int = 15) -> Quantized:
     """Binary-coding quantization w ~ sum_i alpha_i b_i over the kept weights."""
-    _check_bits("bcq", bits)
+    _check_bits("bcq", bits, BCQ_MAX_BITS)
     rows, cols = row_layout(w.shape)
     w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
     k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
@@ -306,8 +294,8 @@ def quantize_bcq(w: np.ndarray, keep: np.ndarray, bits: int, group_size: int | N
     _bcq_kernel(w2, k2, bits, gsize, ngroups, int(iters), alphas, codes)
     sdt = _scale_dtype(alphas)
     stored = alphas.astype(sdt)
-    _bcq_reassign(w2, k2, bits, gsize, stored.astype(np.float32), codes)
-    return Quantized("bcq", bits, _codes_to_planes(codes, bits), stored, rows, cols, gsize, True)
+    bcq_reassign(w2, k2, bits, gsize, stored.astype(np.float32), codes)
+    return Quantized("bcq", bits, codes_to_planes(codes, bits), stored, rows, cols, gsize, True)
 
 
 def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool = True,
@@ -317,7 +305,7 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
     symmetric: value = scale * (c - (2^q - 1) / 2), scale = 2 max|w| / (2^q - 1);
     asymmetric: value = low + scale * c over [min, max] of the kept weights.
     """
-    _check_bits("uniform", bits)
+    _check_bits("uniform", bits, UNIFORM_MAX_BITS)
     rows, cols = row_layout(w.shape)
     w2 = np.asarray(w, dtype=np.float32).reshape(rows, cols)
     k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
@@ -349,7 +337,7 @@ def quantize_uniform(w: np.ndarray, keep: np.ndarray, bits: int, symmetric: bool
     x = np.where(np.isfinite(x), x, 0.0)
     codes = np.clip(np.rint(x), 0, levels).astype(np.uint8)
     codes = np.where(kg, codes, 0).reshape(rows, ngroups * gsize)[:, :cols]
-    return Quantized("uniform", bits, _codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
+    return Quantized("uniform", bits, codes_to_planes(codes, bits), scales, rows, cols, gsize, symmetric)
 
 
 def scale_groups(rows: int, cols: int, group_size: int, scale_rows: int) -> tuple[int, int]:
@@ -375,7 +363,7 @@ def from_row_groups(v: np.ndarray, rows: int, cols: int, scale_rows: int, gsize:
     return np.ascontiguousarray(out[:rows, :cols])
 
 
-def _check_scale_rows(scale_rows: int) -> int:
+def check_scale_rows(scale_rows: int) -> int:
     if isinstance(scale_rows, bool) or not isinstance(scale_rows, (int, np.integer)) or scale_rows < 1:
         raise ValueError(f"scale_rows must be a positive integer, got {scale_rows!r}")
     return int(scale_rows)
@@ -387,114 +375,21 @@ LEVEL_LIMIT = {"float16": FP16_MAX, "bfloat16": float(np.uint32(0x7F7F0000).view
                "float32": float(np.finfo(np.float32).max), "float64": float(np.finfo(np.float32).max)}
 
 
-def _group_levels(quantizer: str, bits: int, symmetric: bool, s: np.ndarray) -> np.ndarray:
-    from .dequant import levels_table  # (dequant imports this module)
-
-    one = Quantized(quantizer, bits, np.zeros((0, 0), np.uint8), s.reshape(1, 1, -1), 1, 1, 1, symmetric)
-    return levels_table(one).ravel()
-
-
-def _fit_group(qz: Quantized, s: np.ndarray, limit: float) -> np.ndarray:
-    """The scales of one group shrunk until every level (and every float32 step computing it)
-    is finite and within limit."""
-    big = float(np.finfo(s.dtype).max)
-    f32max = float(np.finfo(np.float32).max)
-    s64 = np.clip(s.astype(np.float64), -big, big)
-    n = (1 << qz.bits) - 1
-    if qz.quantizer == "bcq":
-        total = float(np.sum(np.abs(s64)))
-        if total > limit:
-            s64 = s64 * (limit / total)
-    elif qz.symmetric:
-        s64[0] = min(abs(s64[0]), limit / (n / 2))
-    else:  # low + scale * code: the product may not overflow either
-        s64[0] = min(max(s64[0], 0.0), max(limit - s64[1], 0.0) / n, f32max / n)
-    lim = np.float32(limit)
-    shrink = slice(None) if qz.quantizer == "bcq" else slice(0, 1)
-    for i in range(26):  # one ulp, then ever larger steps: a few iterations in practice
-        cand = s64.astype(s.dtype)
-        cand[shrink] = np.where(np.abs(cand[shrink]) > np.abs(s64[shrink]),
-                                np.nextafter(cand[shrink], np.zeros_like(cand[shrink])), cand[shrink])
-        with np.errstate(over="ignore", invalid="ignore"):
-            lv = _group_levels(qz.quantizer, qz.bits, qz.symmetric, cand)
-        if np.all(np.abs(lv) <= lim):
-            return cand
-        s64[shrink] = s64[shrink] * (1.0 - 2.0 ** (i - 24))
-    return np.zeros_like(s)
-
-
-def fit_output_range(qz: Quantized, w: np.ndarray, keep: np.ndarray, dtype: str) -> Quantized:
-    """Shrink the scales of any (row, group) whose levels would overflow the tensor's dtype.
-
-    A finite weight near float16's 65504, rounded scales and float32 arithmetic can give a
-    level that decodes to inf; so can float32 weights near 3.4e38 (hi - lo overflows). The
-    groups concerned get the largest scales whose every level is finite in `dtype`, and
-    their codes are chosen again for those scales. Reference and codec both quantize
-    through here, so they agree. Other quantizers are returned unchanged.
-    """
-    from .dequant import levels_table
-
-    if qz.quantizer not in ("bcq", "uniform") or qz.scales.size == 0:
-        return qz
-    limit = LEVEL_LIMIT.get(dtype, LEVEL_LIMIT["float32"])
-    with np.errstate(over="ignore", invalid="ignore"):
-        bad = ~np.all(np.abs(levels_table(qz)) <= np.float32(limit), axis=2)
-    if not bad.any():
-        return qz
-    scales = qz.scales.copy()
-    for r, g in zip(*np.nonzero(bad)):
-        scales[r, g] = _fit_group(qz, scales[r, g], limit)
-    rows, cols, gsize = qz.rows, qz.cols, qz.group_size
-    w2 = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(rows, cols))
-    k2 = np.ascontiguousarray(np.asarray(keep, dtype=bool).reshape(rows, cols))
-    codes = _planes_to_codes(qz.planes).reshape(rows, cols)
-    if qz.quantizer == "bcq":
-        _bcq_reassign(w2, k2, qz.bits, gsize, scales.astype(np.float32), codes)
-    else:
-        n = (1 << qz.bits) - 1
-        for r, g in zip(*np.nonzero(bad)):
-            c0, c1 = g * gsize, min(cols, (g + 1) * gsize)
-            x = w2[r, c0:c1].astype(np.float64)
-            s = scales[r, g].astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x = x / s[0] + n / 2.0 if qz.symmetric else (x - s[1]) / s[0]
-            x = np.where(np.isfinite(x), x, 0.0)
-            codes[r, c0:c1] = np.where(k2[r, c0:c1], np.clip(np.rint(x), 0, n), 0).astype(np.int64)
-    return Quantized(qz.quantizer, qz.bits, _codes_to_planes(codes, qz.bits), scales, rows, cols, gsize,
-                     qz.symmetric)
-
-
-def quantize(w: np.ndarray, keep: np.ndarray, quantizer: Quantizer = "bcq", bits: int = 2,
-             symmetric: bool = True, group_size: int | None = None, iters: int = 15,
-             scale_rows: int = 1, codebook_rows: int | None = None,
-             importance: np.ndarray | None = None) -> Quantized:
-    """Quantize the kept weights. scale_rows: consecutive rows sharing one scale set;
-    codebook_rows (codebook only): rows per codebook (None: one for the tensor);
-    importance (codebook only): per-weight weights of the k-means fit (e.g. from calibration)."""
-    scale_rows = _check_scale_rows(scale_rows)
-    if quantizer == "codebook":
-        from .codebook import quantize_codebook
-
-        return quantize_codebook(w, keep, bits, group_size, scale_rows, codebook_rows, importance, iters)
-    if quantizer not in ("bcq", "uniform"):
-        raise ValueError(f"quantizer must be 'bcq', 'uniform' or 'codebook', got {quantizer!r}")
+def quantize_in_row_groups(quantize_groups: Callable[[np.ndarray, np.ndarray, int | None], Quantized],
+                           w: np.ndarray, keep: np.ndarray, group_size: int | None, scale_rows: int) -> Quantized:
+    """A per-group quantizer (quantize_groups(w, keep, group_size)) run with scale_rows
+    consecutive rows sharing one scale set: each row group's columns become one long group."""
     rows, cols = row_layout(np.shape(w))
     if scale_rows == 1 or rows <= 1:
-        if quantizer == "bcq":
-            return quantize_bcq(w, keep, bits, group_size, iters)
-        return quantize_uniform(w, keep, bits, symmetric, group_size)
+        return quantize_groups(w, keep, group_size)
     gsize, _ = _groups(cols, group_size)
     scale_rows = min(scale_rows, rows)
     w2 = np.asarray(w, dtype=np.float32).reshape(rows, cols)
     k2 = np.asarray(keep, dtype=bool).reshape(rows, cols)
     vw, vk = to_row_groups(w2, scale_rows, gsize, 0.0), to_row_groups(k2, scale_rows, gsize, False)
-    vg = scale_rows * gsize
-    if quantizer == "bcq":
-        v = quantize_bcq(vw, vk, bits, vg, iters)
-    else:
-        v = quantize_uniform(vw, vk, bits, symmetric, vg)
-    codes = from_row_groups(_planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
-    return Quantized(quantizer, bits, _codes_to_planes(codes, bits), v.scales, rows, cols, gsize, v.symmetric,
+    v = quantize_groups(vw, vk, scale_rows * gsize)
+    codes = from_row_groups(planes_to_codes(v.planes).reshape(vw.shape), rows, cols, scale_rows, gsize)
+    return Quantized(v.quantizer, v.bits, codes_to_planes(codes, v.bits), v.scales, rows, cols, gsize, v.symmetric,
                      scale_rows=scale_rows)
 
 
@@ -586,5 +481,5 @@ def quantize_given(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarra
     if c.size and (c.min() < lo or c.max() > hi):
         raise ValueError(f"codes outside the {bits}-bit range {lo}..{hi}")
     unsigned = (c.astype(np.int64) - lo).reshape(rows, cols)
-    return Quantized("affine", int(bits), _codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
+    return Quantized("affine", int(bits), codes_to_planes(unsigned, int(bits)), s, rows, cols, gsize,
                      zp is None, zp, scale_dtype)

@@ -32,9 +32,7 @@ from torch import nn
 
 from ..errors import XorsparseError
 from ..tensor.calibrated import calibrated_prune_quantize, check_error_feedback_quantizer
-from ..tensor.dequant import dequantize
-from ..tensor.pipeline import CompressConfig, from_float32, prune_quantize, to_float32
-from ..tensor.quant import Quantized
+from ..tensor.pipeline import CompressConfig, Prepared, prune_quantize, to_float32
 
 
 class CalibrationError(XorsparseError):
@@ -303,22 +301,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
 
 # ---------------------------------------------------------------------------------------
 # Compressing one module
-
-
-@dataclass
-class Prepared:
-    """A module's pruned and quantized weight: what compress_quantized stores."""
-
-    keep: np.ndarray
-    quant: Quantized
-    dtype: str
-    calibrated: bool  # False: data-free (magnitude) fallback
-
-    def dense(self) -> np.ndarray:
-        return dequantize(self.quant, self.keep).reshape(self.keep.shape)
-
-    def torch_weight(self) -> torch.Tensor:
-        return from_float32(self.dense(), self.dtype, framework="torch")
 
 
 def prepare_weight(weight: torch.Tensor, config: CompressConfig, xtx: torch.Tensor | np.ndarray | None,

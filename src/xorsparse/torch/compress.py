@@ -22,6 +22,7 @@ from ..format.container import RawTensor, write_xsp
 from ..format.records import CALIBRATION
 from ..format.torchconv import raw_from_torch
 from ..tensor.budget import check_target_bits
+from ..tensor.config import METHODS, CalibrationConfig
 from ..tensor.parallel import default_threads
 from ..tensor.pipeline import CompressConfig, CompressedTensor, compress_quantized, reference_prune_quantize, to_float32
 from ..tensor.prune import global_magnitude_masks
@@ -29,6 +30,12 @@ from .attach import attach_prepared
 from .calibrate import CalibrationResult, Prepared, as_calibration, calibrate_model, prepare_weight
 
 MODULE_TYPES = {"Linear": nn.Linear, "Conv2d": nn.Conv2d, "Embedding": nn.Embedding}
+
+
+class ModelCalibrationConfig(CalibrationConfig):
+    """A model's calibration: "auto" as well (calibrated where the model can be run)."""
+
+    methods = ("auto",) + METHODS
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,8 @@ class ModelConfig(CompressConfig):
     layer_sparsity: tuple[tuple[str, float], ...] = ()  # (module name glob, sparsity): first match wins
     target_bits: float | None = None  # total bits per weight: (sparsity, bits) chosen per layer (torch/budget.py)
 
-    _methods = ("auto",) + CompressConfig._methods
+    _methods = ("auto",) + METHODS
+    calibration_type = ModelCalibrationConfig
 
     def for_module(self, name: str) -> "ModelConfig":
         """This config with the sparsity of the first `layer_sparsity` glob matching `name`."""

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from ..checkpoint.options import RunOptions, SelectOptions
-from ..checkpoint.planning import Prepared as CheckpointPrepared
 from ..checkpoint.readers import CheckpointError, open_checkpoint
 from ..checkpoint.selection import select_tensors
 from ..data.calibdata import SAMPLES, CalibrationSet, builtin_set, read_calibration_file, read_eval_file
@@ -251,9 +250,9 @@ class FolderResult:
             out["allocation"] = self.allocation
         return out
 
-    def checkpoint_prepared(self) -> dict[str, CheckpointPrepared]:
-        """The prepared tensors in the form the checkpoint writer encodes (checkpoint.planning.Prepared)."""
-        return {n: CheckpointPrepared(p.keep, p.quant, p.dtype) for n, p in self.prepared.items()}
+    def checkpoint_prepared(self) -> dict[str, Prepared]:
+        """The prepared tensors, as the checkpoint writer encodes them (one Prepared type throughout)."""
+        return dict(self.prepared)
 
 
 def _context_length(model: nn.Module) -> int | None:

@@ -31,9 +31,9 @@ from torch import nn
 from ..codec.plane import _tables
 from ..format.container import XspFile
 from ..tensor import fused
-from ..tensor.maskcode import decode_mask_words
 from ..tensor.packed import PackedPlane
 from ..tensor.pipeline import CompressedTensor, decompress_tensor
+from ..tensor.variants import decode_mask_words
 from .compress import MODULE_TYPES
 
 # ---------------------------------------------------------------------------------------

@@ -28,18 +28,20 @@ from torch.nn.utils import parametrize
 from ..progress import Progress
 from ..tensor.calibrated import requantize
 from ..tensor.quant import Quantized
+from ..tensor.variants import QUANTIZERS
 from .attach import PREPARED_ATTR, attach_prepared
 from .calibrate import Prepared, _first_tensor, as_calibration, find_blocks, run_model
 from .compress import CompressedModel, encode_prepared
 
+RECOVERABLE = tuple(name for name, q in QUANTIZERS.items() if q.refits_scales)
 LR, SCALE_LR = 1e-3, 1e-4  # Adam step sizes of the latent weights and of the scales (warm-up, cosine decay)
 
 
 def levels_torch(scales: torch.Tensor, q: int, quantizer: str, symmetric: bool) -> torch.Tensor:
     """tensor.dequant.levels_table in torch (the same float32 operations in the same order),
     differentiable in the scales: (rows, groups, 2^q) levels of every group."""
-    if quantizer not in ("bcq", "uniform"):
-        raise ValueError(f"recovery supports the bcq and uniform quantizers, not {quantizer!r}")
+    if quantizer not in RECOVERABLE:
+        raise ValueError(f"recovery supports the {' and '.join(RECOVERABLE)} quantizers, not {quantizer!r}")
     s = scales.to(torch.float32)
     dev = s.device
     codes = torch.arange(1 << q, device=dev)
@@ -231,7 +233,7 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
     prepared = dict(prepared)
     for name, p in prepared.items():
         q = p.quant
-        if q.quantizer not in ("bcq", "uniform") or q.scale_rows != 1 or q.scale_ref is not None:
+        if q.quantizer not in RECOVERABLE or q.scale_rows != 1 or q.scale_ref is not None:
             raise ValueError(f"{name}: recovery trains per-row bcq or uniform scales; this weight's quantizer "
                              f"{q.quantizer!r} (scale_rows {q.scale_rows}, "
                              f"{'log8' if q.scale_ref is not None else 'float'} scales) is not supported "
