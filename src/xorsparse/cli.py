@@ -23,6 +23,7 @@ from .checkpoint.verify import verify_checkpoint
 from .checkpoint.xspset import XspSet
 from .data.calibdata import SAMPLES
 from .defaults import MODEL_TARGET, TENSOR_TARGET, default_target, quality_warning
+from .errors import caused_by_memory_error
 from .jobs.checkpoint import check_compress_output, compress_checkpoint, decompress_checkpoint
 from .jobs.executors import JobProgress, make_executor
 from .progress import Progress
@@ -593,16 +594,6 @@ def add_compress_options(c: argparse.ArgumentParser, demo: bool = False) -> None
                    help="max n_in*(n_s+1), up to 256 (default 128; 256 is smaller and slower)")
 
 
-def _caused_by_memory_error(e: BaseException | None) -> bool:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, MemoryError):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def _one_line(e: BaseException) -> str:
     msg = str(e) or type(e).__name__
     if isinstance(e, OSError) and e.filename and e.strerror:
@@ -646,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug: still one line, the traceback with --debug
         if args.debug:
             raise
-        if _caused_by_memory_error(e):  # e.g. a compiled kernel's SystemError wrapping a failed allocation
+        if caused_by_memory_error(e):  # e.g. a compiled kernel's SystemError wrapping a failed allocation
             print("xorsparse: error: out of memory", file=sys.stderr)
             return EXIT_ERROR
         print(f"xorsparse: internal error: {type(e).__name__}: {_one_line(e)[:300]} (run with --debug for the "

@@ -12,4 +12,17 @@ class XorsparseError(ValueError):
     """An error xorsparse raises on purpose; the message is one line naming what was wrong."""
 
 
-__all__ = ["XorsparseError"]
+def caused_by_memory_error(e: BaseException | None) -> bool:
+    """Whether a failed allocation is behind `e`, through its causes and contexts: a compiled
+    kernel that could not allocate surfaces as another exception (numba's SystemError) with
+    the MemoryError inside, and must still become the clean "out of memory" error."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+__all__ = ["XorsparseError", "caused_by_memory_error"]

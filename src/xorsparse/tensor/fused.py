@@ -47,6 +47,7 @@ from ..codec._bits import (
     shl128,
 )
 from ..codec.plane import get_decoder
+from ..errors import caused_by_memory_error
 from .maskcode import golomb_block, golomb_tables
 
 # mask kinds (how the kernels read a mask) and quantizer kinds (how they turn the scales of a
@@ -596,22 +597,12 @@ def decode_into(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
     try:
         _run_kernel(plan, out, out_kind, parallel, ok)
     except SystemError as e:  # numba's parallel kernels report an allocation failure this way, at times
-        if _caused_by_memory_error(e):
+        if caused_by_memory_error(e):
             raise MemoryError(f"out of memory decoding a tensor of {plan.length} positions") from None
         raise
     if not ok[:ntiles].all():
         raise ValueError(f"mask block {int(np.argmin(ok[:ntiles]))} is corrupt or truncated")
     return out
-
-
-def _caused_by_memory_error(e: BaseException) -> bool:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, MemoryError):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def _run_kernel(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool, ok: np.ndarray) -> None:
