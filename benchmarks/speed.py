@@ -108,8 +108,8 @@ def decode_rows(scale: float) -> list[dict]:
 
     from xorsparse.tensor import CompressConfig, compress_tensor, decompress_tensor, reference_prune_quantize
     from xorsparse.tensor.fused import OUT_F32, decode_into, numba_threads, prepare
-    from xorsparse.tensor.maskcode import decode_mask_words
     from xorsparse.tensor.pipeline import decompress_tensor_unfused
+    from xorsparse.tensor.variants import decode_mask_words
 
     r, c = max(64, int(4096 * scale)), max(64, int(4096 * scale))
     w = np.random.default_rng(0).standard_normal((r, c), dtype=np.float32)

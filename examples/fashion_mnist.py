@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from xorsparse.tensor.dequant import dequantize
 from xorsparse.tensor.maskcode import binary_entropy
 from xorsparse.tensor.prune import magnitude_mask
-from xorsparse.tensor.quant import quantize
+from xorsparse.tensor.variants import quantize
 from xorsparse.torch import ModelConfig, compress_model, load_compressed, reference_model_
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"

@@ -188,6 +188,7 @@ def test_transformers_ondemand_on_the_device(triton_path, tmp_path):
     pytest.importorskip("transformers")
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    from xorsparse.checkpoint.options import SelectOptions
     from xorsparse.integrations.hf import load_mode
     from xorsparse.jobs.folder import compress_folder
 
@@ -196,7 +197,7 @@ def test_transformers_ondemand_on_the_device(triton_path, tmp_path):
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
     src, out = tmp_path / "tiny", tmp_path / "tiny-xsp"
     LlamaForCausalLM(cfg).eval().save_pretrained(str(src))
-    compress_folder(str(src), str(out), CompressConfig(0.8, 2), include=["model.layers.*"])
+    compress_folder(str(src), str(out), CompressConfig(0.8, 2), SelectOptions(include=["model.layers.*"]))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     decoded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     try:

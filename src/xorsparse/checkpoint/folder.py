@@ -211,6 +211,20 @@ def xsp_files(path: str) -> list[str]:
     raise CheckpointError(f"{path}: no {SINGLE} or {SAFE_INDEX} in this folder")
 
 
+def may_hold_xsp(files: Sequence[str]) -> bool:
+    """Whether some of these weight files are, or may be, .xsp files: one carries xorsparse's
+    metadata or is not a readable safetensors file (a truncated shard). False for a folder of
+    plain safetensors weights: a plain model folder, not a damaged compressed one."""
+    for f in files:
+        try:
+            with st.Reader(f) as r:
+                if META_KEY in r.metadata:
+                    return True
+        except (st.FormatError, OSError):
+            return True
+    return False
+
+
 def is_xsp_folder(path: str) -> bool:
     if not os.path.isdir(path):
         return False

@@ -7,7 +7,7 @@ import os
 from typing import Any, Callable, Mapping
 
 from ..checkpoint.dense import write_dense_safetensors, write_torch_state
-from ..checkpoint.folder import check_folder_output, is_xsp_folder, xsp_files
+from ..checkpoint.folder import check_folder_output, is_xsp_folder, may_hold_xsp, xsp_files
 from ..checkpoint.options import RunOptions, SelectOptions
 from ..checkpoint.planning import plan_compression
 from ..checkpoint.readers import Checkpoint, CheckpointError, Progress, open_checkpoint
@@ -79,7 +79,7 @@ def decompress_checkpoint(src: str, out: str, progress: Progress | None = None,
             shards = xsp_files(src)
         except CheckpointError:
             shards = []
-        if shards:  # .xsp files not recognised as a model folder: a shard that cannot be read says so, by name
+        if may_hold_xsp(shards):  # .xsp files not recognised as a model folder: a shard that cannot be read says so
             XspSet(src).close()
         raise CheckpointError(f"{src}: not an xorsparse model folder (no xorsparse quantization_config in its "
                               "config.json, no .xsp weights); decompress reads what `xorsparse compress` wrote")
