@@ -201,6 +201,8 @@ def measure(args) -> int:
             if allocation is not None:  # the bit budget: plan on the uncompressed model, then calibrate
                 plan = plan_allocation(student, [(m, mods[m]) for m in mapping], data, cfg, allocation)
                 configs = configs_of(plan, cfg)
+                for note in plan.notes:
+                    print(f"budget {allocation:g}: {note}", flush=True)
             prepared = calibrate_model(student, cfg, data, [(m, mods[m]) for m in mapping], dtypes=dtypes,
                                        configs=configs).prepared
         wall, cpu = done()
@@ -225,8 +227,10 @@ def measure(args) -> int:
     for q in args.dense_bits:  # GPTQ-style anchors: no mask, integer codes, per-row scales, packed planes
         run_point(CompressConfig(0.0, int(q), quantizer="uniform", method="sparsegpt", packed_below=1 << 40),
                   f"dense int{int(q)}", "dense")
+    recovering = any(r > 0 for r in args.recover)  # recovery trains per-row scales (as the CLI resolves "auto")
+    scales = {"scale_rows": 1, "scale_format": "float16"} if recovering else {}
     for b in args.target_bits:
-        run_point(CompressConfig(0.5, 4, method="sparsegpt"), f"budget {b:g}", "target", allocation=b)
+        run_point(CompressConfig(0.5, 4, method="sparsegpt", **scales), f"budget {b:g}", "target", allocation=b)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return report(rows, args)

@@ -258,3 +258,20 @@ def test_target_bits_not_a_number(tiny_st_dir, tmp_path):
 def test_target_bits_needs_a_model(st_file, tmp_path, capsys):
     code, out, err = run(capsys, "compress", st_file, str(tmp_path / "x.xsp"), "--target-bits", "2")
     assert code != 0 and "--target-bits needs a model to run" in err
+
+
+def test_recovery_prints_held_out_quality_and_leaves_no_state(tiny_st_dir, tmp_path, capsys):
+    out = tmp_path / "r.xsp"
+    code, text, err = run(capsys, "compress", tiny_st_dir, str(out), "--sparsity", "0.5", "--bits", "2",
+                          "--calibration-samples", "32", "--recover", "4", "--recover-eval-every", "2")
+    assert code == 0, err
+    lines = [ln for ln in text.splitlines() if ln.startswith("recovery step")]
+    assert [ln.split(":")[0] for ln in lines] == ["recovery step 2/4", "recovery step 4/4"]
+    assert all("out-of-domain cosine" in ln for ln in lines)
+    assert out.exists() and not (tmp_path / "r.xsp.recover-state").exists()
+    stale = tmp_path / "s.state"
+    stale.write_bytes(b"junk")
+    code, text, err = run(capsys, "compress", tiny_st_dir, str(tmp_path / "s.xsp"), "--calibration-samples", "32",
+                          "--recover", "4", "--recover-state", str(stale))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "unreadable recovery state" in err
+    assert not (tmp_path / "s.xsp").exists()

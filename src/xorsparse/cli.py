@@ -108,6 +108,16 @@ def _scale_rows(text: str):
     return v
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return v
+
+
 def _folder_method(args) -> tuple[str, bool]:
     """(method, run the model?): a model folder is run (calibrated by default, quality report
     always); bare tensor files and compressed-tensors checkpoints (their codes are given) are
@@ -244,7 +254,16 @@ def _calibration_options(args):
     from .torch.folder import CalibrationOptions
 
     return CalibrationOptions(calibration=args.calibration, samples=args.calibration_samples, seed=args.seed,
-                              recover_steps=args.recover, eval_file=args.eval, target_bits=args.target_bits)
+                              recover_steps=args.recover, eval_file=args.eval, target_bits=args.target_bits,
+                              recover_state=_recover_state(args), recover_eval_every=getattr(args, "recover_eval_every", None))
+
+
+def _recover_state(args) -> str | None:
+    """Where a recovery saves its state: --recover-state, else beside the output (a rerun of
+    the same command resumes); None without recovery."""
+    if not getattr(args, "recover", 0):
+        return None
+    return args.recover_state or f"{str(args.output).rstrip('/')}.recover-state"
 
 
 def _finished_job(args, cfg, select: SelectOptions):
@@ -465,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recover", type=int, default=0, metavar="STEPS",
                    help="recovery: STEPS steps of distillation from the original model after compression "
                         "(default 0)")
+    c.add_argument("--recover-state", metavar="PATH", default=None,
+                   help="where recovery saves its state every minute and when interrupted (default: OUTPUT.recover-state); "
+                        "rerunning the same command resumes from it, and it is removed when recovery ends")
+    c.add_argument("--recover-eval-every", type=_nonnegative_int, default=None, metavar="N",
+                   help="print the out-of-domain held-out quality every N recovery steps (default: every tenth "
+                        "of the run; 0: never)")
     c.add_argument("--seed", type=int, default=0, help="seed of the sample subset and recovery order (default 0)")
     c.add_argument("--json", action="store_true", help="print the per-tensor table and the records as JSON")
     c.set_defaults(func=cmd_compress)

@@ -220,3 +220,65 @@ def test_allocation_records_are_checked():
                 {k: v for k, v in good.items() if k != "layers"}, {**good, "layers": {"a": "x"}}):
         with pytest.raises(RecordError):
             check_allocation(bad)
+
+
+def test_recovery_resumes_from_its_state_to_the_same_result(tmp_path):
+    from xorsparse.torch.recover import recover_prepared
+
+    model = tiny_bert(layers=1)
+    data = batches(n=3)
+    cm = compress_model(model, ModelConfig(sparsity=0.6, bits=2, method="wanda", module_types=("Linear",)),
+                        calibration=data)
+    start = cm.apply_(copy.deepcopy(model))
+    from xorsparse.torch.attach import PREPARED_ATTR
+
+    prep = getattr(start, PREPARED_ATTR)[0]
+    whole = recover_prepared(copy.deepcopy(start), model, data, 9, prepared=prep, progress=lambda *a: None)
+    state = str(tmp_path / "r.state")
+    lines = []
+
+    def stop_at_4(i, n, text):
+        if i == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recover_prepared(copy.deepcopy(start), model, data, 9, prepared=prep, progress=stop_at_4, state_path=state,
+                         log=lines.append)
+    assert any("step 4/9" in ln for ln in lines)
+    resumed = recover_prepared(copy.deepcopy(start), model, data, 9, prepared=prep, progress=lambda *a: None,
+                               state_path=state, log=lines.append, evaluate=lambda m: "held-out ok", eval_every=3)
+    assert any("resuming at step 4/9" in ln for ln in lines)
+    assert [ln for ln in lines if "held-out ok" in ln][0].startswith("recovery step 6/9")
+    assert not (tmp_path / "r.state").exists()  # removed when the run completes
+    for name in whole:
+        assert np.array_equal(whole[name].quant.planes, resumed[name].quant.planes)
+        assert np.array_equal(whole[name].quant.scales, resumed[name].quant.scales)
+    # a state of another run (other steps) is refused, not silently used
+    with pytest.raises(KeyboardInterrupt):
+        recover_prepared(copy.deepcopy(start), model, data, 9, prepared=prep, progress=stop_at_4, state_path=state)
+    with pytest.raises(ValueError, match="recovery state of another run"):
+        recover_prepared(copy.deepcopy(start), model, data, 8, prepared=prep, progress=lambda *a: None,
+                         state_path=state)
+    (tmp_path / "r.state").write_bytes(b"not a state")
+    with pytest.raises(ValueError, match="unreadable recovery state"):
+        recover_prepared(copy.deepcopy(start), model, data, 9, prepared=prep, progress=lambda *a: None,
+                         state_path=state)
+
+
+def test_layer_sensitivity_is_zero_for_an_unused_layer():
+    from xorsparse.torch.budget import layer_sensitivities
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            self.unused(x)
+            return self.used(x)
+
+    torch.manual_seed(0)
+    m = TwoHeads().eval()
+    sens = layer_sensitivities(m, [("used", m.used), ("unused", m.unused)], torch.randn(32, 8))
+    assert sens["unused"] == 0.0
+    assert 0.5 < sens["used"] < 2.0  # relative output MSE of the output itself: about 1 per unit

@@ -46,8 +46,8 @@ from .calibrate import (
     supports_calibration,
     text_calibration,
 )
-from .quality import quality_report, sub_report
-from .recover import LR, SCALE_LR, recover_prepared
+from .quality import embedding_agreement, quality_report, sentence_embeddings, sub_report, summary_line
+from .recover import LR, SCALE_LR, read_state, recover_prepared
 
 BATCH_SIZE = 16
 MAX_LENGTH = 128
@@ -268,6 +268,20 @@ def calibration_set(calibration: str | None, samples: int | None, seed: int) -> 
     return builtin_set(samples, seed) if calibration is None else read_calibration_file(calibration, samples, seed)
 
 
+def _held_out_probe(fm, teacher: nn.Module, cset: CalibrationSet, batch_size: int,
+                    max_length: int) -> Callable[[nn.Module], str]:
+    """evaluate(model) for recovery: quality on the out-of-domain held-out set (text neither
+    calibration nor recovery sees), the teacher's side computed once."""
+    texts, info = cset.out_of_domain, cset.out_of_domain_info
+    if fm.quality_kind == "sentence-transformers":
+        reference = sentence_embeddings(teacher, texts)
+        return lambda m: f"out-of-domain cosine {embedding_agreement(reference, sentence_embeddings(m, texts))['mean_cosine']:.4f}"
+    if fm.tokenizer is None:
+        texts, info = cset.held_out, cset.held_out_info
+    held = fm.data(texts, "text" if fm.tokenizer is not None else cset.kind, batch_size, max_length, info)
+    return lambda m: "held-out " + summary_line(quality_report(fm.quality_kind, teacher, m, held, info=info))
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """The calibration run of a model folder: its data (`calibration` file or the built-in
@@ -275,7 +289,10 @@ class CalibrationOptions:
     (`recover_steps`, `recover_lr`, `recover_scale_lr`), whether to measure quality, an
     `eval_file` of held-out text, and `target_bits`: total bits per compressed weight, the
     sparsity and bits of every tensor then chosen per layer within it (torch/budget.py, config's
-    not used); `allocation`: a file's `allocation` record, to recompute that file (verify --against)."""
+    not used); `allocation`: a file's `allocation` record, to recompute that file (verify --against).
+    `recover_state`: where a long recovery saves its state (a rerun resumes from it);
+    `recover_eval_every`: held-out quality (out-of-domain set) every N recovery steps
+    (None: every tenth of the run, 0: never)."""
 
     calibration: str | None = None
     samples: int | None = SAMPLES
@@ -289,6 +306,8 @@ class CalibrationOptions:
     eval_file: str | None = None
     target_bits: float | None = None
     allocation: dict | None = None
+    recover_state: str | None = None
+    recover_eval_every: int | None = None
 
 
 def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = SelectOptions(),
@@ -324,6 +343,8 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
         if config.method == "magnitude" or config.global_sparsity:
             raise ValueError("--target-bits chooses sparsity and bits per layer from calibration data: use a "
                              "calibrated method (sparsegpt or wanda), without --global")
+    if recover_steps and calib.recover_state:
+        read_state(calib.recover_state)  # a bad state file fails now, not after calibration
     cset = calibration_set(calibration, samples, seed)
     eval_set = read_eval_file(eval_file) if eval_file is not None and with_quality else None
     if eval_set is not None and fm.quality_kind != "sentence-transformers" and fm.tokenizer is None:
@@ -396,8 +417,12 @@ def prepare_folder(src: str, config: CompressConfig, select: SelectOptions = Sel
     if recover_steps:
         say(f"recovery: {recover_steps} steps of distillation from the original model")
         t = time.perf_counter()
+        every = calib.recover_eval_every
+        every = max(1, recover_steps // 10) if every is None else every
+        evaluate = _held_out_probe(fm, teacher, cset, batch_size, max_length) if every and with_quality else None
         prepared = recover_prepared(fm.model, teacher, data, recover_steps, prepared=prepared, lr=recover_lr,
-                                    scale_lr=recover_scale_lr, seed=seed, progress=Progress("recover", progress, unit="steps"))
+                                    scale_lr=recover_scale_lr, seed=seed, progress=Progress("recover", progress, unit="steps"),
+                                    evaluate=evaluate, eval_every=every, log=say, state_path=calib.recover_state)
         seconds["recovery"] = time.perf_counter() - t
         rec.update({"recover_steps": recover_steps, "recover_lr": recover_lr, "recover_scale_lr": recover_scale_lr,
                     "recover_seed": seed})

@@ -16,7 +16,11 @@ numpy, exactly as the codec will store them; the model holds those values afterw
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -32,6 +36,7 @@ from ..tensor.variants import QUANTIZERS
 from .attach import PREPARED_ATTR, attach_prepared
 from .calibrate import Prepared, _first_tensor, as_calibration, find_blocks, run_model
 from .compress import CompressedModel, encode_prepared
+from .losses import distillation_loss, output_parts, token_mask
 
 RECOVERABLE = tuple(name for name, q in QUANTIZERS.items() if q.refits_scales)
 LR, SCALE_LR = 1e-3, 1e-4  # Adam step sizes of the latent weights and of the scales (warm-up, cosine decay)
@@ -109,60 +114,6 @@ class _MaskedSTE(torch.autograd.Function):
         return g, g, None
 
 
-def _outputs(out: Any) -> dict[str, torch.Tensor]:
-    """The parts of a model output the loss can match."""
-    if isinstance(out, torch.Tensor):
-        return {"tensor": out}
-    got = {}
-    for key in ("sentence_embedding", "token_embeddings", "logits", "last_hidden_state"):
-        try:
-            v = out[key]
-        except (KeyError, TypeError, IndexError):
-            v = getattr(out, key, None)
-        if isinstance(v, torch.Tensor):
-            got[key] = v
-    if not got:
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            return {"tensor": out[0]}
-        raise TypeError(f"cannot find an output tensor to match in {type(out).__name__}")
-    return got
-
-
-def _token_mask(batch: Any, like: torch.Tensor) -> torch.Tensor | None:
-    if isinstance(batch, dict) and "attention_mask" in batch:
-        m = batch["attention_mask"]
-        if m.dim() == 2 and like.dim() >= 2 and tuple(like.shape[:2]) == tuple(m.shape):
-            return m.bool()
-    return None
-
-
-def distillation_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-    """See the module docstring: chosen by what the outputs contain."""
-    if "sentence_embedding" in teacher:
-        s, t = student["sentence_embedding"], teacher["sentence_embedding"]
-        loss = (1 - F.cosine_similarity(s, t, dim=-1)).mean()
-        if "token_embeddings" in teacher:
-            ts, tt = student["token_embeddings"], teacher["token_embeddings"]
-            m = _token_mask(batch, tt)
-            if m is not None:
-                ts, tt = ts[m], tt[m]
-            loss = loss + ((ts - tt) ** 2).mean() / (tt ** 2).mean().clamp(min=1e-12)
-        return loss
-    if "logits" in teacher:
-        s, t = student["logits"].float(), teacher["logits"].float()
-        m = _token_mask(batch, t)
-        if m is not None and s.dim() == 3:
-            s, t = s[m], t[m]
-        s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
-        return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
-    key = "last_hidden_state" if "last_hidden_state" in teacher else "tensor"
-    s, t = student[key].float(), teacher[key].float()
-    m = _token_mask(batch, t)
-    if m is not None:
-        s, t = s[m], t[m]
-    return ((s - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
-
-
 class _BlockTap:
     """Forward hooks that keep the output of every block of the model's block list."""
 
@@ -179,7 +130,7 @@ class _BlockTap:
 
 def _relative_mse(s: torch.Tensor, t: torch.Tensor, batch: Any) -> torch.Tensor:
     s, t = s.float(), t.float()
-    m = _token_mask(batch, t)
+    m = token_mask(batch, t)
     if m is not None:
         s, t = s[m], t[m]
     return ((s - t) ** 2).mean() / (t ** 2).mean().clamp(min=1e-12)
@@ -187,7 +138,9 @@ def _relative_mse(s: torch.Tensor, t: torch.Tensor, batch: Any) -> torch.Tensor:
 
 def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *, compressed: Any = None,
             lr: float = LR, scale_lr: float = SCALE_LR, seed: int = 0,
-            progress: Callable[[int, int, str], None] | None = None):
+            progress: Callable[[int, int, str], None] | None = None, state_path: str | None = None,
+            evaluate: Callable[[nn.Module], str] | None = None, eval_every: int = 0,
+            log: Callable[[str], None] | None = None):
     """Distil `teacher` into the compressed `model` for `steps` optimizer steps (on CPU);
     returns a CompressedModel of the result, ready to save.
 
@@ -198,6 +151,9 @@ def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *
     compressed: a CompressedModel (by default the one `cm.apply_` left on the model).
     data: unlabeled inputs, as for compress_model's calibration. lr / scale_lr: Adam step
     sizes of the latent weights and of the scales (warm-up, then cosine decay).
+    state_path: save the run's state there now and then (and when interrupted); calling
+    again with the same arguments resumes it. evaluate / eval_every / log: a line of held-out
+    quality every eval_every steps (see recover_prepared).
     """
     config, record = None, None
     if isinstance(compressed, CompressedModel):
@@ -212,21 +168,95 @@ def recover(model: nn.Module, teacher: nn.Module, data: Any, steps: int = 200, *
     if config is None:
         raise ValueError("no config known for the compressed weights: pass compressed=cm")
     result = recover_prepared(model, teacher, data, steps, prepared=prepared, lr=lr, scale_lr=scale_lr,
-                              seed=seed, progress=progress)
+                              seed=seed, progress=progress, state_path=state_path, evaluate=evaluate,
+                              eval_every=eval_every, log=log)
     attach_prepared(model, result, config, record)
     record = dict(record or {"method": config.method, "source": "python", "torch": torch.__version__})
     record.update({"recover_steps": steps, "recover_lr": lr, "recover_scale_lr": scale_lr, "recover_seed": seed})
     return encode_prepared(model, result, config, record)
 
 
+STATE_EVERY_S = 60.0  # seconds between two saves of the recovery state
+
+
+def _fingerprint(model: nn.Module, prepared: Mapping[str, Prepared], settings: list) -> str:
+    """What a saved recovery state must have been made from: the settings, and every
+    compressed weight's mask, scales and starting latent values."""
+    h = hashlib.sha256(json.dumps(settings).encode())
+    mods = dict(model.named_modules())
+    for name in sorted(prepared):
+        p = prepared[name]
+        h.update(name.encode())
+        h.update(np.packbits(np.ascontiguousarray(p.keep).reshape(-1)).tobytes())
+        h.update(np.ascontiguousarray(p.quant.scales).tobytes())
+        h.update(mods[name].weight.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_state(path: str, state: dict) -> None:
+    """Written to a temporary name and renamed: an interrupted save leaves the last state."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_state(path: str) -> dict | None:
+    """A saved recovery state as written by recover_prepared, None when there is none; a
+    file that is not one is an error (checked before calibration, so it costs no time)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure to read means the same to the user
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
+        raise ValueError(f"{path}: unreadable recovery state (not one xorsparse saved); delete it to start over")
+    return state
+
+
+def _load_state(path: str, fingerprint: str, steps: int, params: dict) -> dict | None:
+    """The saved state of this very run, or None when there is none; an unreadable state or
+    one of another run is an error (delete it, or start over under another path)."""
+    state = read_state(path)
+    if state is None:
+        return None
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: a recovery state of another run (different model, data or settings); "
+                         "delete it to start over")
+    done = state.get("step")
+    if not isinstance(done, int) or not 0 < done < steps:
+        raise ValueError(f"{path}: recovery state field 'step' is {done!r}, expected 1..{steps - 1}")
+    for key in ("latent", "scales"):
+        got = state.get(key)
+        if not isinstance(got, dict) or set(got) != set(params):
+            raise ValueError(f"{path}: recovery state field {key!r} does not name this run's weights")
+        for name, (w, s) in params.items():
+            want = w if key == "latent" else s
+            if not isinstance(got[name], torch.Tensor) or got[name].shape != want.shape:
+                raise ValueError(f"{path}: recovery state {key!r} of {name!r} has the wrong shape")
+    order = state.get("order")
+    if not isinstance(order, list) or not all(isinstance(i, int) for i in order):
+        raise ValueError(f"{path}: recovery state field 'order' is not a list of batch indices")
+    return state
+
+
 def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int, *,
                      prepared: Mapping[str, Prepared], lr: float = LR, scale_lr: float = SCALE_LR, seed: int = 0,
                      block_weight: float = 1.0,
-                     progress: Callable[[int, int, str], None] | None = None) -> dict[str, Prepared]:
+                     progress: Callable[[int, int, str], None] | None = None,
+                     evaluate: Callable[[nn.Module], str] | None = None, eval_every: int = 0,
+                     log: Callable[[str], None] | None = None,
+                     state_path: str | None = None, state_every_s: float = STATE_EVERY_S) -> dict[str, Prepared]:
     """recover() on prepared weights (module name -> Prepared); returns the re-quantized ones.
 
     block_weight: weight of the layer-wise term (relative squared error of every block's
     output, for models with a block list) next to the output loss.
+    evaluate / eval_every: every eval_every steps (and after the last), evaluate(model) on
+    the model as it stands (its weights quantized as they will be stored) gives a line of
+    held-out quality for `log`.
+    state_path: long runs save their state there (every state_every_s seconds, and when
+    interrupted); a later call with the same model, data and settings resumes from it and
+    gives the same result as an uninterrupted run. The file is removed at the end.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
@@ -263,14 +293,39 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
+    say = log or (lambda line: None)
+    start = 0
+    fingerprint = None
+    if state_path is not None:
+        fingerprint = _fingerprint(model, prepared, [steps, lr, scale_lr, seed, block_weight, len(data.batches)])
+        state = _load_state(state_path, fingerprint, steps, params)
+        if state is not None:
+            with torch.no_grad():
+                for name, (w, s) in params.items():
+                    w.copy_(state["latent"][name])
+                    s.copy_(state["scales"][name])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            order, start = list(state["order"]), state["step"]
+            say(f"recovery: resuming at step {start}/{steps} from {state_path}")
+
+    def save(done: int) -> None:
+        _save_state(state_path, {"fingerprint": fingerprint, "step": done, "order": list(order),
+                                 "latent": {n: w.detach().clone() for n, (w, _) in params.items()},
+                                 "scales": {n: s.detach().clone() for n, (_, s) in params.items()},
+                                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state()})
     cache: dict[int, dict[str, torch.Tensor]] = {}
     cache_budget = 1 << 28  # bytes of cached teacher outputs
     bar = progress or Progress("recover", unit="steps")
     ema = None
     # layer-wise distillation: every block's output is matched too (far more signal per step)
     ttap, stap = _BlockTap(teacher), _BlockTap(model)
+    saved_at = time.monotonic()
+    completed = start
+    ok = updating = False
     try:
-        for step in range(steps):
+        for step in range(start, steps):
             if not order:
                 order = torch.randperm(len(data.batches), generator=gen).tolist()
             bi = order.pop()
@@ -280,14 +335,14 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
             else:
                 with torch.no_grad():
                     ttap.outputs.clear()
-                    tout = {k: v.detach() for k, v in _outputs(run_model(teacher, lambda: data.call(teacher, batch),
+                    tout = {k: v.detach() for k, v in output_parts(run_model(teacher, lambda: data.call(teacher, batch),
                                                                           "the recovery data")).items()}
                     tblocks = [t.detach() for t in ttap.outputs]
                 size = sum(v.numel() * v.element_size() for v in list(tout.values()) + tblocks)
                 if size * len(data.batches) <= cache_budget:
                     cache[bi] = (tout, tblocks)
             stap.outputs.clear()
-            sout = _outputs(run_model(model, lambda: data.call(model, batch), "the recovery data"))
+            sout = output_parts(run_model(model, lambda: data.call(model, batch), "the recovery data"))
             loss = distillation_loss(sout, tout, batch)
             if block_weight and len(stap.outputs) == len(tblocks) and tblocks:
                 loss = loss + block_weight * sum(_relative_mse(s_, t_, batch) for s_, t_ in
@@ -296,11 +351,26 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
                 raise ValueError(f"recovery diverged at step {step + 1} (loss {float(loss)}); try a smaller lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            updating = True  # an interrupt from here to `completed` leaves a half-made step
             opt.step()
             sched.step()
+            completed = step + 1
+            updating = False
             lv = float(loss.detach())
             ema = lv if ema is None else 0.9 * ema + 0.1 * lv
             bar(step + 1, steps, f"loss {ema:.4g}")
+            if evaluate is not None and eval_every > 0 and (completed % eval_every == 0 or completed == steps):
+                with torch.no_grad():
+                    say(f"recovery step {completed}/{steps}: loss {ema:.4g}, {evaluate(model)}")
+            if state_path is not None and completed < steps and time.monotonic() - saved_at >= state_every_s:
+                save(completed)
+                saved_at = time.monotonic()
+        ok = True
+    except KeyboardInterrupt:
+        if state_path is not None and start < completed < steps and not updating:
+            save(completed)
+            say(f"recovery interrupted at step {completed}/{steps}; state saved to {state_path} (run again to resume)")
+        raise
     finally:
         result: dict[str, Prepared] = {}
         with torch.no_grad():
@@ -317,8 +387,10 @@ def recover_prepared(model: nn.Module, teacher: nn.Module, data: Any, steps: int
             p.requires_grad_(was_grad.get(n, True))
         ttap.remove()
         stap.remove()
+    if ok and state_path is not None and os.path.exists(state_path):
+        os.remove(state_path)
     attach_prepared(model, result, attached_config, attached_record)
     return result
 
 
-__all__ = ["distillation_loss", "recover", "recover_prepared"]
+__all__ = ["distillation_loss", "read_state", "recover", "recover_prepared"]
