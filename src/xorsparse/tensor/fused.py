@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -788,8 +788,7 @@ def decode_dense(ct, parallel: bool = True) -> np.ndarray:
     parallel=False: every step (the mask decode in `prepare` included) on the calling thread.
     """
     with numba_threads(None if parallel else 1):
-        plan = prepare(ct)
-        check_mask_blocks(plan)
+        plan = check_mask_blocks(prepare(ct))
         out = output_array(plan.length, OUT_DTYPES[ct.dtype])
         if ct.dtype == "float16":
             decode_into(plan, out, OUT_F16, parallel)
@@ -797,22 +796,26 @@ def decode_dense(ct, parallel: bool = True) -> np.ndarray:
         return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
 
 
-# Tensors of at least this many positions have their Golomb mask blocks decoded once before
-# the output is allocated: a corrupt block then costs no dense allocation (a forged file can
-# declare a tensor of gigabytes with a mask of kilobytes). Bitmask and ctx masks are decoded
-# whole by `prepare`, before the output, at any size.
+# Tensors of at least this many positions have their Golomb mask decoded whole before the
+# output is allocated: a corrupt block then costs no dense allocation (a forged file can
+# declare a tensor of gigabytes with a mask of kilobytes), and the fused kernel reads the
+# decoded bitmask (one bit a position: 1/32 of a float32 output) instead of decoding each
+# block a second time. Bitmask and ctx masks are decoded whole by `prepare`, at any size.
 PRECHECK_POSITIONS = 1 << 22
 
 
-def check_mask_blocks(plan: DecodePlan) -> None:
-    """ValueError naming the first corrupt or truncated Golomb mask block of a large tensor."""
+def check_mask_blocks(plan: DecodePlan) -> DecodePlan:
+    """The plan with a large tensor's Golomb mask decoded into a bitmask (MASK_WORDS; any other
+    plan as it is); ValueError naming the first corrupt or truncated block."""
     if plan.mask_kind != MASK_GOLOMB or plan.length < PRECHECK_POSITIONS:
-        return
+        return plan
     ok = np.ones(max(plan.ntiles, 1), dtype=np.bool_)
-    _check_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
-                         plan.mask_block, plan.length, ok)
+    words = np.zeros((plan.length + 63) // 64 + 1, dtype=np.uint64)
+    _decode_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                          plan.mask_block, plan.length, words, ok)
     if not ok[: plan.ntiles].all():
         raise ValueError(f"mask block {int(np.argmin(ok[: plan.ntiles]))} is corrupt or truncated")
+    return replace(plan, mask_kind=MASK_WORDS, mask_words=words, mask_block=64 * TILE_WORDS)
 
 
 def output_array(length: int, dtype) -> np.ndarray:
@@ -821,12 +824,14 @@ def output_array(length: int, dtype) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _check_golomb_blocks(words, offsets, params, tables, tindex, block, length, ok):
+def _decode_golomb_blocks(words, offsets, params, tables, tindex, block, length, out, ok):
+    """Every Golomb block into the whole-tensor bitmask out (zeroed); ok[block] False if corrupt."""
     ntiles = (length + block - 1) // block
     for tile in prange(ntiles):
-        p1 = min(length, tile * block + block)
-        wbuf = np.zeros((p1 - tile * block + 63) >> 6, dtype=np.uint64)
-        ok[tile] = _mask_tile(MASK_GOLOMB, words, offsets, params, tables, tindex, block, length, tile, wbuf)
+        start = offsets[tile - 1] if tile > 0 else 0
+        t = tindex[tile]
+        ok[tile] = golomb_block(words, start, offsets[tile], params[tile], min(length, tile * block + block)
+                                - tile * block, out, (tile * block) >> 6, tables[max(t, 0)], t >= 0)
 
 
 def decode_rows_into(plan: DecodePlan, rows: np.ndarray, out: np.ndarray, out_kind: int) -> np.ndarray:
