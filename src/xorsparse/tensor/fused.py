@@ -386,6 +386,54 @@ def _store(out, p, v, out_kind):
         out[p] = v
 
 
+@njit(inline="always", cache=True)
+def _word_general(m, base, cbase, o0, streams, pp, g, wide, q, send, win, inv_out, inv_cs, patch_pos, patch_xor,
+                  ptr, r, row0, cols, inv_cols, one_group, gsize, inv_g, ngroups, quant_kind, scales, scale_k,
+                  out_kind, out):
+    """The kept weights of one 64-position word into out[o0 + position]: m its mask bits, base
+    the natural position of bit 0 and cbase its coded one; any decoders (per plane), windows
+    up to 256 bits, scale groups. The work per word of _fused_impl and _rows_impl. r and row0
+    are the row of the previous weight and its first position (a row kernel's never change);
+    ptr the patch list's position. (ptr, r, row0) after the word."""
+    for i in range(q):
+        send[i] = -1  # per plane: end (coded position) of the slice whose window is in win[i]
+    while m:
+        b = ctz64(m)
+        m &= m - U64(1)
+        p = base + b
+        pc = cbase + b
+        code = 0
+        for i in range(q):
+            n_out = pp[i, 1]
+            if pc >= send[i]:
+                t = _div(pc, n_out, inv_out[i])
+                send[i] = (t + 1) * n_out
+                if wide:
+                    _window_wide(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i], win[i])
+                else:
+                    lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
+                    win[i, 0] = lo
+                    win[i, 1] = hi
+            jo = pc - send[i] + n_out
+            if wide:
+                par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1])
+                                 ^ (g[i, jo, 2] & win[i, 2]) ^ (g[i, jo, 3] & win[i, 3]))
+            else:
+                par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1]))
+            code |= (par & 1) << i
+        while patch_pos[ptr] < p:
+            ptr += 1
+        if patch_pos[ptr] == p:
+            code ^= patch_xor[ptr]
+        if p - row0 >= cols:
+            r = _div(p, cols, inv_cols)
+            row0 = r * cols
+        gi = 0 if one_group else _div(p - row0, gsize, inv_g)
+        v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
+        _store(out, o0 + p, v, out_kind)
+    return ptr, r, row0
+
+
 def _fused_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, rows, cols,
                 gsize, nfull, step, streams, pp, g, patch_pos, patch_xor, scales, quant_kind, q, scale_k, wide,
                 out_kind, out, ok):
@@ -426,44 +474,9 @@ def _fused_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, ginde
                 k -= nfull
             if m == 0:
                 continue
-            cbase = kw * 64
-            for i in range(q):
-                send[i] = -1
-            base = w * 64
-            while m:
-                b = ctz64(m)
-                m &= m - U64(1)
-                p = base + b
-                pc = cbase + b
-                code = 0
-                for i in range(q):
-                    n_out = pp[i, 1]
-                    if pc >= send[i]:
-                        t = _div(pc, n_out, inv_out[i])
-                        send[i] = (t + 1) * n_out
-                        if wide:
-                            _window_wide(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i], win[i])
-                        else:
-                            lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
-                            win[i, 0] = lo
-                            win[i, 1] = hi
-                    jo = pc - send[i] + n_out
-                    if wide:
-                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1])
-                                         ^ (g[i, jo, 2] & win[i, 2]) ^ (g[i, jo, 3] & win[i, 3]))
-                    else:
-                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1]))
-                    code |= (par & 1) << i
-                while patch_pos[ptr] < p:
-                    ptr += 1
-                if patch_pos[ptr] == p:
-                    code ^= patch_xor[ptr]
-                if p - row0 >= cols:
-                    r = _div(p, cols, inv_cols)
-                    row0 = r * cols
-                gi = 0 if one_group else _div(p - row0, gsize, inv_g)
-                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
-                _store(out, p, v, out_kind)
+            ptr, r, row0 = _word_general(m, w * 64, kw * 64, 0, streams, pp, g, wide, q, send, win, inv_out, inv_cs,
+                                         patch_pos, patch_xor, ptr, r, row0, cols, inv_cols, one_group, gsize, inv_g,
+                                         ngroups, quant_kind, scales, scale_k, out_kind, out)
 
 
 @njit(inline="always", cache=True)
@@ -667,6 +680,7 @@ def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_
     ngroups = (cols + gsize - 1) // gsize
     one_group = gsize >= cols
     inv_g = 1.0 / gsize
+    inv_cols = 1.0 / cols
     for i in prange(rows_sel.size):
         r = rows_sel[i]
         p0 = r * cols
@@ -691,40 +705,9 @@ def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_
             if m == 0:
                 continue
             kw = (w * step) % nfull if w < nfull else w
-            cbase = kw * 64
-            for j in range(q):
-                send[j] = -1
-            while m:
-                b = ctz64(m)
-                m &= m - U64(1)
-                p = base + b
-                pc = cbase + b
-                code = 0
-                for j in range(q):
-                    n_out = pp[j, 1]
-                    if pc >= send[j]:
-                        t = _div(pc, n_out, inv_out[j])
-                        send[j] = (t + 1) * n_out
-                        if wide:
-                            _window_wide(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j], win[j])
-                        else:
-                            lo, hi = _window(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j])
-                            win[j, 0] = lo
-                            win[j, 1] = hi
-                    jo = pc - send[j] + n_out
-                    if wide:
-                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1])
-                                         ^ (g[j, jo, 2] & win[j, 2]) ^ (g[j, jo, 3] & win[j, 3]))
-                    else:
-                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1]))
-                    code |= (par & 1) << j
-                while patch_pos[ptr] < p:
-                    ptr += 1
-                if patch_pos[ptr] == p:
-                    code ^= patch_xor[ptr]
-                gi = 0 if one_group else _div(p - p0, gsize, inv_g)
-                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
-                _store(out, o0 + p, v, out_kind)
+            ptr, _, _ = _word_general(m, base, kw * 64, o0, streams, pp, g, wide, q, send, win, inv_out, inv_cs,
+                                      patch_pos, patch_xor, ptr, r, p0, cols, inv_cols, one_group, gsize, inv_g,
+                                      ngroups, quant_kind, scales, scale_k, out_kind, out)
 
 
 _rows_kernel = njit(nogil=True, cache=True)(_rows_impl)
