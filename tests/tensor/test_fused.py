@@ -288,3 +288,37 @@ def test_fast_kernel_paths(shape, sparsity, bits, dec, chunk_slices, codec, tile
     assert f64.tobytes() == want.ravel().astype(np.float64).tobytes()
     f16 = decode_into(plan, np.empty(ct.numel, np.uint16), OUT_F16, False)
     assert f16.tobytes() == want.ravel().astype(np.float16).tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([(1,), (63, 65), (130, 41), (300, 257), (5000,)]),
+    st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999]),
+    st.sampled_from([("bcq", 2), ("uniform", 3), ("bcq", 1)]),
+    st.sampled_from([64, 128, 4096]),
+    st.sampled_from(["float32", "float16", "bfloat16", "float64"]),
+    st.integers(0, 2**31),
+)
+def test_decode_dense_reads_the_prechecked_golomb_bitmask(shape, sparsity, qb, block, dtype, seed):
+    """Above PRECHECK_POSITIONS, decode_dense decodes a Golomb mask whole (the corrupt-block
+    check) and the kernels read that bitmask: the same bits as decoding it tile by tile."""
+    import xorsparse.tensor.fused as fused
+    from xorsparse.tensor.maskcode import encode_entropy
+    from xorsparse.tensor.pipeline import prune_quantize
+
+    w = weights(shape, dtype, seed)
+    cfg = CompressConfig(sparsity, qb[1], qb[0], mask_codec="entropy")
+    ct = compress_tensor(w, cfg)
+    keep, _, _ = prune_quantize(w, cfg)
+    ct = dataclasses.replace(ct, mask=encode_entropy(keep.ravel(), block=block))
+    want = reference_prune_quantize(w, cfg, framework="torch")
+    tiled = decompress_tensor(ct, framework="torch", parallel=False)
+    saved = fused.PRECHECK_POSITIONS
+    fused.PRECHECK_POSITIONS = 0
+    try:
+        assert fused.check_mask_blocks(prepare(ct)).mask_kind == MASK_WORDS
+        for parallel in (False, True):
+            assert same(decompress_tensor(ct, framework="torch", parallel=parallel), want)
+    finally:
+        fused.PRECHECK_POSITIONS = saved
+    assert same(tiled, want)
