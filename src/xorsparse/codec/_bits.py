@@ -114,15 +114,15 @@ def low_mask(n):
 
 @njit(inline="always", cache=True)
 def read_bits(words, pos, n):
-    """n <= 64 bits of a little-endian bit stream held in uint64 words, from bit pos.
+    """n <= 64 bits of a little-endian bit stream held in uint64 words, from bit pos >= 0.
 
     The caller pads `words` by one word so the second read never leaves the array.
     Branch-free (the high word is shifted in two steps so that s = 0 needs no case):
     the branchy form measured 15x slower inside the decoders' loops.
     """
-    i = pos >> 6
+    i = U64(pos) >> U64(6)  # pos >= 0: an unsigned index needs no negative-index fix-up
     s = U64(pos & 63)
-    v = (words[i] >> s) | ((words[i + 1] << (U64(63) - s)) << U64(1))
+    v = (words[i] >> s) | ((words[i + U64(1)] << (U64(63) - s)) << U64(1))
     if n >= 64:
         return v
     return v & ((U64(1) << U64(n)) - U64(1))
@@ -130,13 +130,13 @@ def read_bits(words, pos, n):
 
 @njit(inline="always", cache=True)
 def read128(words, pos):
-    """128 bits from bit pos (words padded by two), branch-free like read_bits."""
-    i = pos >> 6
+    """128 bits from bit pos >= 0 (words padded by two), branch-free like read_bits."""
+    i = U64(pos) >> U64(6)  # pos >= 0: an unsigned index needs no negative-index fix-up
     s = U64(pos & 63)
     r = U64(63) - s
-    w1 = words[i + 1]
+    w1 = words[i + U64(1)]
     lo = (words[i] >> s) | ((w1 << r) << U64(1))
-    hi = (w1 >> s) | ((words[i + 2] << r) << U64(1))
+    hi = (w1 >> s) | ((words[i + U64(2)] << r) << U64(1))
     return lo, hi
 
 

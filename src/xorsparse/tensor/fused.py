@@ -309,12 +309,12 @@ def _windows2(sflat, off, t, tm, n_in, n_s, cs, inv_cs):
     is only read (by _fused_fast_impl) when it shares t's chunk."""
     if tm >= n_s:
         pos = off + (t - n_s) * n_in
-        i = pos >> 6
+        i = U64(pos) >> U64(6)  # unsigned indices (pos >= 0): no negative-index fix-ups
         sh = pos & 63
         x0 = sflat[i]
-        x1 = sflat[i + 1]
-        x2 = sflat[i + 2]
-        x3 = sflat[i + 3]
+        x1 = sflat[i + U64(1)]
+        x2 = sflat[i + U64(2)]
+        x3 = sflat[i + U64(3)]
         s1 = sh + n_in
         sh1 = s1 & 63
         if s1 >= 64:  # compiled to selects
@@ -526,6 +526,7 @@ def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, 
     inv_cols = 1.0 / cols
     golomb = mask_kind == MASK_GOLOMB
     flat = n_out >= 64
+    uq2 = U64(2 * q)
     sflat = streams.reshape(-1)
     sbits = streams.shape[1] * 64
     nchunks = (ntiles + TILES_PER_CHUNK - 1) // TILES_PER_CHUNK
@@ -560,7 +561,7 @@ def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, 
                     w = w_first + wl
                     base = w * 64
                     end = min(base + 64, p1)
-                    m = wbuf[wl] if golomb else mask_words[w]
+                    m = wbuf[U64(wl)] if golomb else mask_words[U64(w)]
                     if end - base < 64:
                         m &= low_mask(end - base)
                     kw = k if w < nfull else w
@@ -574,24 +575,25 @@ def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, 
                         continue
                     cbase = kw * 64
                     t = fast_div(cbase, n_out, c_out)
-                    ws = 2 * (wl - sw) * q * 2
-                    jbs[wl - sw] = U64(cbase - t * n_out)
+                    ws = U64(2 * (wl - sw) * q * 2)
+                    jbs[U64(wl - sw)] = U64(cbase - t * n_out)
                     tm = t - fast_div(t, cs, c_cs) * cs
                     for i in range(q):
                         lo0, hi0, lo1, hi1 = _windows2(sflat, i * sbits, t, tm, n_in, n_s, cs, inv_cs)
-                        win[ws + 2 * i] = lo0
-                        win[ws + 2 * i + 1] = hi0
-                        win[ws + 2 * q + 2 * i] = lo1
-                        win[ws + 2 * q + 2 * i + 1] = hi1
+                        wi = ws + U64(2 * i)
+                        win[wi] = lo0
+                        win[wi + U64(1)] = hi0
+                        win[wi + uq2] = lo1
+                        win[wi + uq2 + U64(1)] = hi1
                     # list the kept positions: 8 without a loop exit, then any more
                     cnt = popcount64(m)
                     lb = np.int32(base - sbase)
                     for j in range(8):
-                        plist[n + j] = lb + np.int32(ctz64(m))
+                        plist[U64(n + j)] = lb + np.int32(ctz64(m))
                         m &= m - U64(1)
                     jj = n + 8
                     while m:
-                        plist[jj] = lb + np.int32(ctz64(m))
+                        plist[U64(jj)] = lb + np.int32(ctz64(m))
                         m &= m - U64(1)
                         jj += 1
                     n += cnt
@@ -610,7 +612,7 @@ def _scatter_sub(plist, n, jbs, win, g, n_out, q, sbase, patch_pos, patch_xor, p
     uq2 = U64(2 * q)
     npatch = patch_pos[ptr]
     for e in range(n):
-        lp = np.uint64(plist[e])
+        lp = np.uint64(plist[U64(e)])
         wi = lp >> U64(6)
         jo = jbs[wi] + (lp & U64(63))
         sl = U64(jo >= un_out)

@@ -274,23 +274,25 @@ def _table_lookups(data, pos, prev, length, table, out, w0, cur, acc):
     bb = read_bits(data, pos, 64)
     kmask = U64((1 << GOLOMB_LOOKAHEAD) - 1)
     dmask = U64((1 << GOLOMB_DIST_BITS) - 1)
+    uw0 = U64(w0)
+    cur = U64(cur)  # unsigned, as the positions below (prev + 1 >= 0 wraps to the right value)
     for _ in range(GOLOMB_BATCH):
         e = table[bb & kmask]
         used = np.int64(e & U64(15))
         last = prev + np.int64(e >> U64(4 + GOLOMB_DIST_BITS * (GOLOMB_SYMBOLS - 1)))
         if used == 0 or last >= length:
-            return pos, prev, cur, acc, False
+            return pos, prev, np.int64(cur), acc, False
         for s in range(GOLOMB_SYMBOLS):
-            p = prev + np.int64((e >> U64(4 + GOLOMB_DIST_BITS * s)) & dmask)
-            w = p >> 6
+            p = U64(prev) + ((e >> U64(4 + GOLOMB_DIST_BITS * s)) & dmask)
+            w = p >> U64(6)
             # no branch: slots cross words at random
-            acc = (acc & (U64(0) - U64(w == cur))) | (U64(1) << U64(p & 63))
-            out[w0 + w] = acc
+            acc = (acc & (U64(0) - U64(w == cur))) | (U64(1) << (p & U64(63)))
+            out[uw0 + w] = acc  # unsigned indices: no negative-index fix-up
             cur = w
         prev = last
         pos += used
         bb >>= U64(used)
-    return pos, prev, cur, acc, True
+    return pos, prev, np.int64(cur), acc, True
 
 
 @njit(cache=True, nogil=True)
