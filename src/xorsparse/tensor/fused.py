@@ -15,9 +15,16 @@ a few KiB), then every kept weight is computed where it lies:
 - the level is computed in float32 in the order of FORMAT.md section 4 and rounded to
   the output dtype (IEEE half and bfloat16 with round-to-nearest-even).
 
+The usual tensor (one decoder for all planes, windows up to 128 bits, per-row scales)
+takes `_fused_fast_impl`, which does per 64-position word what it can (both slices' windows,
+the list of kept positions) and then runs over the kept weights of 64 words in one loop;
+every other tensor, and rows of an embedding (`decode_rows_into`), take the general
+kernels, which share their per-word work (`_word_general`). Hot loops index with unsigned
+integers: numba adds a negative-index fix-up to every signed index.
+
 Only validated input may reach these kernels (they do not bounds-check): `prepare`
 takes a `CompressedTensor` that has passed `validate()` and checks the remaining
-lengths itself. A mask codec (tensor/variants/) says how the kernels read it
+lengths itself; window reads may run up to STREAM_PAD_WORDS words past a stream's end. A mask codec (tensor/variants/) says how the kernels read it
 (`MaskCodec.kernel_mask`): through `MASK_WORDS`, a bitmask of the whole tensor (any codec),
 or as one more tile decoder (`_mask_tile`). A new quantizer adds one branch to `_level`,
 or none: any quantizer's levels can go through the precomputed table `Q_TABLE`.
