@@ -98,7 +98,7 @@ class DecodePlan:
     mask_offsets: np.ndarray  # int64 end byte of each Golomb block (empty for MASK_WORDS)
     mask_params: np.ndarray  # int64 Golomb parameter of each block
     mask_block: int  # positions per Golomb block; tile size for MASK_WORDS
-    gtables: np.ndarray  # int32 Golomb look-up tables (maskcode.golomb_tables)
+    gtables: np.ndarray  # uint64 Golomb look-up tables (maskcode.golomb_tables)
     gindex: np.ndarray  # int64 table of each block, -1 for none
     streams: np.ndarray  # uint64 (q, words), each padded by STREAM_PAD_WORDS zero words
     plane_params: np.ndarray  # int64 (q, 4): n_in, n_out, n_s, chunk_slices
@@ -421,12 +421,13 @@ def _word_general(m, base, cbase, o0, streams, pp, g, wide, q, send, win, inv_ou
                     lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
                     win[i, 0] = lo
                     win[i, 1] = hi
-            jo = pc - send[i] + n_out
+            jo = U64(pc - send[i] + n_out)  # unsigned indices: no negative-index fix-ups
+            ui = U64(i)
             if wide:
-                par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1])
-                                 ^ (g[i, jo, 2] & win[i, 2]) ^ (g[i, jo, 3] & win[i, 3]))
+                par = popcount64((g[ui, jo, U64(0)] & win[ui, U64(0)]) ^ (g[ui, jo, U64(1)] & win[ui, U64(1)])
+                                 ^ (g[ui, jo, U64(2)] & win[ui, U64(2)]) ^ (g[ui, jo, U64(3)] & win[ui, U64(3)]))
             else:
-                par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1]))
+                par = popcount64((g[ui, jo, U64(0)] & win[ui, U64(0)]) ^ (g[ui, jo, U64(1)] & win[ui, U64(1)]))
             code |= (par & 1) << i
         while patch_pos[ptr] < p:
             ptr += 1
@@ -437,7 +438,7 @@ def _word_general(m, base, cbase, o0, streams, pp, g, wide, q, send, win, inv_ou
             row0 = r * cols
         gi = 0 if one_group else _div(p - row0, gsize, inv_g)
         v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
-        _store(out, o0 + p, v, out_kind)
+        _store(out, U64(o0 + p), v, out_kind)
     return ptr, r, row0
 
 
