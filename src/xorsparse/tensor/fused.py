@@ -494,7 +494,7 @@ def _fill_levels(lv, quant_kind, scales, r, scale_k, q, out_kind):
         _store(lv, c, _level(quant_kind, scales, r * scale_k, q, c), out_kind)
 
 
-TILES_PER_CHUNK = 4  # tiles per parallel iteration: the scratch arrays are allocated once each
+TILES_PER_CHUNK = 1  # tiles per parallel iteration (each allocates its scratch arrays once)
 SUB_WORDS = 64  # words per sub-tile of the fast kernel: its output, windows and positions stay in L1
 
 
