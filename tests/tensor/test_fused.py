@@ -239,3 +239,86 @@ def test_parallel_false_runs_every_step_on_one_thread(monkeypatch):
     assert seen == [1] and numba.get_num_threads() == before
     assert serial.tobytes() == decompress_tensor(ct).tobytes() == reference_prune_quantize(
         w, CompressConfig(0.9, 2, mask_codec="ctx")).tobytes()
+
+
+def _shared_decoder_ct(shape, sparsity, bits, n_in, n_out, n_s, chunk_slices, codec, seed):
+    """A tensor whose planes share one explicit decoder (the fast kernel), at a rate that may
+    force patches."""
+    from xorsparse.tensor.pipeline import prune_quantize
+
+    w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    cfg = CompressConfig(sparsity, bits, mask_codec=codec)
+    ct = compress_tensor(w, cfg)
+    keep, qz, _ = prune_quantize(w, cfg)
+    care = to_coded(keep.ravel(), ct.block_step)
+    dec = get_decoder(n_in, n_out, n_s, seed % 7)
+    planes = [encode_plane(to_coded(p, ct.block_step), care, dec, chunk_slices=chunk_slices) for p in qz.planes]
+    return dataclasses.replace(ct, planes=planes), reference_prune_quantize(w, cfg)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([(7, 300), (40, 64), (33, 129), (3, 1000), (1, 5000), (130, 41), (64 * 9 + 5,), (100, 700)]),
+    st.sampled_from([0.0, 0.5, 0.9, 0.97]),
+    st.integers(1, 4),
+    st.sampled_from([(16, 159, 7), (8, 64, 3), (12, 63, 2), (6, 20, 4), (3, 9, 10), (20, 200, 5), (40, 70, 2),
+                     (2, 1, 1)]),
+    st.sampled_from([64, 128, 6592]),
+    st.sampled_from(["bitmask", "entropy"]),
+    st.sampled_from([1, 2, 64, 1024]),
+    st.integers(0, 2**31),
+)
+def test_fast_kernel_paths(shape, sparsity, bits, dec, chunk_slices, codec, tile_words, seed):
+    """The fast kernel (one decoder for all planes) against the reference: n_out below, at and
+    above 64 (one or two slices per word), chunk starts, patches (low rates force them), rows
+    that end inside a word, tiles and sub-tiles of any fill, both mask kinds, every output
+    dtype."""
+    from xorsparse.tensor.fused import OUT_F16, OUT_F64, _fast_ok
+
+    ct, want = _shared_decoder_ct(shape, sparsity, bits, *dec, chunk_slices, codec, seed)
+    plan = prepare(ct, tile_words=tile_words)
+    assert _fast_ok(plan) == (ct.quant.cols >= (1 << bits) // 4)
+    for parallel in (False, True):
+        got = decode_into(plan, np.empty(ct.numel, np.float32), OUT_F32, parallel)
+        assert got.tobytes() == want.ravel().tobytes()
+    words = dataclasses.replace(plan, mask_kind=MASK_WORDS, mask_words=decode_mask_words(ct.mask),
+                                mask_block=64 * tile_words)
+    assert decode_into(words, np.empty(ct.numel, np.float32), OUT_F32, False).tobytes() == want.ravel().tobytes()
+    f64 = decode_into(plan, np.empty(ct.numel, np.float64), OUT_F64, False)
+    assert f64.tobytes() == want.ravel().astype(np.float64).tobytes()
+    f16 = decode_into(plan, np.empty(ct.numel, np.uint16), OUT_F16, False)
+    assert f16.tobytes() == want.ravel().astype(np.float16).tobytes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([(1,), (63, 65), (130, 41), (300, 257), (5000,)]),
+    st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999]),
+    st.sampled_from([("bcq", 2), ("uniform", 3), ("bcq", 1)]),
+    st.sampled_from([64, 128, 4096]),
+    st.sampled_from(["float32", "float16", "bfloat16", "float64"]),
+    st.integers(0, 2**31),
+)
+def test_decode_dense_reads_the_prechecked_golomb_bitmask(shape, sparsity, qb, block, dtype, seed):
+    """Above PRECHECK_POSITIONS, decode_dense decodes a Golomb mask whole (the corrupt-block
+    check) and the kernels read that bitmask: the same bits as decoding it tile by tile."""
+    import xorsparse.tensor.fused as fused
+    from xorsparse.tensor.maskcode import encode_entropy
+    from xorsparse.tensor.pipeline import prune_quantize
+
+    w = weights(shape, dtype, seed)
+    cfg = CompressConfig(sparsity, qb[1], qb[0], mask_codec="entropy")
+    ct = compress_tensor(w, cfg)
+    keep, _, _ = prune_quantize(w, cfg)
+    ct = dataclasses.replace(ct, mask=encode_entropy(keep.ravel(), block=block))
+    want = reference_prune_quantize(w, cfg, framework="torch")
+    tiled = decompress_tensor(ct, framework="torch", parallel=False)
+    saved = fused.PRECHECK_POSITIONS
+    fused.PRECHECK_POSITIONS = 0
+    try:
+        assert fused.check_mask_blocks(prepare(ct)).mask_kind == MASK_WORDS
+        for parallel in (False, True):
+            assert same(decompress_tensor(ct, framework="torch", parallel=parallel), want)
+    finally:
+        fused.PRECHECK_POSITIONS = saved
+    assert same(tiled, want)

@@ -35,6 +35,55 @@ def ctz64(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def clz64(typingctx, x):
+    """Count leading zeros (64 for x == 0)."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctlz(args[0], context.get_constant(types.boolean, False))
+
+    return sig, codegen
+
+
+@intrinsic
+def mulhi64(typingctx, a, b):
+    """The high 64 bits of the 128-bit product of two uint64."""
+    if not isinstance(a, types.Integer) or not isinstance(b, types.Integer):
+        return None
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        i128 = ir.IntType(128)
+        x = builder.zext(args[0], i128)
+        y = builder.zext(args[1], i128)
+        return builder.trunc(builder.lshr(builder.mul(x, y), i128(64)), ir.IntType(64))
+
+    return sig, codegen
+
+
+def div_magic(d: int, limit: int) -> int:
+    """The constant c of fast_div for divisor d and numerators below limit: ceil(2^64 / d)
+    when limit <= 2^32 (Lemire, Kaser and Kurz 2019: then floor(n / d) is the high word of
+    c * n for every such n), else 0 (fast_div divides)."""
+    if d < 1 or limit > (1 << 32):
+        return 0
+    return -(-(1 << 64) // d) & ((1 << 64) - 1)
+
+
+@njit(inline="always", cache=True)
+def fast_div(a, d, c):
+    """floor(a / d) for 0 <= a < 2^32 through one multiplication by c = div_magic(d, ...);
+    c = 0: the division itself."""
+    if c == 0:
+        return a // d
+    return np.int64(mulhi64(U64(c), U64(a)))
+
+
 @njit(inline="always", cache=True)
 def shr128(lo, hi, s):
     """(lo, hi) >> s for 0 <= s < 128; shifts of >= 64 are undefined in LLVM, hence the cases."""
@@ -65,15 +114,15 @@ def low_mask(n):
 
 @njit(inline="always", cache=True)
 def read_bits(words, pos, n):
-    """n <= 64 bits of a little-endian bit stream held in uint64 words, from bit pos.
+    """n <= 64 bits of a little-endian bit stream held in uint64 words, from bit pos >= 0.
 
     The caller pads `words` by one word so the second read never leaves the array.
     Branch-free (the high word is shifted in two steps so that s = 0 needs no case):
     the branchy form measured 15x slower inside the decoders' loops.
     """
-    i = pos >> 6
+    i = U64(pos) >> U64(6)  # pos >= 0: an unsigned index needs no negative-index fix-up
     s = U64(pos & 63)
-    v = (words[i] >> s) | ((words[i + 1] << (U64(63) - s)) << U64(1))
+    v = (words[i] >> s) | ((words[i + U64(1)] << (U64(63) - s)) << U64(1))
     if n >= 64:
         return v
     return v & ((U64(1) << U64(n)) - U64(1))
@@ -81,13 +130,13 @@ def read_bits(words, pos, n):
 
 @njit(inline="always", cache=True)
 def read128(words, pos):
-    """128 bits from bit pos (words padded by two), branch-free like read_bits."""
-    i = pos >> 6
+    """128 bits from bit pos >= 0 (words padded by two), branch-free like read_bits."""
+    i = U64(pos) >> U64(6)  # pos >= 0: an unsigned index needs no negative-index fix-up
     s = U64(pos & 63)
     r = U64(63) - s
-    w1 = words[i + 1]
+    w1 = words[i + U64(1)]
     lo = (words[i] >> s) | ((w1 << r) << U64(1))
-    hi = (w1 >> s) | ((words[i + 2] << r) << U64(1))
+    hi = (w1 >> s) | ((words[i + U64(2)] << r) << U64(1))
     return lo, hi
 
 

@@ -15,9 +15,16 @@ a few KiB), then every kept weight is computed where it lies:
 - the level is computed in float32 in the order of FORMAT.md section 4 and rounded to
   the output dtype (IEEE half and bfloat16 with round-to-nearest-even).
 
+The usual tensor (one decoder for all planes, windows up to 128 bits, per-row scales)
+takes `_fused_fast_impl`, which does per 64-position word what it can (both slices' windows,
+the list of kept positions) and then runs over the kept weights of 64 words in one loop;
+every other tensor, and rows of an embedding (`decode_rows_into`), take the general
+kernels, which share their per-word work (`_word_general`). Hot loops index with unsigned
+integers: numba adds a negative-index fix-up to every signed index.
+
 Only validated input may reach these kernels (they do not bounds-check): `prepare`
 takes a `CompressedTensor` that has passed `validate()` and checks the remaining
-lengths itself. A mask codec (tensor/variants/) says how the kernels read it
+lengths itself; window reads may run up to STREAM_PAD_WORDS words past a stream's end. A mask codec (tensor/variants/) says how the kernels read it
 (`MaskCodec.kernel_mask`): through `MASK_WORDS`, a bitmask of the whole tensor (any codec),
 or as one more tile decoder (`_mask_tile`). A new quantizer adds one branch to `_level`,
 or none: any quantizer's levels can go through the precomputed table `Q_TABLE`.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numba
 import numpy as np
@@ -36,8 +43,10 @@ from numba import njit, prange
 from ..codec._bits import (
     U64,
     ctz64,
+    div_magic,
     f32_to_bf16_bits,
     f32_to_f16_bits,
+    fast_div,
     low_mask,
     popcount64,
     read128,
@@ -89,7 +98,7 @@ class DecodePlan:
     mask_offsets: np.ndarray  # int64 end byte of each Golomb block (empty for MASK_WORDS)
     mask_params: np.ndarray  # int64 Golomb parameter of each block
     mask_block: int  # positions per Golomb block; tile size for MASK_WORDS
-    gtables: np.ndarray  # int32 Golomb look-up tables (maskcode.golomb_tables)
+    gtables: np.ndarray  # uint64 Golomb look-up tables (maskcode.golomb_tables)
     gindex: np.ndarray  # int64 table of each block, -1 for none
     streams: np.ndarray  # uint64 (q, words), each padded by STREAM_PAD_WORDS zero words
     plane_params: np.ndarray  # int64 (q, 4): n_in, n_out, n_s, chunk_slices
@@ -280,6 +289,52 @@ def _window(streams, i, t, n_in, n_s, cs, inv_cs):
 
 
 @njit(inline="always", cache=True)
+def _window_at(sflat, off, t, n_in, n_s, cs, inv_cs):
+    """_window of the plane whose stream starts at bit off of the flattened streams sflat
+    (one array: a row view streams[i] per read costs more than the read)."""
+    s = (t - n_s) * n_in
+    c0 = _div(t, cs, inv_cs) * cs * n_in
+    if s >= c0:
+        return read128(sflat, off + s)
+    lo, hi = read128(sflat, off + c0)
+    return shl128(lo, hi, c0 - s)
+
+
+@njit(inline="always", cache=True)
+def _funnel(a, b, sh):
+    """Bits sh .. sh + 63 of the 128-bit value (b, a), 0 <= sh < 64, without a branch."""
+    return (a >> U64(sh)) | ((b << (U64(63) - U64(sh))) << U64(1))
+
+
+@njit(inline="always", cache=True)
+def _windows2(sflat, off, t, tm, n_in, n_s, cs, inv_cs):
+    """_window_at of slices t and t + 1 (tm: t's index in its chunk, n_in <= 64): one read
+    of four words when t's window lies inside its chunk. (lo, hi of t, lo, hi of t + 1.)
+
+    Chunks hold a multiple of 64 slices, so a chunk starts at a multiple of 64 coded
+    positions: the slices of one coded 64-position block are in one chunk, and slice t + 1
+    is only read (by _fused_fast_impl) when it shares t's chunk."""
+    if tm >= n_s:
+        pos = off + (t - n_s) * n_in
+        i = U64(pos) >> U64(6)  # unsigned indices (pos >= 0): no negative-index fix-ups
+        sh = pos & 63
+        x0 = sflat[i]
+        x1 = sflat[i + U64(1)]
+        x2 = sflat[i + U64(2)]
+        x3 = sflat[i + U64(3)]
+        s1 = sh + n_in
+        sh1 = s1 & 63
+        if s1 >= 64:  # compiled to selects
+            a, b, c = x1, x2, x3
+        else:
+            a, b, c = x0, x1, x2
+        return _funnel(x0, x1, sh), _funnel(x1, x2, sh), _funnel(a, b, sh1), _funnel(b, c, sh1)
+    lo0, hi0 = _window_at(sflat, off, t, n_in, n_s, cs, inv_cs)
+    lo1, hi1 = _window_at(sflat, off, t + 1, n_in, n_s, cs, inv_cs)
+    return lo0, hi0, lo1, hi1
+
+
+@njit(inline="always", cache=True)
 def _window_wide(streams, i, t, n_in, n_s, cs, inv_cs, win):
     """All 256 window bits of slice t of plane i into win[0..3]."""
     s = (t - n_s) * n_in
@@ -338,6 +393,55 @@ def _store(out, p, v, out_kind):
         out[p] = v
 
 
+@njit(inline="always", cache=True)
+def _word_general(m, base, cbase, o0, streams, pp, g, wide, q, send, win, inv_out, inv_cs, patch_pos, patch_xor,
+                  ptr, r, row0, cols, inv_cols, one_group, gsize, inv_g, ngroups, quant_kind, scales, scale_k,
+                  out_kind, out):
+    """The kept weights of one 64-position word into out[o0 + position]: m its mask bits, base
+    the natural position of bit 0 and cbase its coded one; any decoders (per plane), windows
+    up to 256 bits, scale groups. The work per word of _fused_impl and _rows_impl. r and row0
+    are the row of the previous weight and its first position (a row kernel's never change);
+    ptr the patch list's position. (ptr, r, row0) after the word."""
+    for i in range(q):
+        send[i] = -1  # per plane: end (coded position) of the slice whose window is in win[i]
+    while m:
+        b = ctz64(m)
+        m &= m - U64(1)
+        p = base + b
+        pc = cbase + b
+        code = 0
+        for i in range(q):
+            n_out = pp[i, 1]
+            if pc >= send[i]:
+                t = _div(pc, n_out, inv_out[i])
+                send[i] = (t + 1) * n_out
+                if wide:
+                    _window_wide(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i], win[i])
+                else:
+                    lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
+                    win[i, 0] = lo
+                    win[i, 1] = hi
+            jo = U64(pc - send[i] + n_out)  # unsigned indices: no negative-index fix-ups
+            ui = U64(i)
+            if wide:
+                par = popcount64((g[ui, jo, U64(0)] & win[ui, U64(0)]) ^ (g[ui, jo, U64(1)] & win[ui, U64(1)])
+                                 ^ (g[ui, jo, U64(2)] & win[ui, U64(2)]) ^ (g[ui, jo, U64(3)] & win[ui, U64(3)]))
+            else:
+                par = popcount64((g[ui, jo, U64(0)] & win[ui, U64(0)]) ^ (g[ui, jo, U64(1)] & win[ui, U64(1)]))
+            code |= (par & 1) << i
+        while patch_pos[ptr] < p:
+            ptr += 1
+        if patch_pos[ptr] == p:
+            code ^= patch_xor[ptr]
+        if p - row0 >= cols:
+            r = _div(p, cols, inv_cols)
+            row0 = r * cols
+        gi = 0 if one_group else _div(p - row0, gsize, inv_g)
+        v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
+        _store(out, U64(o0 + p), v, out_kind)
+    return ptr, r, row0
+
+
 def _fused_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, rows, cols,
                 gsize, nfull, step, streams, pp, g, patch_pos, patch_xor, scales, quant_kind, q, scale_k, wide,
                 out_kind, out, ok):
@@ -378,125 +482,203 @@ def _fused_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, ginde
                 k -= nfull
             if m == 0:
                 continue
-            cbase = kw * 64
-            for i in range(q):
-                send[i] = -1
-            base = w * 64
-            while m:
-                b = ctz64(m)
-                m &= m - U64(1)
-                p = base + b
-                pc = cbase + b
-                code = 0
-                for i in range(q):
-                    n_out = pp[i, 1]
-                    if pc >= send[i]:
-                        t = _div(pc, n_out, inv_out[i])
-                        send[i] = (t + 1) * n_out
-                        if wide:
-                            _window_wide(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i], win[i])
-                        else:
-                            lo, hi = _window(streams, i, t, pp[i, 0], pp[i, 2], pp[i, 3], inv_cs[i])
-                            win[i, 0] = lo
-                            win[i, 1] = hi
-                    jo = pc - send[i] + n_out
-                    if wide:
-                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1])
-                                         ^ (g[i, jo, 2] & win[i, 2]) ^ (g[i, jo, 3] & win[i, 3]))
-                    else:
-                        par = popcount64((g[i, jo, 0] & win[i, 0]) ^ (g[i, jo, 1] & win[i, 1]))
-                    code |= (par & 1) << i
-                while patch_pos[ptr] < p:
-                    ptr += 1
-                if patch_pos[ptr] == p:
-                    code ^= patch_xor[ptr]
-                if p - row0 >= cols:
-                    r = _div(p, cols, inv_cols)
-                    row0 = r * cols
-                gi = 0 if one_group else _div(p - row0, gsize, inv_g)
-                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
-                _store(out, p, v, out_kind)
+            ptr, r, row0 = _word_general(m, w * 64, kw * 64, 0, streams, pp, g, wide, q, send, win, inv_out, inv_cs,
+                                         patch_pos, patch_xor, ptr, r, row0, cols, inv_cols, one_group, gsize, inv_g,
+                                         ngroups, quant_kind, scales, scale_k, out_kind, out)
+
+
+@njit(inline="always", cache=True)
+def _fill_levels(lv, quant_kind, scales, r, scale_k, q, out_kind):
+    """Row r's 2^q levels, in the output dtype, into lv."""
+    for c in range(lv.size):
+        _store(lv, c, _level(quant_kind, scales, r * scale_k, q, c), out_kind)
+
+
+TILES_PER_CHUNK = 1  # tiles per parallel iteration (each allocates its scratch arrays once)
+SUB_WORDS = 64  # words per sub-tile of the fast kernel: its output, windows and positions stay in L1
+
+
+@njit(inline="always", cache=True)
+def _planes_code(g, jo, win, wi, q):
+    """The q plane bits of output jo of a slice whose windows are win[wi + 2 * plane + 0/1] (lo/hi)."""
+    g0 = g[jo, 0]
+    g1 = g[jo, 1]
+    code = 0
+    for i in range(q):
+        code |= (popcount64((g0 & win[wi + 2 * i]) ^ (g1 & win[wi + 2 * i + 1])) & 1) << i
+    return code
 
 
 def _fused_fast_impl(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, rows, cols,
-                     nfull, step, streams, n_in, n_out, n_s, cs, g, patch_pos, patch_xor, scales, quant_kind, q,
-                     scale_k, out_kind, out, ok):
+                     nfull, step, streams, n_in, n_out, n_s, cs, c_out, c_cs, g, patch_pos, patch_xor, scales,
+                     quant_kind, q, scale_k, out_kind, out, ok):
     """The usual case: one decoder for every plane, windows up to 128 bits, one scale set per row.
 
     A kept weight then costs one G row load and one AND/popcount per plane, and its level
     comes from a table of 2^q values per row, already in the output dtype.
+
+    With n_out >= 64 (the usual rates), a sub-tile of SUB_WORDS words goes in two passes.
+    The first, per word and without data-dependent branches, zeroes the word's output,
+    lists its kept positions and reads the windows of the (at most two) slices that its
+    64 coded positions span (the second may lie one past the last slice: it is then read
+    from the streams' zero padding and never used); the reads of many words overlap. The
+    second runs over the listed positions in one loop (no loop exit to mispredict per
+    word): each weight picks its slice's windows by a compare, and a patch or a new row is
+    a compare with a next position, rarely true. n_out < 64: word by word, slices read as
+    the weights reach them.
     """
     ntiles = (length + block - 1) // block
     nlev = 1 << q
     inv_out = 1.0 / n_out
     inv_cs = 1.0 / cs
     inv_cols = 1.0 / cols
-    for tile in prange(ntiles):
-        p0 = tile * block
-        p1 = min(length, p0 + block)
-        out[p0:p1] = 0
-        nwt = (p1 - p0 + 63) >> 6
-        wbuf = np.zeros(nwt, dtype=np.uint64)
-        if not _mask_tile(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length, tile,
-                          wbuf):
-            ok[tile] = False
-            continue
-        wlo = np.zeros(q, dtype=np.uint64)
-        whi = np.zeros(q, dtype=np.uint64)
+    golomb = mask_kind == MASK_GOLOMB
+    flat = n_out >= 64
+    uq2 = U64(2 * q)
+    sflat = streams.reshape(-1)
+    sbits = streams.shape[1] * 64
+    nchunks = (ntiles + TILES_PER_CHUNK - 1) // TILES_PER_CHUNK
+    for chunk in prange(nchunks):
+        wbuf = np.empty(((block + 63) >> 6) if golomb else 1, dtype=np.uint64)
         lv = np.zeros(nlev, dtype=out.dtype)
-        ptr = np.searchsorted(patch_pos, p0)
-        r = -1
-        row1 = 0  # positions below row1 are in rows <= r
-        w_first = p0 >> 6
-        k = (w_first * step) % nfull if nfull > 0 else 0
-        for wl in range(nwt):
-            m = wbuf[wl]
-            w = w_first + wl
-            kw = k if w < nfull else w
-            k += step
-            if k >= nfull:
-                k -= nfull
-            if m == 0:
-                continue
-            cbase = kw * 64
-            send = np.int64(-1)
-            sstart = np.int64(0)
-            t = np.int64(0)
-            base = w * 64
-            while m:
-                b = ctz64(m)
-                m &= m - U64(1)
-                p = base + b
-                pc = cbase + b
-                if pc >= send:
-                    if send < 0:
-                        t = _div(pc, n_out, inv_out)
-                        sstart = t * n_out
-                    else:
-                        t = _div(pc, n_out, inv_out) if pc - send >= n_out else t + 1
-                        sstart = t * n_out
-                    send = sstart + n_out
+        win = np.zeros(2 * SUB_WORDS * q * 2, dtype=np.uint64)  # [2 * word + 0/1: slice t / t + 1, plane, lo/hi]
+        jbs = np.zeros(SUB_WORDS, dtype=np.uint64)  # per word: offset of its first coded position in slice t
+        plist = np.zeros(SUB_WORDS * 64 + 64, dtype=np.int32)  # kept positions (from the sub-tile's start)
+        for tile in range(chunk * TILES_PER_CHUNK, min(ntiles, (chunk + 1) * TILES_PER_CHUNK)):
+            p0 = tile * block
+            p1 = min(length, p0 + block)
+            nwt = (p1 - p0 + 63) >> 6
+            w_first = p0 >> 6
+            if golomb:
+                wbuf[:nwt] = 0
+                if not _mask_tile(mask_kind, mask_words, mask_offsets, mask_params, gtables, gindex, block, length,
+                                  tile, wbuf):
+                    ok[tile] = False
+                    continue
+            ptr = np.searchsorted(patch_pos, p0)
+            r = _div(p0, cols, inv_cols)
+            row1 = (r + 1) * cols  # positions below row1 are in rows <= r, the row of lv
+            _fill_levels(lv, quant_kind, scales, r, scale_k, q, out_kind)
+            k = (w_first * step) % nfull if nfull > 0 else 0
+            for sw in range(0, nwt, SUB_WORDS):
+                sw1 = min(nwt, sw + SUB_WORDS)
+                sbase = (w_first + sw) * 64
+                out[sbase:min(p1, sbase + 64 * SUB_WORDS)] = 0
+                n = 0
+                for wl in range(sw, sw1):
+                    w = w_first + wl
+                    base = w * 64
+                    end = min(base + 64, p1)
+                    m = wbuf[U64(wl)] if golomb else mask_words[U64(w)]
+                    if end - base < 64:
+                        m &= low_mask(end - base)
+                    kw = k if w < nfull else w
+                    k += step  # coded block of the next natural block: (w + 1) * step mod nfull
+                    if k >= nfull:
+                        k -= nfull
+                    if not flat:
+                        ptr, r, row1 = _word_fast_lazy(m, base, kw * 64, sflat, sbits, n_in, n_out, n_s, cs, inv_out,
+                                                       inv_cs, g, win, q, patch_pos, patch_xor, ptr, r, row1, cols,
+                                                       inv_cols, lv, quant_kind, scales, scale_k, out_kind, out)
+                        continue
+                    cbase = kw * 64
+                    t = fast_div(cbase, n_out, c_out)
+                    ws = U64(2 * (wl - sw) * q * 2)
+                    jbs[U64(wl - sw)] = U64(cbase - t * n_out)
+                    tm = t - fast_div(t, cs, c_cs) * cs
                     for i in range(q):
-                        lo, hi = _window(streams, i, t, n_in, n_s, cs, inv_cs)
-                        wlo[i] = lo
-                        whi[i] = hi
-                jo = pc - sstart
-                g0 = g[jo, 0]
-                g1 = g[jo, 1]
-                code = 0
-                for i in range(q):
-                    code |= (popcount64((g0 & wlo[i]) ^ (g1 & whi[i])) & 1) << i
-                while patch_pos[ptr] < p:
-                    ptr += 1
-                if patch_pos[ptr] == p:
-                    code ^= patch_xor[ptr]
-                if p >= row1:
-                    r = _div(p, cols, inv_cols)
-                    row1 = (r + 1) * cols
-                    for c in range(nlev):
-                        v = _level(quant_kind, scales, r * scale_k, q, c)
-                        _store(lv, c, v, out_kind)
-                out[p] = lv[code]
+                        lo0, hi0, lo1, hi1 = _windows2(sflat, i * sbits, t, tm, n_in, n_s, cs, inv_cs)
+                        wi = ws + U64(2 * i)
+                        win[wi] = lo0
+                        win[wi + U64(1)] = hi0
+                        win[wi + uq2] = lo1
+                        win[wi + uq2 + U64(1)] = hi1
+                    # list the kept positions: 8 without a loop exit, then any more
+                    cnt = popcount64(m)
+                    lb = np.int32(base - sbase)
+                    for j in range(8):
+                        plist[U64(n + j)] = lb + np.int32(ctz64(m))
+                        m &= m - U64(1)
+                    jj = n + 8
+                    while m:
+                        plist[U64(jj)] = lb + np.int32(ctz64(m))
+                        m &= m - U64(1)
+                        jj += 1
+                    n += cnt
+                if not flat:
+                    continue
+                ptr, r, row1 = _scatter_sub(plist, n, jbs, win, g, n_out, q, sbase, patch_pos, patch_xor, ptr, r,
+                                             row1, cols, inv_cols, lv, quant_kind, scales, scale_k, out_kind, out)
+
+
+@njit(nogil=True, cache=True)
+def _scatter_sub(plist, n, jbs, win, g, n_out, q, sbase, patch_pos, patch_xor, ptr, r, row1, cols, inv_cols, lv,
+                 quant_kind, scales, scale_k, out_kind, out):
+    """The second pass of a sub-tile of _fused_fast_impl (a function of its own: inlined, the
+    kernel's many live values would push this loop's into memory). (ptr, r, row1) after it."""
+    un_out = U64(n_out)
+    uq2 = U64(2 * q)
+    npatch = patch_pos[ptr]
+    for e in range(n):
+        lp = np.uint64(plist[U64(e)])
+        wi = lp >> U64(6)
+        jo = jbs[wi] + (lp & U64(63))
+        sl = U64(jo >= un_out)
+        jo -= sl * un_out
+        g0 = g[jo, U64(0)]
+        g1 = g[jo, U64(1)]
+        wb = (wi * U64(2) + sl) * uq2
+        code = U64(0)
+        for i in range(q):
+            ui = U64(2 * i)
+            code |= (U64(popcount64((g0 & win[wb + ui]) ^ (g1 & win[wb + ui + U64(1)])))
+                     & U64(1)) << U64(i)
+        p = sbase + np.int64(lp)
+        if p >= npatch:
+            while patch_pos[ptr] < p:
+                ptr += 1
+            if patch_pos[ptr] == p:
+                code ^= U64(patch_xor[ptr])
+            npatch = patch_pos[ptr]
+        if p >= row1:
+            r = _div(p, cols, inv_cols)
+            row1 = (r + 1) * cols
+            _fill_levels(lv, quant_kind, scales, r, scale_k, q, out_kind)
+        out[U64(p)] = lv[code]
+    return ptr, r, row1
+
+
+@njit(inline="always", cache=True)
+def _word_fast_lazy(m, base, cbase, sflat, sbits, n_in, n_out, n_s, cs, inv_out, inv_cs, g, win, q, patch_pos, patch_xor,
+                    ptr, r, row1, cols, inv_cols, lv, quant_kind, scales, scale_k, out_kind, out):
+    """One word of _fused_fast_impl weight by weight (any n_out): a slice's windows are read
+    into win[0] when a weight reaches it. (ptr, r, row1) after the word."""
+    send = np.int64(-1)
+    sstart = np.int64(0)
+    while m:
+        b = ctz64(m)
+        m &= m - U64(1)
+        p = base + b
+        pc = cbase + b
+        if pc >= send:
+            t = _div(pc, n_out, inv_out)
+            sstart = t * n_out
+            send = sstart + n_out
+            for i in range(q):
+                lo, hi = _window_at(sflat, i * sbits, t, n_in, n_s, cs, inv_cs)
+                win[2 * i] = lo
+                win[2 * i + 1] = hi
+        code = _planes_code(g, pc - sstart, win, 0, q)
+        while patch_pos[ptr] < p:
+            ptr += 1
+        if patch_pos[ptr] == p:
+            code ^= patch_xor[ptr]
+        if p >= row1:
+            r = _div(p, cols, inv_cols)
+            row1 = (r + 1) * cols
+            _fill_levels(lv, quant_kind, scales, r, scale_k, q, out_kind)
+        out[p] = lv[code]
+    return ptr, r, row1
 
 
 def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_pos, patch_xor, scales, quant_kind,
@@ -508,6 +690,7 @@ def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_
     ngroups = (cols + gsize - 1) // gsize
     one_group = gsize >= cols
     inv_g = 1.0 / gsize
+    inv_cols = 1.0 / cols
     for i in prange(rows_sel.size):
         r = rows_sel[i]
         p0 = r * cols
@@ -532,40 +715,9 @@ def _rows_impl(words, rows_sel, cols, gsize, nfull, step, streams, pp, g, patch_
             if m == 0:
                 continue
             kw = (w * step) % nfull if w < nfull else w
-            cbase = kw * 64
-            for j in range(q):
-                send[j] = -1
-            while m:
-                b = ctz64(m)
-                m &= m - U64(1)
-                p = base + b
-                pc = cbase + b
-                code = 0
-                for j in range(q):
-                    n_out = pp[j, 1]
-                    if pc >= send[j]:
-                        t = _div(pc, n_out, inv_out[j])
-                        send[j] = (t + 1) * n_out
-                        if wide:
-                            _window_wide(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j], win[j])
-                        else:
-                            lo, hi = _window(streams, j, t, pp[j, 0], pp[j, 2], pp[j, 3], inv_cs[j])
-                            win[j, 0] = lo
-                            win[j, 1] = hi
-                    jo = pc - send[j] + n_out
-                    if wide:
-                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1])
-                                         ^ (g[j, jo, 2] & win[j, 2]) ^ (g[j, jo, 3] & win[j, 3]))
-                    else:
-                        par = popcount64((g[j, jo, 0] & win[j, 0]) ^ (g[j, jo, 1] & win[j, 1]))
-                    code |= (par & 1) << j
-                while patch_pos[ptr] < p:
-                    ptr += 1
-                if patch_pos[ptr] == p:
-                    code ^= patch_xor[ptr]
-                gi = 0 if one_group else _div(p - p0, gsize, inv_g)
-                v = _level(quant_kind, scales, (r * ngroups + gi) * scale_k, q, code)
-                _store(out, o0 + p, v, out_kind)
+            ptr, _, _ = _word_general(m, base, kw * 64, o0, streams, pp, g, wide, q, send, win, inv_out, inv_cs,
+                                      patch_pos, patch_xor, ptr, r, p0, cols, inv_cols, one_group, gsize, inv_g,
+                                      ngroups, quant_kind, scales, scale_k, out_kind, out)
 
 
 _rows_kernel = njit(nogil=True, cache=True)(_rows_impl)
@@ -612,7 +764,8 @@ def _run_kernel(plan: DecodePlan, out: np.ndarray, out_kind: int, parallel: bool
             kernel = _fast_parallel if parallel else _fast_serial
             kernel(plan.mask_kind, plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
                    plan.mask_block, plan.length, plan.rows, plan.cols, plan.nfull, plan.step, plan.streams,
-                   n_in, n_out, n_s, cs, plan.g[0], plan.patch_pos, plan.patch_xor, plan.scales, plan.quant_kind,
+                   n_in, n_out, n_s, cs, U64(div_magic(n_out, plan.length + 64)),
+                   U64(div_magic(cs, plan.length + 64)), plan.g[0], plan.patch_pos, plan.patch_xor, plan.scales, plan.quant_kind,
                    plan.bits, plan.scale_k, out_kind, out, ok)
         else:
             kernel = _fused_parallel if parallel else _fused_serial
@@ -628,8 +781,7 @@ def decode_dense(ct, parallel: bool = True) -> np.ndarray:
     parallel=False: every step (the mask decode in `prepare` included) on the calling thread.
     """
     with numba_threads(None if parallel else 1):
-        plan = prepare(ct)
-        check_mask_blocks(plan)
+        plan = check_mask_blocks(prepare(ct))
         out = output_array(plan.length, OUT_DTYPES[ct.dtype])
         if ct.dtype == "float16":
             decode_into(plan, out, OUT_F16, parallel)
@@ -637,22 +789,26 @@ def decode_dense(ct, parallel: bool = True) -> np.ndarray:
         return decode_into(plan, out, OUT_KINDS[ct.dtype], parallel)
 
 
-# Tensors of at least this many positions have their Golomb mask blocks decoded once before
-# the output is allocated: a corrupt block then costs no dense allocation (a forged file can
-# declare a tensor of gigabytes with a mask of kilobytes). Bitmask and ctx masks are decoded
-# whole by `prepare`, before the output, at any size.
+# Tensors of at least this many positions have their Golomb mask decoded whole before the
+# output is allocated: a corrupt block then costs no dense allocation (a forged file can
+# declare a tensor of gigabytes with a mask of kilobytes), and the fused kernel reads the
+# decoded bitmask (one bit a position: 1/32 of a float32 output) instead of decoding each
+# block a second time. Bitmask and ctx masks are decoded whole by `prepare`, at any size.
 PRECHECK_POSITIONS = 1 << 22
 
 
-def check_mask_blocks(plan: DecodePlan) -> None:
-    """ValueError naming the first corrupt or truncated Golomb mask block of a large tensor."""
+def check_mask_blocks(plan: DecodePlan) -> DecodePlan:
+    """The plan with a large tensor's Golomb mask decoded into a bitmask (MASK_WORDS; any other
+    plan as it is); ValueError naming the first corrupt or truncated block."""
     if plan.mask_kind != MASK_GOLOMB or plan.length < PRECHECK_POSITIONS:
-        return
+        return plan
     ok = np.ones(max(plan.ntiles, 1), dtype=np.bool_)
-    _check_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
-                         plan.mask_block, plan.length, ok)
+    words = np.zeros((plan.length + 63) // 64 + 1, dtype=np.uint64)
+    _decode_golomb_blocks(plan.mask_words, plan.mask_offsets, plan.mask_params, plan.gtables, plan.gindex,
+                          plan.mask_block, plan.length, words, ok)
     if not ok[: plan.ntiles].all():
         raise ValueError(f"mask block {int(np.argmin(ok[: plan.ntiles]))} is corrupt or truncated")
+    return replace(plan, mask_kind=MASK_WORDS, mask_words=words, mask_block=64 * TILE_WORDS)
 
 
 def output_array(length: int, dtype) -> np.ndarray:
@@ -661,12 +817,14 @@ def output_array(length: int, dtype) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _check_golomb_blocks(words, offsets, params, tables, tindex, block, length, ok):
+def _decode_golomb_blocks(words, offsets, params, tables, tindex, block, length, out, ok):
+    """Every Golomb block into the whole-tensor bitmask out (zeroed); ok[block] False if corrupt."""
     ntiles = (length + block - 1) // block
     for tile in prange(ntiles):
-        p1 = min(length, tile * block + block)
-        wbuf = np.zeros((p1 - tile * block + 63) >> 6, dtype=np.uint64)
-        ok[tile] = _mask_tile(MASK_GOLOMB, words, offsets, params, tables, tindex, block, length, tile, wbuf)
+        start = offsets[tile - 1] if tile > 0 else 0
+        t = tindex[tile]
+        ok[tile] = golomb_block(words, start, offsets[tile], params[tile], min(length, tile * block + block)
+                                - tile * block, out, (tile * block) >> 6, tables[max(t, 0)], t >= 0)
 
 
 def decode_rows_into(plan: DecodePlan, rows: np.ndarray, out: np.ndarray, out_kind: int) -> np.ndarray:

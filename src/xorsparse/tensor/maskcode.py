@@ -204,26 +204,31 @@ def _golomb_one(data, pos, limit, m, b, u, length):
 
 GOLOMB_LOOKAHEAD = 11  # bits per table look-up
 GOLOMB_SYMBOLS = 4  # codes decoded per look-up at most
+GOLOMB_DIST_BITS = 15  # table field of one cumulative distance (at most K * m < 2^15 for m < 2^(K-1))
+GOLOMB_BATCH = 5  # look-ups per 64-bit read: 5 * K <= 57 bits
 MAX_GOLOMB_TABLES = 8
 
 
 @njit(cache=True)
 def golomb_table(m):
-    """For every K-bit lookahead (stream order, first bit = LSB): how many whole codes it holds
-    (up to GOLOMB_SYMBOLS), the bits they use, and for each code the distance from the
-    previous kept position to its own (gap + 1, summed); slots past the last code repeat
-    the last distance, so a decoder can set all slots' bits without a data-dependent branch.
-    int32 (2^K, 2 + GOLOMB_SYMBOLS)."""
+    """For every K-bit lookahead (stream order, first bit = LSB), one uint64: the bits used by
+    the whole codes it holds (up to GOLOMB_SYMBOLS; 0 if none) in bits 0-3, then for each
+    code, in GOLOMB_DIST_BITS bits from bit 4, the distance from the previous kept position
+    to its own (gap + 1, summed); slots past the last code repeat the last distance, so a
+    decoder can set all slots' bits without a data-dependent branch. One word per entry:
+    16 KiB a table, which stays in the L1 cache."""
     k = GOLOMB_LOOKAHEAD
     b = 0
     while (1 << b) < m:
         b += 1
     u = (1 << b) - m
-    tab = np.zeros((1 << k, 2 + GOLOMB_SYMBOLS), dtype=np.int32)
+    tab = np.zeros(1 << k, dtype=np.uint64)
     for v in range(1 << k):
         pos = 0
+        used = 0
         n = 0
         dist = 0
+        d = np.zeros(GOLOMB_SYMBOLS, dtype=np.int64)
         while n < GOLOMB_SYMBOLS:
             q = 0
             while pos < k and (v >> pos) & 1:
@@ -245,22 +250,60 @@ def golomb_table(m):
                     r = ((r << 1) | ((v >> pos) & 1)) - u
                     pos += 1
             dist += q * m + r + 1
-            tab[v, 2 + n] = dist
+            d[n] = dist
             n += 1
-            tab[v, 1] = pos
-        tab[v, 0] = n
+            used = pos
         for j in range(n, GOLOMB_SYMBOLS):
-            tab[v, 2 + j] = dist
+            d[j] = dist
+        e = U64(used)
+        for j in range(GOLOMB_SYMBOLS):
+            e |= U64(d[j]) << U64(4 + GOLOMB_DIST_BITS * j)
+        tab[v] = e
     return tab
+
+
+@njit(inline="always", cache=True)
+def _table_lookups(data, pos, prev, length, table, out, w0, cur, acc):
+    """Up to GOLOMB_BATCH table look-ups from one 64-bit read at bit pos (the caller checks
+    that pos + GOLOMB_BATCH * K bits lie in the block). Kept bits go to out from word w0:
+    acc holds the bits of word cur so far and is stored whole after each code (a plain
+    store: an OR into memory, one per kept position, would wait on the previous one),
+    so no branch depends on where a word ends. Stops early (done = False) at a look-up
+    that holds no whole code or reaches the block's end: the caller decodes that code
+    one at a time. (pos, prev, cur, acc, done)."""
+    bb = read_bits(data, pos, 64)
+    kmask = U64((1 << GOLOMB_LOOKAHEAD) - 1)
+    dmask = U64((1 << GOLOMB_DIST_BITS) - 1)
+    uw0 = U64(w0)
+    cur = U64(cur)  # unsigned, as the positions below (prev + 1 >= 0 wraps to the right value)
+    for _ in range(GOLOMB_BATCH):
+        e = table[bb & kmask]
+        used = np.int64(e & U64(15))
+        last = prev + np.int64(e >> U64(4 + GOLOMB_DIST_BITS * (GOLOMB_SYMBOLS - 1)))
+        if used == 0 or last >= length:
+            return pos, prev, np.int64(cur), acc, False
+        for s in range(GOLOMB_SYMBOLS):
+            p = U64(prev) + ((e >> U64(4 + GOLOMB_DIST_BITS * s)) & dmask)
+            w = p >> U64(6)
+            # no branch: slots cross words at random
+            acc = (acc & (U64(0) - U64(w == cur))) | (U64(1) << (p & U64(63)))
+            out[uw0 + w] = acc  # unsigned indices: no negative-index fix-up
+            cur = w
+        prev = last
+        pos += used
+        bb >>= U64(used)
+    return pos, prev, np.int64(cur), acc, True
 
 
 @njit(cache=True, nogil=True)
 def golomb_block(data, start, end, m, length, out, w0, table, use_table):
-    """Decode one Golomb-coded mask block into out (kept bits set from word w0).
+    """Decode one Golomb-coded mask block into out (kept bits set from word w0; the words
+    it covers must be zero).
 
-    With a table for m (use_table), each look-up of the next K bits decodes every
-    whole code they hold; codes longer than K bits, and the block's last bits, go one at a
-    time (unary part by counting trailing ones of a 64-bit word). False if corrupt.
+    With a table for m (use_table), each look-up of the next K bits decodes every whole
+    code they hold, GOLOMB_BATCH look-ups per read of the stream; codes longer than K
+    bits, and the block's last bits, go one at a time (unary part by counting trailing
+    ones of a 64-bit word). False if corrupt.
     """
     b = 0
     while (1 << b) < m:
@@ -269,53 +312,26 @@ def golomb_block(data, start, end, m, length, out, w0, table, use_table):
     pos = start * 8
     limit = end * 8
     prev = -1
-    k = GOLOMB_LOOKAHEAD
-    # bits of the current output word gather in a register: read-modify-writes of one word
-    # in memory, one per kept position, would wait on each other
+    batch = GOLOMB_BATCH * GOLOMB_LOOKAHEAD
     cur = np.int64(0)
     acc = U64(0)
-    # the next bits wait in a register (bb, `have` of them valid), so a look-up waits on
-    # one shift rather than on a memory read at a position that the last look-up gave
-    bb = U64(0)
-    have = 0
-    kmask = U64((1 << k) - 1)
     while True:
-        if use_table and pos + k <= limit:
-            if have < k:
-                bb = read_bits(data, pos, 64)
-                have = 64
-            v = bb & kmask
-            last = prev + table[v, 1 + GOLOMB_SYMBOLS]
-            if table[v, 0] > 0 and last < length:
-                used = table[v, 1]
-                pos += used
-                bb >>= U64(used)
-                have -= used
-                for s in range(GOLOMB_SYMBOLS):  # fixed count: no mispredicted loop exit
-                    p = prev + table[v, 2 + s]
-                    w = p >> 6
-                    if w != cur:
-                        out[w0 + cur] |= acc
-                        cur = w
-                        acc = U64(0)
-                    acc |= U64(1) << U64(p & 63)
-                prev = last
-                continue
+        if use_table:
+            done = True
+            while done and pos + batch <= limit:
+                pos, prev, cur, acc, done = _table_lookups(data, pos, prev, length, table, out, w0, cur, acc)
         g, pos = _golomb_one(data, pos, limit, m, b, u, length)
-        have = 0
         if g < 0:
-            out[w0 + cur] |= acc
             return False
         p = prev + 1 + g
         if p >= length:
-            out[w0 + cur] |= acc
             return p == length
         w = p >> 6
         if w != cur:
-            out[w0 + cur] |= acc
-            cur = w
             acc = U64(0)
+            cur = w
         acc |= U64(1) << U64(p & 63)
+        out[w0 + w] = acc
         prev = p
 
 
@@ -326,7 +342,7 @@ def golomb_tables(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vals, counts = np.unique(params, return_counts=True)
     order = np.argsort(-counts, kind="stable")
     chosen = [int(vals[i]) for i in order if vals[i] < (1 << (GOLOMB_LOOKAHEAD - 1))][:MAX_GOLOMB_TABLES]
-    tables = np.zeros((max(len(chosen), 1), 1 << GOLOMB_LOOKAHEAD, 2 + GOLOMB_SYMBOLS), dtype=np.int32)
+    tables = np.zeros((max(len(chosen), 1), 1 << GOLOMB_LOOKAHEAD), dtype=np.uint64)
     index = np.full(params.size, -1, dtype=np.int64)
     for t, m in enumerate(chosen):
         tables[t] = golomb_table(m)

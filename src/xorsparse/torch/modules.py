@@ -518,7 +518,7 @@ class XorWeight(nn.Module):
 
 
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
-_NO_TABLES = np.zeros((1, 1, 1), dtype=np.int32)
+_NO_TABLES = np.zeros((1, 1), dtype=np.uint64)  # the shape and dtype of maskcode.golomb_tables
 
 
 class XorLinear(nn.Module):
