@@ -36,19 +36,6 @@ def ctz64(typingctx, x):
 
 
 @intrinsic
-def clz64(typingctx, x):
-    """Count leading zeros (64 for x == 0)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = types.int64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctlz(args[0], context.get_constant(types.boolean, False))
-
-    return sig, codegen
-
-
-@intrinsic
 def mulhi64(typingctx, a, b):
     """The high 64 bits of the 128-bit product of two uint64."""
     if not isinstance(a, types.Integer) or not isinstance(b, types.Integer):
