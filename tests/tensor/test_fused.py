@@ -322,3 +322,25 @@ def test_decode_dense_reads_the_prechecked_golomb_bitmask(shape, sparsity, qb, b
     finally:
         fused.PRECHECK_POSITIONS = saved
     assert same(tiled, want)
+
+
+def test_fast_div_equals_integer_division():
+    from numba import njit
+
+    from xorsparse.codec._bits import div_magic, fast_div
+
+    @njit
+    def divide(a, d, c):
+        out = np.empty(a.size, np.int64)
+        for i in range(a.size):
+            out[i] = fast_div(a[i], d, c)
+        return out
+
+    rng = np.random.default_rng(0)
+    for d in [1, 2, 3, 7, 63, 64, 159, 1000, 1023, 6592, 99991, (1 << 32) - 1, 1 << 32]:
+        a = np.concatenate([rng.integers(0, 1 << 32, 20000), np.arange(min(3 * d + 2, 5000)),
+                            (1 << 32) - 1 - np.arange(5000), d * rng.integers(0, (1 << 32) // d, 5000)]).astype(np.int64)
+        c = np.uint64(div_magic(d, 1 << 32))
+        assert (c != 0) == (2 <= d <= 1 << 32)
+        assert np.array_equal(divide(a, d, c), a // d)
+    assert div_magic(159, (1 << 32) + 1) == 0

@@ -36,19 +36,6 @@ def ctz64(typingctx, x):
 
 
 @intrinsic
-def clz64(typingctx, x):
-    """Count leading zeros (64 for x == 0)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = types.int64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctlz(args[0], context.get_constant(types.boolean, False))
-
-    return sig, codegen
-
-
-@intrinsic
 def mulhi64(typingctx, a, b):
     """The high 64 bits of the 128-bit product of two uint64."""
     if not isinstance(a, types.Integer) or not isinstance(b, types.Integer):
@@ -68,9 +55,9 @@ def mulhi64(typingctx, a, b):
 
 def div_magic(d: int, limit: int) -> int:
     """The constant c of fast_div for divisor d and numerators below limit: ceil(2^64 / d)
-    when limit <= 2^32 (Lemire, Kaser and Kurz 2019: then floor(n / d) is the high word of
-    c * n for every such n), else 0 (fast_div divides)."""
-    if d < 1 or limit > (1 << 32):
+    when limit and d are at most 2^32 (Lemire, Kaser and Kurz 2019: 64 >= 32 + log2(d) bits,
+    so floor(n / d) is the high word of c * n for every such n), else 0 (fast_div divides)."""
+    if d < 2 or d > (1 << 32) or limit > (1 << 32):
         return 0
     return -(-(1 << 64) // d) & ((1 << 64) - 1)
 
