@@ -275,3 +275,12 @@ def test_recovery_prints_held_out_quality_and_leaves_no_state(tiny_st_dir, tmp_p
                           "--recover", "4", "--recover-state", str(stale))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "unreadable recovery state" in err
     assert not (tmp_path / "s.xsp").exists()
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_recover_eval_every_hostile_values(tiny_st_dir, tmp_path, capsys, bad):
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "compress", tiny_st_dir, str(tmp_path / "o.xsp"), "--recover", "2", "--recover-eval-every", bad)
+    assert e.value.code == 2
+    assert "--recover-eval-every: expected a non-negative integer" in capsys.readouterr().err
+    assert not (tmp_path / "o.xsp").exists()
