@@ -39,6 +39,12 @@ SENSITIVITY_NOISE = 0.1  # relative rms of the noise on one layer's output: rela
 SENSITIVITY_BATCHES = 4  # calibration batches each layer's sensitivity is measured on
 
 
+def _outputs_of(model: nn.Module, data: Any, batches: list, what: str) -> list[dict[str, torch.Tensor]]:
+    """The model's matchable outputs on each batch (the reference the losses compare with)."""
+    return [{k: v.detach() for k, v in output_parts(run_model(model, lambda b=b: data.call(model, b), what)).items()}
+            for b in batches]
+
+
 @torch.no_grad()
 def layer_sensitivities(model: nn.Module, modules: Sequence[tuple[str, nn.Module]], data: Any,
                         noise: float = SENSITIVITY_NOISE, batches: int = SENSITIVITY_BATCHES,
@@ -51,8 +57,7 @@ def layer_sensitivities(model: nn.Module, modules: Sequence[tuple[str, nn.Module
     data = as_calibration(data, model)
     chosen = data.batches[:max(1, batches)]
     what = "the calibration data (layer sensitivities)"
-    ref = [{k: v.detach() for k, v in output_parts(run_model(model, lambda: data.call(model, b), what)).items()}
-           for b in chosen]
+    ref = _outputs_of(model, data, chosen, what)
     out: dict[str, float] = {}
     for i, (name, mod) in enumerate(modules):
         gen = torch.Generator().manual_seed(seed * 100003 + i)
@@ -157,8 +162,7 @@ def _model_loss(model: nn.Module, modules: Sequence[tuple[str, nn.Module]], data
 
     chosen = data.batches[:max(1, batches)]
     what = "the calibration data (checking the bit budget's plans)"
-    ref = [{k: v.detach() for k, v in output_parts(run_model(model, lambda b=b: data.call(model, b), what)).items()}
-           for b in chosen]
+    ref = _outputs_of(model, data, chosen, what)
     saved = {n: m.weight.detach().clone() for n, m in modules}
     try:
         for n, m in modules:
